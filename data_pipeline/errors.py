@@ -1,0 +1,5 @@
+"""Errors a user can act on: each message says what is wrong, where, and what to do."""
+
+
+class DataError(ValueError):
+    """A dataset folder, image or mask that cannot be used as it is."""

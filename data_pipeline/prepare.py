@@ -1,0 +1,169 @@
+"""From a data configuration to train/val/test arrays: find, decode (cached), plan the splits, augment."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from data_pipeline import synth
+from data_pipeline.augment import augment
+from data_pipeline.errors import DataError
+from data_pipeline.io import ON_BAD_IMAGE, LoadedData, load
+from data_pipeline.layout import TASKS, scan
+from data_pipeline.splits import OPTIONS, PROTOCOLS, SPLITS, SplitPlan, leakage_audit, plan_splits
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How a study's data is read, split and balanced. ``data_dir: None`` means the embedded synthetic set."""
+
+    task: str = "classification"
+    data_dir: str | None = None
+    image_size: int = 224
+    option: int = 2
+    protocol: str = "leak_free"
+    balance_to: int | None = 1000
+    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    mask_threshold: int = 128
+    on_bad_image: str = "skip"
+    online_augmentation: bool = False
+    seed: int = 0
+    synthetic_counts: tuple[int, ...] = synth.DEFAULT_COUNTS
+    synthetic_size: int = 224
+
+    def problems(self) -> list[str]:
+        """Every invalid field, as 'field: what is wrong (allowed values)'."""
+        out = []
+        if self.task not in TASKS:
+            out.append(f"task: {self.task!r} is not one of {', '.join(TASKS)}")
+        if self.option not in OPTIONS:
+            out.append(f"option: {self.option!r} is not one of {', '.join(map(str, OPTIONS))}")
+        if self.protocol not in PROTOCOLS:
+            out.append(f"protocol: {self.protocol!r} is not one of {', '.join(PROTOCOLS)}")
+        if self.on_bad_image not in ON_BAD_IMAGE:
+            out.append(f"on_bad_image: {self.on_bad_image!r} is not one of {', '.join(ON_BAD_IMAGE)}")
+        if not (isinstance(self.image_size, int) and self.image_size >= 32):
+            out.append(f"image_size: {self.image_size!r} must be an integer >= 32")
+        if self.balance_to is not None and not (isinstance(self.balance_to, int) and self.balance_to >= 2):
+            out.append(f"balance_to: {self.balance_to!r} must be null or an integer >= 2")
+        if len(self.fractions) != 3 or min(self.fractions) <= 0 or abs(sum(self.fractions) - 1) > 1e-6:
+            out.append(f"fractions: {self.fractions!r} must be three positive numbers summing to 1")
+        if not 0 <= self.mask_threshold <= 254:
+            out.append(f"mask_threshold: {self.mask_threshold!r} must be in [0, 254]")
+        if self.data_dir is not None and not Path(self.data_dir).expanduser().is_dir():
+            out.append(f"data_dir: {self.data_dir} does not exist")
+        return out
+
+
+@dataclass(frozen=True)
+class Split:
+    images: np.ndarray  # (n, S, S, 3) uint8 RGB
+    labels: np.ndarray  # (n,) int32
+    masks: np.ndarray | None  # (n, S, S) uint8 {0, 1}
+    sources: np.ndarray  # (n,) index of the original image in the loaded data
+    augmented: np.ndarray  # (n,) bool: an augmented copy, not an original
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    classes: tuple[str, ...]
+    train: Split
+    val: Split
+    test: Split
+    audit: dict[str, int]  # leakage audit: val/test images whose source is also in training
+    fingerprint: str
+    skipped: tuple[tuple[str, str], ...]
+    names: tuple[str, ...]  # of the loaded originals; Split.sources index into it
+    config: DataConfig = field(repr=False)
+
+    def split(self, name: str) -> Split:
+        return getattr(self, name)
+
+    def summary(self) -> dict[str, object]:
+        """JSON-ready provenance: sizes, per-class counts, audit, fingerprint, skipped files."""
+        return {
+            "classes": list(self.classes),
+            "fingerprint": self.fingerprint,
+            "config": asdict(self.config),
+            "splits": {
+                s: {
+                    "n": len(self.split(s)),
+                    "augmented": int(self.split(s).augmented.sum()),
+                    "per_class": np.bincount(self.split(s).labels, minlength=len(self.classes)).tolist(),
+                }
+                for s in SPLITS
+            },
+            "leakage_audit": self.audit,
+            "skipped": [list(s) for s in self.skipped],
+        }
+
+
+def resolve_root(cfg: DataConfig, cache_dir: str | Path | None = None) -> Path:
+    """The dataset folder: the user's, or the embedded synthetic set (generated once into the cache)."""
+    if cfg.data_dir is not None:
+        return Path(cfg.data_dir).expanduser()
+    return synth.embedded_dataset(cfg.synthetic_counts, cfg.synthetic_size, seed=0, cache_dir=cache_dir)
+
+
+def materialise(data: LoadedData, plan: SplitPlan, seed: int) -> dict[str, Split]:
+    """Gather each split's rows; augmented copies are made in (source, copy) order, so the same seed gives the
+    same images whatever the split order."""
+    rows = np.concatenate([plan.split(s) for s in SPLITS])
+    aug_rows = np.unique(rows[rows[:, 1] > 0], axis=0)
+    src = aug_rows[:, 0]
+    aug_images, aug_masks = augment(
+        data.images[src], None if data.masks is None else data.masks[src], seed=seed
+    )
+    where = {(int(s), int(c)): i for i, (s, c) in enumerate(aug_rows)}
+
+    def gather(entries: np.ndarray) -> Split:
+        is_aug = entries[:, 1] > 0
+        pos = np.asarray([where.get((int(s), int(c)), -1) for s, c in entries], dtype=np.int64)
+        images = data.images[entries[:, 0]]
+        images[is_aug] = aug_images[pos[is_aug]]
+        masks = None
+        if data.masks is not None:
+            masks = data.masks[entries[:, 0]]
+            masks[is_aug] = aug_masks[pos[is_aug]]
+        return Split(images, data.labels[entries[:, 0]], masks, entries[:, 0].copy(), is_aug)
+
+    return {s: gather(plan.split(s)) for s in SPLITS}
+
+
+def prepare(cfg: DataConfig, cache_dir: str | Path | None = None) -> PreparedData:
+    """Find, decode (through the cache), split, balance and augment; raise DataError naming every bad field."""
+    problems = cfg.problems()
+    if problems:
+        raise DataError("invalid data settings:\n  " + "\n  ".join(problems))
+    index = scan(resolve_root(cfg, cache_dir), cfg.task)
+    data = load(
+        index, cfg.image_size, mask_threshold=cfg.mask_threshold, on_bad_image=cfg.on_bad_image, cache_dir=cache_dir
+    )
+    present = np.unique(data.labels)
+    if len(present) < 2:
+        raise DataError(f"after skipping unreadable images only {len(present)} class is left under {index.root}")
+    plan = plan_splits(
+        data.labels,
+        option=cfg.option,
+        protocol=cfg.protocol,
+        balance_to=cfg.balance_to,
+        seed=cfg.seed,
+        fractions=cfg.fractions,
+    )
+    splits = materialise(data, plan, cfg.seed)
+    return PreparedData(
+        classes=data.classes,
+        train=splits["train"],
+        val=splits["val"],
+        test=splits["test"],
+        audit=leakage_audit(plan),
+        fingerprint=data.fingerprint,
+        skipped=data.skipped,
+        names=data.names,
+        config=cfg,
+    )

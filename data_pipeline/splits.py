@@ -1,0 +1,116 @@
+"""Split and balancing plans: pure functions over label arrays, no images.
+
+A plan lists, for each split, entries ``(source, copy)``: ``source`` indexes the original images, ``copy`` is 0 for
+the original itself and k > 0 for its k-th augmented copy. Materialising a plan (``prepare``) reads and augments.
+
+Loading options (the study's):
+  1  class-specific: each class is split 70/15/15 on its own (700/150/150 at 1,000 per class), then shuffled.
+  2  one global dataset: everything pooled, shuffled, split 70/15/15.
+Protocols:
+  leak_free  split the originals first, then top up the *training* split only; validation and test hold only
+             untouched originals. The default.
+  study      balance first, split afterwards, as the paper did: augmented copies of one image land in training and
+             in validation/test. Leaky; available so the paper's numbers can be reproduced, labelled wherever used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+OPTIONS = (1, 2)
+PROTOCOLS = ("leak_free", "study")
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class SplitPlan:
+    train: np.ndarray  # (n, 2) int64 rows of (source, copy)
+    val: np.ndarray
+    test: np.ndarray
+    option: int
+    protocol: str
+
+    def split(self, name: str) -> np.ndarray:
+        return getattr(self, name)
+
+
+def split_sizes(n: int, fractions: tuple[float, float, float]) -> tuple[int, int, int]:
+    """Sizes of train/val/test for n items: val and test rounded, train takes the rest (1000 -> 700/150/150)."""
+    n_val = round(n * fractions[1])
+    n_test = round(n * fractions[2])
+    return n - n_val - n_test, n_val, n_test
+
+
+def _originals(sources: np.ndarray) -> np.ndarray:
+    return np.stack([sources, np.zeros_like(sources)], 1).astype(np.int64)
+
+
+def top_up(sources: np.ndarray, target: int, rng: np.random.Generator) -> np.ndarray:
+    """All of ``sources`` as originals plus augmented copies up to ``target`` rows (never fewer originals).
+
+    Copies cycle over the sources in a shuffled order, so each source gets ⌊k/n⌋ or ⌈k/n⌉ of the k copies.
+    """
+    rows = [_originals(sources)]
+    need = target - len(sources)
+    if need > 0 and len(sources):
+        order = rng.permutation(sources)
+        picks = np.resize(order, need)
+        copy_ids = np.arange(need) // len(sources) + 1
+        rows.append(np.stack([picks, copy_ids], 1).astype(np.int64))
+    return np.concatenate(rows)
+
+
+def _cut(rows: np.ndarray, fractions) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    n_train, n_val, _ = split_sizes(len(rows), fractions)
+    return rows[:n_train], rows[n_train : n_train + n_val], rows[n_train + n_val :]
+
+
+def plan_splits(
+    labels: np.ndarray,
+    *,
+    option: int = 2,
+    protocol: str = "leak_free",
+    balance_to: int | None = None,
+    seed: int = 0,
+    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+) -> SplitPlan:
+    """Plan train/val/test for images with these labels; ``balance_to`` = images per class (None: no balancing)."""
+    if option not in OPTIONS:
+        raise ValueError(f"option must be one of {OPTIONS}, not {option!r}")
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, not {protocol!r}")
+    if abs(sum(fractions) - 1) > 1e-9 or min(fractions) <= 0:
+        raise ValueError(f"fractions must be three positive numbers summing to 1, not {fractions}")
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels)
+    by_class = [np.flatnonzero(labels == c) for c in classes]
+
+    if protocol == "study":  # balance first, split afterwards (leaky)
+        pools = [top_up(s, balance_to or 0, rng) for s in by_class]
+        if option == 1:
+            parts = [_cut(rng.permutation(p), fractions) for p in pools]
+            train, val, test = (np.concatenate([p[k] for p in parts]) for k in range(3))
+        else:
+            train, val, test = _cut(rng.permutation(np.concatenate(pools)), fractions)
+    else:  # leak_free: split originals first, then top up training only
+        if option == 1:
+            parts = [_cut(_originals(rng.permutation(s)), fractions) for s in by_class]
+            train, val, test = (np.concatenate([p[k] for p in parts]) for k in range(3))
+        else:
+            train, val, test = _cut(_originals(rng.permutation(np.concatenate(by_class))), fractions)
+        if balance_to:
+            per_class_train = split_sizes(balance_to, fractions)[0]
+            train_sources = train[:, 0]
+            train = np.concatenate(
+                [top_up(train_sources[labels[train_sources] == c], per_class_train, rng) for c in classes]
+            )
+    return SplitPlan(rng.permutation(train), rng.permutation(val), rng.permutation(test), option, protocol)
+
+
+def leakage_audit(plan: SplitPlan) -> dict[str, int]:
+    """How many validation/test images share their source image with training (as original or augmented copy)."""
+    in_train = set(plan.train[:, 0].tolist())
+    return {name: int(sum(s in in_train for s in plan.split(name)[:, 0].tolist())) for name in ("val", "test")}

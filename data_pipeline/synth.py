@@ -1,0 +1,211 @@
+"""An embedded synthetic blood-smear dataset in the Kaggle "Leukemia" layout.
+
+Each image is a pale pink smear with red blood cells (with central pallor) and one or two white cells whose
+purple nucleus differs by class in size, nucleus-to-cytoplasm ratio, outline and chromatin texture. The class
+ranges overlap and cells overlap each other, so the task is learnable but not trivial. ``Segmented/`` is made the
+way the real set's was: an HSV colour threshold keeps the purple cells (lightened) on black, so the mask a loader
+derives with ``grey > 128`` is exactly that threshold's region (with the default lossless PNG files).
+
+Deterministic: image i of class c depends on (seed, c, i) only.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from data_pipeline.errors import DataError
+from data_pipeline.layout import ORIGINAL_DIR, SEGMENTED_DIR
+
+CLASSES = ("Benign", "Early", "Pre", "Pro")
+REAL_COUNTS = (504, 985, 963, 804)  # the Kaggle set, per class
+DEFAULT_COUNTS = tuple(round(c / 8) for c in REAL_COUNTS)  # the real imbalance, scaled down
+FORMATS = ("png", "jpg")
+
+# HSV window (OpenCV: H in [0, 180)) that keeps purple white cells and drops pink background and red cells.
+HSV_LOW = np.array([105, 50, 0], np.uint8)
+HSV_HIGH = np.array([165, 255, 245], np.uint8)
+
+
+@dataclass(frozen=True)
+class _Style:
+    cell_radius: tuple[float, float]  # fraction of the image side
+    nc_ratio: tuple[float, float]  # nucleus radius / cell radius
+    irregularity: tuple[float, float]  # amplitude of the nucleus outline's wobble
+    cleft: tuple[float, float]  # depth of an indentation, fraction of the nucleus radius
+    texture: tuple[float, float]  # chromatin speckle amplitude
+    grain: float  # speckle blur sigma in pixels at 224 px: small = fine chromatin
+    two_cells: float  # probability of a second white cell
+
+
+_STYLES = {
+    "Benign": _Style((0.085, 0.115), (0.78, 0.92), (0.00, 0.06), (0.0, 0.1), (0.05, 0.15), 1.0, 0.15),
+    "Early": _Style((0.105, 0.140), (0.70, 0.86), (0.03, 0.10), (0.0, 0.2), (0.10, 0.22), 1.0, 0.25),
+    "Pre": _Style((0.115, 0.150), (0.62, 0.78), (0.05, 0.12), (0.2, 0.5), (0.15, 0.28), 2.0, 0.30),
+    "Pro": _Style((0.125, 0.165), (0.55, 0.72), (0.10, 0.22), (0.1, 0.4), (0.22, 0.38), 3.0, 0.35),
+}
+
+
+def _u(rng: np.random.Generator, lo_hi: tuple[float, float]) -> float:
+    return float(rng.uniform(*lo_hi))
+
+
+def _blob(size: int, cx: float, cy: float, r: float, rng: np.random.Generator, wobble: float, cleft: float):
+    """A filled, wobbly closed outline as a bool mask; cleft carves a kidney-shaped indentation."""
+    theta = np.linspace(0, 2 * np.pi, 96, endpoint=False)
+    radius = np.ones_like(theta)
+    for k in (2, 3, 5):
+        radius += wobble * rng.uniform(-1, 1) * np.sin(k * theta + rng.uniform(0, 2 * np.pi)) / k * 2
+    pts = np.stack([cx + r * radius * np.cos(theta), cy + r * radius * np.sin(theta)], 1)
+    canvas = np.zeros((size, size), np.uint8)
+    cv2.fillPoly(canvas, [np.round(pts * 16).astype(np.int32)], 1, cv2.LINE_AA, shift=4)
+    if cleft > 0:
+        a = rng.uniform(0, 2 * np.pi)
+        ccx, ccy = cx + r * np.cos(a) * 1.05, cy + r * np.sin(a) * 1.05
+        cv2.circle(canvas, (round(ccx), round(ccy)), max(1, round(r * cleft * 1.2)), 0, -1)
+    return canvas.astype(bool)
+
+
+def render(class_name: str, index: int, size: int = 224, seed: int = 0) -> np.ndarray:
+    """One synthetic smear image (uint8 RGB, size×size) of the given class."""
+    style = _STYLES[class_name]
+    rng = np.random.default_rng([seed, CLASSES.index(class_name), index])
+    s = size / 224.0
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    shade = 1.0 + 0.04 * np.sin(2 * np.pi * (xx * rng.uniform(0.3, 1) + yy * rng.uniform(0.3, 1)))
+    img = np.empty((size, size, 3), np.float32)
+    img[:] = np.array([236, 212, 216]) + rng.normal(0, 3, 3)
+    img *= shade[..., None]
+
+    for _ in range(rng.integers(8, 20)):  # red blood cells with central pallor
+        r = rng.uniform(0.045, 0.075) * size
+        c = rng.uniform(0, size, 2)
+        col = np.array([206, 118, 128]) + rng.normal(0, 8, 3)
+        disk = np.zeros((size, size), np.uint8)
+        cv2.circle(disk, (round(c[0]), round(c[1])), round(r), 1, -1, cv2.LINE_AA)
+        img[disk.astype(bool)] = img[disk.astype(bool)] * 0.25 + col * 0.75
+        pallor = np.zeros((size, size), np.uint8)
+        cv2.circle(pallor, (round(c[0]), round(c[1])), max(1, round(r * 0.45)), 1, -1, cv2.LINE_AA)
+        img[pallor.astype(bool)] = img[pallor.astype(bool)] * 0.5 + np.array([228, 180, 186]) * 0.5
+
+    n_cells = 2 if rng.random() < style.two_cells else 1
+    for _ in range(n_cells):  # white cells: cytoplasm, then nucleus with chromatin texture
+        r = _u(rng, style.cell_radius) * size
+        cx, cy = rng.uniform(r, size - r, 2)
+        cyto = _blob(size, cx, cy, r, rng, 0.04, 0.0)
+        img[cyto] = np.array([172, 142, 214]) + rng.normal(0, 6, 3)
+        rn = r * _u(rng, style.nc_ratio)
+        ox, oy = rng.uniform(-1, 1, 2) * (r - rn) * 0.8
+        nucleus = _blob(size, cx + ox, cy + oy, rn, rng, _u(rng, style.irregularity), _u(rng, style.cleft))
+        speckle = cv2.GaussianBlur(rng.normal(0, 1, (size, size)).astype(np.float32), (0, 0), style.grain * s)
+        speckle /= speckle.std() + 1e-6
+        base = np.array([92, 46, 128]) * rng.uniform(0.85, 1.1)
+        tex = 1.0 + _u(rng, style.texture) * speckle[nucleus][:, None]
+        img[nucleus] = np.clip(base * tex, 20, 200)
+
+    img = cv2.GaussianBlur(img, (3, 3), 0.6) + rng.normal(0, 4, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def segment(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The HSV threshold of the real set: (binary mask, Segmented image with lightened cells on black)."""
+    hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)
+    mask = cv2.inRange(hsv, HSV_LOW, HSV_HIGH)
+    mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)) > 0
+    # Lightened so every kept pixel's grey level is >= 140: `grey > 128` on the file gives back exactly `mask`.
+    light = (255 - (255 - rgb.astype(np.float32)) * 0.45).astype(np.uint8)
+    seg = np.where(mask[..., None], light, 0).astype(np.uint8)
+    return mask.astype(np.uint8), seg
+
+
+def file_name(class_name: str, index: int, fmt: str) -> str:
+    kind = "Benign" if class_name == "Benign" else f"Malignant-{class_name}"
+    return f"WBC-{kind}-{index + 1:03d}.{fmt}"
+
+
+def write_dataset(
+    out: str | Path,
+    counts: tuple[int, ...] = DEFAULT_COUNTS,
+    size: int = 224,
+    seed: int = 0,
+    fmt: str = "png",
+    workers: int | None = None,
+) -> Path:
+    """Write Original/ and Segmented/ for the four classes into ``out`` (which must not hold a dataset yet).
+
+    Written into a temporary folder beside ``out`` and renamed at the end, so an interrupted run leaves nothing.
+    """
+    if len(counts) != len(CLASSES) or min(counts) < 1:
+        raise DataError(f"counts must be {len(CLASSES)} positive numbers (for {', '.join(CLASSES)}), not {counts}")
+    if size < 32:
+        raise DataError(f"size must be at least 32 pixels, not {size}")
+    if fmt not in FORMATS:
+        raise DataError(f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    out = Path(out).expanduser().resolve()
+    if out.exists() and any(out.iterdir()):
+        raise DataError(f"{out} exists and is not empty; choose a new folder or delete it first.")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
+    jobs = [(c, i) for c, n in zip(CLASSES, counts, strict=True) for i in range(n)]
+    for c in CLASSES:
+        (tmp / ORIGINAL_DIR / c).mkdir(parents=True)
+        (tmp / SEGMENTED_DIR / c).mkdir(parents=True)
+
+    def work(job: tuple[str, int]) -> None:
+        c, i = job
+        rgb = render(c, i, size, seed)
+        _, seg = segment(rgb)
+        name = file_name(c, i, fmt)
+        for folder, arr in ((ORIGINAL_DIR, rgb), (SEGMENTED_DIR, seg)):
+            if not cv2.imwrite(str(tmp / folder / c / name), cv2.cvtColor(arr, cv2.COLOR_RGB2BGR)):
+                raise OSError(f"could not write {tmp / folder / c / name}")
+
+    try:
+        with ThreadPoolExecutor(max_workers=workers or (os.cpu_count() or 1)) as pool:
+            list(pool.map(work, jobs))
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def embedded_dataset(
+    counts: tuple[int, ...] = DEFAULT_COUNTS, size: int = 224, seed: int = 0, cache_dir: str | Path | None = None
+) -> Path:
+    """The synthetic dataset for these parameters, generated once into the cache folder and reused."""
+    from data_pipeline.io import default_cache_dir
+
+    name = f"synthetic-{'-'.join(map(str, counts))}-{size}px-seed{seed}"
+    root = Path(cache_dir or default_cache_dir()) / "synthetic" / name
+    if not (root / ORIGINAL_DIR).is_dir():
+        try:
+            write_dataset(root, counts, size, seed)
+        except DataError:
+            if not (root / ORIGINAL_DIR).is_dir():  # not another process winning the race: a real problem
+                raise
+    return root
+
+
+def contact_sheet(root: str | Path, per_class: int = 4, tile: int = 112) -> np.ndarray:
+    """A grid (one row per class) of originals with their Segmented images beside them, uint8 RGB."""
+    from data_pipeline.io import read_rgb
+    from data_pipeline.layout import scan
+
+    index = scan(root, "segmentation")
+    rows = []
+    for label, _ in enumerate(index.classes):
+        picks = [i for i, lab in enumerate(index.labels) if lab == label][:per_class]
+        tiles = [np.concatenate([read_rgb(index.images[i], tile), read_rgb(index.masks[i], tile)], 1) for i in picks]
+        tiles += [np.zeros_like(tiles[0])] * (per_class - len(tiles))
+        rows.append(np.concatenate(tiles, 1))
+    return np.concatenate(rows, 0)
