@@ -27,9 +27,7 @@ def study_transform(seed: int) -> A.Compose:
     )
 
 
-def augment(
-    images: np.ndarray, masks: np.ndarray | None = None, *, seed: int
-) -> tuple[np.ndarray, np.ndarray | None]:
+def augment(images: np.ndarray, masks: np.ndarray | None = None, *, seed: int) -> tuple[np.ndarray, np.ndarray | None]:
     """Augment a batch (N,H,W,3 uint8, masks N,H,W) with one seeded pipeline, in order: same seed, same output."""
     transform = study_transform(seed)
     out_images = np.empty_like(images)

@@ -3,3 +3,5 @@
 
 class DataError(ValueError):
     """A dataset folder, image or mask that cannot be used as it is."""
+
+    exit_code = 2  # the CLI prints the message and exits with this, no traceback

@@ -230,8 +230,10 @@ def check(index: DatasetIndex, workers: int | None = None) -> CheckReport:
             if masks[i] is not None:
                 gray = _decode(masks[i], cv2.IMREAD_GRAYSCALE)
                 if gray.shape[:2] != img.shape[:2]:
-                    return None, (f"mask {masks[i]} is {gray.shape[1]}x{gray.shape[0]}, "
-                                  f"its image is {img.shape[1]}x{img.shape[0]}")
+                    return None, (
+                        f"mask {masks[i]} is {gray.shape[1]}x{gray.shape[0]}, "
+                        f"its image is {img.shape[1]}x{img.shape[0]}"
+                    )
             return f"{img.shape[1]}x{img.shape[0]}", None
         except BadImageError as exc:
             return None, str(exc)

@@ -116,9 +116,7 @@ def materialise(data: LoadedData, plan: SplitPlan, seed: int) -> dict[str, Split
     rows = np.concatenate([plan.split(s) for s in SPLITS])
     aug_rows = np.unique(rows[rows[:, 1] > 0], axis=0)
     src = aug_rows[:, 0]
-    aug_images, aug_masks = augment(
-        data.images[src], None if data.masks is None else data.masks[src], seed=seed
-    )
+    aug_images, aug_masks = augment(data.images[src], None if data.masks is None else data.masks[src], seed=seed)
     where = {(int(s), int(c)): i for i, (s, c) in enumerate(aug_rows)}
 
     def gather(entries: np.ndarray) -> Split:

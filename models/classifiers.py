@@ -1,0 +1,76 @@
+"""The study's classifiers: a Keras Applications backbone plus the study's head.
+
+RGB [0, 255] -> Rescaling to [-1, 1] (the backbones' preprocess_input) -> backbone (frozen by default)
+-> global average pooling -> Dense(256, relu) -> Dropout(dropout) -> Dense(num_classes, softmax, float32)
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+from models.registry import register
+
+BACKBONE = "backbone"  # the nested backbone model's name inside every classifier
+_HP = ("dropout", "freeze_backbone", "dense_units")
+
+
+def _classifier(app, *, name, num_classes, input_shape, weights, dropout=0.0, freeze_backbone=True, dense_units=256):
+    inputs = keras.Input(input_shape, name="image")
+    x = layers.Rescaling(1 / 127.5, offset=-1.0, name="preprocess")(inputs)
+    backbone = app(include_top=False, weights=weights, input_shape=input_shape, name=BACKBONE)
+    backbone.trainable = not freeze_backbone
+    # A frozen backbone runs in inference mode so its BatchNorm statistics stay ImageNet's (transfer learning).
+    x = backbone(x, training=False) if freeze_backbone else backbone(x)
+    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    x = layers.Dense(dense_units, activation="relu", name="fc")(x)
+    x = layers.Dropout(dropout, name="dropout")(x)
+    outputs = layers.Dense(num_classes, activation="softmax", dtype="float32", name="probabilities")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+@register(
+    "inception_resnet_v2",
+    task="classification",
+    default_input_size=224,
+    min_input_size=75,
+    size_multiple=1,
+    hyperparameters=_HP,
+    preprocess="x / 127.5 - 1 (inception_resnet_v2.preprocess_input), inside the model",
+    imagenet_weights="inception_resnet_v2_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    keras_application="InceptionResNetV2",
+    description="InceptionResNetV2 (keras.applications) with the study's 256-unit head",
+)
+def inception_resnet_v2(**kw) -> keras.Model:
+    return _classifier(keras.applications.InceptionResNetV2, name="inception_resnet_v2", **kw)
+
+
+@register(
+    "nasnet_large",
+    task="classification",
+    default_input_size=224,
+    min_input_size=32,
+    size_multiple=1,
+    hyperparameters=_HP,
+    preprocess="x / 127.5 - 1 (nasnet.preprocess_input), inside the model",
+    imagenet_weights="nasnet_large_no_top.h5",
+    imagenet_input_size=331,
+    keras_application="NASNetLarge",
+    description="NASNetLarge (keras.applications) with the study's 256-unit head",
+)
+def nasnet_large(**kw) -> keras.Model:
+    return _classifier(keras.applications.NASNetLarge, name="nasnet_large", **kw)
+
+
+def unfreeze_top(model: keras.Model, n_layers: int) -> int:
+    """Fine-tuning stage: make the top ``n_layers`` backbone layers trainable (BatchNorm stays frozen).
+
+    Returns how many layers were unfrozen. Recompile the model afterwards, at a lower learning rate.
+    """
+    backbone = model.get_layer(BACKBONE)
+    backbone.trainable = True
+    layers_ = backbone.layers
+    for i, layer in enumerate(layers_):
+        top = i >= len(layers_) - n_layers
+        layer.trainable = top and not isinstance(layer, layers.BatchNormalization)
+    return sum(layer.trainable for layer in layers_)

@@ -1,0 +1,78 @@
+"""Final evaluation on a split: pure functions over label/mask arrays and predicted probabilities.
+
+Classification (scikit-learn): accuracy; macro precision, recall and F1 (unweighted mean over classes, a class
+never predicted scores 0); the per-class report; the confusion matrix (rows = actual, columns = predicted);
+one-vs-rest ROC AUC per class and its macro mean; mean categorical cross-entropy.
+
+Segmentation: see ``models.metrics`` for dice/iou/study_dice/study_iou. Also pixel accuracy, precision and recall
+(dataset-level, thresholded at 0.5), per-image means of thresholded dice and iou (an image whose mask and
+prediction are both empty scores 1), and mean binary cross-entropy.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn import metrics as skm
+
+_EPS = 1e-7
+
+
+def classification_report(y_true: np.ndarray, probs: np.ndarray, class_names: tuple[str, ...]) -> dict:
+    y_true = np.asarray(y_true).astype(int)
+    probs = np.asarray(probs, dtype=np.float64)
+    labels = list(range(len(class_names)))
+    y_pred = probs.argmax(1)
+    p, r, f, s = skm.precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    present = np.unique(y_true)
+    auc = {}
+    for k in labels:
+        positives = y_true == k
+        auc[class_names[k]] = (
+            float(skm.roc_auc_score(positives, probs[:, k])) if 0 < positives.sum() < len(y_true) else float("nan")
+        )
+    finite_auc = [v for v in auc.values() if np.isfinite(v)]
+    return {
+        "accuracy": float(skm.accuracy_score(y_true, y_pred)),
+        "precision": float(p[present].mean() if len(present) == len(labels) else p.mean()),
+        "recall": float(r.mean()),
+        "f1": float(f.mean()),
+        "loss": float(-np.mean(np.log(np.clip(probs[np.arange(len(y_true)), y_true], _EPS, 1.0)))),
+        "roc_auc": float(np.mean(finite_auc)) if finite_auc else float("nan"),
+        "per_class": {
+            c: {
+                "precision": float(p[k]),
+                "recall": float(r[k]),
+                "f1": float(f[k]),
+                "support": int(s[k]),
+                "roc_auc": auc[c],
+            }
+            for k, c in enumerate(class_names)
+        },
+        "confusion_matrix": skm.confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+    }
+
+
+def _ratio(num: np.ndarray, den: np.ndarray, empty: float) -> np.ndarray:
+    return np.where(den > 0, num / np.maximum(den, 1), empty)
+
+
+def segmentation_report(masks: np.ndarray, probs: np.ndarray, threshold: float = 0.5) -> dict:
+    y = np.asarray(masks, dtype=np.float64).reshape(len(masks), -1)
+    p = np.asarray(probs, dtype=np.float64).reshape(len(masks), -1)
+    y_hat = (p >= threshold).astype(np.float64)
+    tp_i, fp_i, fn_i = (y * y_hat).sum(1), ((1 - y) * y_hat).sum(1), (y * (1 - y_hat)).sum(1)
+    tp, fp, fn = tp_i.sum(), fp_i.sum(), fn_i.sum()
+    soft_inter_i = (y * p).sum(1)
+    pc = np.clip(p, _EPS, 1 - _EPS)
+    return {
+        "accuracy": float((y == y_hat).mean()),
+        "precision": float(_ratio(tp, tp + fp, 0.0)),
+        "recall": float(_ratio(tp, tp + fn, 0.0)),
+        "dice": float(_ratio(2 * tp, 2 * tp + fp + fn, 1.0)),
+        "iou": float(_ratio(tp, tp + fp + fn, 1.0)),
+        "dice_per_image": float(_ratio(2 * tp_i, 2 * tp_i + fp_i + fn_i, 1.0).mean()),
+        "iou_per_image": float(_ratio(tp_i, tp_i + fp_i + fn_i, 1.0).mean()),
+        "study_dice": float((2 * soft_inter_i.sum() + 1) / (y.sum() + p.sum() + 1)),
+        "study_iou": float(((soft_inter_i + 1) / (y.sum(1) + p.sum(1) - soft_inter_i + 1)).mean()),
+        "loss": float(-np.mean(y * np.log(pc) + (1 - y) * np.log(1 - pc))),
+    }

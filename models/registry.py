@@ -1,0 +1,164 @@
+"""One registry of models: ``@register`` next to each builder, ``build(name, ...)`` to make one.
+
+The registry key is the one name used everywhere: study specs, result tables, TensorBoard run names, export files.
+Each entry carries its facts (task, input sizes, preprocessing, accepted hyperparameters, ImageNet weights), so the
+sweep engine never special-cases a model.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+
+TASKS = ("classification", "segmentation")
+MIXED_PRECISION = ("mixed_bfloat16", "mixed_float16")
+
+
+class ModelError(ValueError):
+    """An unknown model, an impossible hyperparameter or an input size a model cannot take."""
+
+    exit_code = 2  # the CLI prints the message and exits with this, no traceback
+
+
+class WeightsUnavailableError(ModelError):
+    """ImageNet weights were asked for but are not on this machine (no network at run time)."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    task: str
+    builder: Callable[..., keras.Model]
+    default_input_size: int
+    min_input_size: int
+    size_multiple: int  # input side must be a multiple of this (U-Nets halve it at every stage)
+    hyperparameters: tuple[str, ...]  # accepted by the builder besides num_classes, input_shape, weights
+    preprocess: str  # what the model does to its input, inside the model (inputs are RGB in [0, 255])
+    imagenet_weights: str | None = None  # file name Keras caches the no-top ImageNet weights under
+    imagenet_input_size: int | None = None  # the only input size ImageNet weights support (None: any legal size)
+    keras_application: str | None = None  # keras.applications constructor that downloads those weights
+    description: str = ""
+
+    def input_size_problems(self, size: int, weights: str | None = None) -> list[str]:
+        out = []
+        if size < self.min_input_size:
+            out.append(f"{self.name} needs input_size >= {self.min_input_size}, got {size}")
+        if size % self.size_multiple:
+            out.append(f"{self.name} needs input_size divisible by {self.size_multiple}, got {size}")
+        if weights == "imagenet" and self.imagenet_input_size and size != self.imagenet_input_size:
+            out.append(f"{self.name}'s ImageNet weights need input_size {self.imagenet_input_size}, got {size}")
+        if weights == "imagenet" and not self.imagenet_weights:
+            out.append(f"{self.name} has no ImageNet weights; use weights: null")
+        return out
+
+
+_REGISTRY: dict[str, ModelInfo] = {}
+
+
+def register(name: str, **facts) -> Callable:
+    """Decorator: register ``builder`` under ``name`` with its facts (see ModelInfo)."""
+
+    def deco(builder: Callable[..., keras.Model]) -> Callable[..., keras.Model]:
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} is registered twice")
+        _REGISTRY[name] = ModelInfo(name=name, builder=builder, **facts)
+        return builder
+
+    return deco
+
+
+def list_models(task: str | None = None) -> list[str]:
+    """Registered model names, sorted, optionally only those of one task."""
+    if task is not None and task not in TASKS:
+        raise ModelError(f"task must be one of {', '.join(TASKS)}, not {task!r}")
+    return sorted(n for n, info in _REGISTRY.items() if task is None or info.task == task)
+
+
+def get(name: str) -> ModelInfo:
+    """The registry entry of ``name``; an unknown name raises and lists the valid ones."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ModelError(f"unknown model {name!r}; registered models: {', '.join(list_models())}") from None
+
+
+def keras_cache_dir() -> Path:
+    return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
+
+
+def resolve_weights(info: ModelInfo, weights: str | None) -> str | None:
+    """None, or a local weights file; 'imagenet' resolves to Keras's cache and never downloads."""
+    if weights is None:
+        return None
+    if weights == "imagenet":
+        if not info.imagenet_weights:
+            raise ModelError(f"{info.name} has no ImageNet weights; use weights: null")
+        path = keras_cache_dir() / info.imagenet_weights
+        if not path.is_file():
+            raise WeightsUnavailableError(
+                f"ImageNet weights for {info.name} are not on this machine ({path}), and sweeps never download. "
+                f"On a machine with network run:\n"
+                f'  python -c "import keras; keras.applications.{info.keras_application}'
+                f"(include_top=False, weights='imagenet')\"\n"
+                f"then copy ~/.keras/models/{info.imagenet_weights} to {path} (or set KERAS_HOME), "
+                f"or pass a weights file path as weights:, or use weights: null to train from scratch."
+            )
+        return str(path)
+    if not Path(weights).expanduser().is_file():
+        raise ModelError(f"weights file {weights} does not exist; pass 'imagenet', null, or an existing .h5 path")
+    return str(Path(weights).expanduser())
+
+
+@contextmanager
+def _dtype_policy(policy: str | None):
+    if policy is None:
+        yield
+        return
+    if policy not in MIXED_PRECISION:
+        raise ModelError(f"mixed_precision must be null or one of {', '.join(MIXED_PRECISION)}, not {policy!r}")
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def build(
+    name: str,
+    *,
+    num_classes: int,
+    input_shape: tuple[int, int, int],
+    weights: str | None = None,
+    mixed_precision: str | None = None,
+    **hyperparameters,
+) -> keras.Model:
+    """Build registered model ``name``. Inputs are RGB images in [0, 255]; preprocessing is inside the model.
+
+    Raises ModelError for an unknown name, a hyperparameter the model does not take, an impossible value or an
+    input size the model cannot take; WeightsUnavailableError when 'imagenet' weights are not on this machine.
+    """
+    info = get(name)
+    unknown = sorted(set(hyperparameters) - set(info.hyperparameters))
+    if unknown:
+        raise ModelError(f"{name} does not take {', '.join(unknown)}; it takes: {', '.join(info.hyperparameters)}")
+    dropout = hyperparameters.get("dropout", 0.0)
+    if not 0.0 <= dropout < 1.0:
+        raise ModelError(f"dropout must be in [0, 1), got {dropout}")
+    if len(input_shape) != 3 or input_shape[0] != input_shape[1] or input_shape[2] != 3:
+        raise ModelError(f"input_shape must be (size, size, 3), got {input_shape}")
+    problems = info.input_size_problems(input_shape[0], weights)
+    if problems:
+        raise ModelError("; ".join(problems))
+    if info.task == "classification" and num_classes < 2:
+        raise ModelError(f"a classifier needs num_classes >= 2, got {num_classes}")
+    if info.task == "segmentation" and num_classes != 1:
+        raise ModelError(f"{name} predicts one binary mask: num_classes must be 1, got {num_classes}")
+    path = resolve_weights(info, weights)
+    with _dtype_policy(mixed_precision):
+        return info.builder(num_classes=num_classes, input_shape=tuple(input_shape), weights=path, **hyperparameters)

@@ -1,0 +1,46 @@
+"""Quiet, deterministic tests: fixed Keras backend (TensorFlow unless KERAS_BACKEND says otherwise), no GPU
+probing, Ray without usage stats, and every cache in a per-session temporary folder."""
+
+import os
+import tempfile
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+os.environ["CUDA_VISIBLE_DEVICES"] = ""
+os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+os.environ["RAY_DEDUP_LOGS"] = "0"
+os.environ["PYTHONHASHSEED"] = "0"
+os.environ["SWEEP_CACHE_DIR"] = tempfile.mkdtemp(prefix="sweep-test-cache-")
+
+import random
+
+import numpy as np
+import pytest
+
+from data_pipeline import synth
+
+TINY_COUNTS = (6, 9, 8, 7)  # the real imbalance's shape, tiny
+
+
+@pytest.fixture(autouse=True)
+def _seeded():
+    random.seed(0)
+    np.random.seed(0)
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory):
+    """A tiny synthetic dataset on disk (PNG, 64 px), shared read-only by the whole session."""
+    return synth.write_dataset(tmp_path_factory.mktemp("data") / "smears", TINY_COUNTS, size=64, seed=3)
+
+
+@pytest.fixture
+def cache_dir(tmp_path):
+    return tmp_path / "cache"
+
+
+def tree_state(root) -> dict:
+    """Every file under root with its size and mtime: to assert a user's folder was left untouched."""
+    from pathlib import Path
+
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(Path(root).rglob("*"))}

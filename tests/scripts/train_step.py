@@ -1,0 +1,52 @@
+"""Build every registered model (weights=None, smallest legal input), run one train step and one prediction.
+
+Run as a subprocess with KERAS_BACKEND set, so each backend gets a fresh process. Prints one JSON line per model.
+Usage: python train_step.py MODEL[@POLICY] ...   (POLICY: a mixed-precision policy, e.g. unet@mixed_bfloat16)
+"""
+
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras
+import numpy as np
+
+import models
+from models.metrics import get_loss, training_metrics
+
+keras.utils.set_random_seed(0)
+for arg in sys.argv[1:]:
+    name, _, policy = arg.partition("@")
+    policy = policy or None
+    info = models.get(name)
+    size = max(info.min_input_size, info.size_multiple * 2)
+    seg = info.task == "segmentation"
+    hp = {"dropout": 0.2, **({"base_filters": 4} if seg else {})}
+    model = models.build(name, num_classes=1 if seg else 3, input_shape=(size, size, 3), mixed_precision=policy, **hp)
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-3),
+        loss=get_loss("bce_dice" if seg else "categorical_crossentropy"),
+        metrics=training_metrics(info.task),
+    )
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (2, size, size, 3)).astype("float32")
+    y = (rng.random((2, size, size, 1)) > 0.5).astype("float32") if seg else np.array([0, 2])
+    logs = model.train_on_batch(x, y, return_dict=True)
+    pred = model.predict(x, verbose=0)
+    print(
+        json.dumps(
+            {
+                "model": arg,
+                "backend": keras.backend.backend(),
+                "loss": float(logs["loss"]),
+                "pred_shape": list(pred.shape),
+                "pred_dtype": str(pred.dtype),
+                "pred_min": float(pred.min()),
+                "pred_max": float(pred.max()),
+                "row_sums": pred.sum(-1).tolist() if not seg else None,
+            }
+        ),
+        flush=True,
+    )

@@ -1,0 +1,133 @@
+"""The model registry: names, facts, validation, the study's parameter count, weights handling, fine-tuning."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import models
+from models.classifiers import unfreeze_top
+
+SCRIPT = Path(__file__).parent / "scripts" / "train_step.py"
+ROOT = Path(__file__).parent.parent
+
+
+def test_registry_lists_the_studys_models():
+    assert models.list_models("classification") == ["inception_resnet_v2", "nasnet_large"]
+    assert models.list_models("segmentation") == ["unet", "unet_fpn", "unet_fpn_gelu"]
+    assert models.list_models() == sorted(models.list_models("classification") + models.list_models("segmentation"))
+
+
+def test_entries_carry_their_facts():
+    nas = models.get("nasnet_large")
+    assert nas.imagenet_input_size == 331 and nas.min_input_size == 32 and "dropout" in nas.hyperparameters
+    assert models.get("unet").size_multiple == 16 and models.get("unet").imagenet_weights is None
+
+
+def test_unknown_model_lists_valid_names():
+    with pytest.raises(models.ModelError, match=r"unknown model 'resnet50'.*inception_resnet_v2, nasnet_large"):
+        models.build("resnet50", num_classes=4, input_shape=(224, 224, 3))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"dropout": 1.5}, "dropout must be in"),
+        ({"learning_rate": 0.1}, "does not take learning_rate"),
+        ({"input_shape": (50, 50, 3)}, "needs input_size divisible by 16"),
+        ({"input_shape": (16, 16, 3)}, "needs input_size >= 32"),
+        ({"num_classes": 3}, "num_classes must be 1"),
+        ({"mixed_precision": "float8"}, "mixed_precision must be"),
+    ],
+)
+def test_impossible_settings_rejected(kwargs, message):
+    args = {"num_classes": 1, "input_shape": (32, 32, 3), **kwargs}
+    with pytest.raises(models.ModelError, match=message):
+        models.build("unet", **args)
+
+
+def test_inception_resnet_v2_head_has_the_studys_394500_trainable_parameters():
+    model = models.build("inception_resnet_v2", num_classes=4, input_shape=(75, 75, 3), dropout=0.4)
+    assert sum(int(np.prod(w.shape)) for w in model.trainable_weights) == 394_500
+    assert model.count_params() > 54_000_000  # the frozen backbone is really there
+
+
+def test_imagenet_offline_fails_fast_with_instructions(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    with pytest.raises(models.WeightsUnavailableError) as err:
+        models.build("inception_resnet_v2", num_classes=4, input_shape=(75, 75, 3), weights="imagenet")
+    text = str(err.value)
+    assert "never download" in text and "InceptionResNetV2(include_top=False, weights='imagenet')" in text
+    assert str(tmp_path / "models") in text and "weights: null" in text
+    with pytest.raises(models.ModelError, match="need input_size 331"):
+        models.build("nasnet_large", num_classes=4, input_shape=(224, 224, 3), weights="imagenet")
+    with pytest.raises(models.ModelError, match="has no ImageNet weights"):
+        models.build("unet", num_classes=1, input_shape=(32, 32, 3), weights="imagenet")
+
+
+def _save_legacy_h5(model, path):
+    """Write weights in the legacy HDF5 layout of Keras's ImageNet files (what keras.applications loads)."""
+    import h5py
+    from keras.src.legacy.saving import legacy_h5_format
+
+    with h5py.File(path, "w") as f:
+        legacy_h5_format.save_weights_to_hdf5_group(f, model)
+
+
+def test_weights_from_a_file_and_from_the_keras_cache(tmp_path, monkeypatch):
+    source = models.build("inception_resnet_v2", num_classes=2, input_shape=(75, 75, 3))
+    backbone = source.get_layer("backbone")
+    cached = tmp_path / "models" / models.get("inception_resnet_v2").imagenet_weights
+    cached.parent.mkdir()
+    _save_legacy_h5(backbone, cached)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    for weights in ("imagenet", str(cached)):
+        loaded = models.build("inception_resnet_v2", num_classes=2, input_shape=(75, 75, 3), weights=weights)
+        a, b = backbone.weights[0], loaded.get_layer("backbone").weights[0]
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    with pytest.raises(models.ModelError, match="does not exist"):
+        models.build("inception_resnet_v2", num_classes=2, input_shape=(75, 75, 3), weights=str(tmp_path / "x.h5"))
+
+
+def test_fine_tuning_unfreezes_top_layers_but_not_batchnorm():
+    model = models.build("inception_resnet_v2", num_classes=4, input_shape=(75, 75, 3))
+    frozen = len(model.trainable_weights)
+    n = unfreeze_top(model, 20)
+    assert 0 < n <= 20 and len(model.trainable_weights) > frozen
+
+
+def _start(backend: str, names: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen(
+        [sys.executable, str(SCRIPT), *names], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def _check(proc: subprocess.Popen, backend: str, names: list[str]) -> None:
+    out, err = proc.communicate(timeout=900)
+    assert proc.returncode == 0, err[-3000:]
+    results = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert [r["model"] for r in results] == names
+    for r in results:
+        assert r["backend"] == backend and np.isfinite(r["loss"]), r
+        assert r["pred_dtype"] == "float32" and 0.0 <= r["pred_min"] <= r["pred_max"] <= 1.0, r
+        if r["row_sums"] is not None:
+            assert r["pred_shape"] == [2, 3] and np.allclose(r["row_sums"], 1.0, atol=1e-4)
+        else:
+            assert r["pred_shape"][0] == 2 and r["pred_shape"][-1] == 1
+
+
+def test_every_model_trains_one_step_on_tensorflow_and_jax():
+    """Each backend in a fresh process (the backend is fixed per process), both at once on the two cores.
+    Mixed precision rides along: its outputs must stay float32."""
+    runs = {
+        "tensorflow": [*models.list_models(), "unet@mixed_float16"],
+        "jax": [*models.list_models(), "unet_fpn_gelu@mixed_bfloat16", "inception_resnet_v2@mixed_bfloat16"],
+    }
+    procs = {backend: _start(backend, names) for backend, names in runs.items()}
+    for backend, proc in procs.items():
+        _check(proc, backend, runs[backend])
