@@ -68,18 +68,120 @@ def _data_check(args) -> int:
     return 1
 
 
+def _parse_set(items: list[str]) -> dict:
+    """--set section.key=value (YAML value) -> nested overrides."""
+    import yaml
+
+    out: dict = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or "." not in key:
+            raise SystemExit(f"error: --set takes section.key=value (e.g. train.epochs=5), got {item!r}")
+        section, field = key.split(".", 1)
+        out.setdefault(section, {})[field] = yaml.safe_load(value)
+    return out
+
+
+def _add_run_commands(sub) -> None:
+    run = sub.add_parser("run", help="run a study as a Ray Tune sweep")
+    run.add_argument("study", help="a built-in study (classification, segmentation) or a study .yaml file")
+    run.add_argument("--preset", help="a preset of the study, e.g. smoke (tiny, fast)")
+    run.add_argument("--data-dir", help="dataset folder (ROOT/Original/<class>/...); default: embedded synthetic set")
+    run.add_argument("--storage", default="runs", help="where experiments are written (default ./runs)")
+    run.add_argument("--name", help="experiment name (default STUDY-DATE-TIME)")
+    run.add_argument("--gpus-per-trial", type=float, help="GPUs per trial; 0.25 packs 4 trials on a GPU (default auto)")
+    run.add_argument("--cpus-per-trial", type=float)
+    run.add_argument("--backend", choices=("tensorflow", "jax", "torch"), help="Keras backend for every trial")
+    run.add_argument("--seed", type=int)
+    run.add_argument("--address", help="Ray cluster address (default: start a local cluster on 127.0.0.1)")
+    run.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                     help="override a study setting, e.g. --set train.epochs=5 (repeatable)")
+    resume = sub.add_parser("resume", help="continue an interrupted sweep where it stopped")
+    resume.add_argument("experiment", type=Path)
+    resume.add_argument("--address")
+    ls = sub.add_parser("ls", help="list experiments with status, trial counts and best metric")
+    ls.add_argument("--storage", default="runs")
+
+
+def _overrides(args) -> dict:
+    over = _parse_set(args.set)
+    if args.data_dir:
+        over.setdefault("data", {})["data_dir"] = args.data_dir
+    if args.backend:
+        over.setdefault("train", {})["backend"] = args.backend
+    if args.seed is not None:
+        over.setdefault("search", {})["seed"] = args.seed
+    return over
+
+
+def _print_summary(experiment: Path) -> None:
+    import pandas as pd
+
+    from search.runner import RESULTS_CSV, best_per_family, load_sweep
+
+    sweep = load_sweep(experiment)
+    metric = {"classification": "val_accuracy", "segmentation": "val_dice"}[sweep["study"]["task"]]
+    frame = pd.read_csv(experiment / RESULTS_CSV)
+    test = "test_accuracy" if metric == "val_accuracy" else "test_dice"
+    print(f"\n{len(frame)} trials: " + ", ".join(f"{v} {k}" for k, v in frame["status"].value_counts().items()))
+    best = best_per_family(frame, metric)
+    cols = [c for c in ("trial", "status", "epochs", metric, test) if c in best]
+    with pd.option_context("display.width", 160, "display.float_format", "{:.4f}".format):
+        print("best trial per model family (chosen on validation; test shown, never used to choose):")
+        print(best[cols].to_string(index=False))
+    audits = {opt: d["leakage_audit"] for opt, d in sweep["data"].items()}
+    print(f"leakage audit (val/test images sharing a source with training), per loading option: {audits}")
+    print(f"\nexperiment: {experiment}")
+    print(f"results table: {experiment / RESULTS_CSV}")
+    print(f"TensorBoard: tensorboard --logdir {experiment}")
+
+
+def _run(args) -> int:
+    from search.runner import run_study
+    from search.spec import load_study
+
+    study = load_study(args.study, args.preset, _overrides(args))
+    exp = run_study(study, storage=args.storage, name=args.name, address=args.address,
+                    gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial)
+    _print_summary(exp)
+    return 0
+
+
+def _resume(args) -> int:
+    from search.runner import resume_study
+
+    _print_summary(resume_study(args.experiment, address=args.address))
+    return 0
+
+
+def _ls(args) -> int:
+    import pandas as pd
+
+    from search.runner import list_experiments
+
+    frame = list_experiments(args.storage)
+    if frame.empty:
+        print(f"no experiments under {Path(args.storage).resolve()}")
+        return 0
+    with pd.option_context("display.width", 200, "display.max_colwidth", 80):
+        print(frame.to_string(index=False))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sweep", description="Hyperparameter sweeps for blood-smear classification and segmentation on Ray Tune."
     )
     sub = parser.add_subparsers(dest="cmd", required=True)
+    _add_run_commands(sub)
     _add_data_commands(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {("data", "synth"): _data_synth, ("data", "check"): _data_check}
+    handlers = {("data", "synth"): _data_synth, ("data", "check"): _data_check, ("run", None): _run,
+                ("resume", None): _resume, ("ls", None): _ls}
     try:
         return handlers[(args.cmd, getattr(args, "data_cmd", None))](args)
     except Exception as exc:

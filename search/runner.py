@@ -1,0 +1,323 @@
+"""Run a study as a Ray Tune sweep, resume it, and turn its trials into one results table.
+
+Experiment folder (``STORAGE/NAME``): Ray Tune's own state and one folder per trial (TensorBoard event files,
+progress.csv, result.json, the best checkpoint), plus ``sweep.json`` (the resolved study, data fingerprints and
+leakage audit, package versions), ``results.csv`` / ``results.json`` (one row per trial, test metrics included).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import platform
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from data_pipeline import DataConfig, prepare
+from search.spec import Resources, Scheduler, Search, Study, Train, param_space
+from search.trial import CHECKPOINT_MODEL, train_trial
+
+SWEEP_FILE = "sweep.json"
+RESULTS_CSV = "results.csv"
+RESULTS_JSON = "results.json"
+PACKAGES = ("ray", "keras", "tensorflow", "jax", "optuna", "albumentations", "opencv-python-headless", "numpy",
+            "pandas", "scikit-learn")
+
+
+class SweepError(RuntimeError):
+    """An experiment that cannot be run, resumed or read; the message says what to do."""
+
+    exit_code = 2
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in PACKAGES:
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def study_from_dict(d: dict[str, Any]) -> Study:
+    data = d["data"]
+    data = DataConfig(**{**data, "fractions": tuple(data["fractions"]),
+                         "synthetic_counts": tuple(data["synthetic_counts"])})
+    return Study(name=d["name"], task=d["task"], space=d["space"], search=Search(**d["search"]),
+                 train=Train(**d["train"]), data=data, scheduler=Scheduler(**d["scheduler"]),
+                 resources=Resources(**d["resources"]))
+
+
+def option_values(study: Study) -> list[int]:
+    """The loading options this study's trials use: each is prepared once per sweep."""
+    axis = study.space.get("option")
+    if axis is None:
+        return [study.data.option]
+    return sorted(axis if isinstance(axis, list) else axis["choice"])
+
+
+def trial_name(config: dict[str, Any]) -> str:
+    """Run name in TensorBoard and on disk: model, option, lr and dropout, readable."""
+    option = f"-opt{config['option']}" if "option" in config else ""
+    return f"{config['model']}{option}-lr{float(config['lr']):g}-do{float(config['dropout']):g}"
+
+
+def _trial_dirname(trial) -> str:
+    return f"{trial_name(trial.config)}-{trial.trial_id}"
+
+
+def _init_ray(address: str | None, backend: str) -> None:
+    import ray
+
+    env = {"KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": os.pathsep.join(
+        p for p in (str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH", "")) if p)}
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=False)
+    else:  # a fresh local cluster on the loopback address only
+        ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False,
+                 runtime_env={"env_vars": env}, log_to_driver=False)
+
+
+def _gpus_per_trial(study: Study, override: float | None) -> float:
+    import ray
+
+    value = override if override is not None else study.resources.gpus_per_trial
+    if value == "auto":
+        return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+    return float(value)
+
+
+def _settings(study: Study, gpus: float, experiment_dir: Path) -> dict[str, Any]:
+    return {"train": dataclasses.asdict(study.train), "task": study.task, "metric": study.metric,
+            "loss": study.loss, "seed": study.search.seed, "gpus_per_trial": gpus,
+            "experiment_dir": str(experiment_dir)}
+
+
+def _trainable(study: Study, datasets: dict, gpus: float, cpus: float, experiment_dir: Path):
+    from ray import tune
+
+    fn = tune.with_parameters(train_trial, datasets=datasets, settings=_settings(study, gpus, experiment_dir))
+    return tune.with_resources(fn, {"cpu": cpus, "gpu": gpus})
+
+
+def _prepare_all(study: Study) -> dict:
+    return {opt: prepare(dataclasses.replace(study.data, option=opt)) for opt in option_values(study)}
+
+
+def _search_alg(study: Study):
+    if study.search.algorithm != "optuna":
+        return None
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    return ConcurrencyLimiter(OptunaSearch(seed=study.search.seed), max_concurrent=4)
+
+
+def run_study(
+    study: Study,
+    *,
+    storage: str | Path,
+    name: str | None = None,
+    address: str | None = None,
+    gpus_per_trial: float | None = None,
+    cpus_per_trial: float | None = None,
+    verbose: int = 1,
+) -> Path:
+    """Run every trial of ``study``; return the experiment folder (results.csv written)."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    storage = Path(storage).expanduser().resolve()
+    name = name or f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    experiment_dir = storage / name
+    if experiment_dir.exists():
+        raise SweepError(f"{experiment_dir} exists already: pick another --name, or `sweep resume {experiment_dir}`")
+    datasets = _prepare_all(study)
+    _init_ray(address, study.train.backend)
+    gpus = _gpus_per_trial(study, gpus_per_trial)
+    cpus = cpus_per_trial if cpus_per_trial is not None else study.resources.cpus_per_trial
+    experiment_dir.mkdir(parents=True)
+    sweep = {
+        "study": study.to_dict(),
+        "resources": {"gpus_per_trial": gpus, "cpus_per_trial": cpus},
+        "data": {str(opt): d.summary() for opt, d in datasets.items()},
+        "versions": versions(),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    (experiment_dir / SWEEP_FILE).write_text(json.dumps(sweep, indent=2, default=str))
+    tuner = tune.Tuner(
+        _trainable(study, datasets, gpus, cpus, experiment_dir),
+        param_space={**param_space(study), "seed": study.search.seed},
+        tune_config=tune.TuneConfig(
+            metric=study.metric,
+            mode="max",
+            scheduler=ASHAScheduler(max_t=study.train.epochs, grace_period=study.scheduler.grace_period,
+                                    reduction_factor=study.scheduler.reduction_factor),
+            search_alg=_search_alg(study),
+            num_samples=study.search.num_samples,
+            trial_dirname_creator=_trial_dirname,
+            reuse_actors=True,  # a worker imports its framework once, not once per trial
+        ),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=str(storage),
+            failure_config=tune.FailureConfig(max_failures=1),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=study.metric,
+                                                    checkpoint_score_order="max"),
+            verbose=verbose,
+        ),
+    )
+    grid = tuner.fit()
+    return finalize(experiment_dir, grid, study, datasets)
+
+
+def load_sweep(experiment_dir: str | Path) -> dict[str, Any]:
+    path = Path(experiment_dir).expanduser().resolve() / SWEEP_FILE
+    if not path.is_file():
+        raise SweepError(f"{path.parent} is not a sweep experiment (no {SWEEP_FILE}); `sweep ls` lists experiments")
+    return json.loads(path.read_text())
+
+
+def resume_study(experiment_dir: str | Path, *, address: str | None = None, verbose: int = 1) -> Path:
+    """Continue an interrupted sweep: finished trials are kept, unfinished ones continue from their checkpoint,
+    errored ones are retried."""
+    from ray import tune
+
+    experiment_dir = Path(experiment_dir).expanduser().resolve()
+    sweep = load_sweep(experiment_dir)
+    study = study_from_dict(sweep["study"])
+    if not tune.Tuner.can_restore(str(experiment_dir)):
+        raise SweepError(f"{experiment_dir} has no Ray Tune state to resume from (it stopped before the first trial)")
+    datasets = _prepare_all(study)
+    _init_ray(address, study.train.backend)
+    res = sweep["resources"]
+    tuner = tune.Tuner.restore(
+        str(experiment_dir),
+        trainable=_trainable(study, datasets, res["gpus_per_trial"], res["cpus_per_trial"], experiment_dir),
+        resume_unfinished=True,
+        resume_errored=True,
+    )
+    return finalize(experiment_dir, tuner.fit(), study, datasets)
+
+
+def trial_status(error: bool, last: dict[str, Any], max_epochs: int) -> str:
+    """completed | stopped (early, by ASHA) | diverged | failed."""
+    if error:
+        return "failed"
+    if last.get("diverged"):
+        return "diverged"
+    return "completed" if int(last.get("epoch", 0)) >= max_epochs else "stopped"
+
+
+def _best_row(history: pd.DataFrame, metric: str) -> dict[str, Any]:
+    """The epoch whose validation metric is highest among finite, non-diverged epochs (selection on validation)."""
+    if history is None or history.empty or metric not in history:
+        return {}
+    ok = history[(history.get("diverged", False) != True) & history[metric].notna()]  # noqa: E712
+    ok = ok[ok["train_loss"].map(math.isfinite)] if "train_loss" in ok else ok
+    return {} if ok.empty else ok.loc[ok[metric].idxmax()].to_dict()
+
+
+def evaluate_checkpoint(checkpoint_path: str, task: str, batch_size: int, data) -> dict[str, Any]:
+    """Test-split metrics of one checkpoint: the only place the test split is used."""
+    import keras
+
+    from models.evaluation import classification_report, segmentation_report
+
+    model = keras.saving.load_model(Path(checkpoint_path) / CHECKPOINT_MODEL, compile=False)
+    import numpy as np
+
+    # One pass over the test split: eager calls cost less than tracing a predict function used only once.
+    images = data.test.images
+    probs = np.concatenate([
+        keras.ops.convert_to_numpy(model(images[i : i + batch_size].astype("float32"), training=False))
+        for i in range(0, len(images), batch_size)
+    ])
+    if task == "classification":
+        return classification_report(data.test.labels, probs, data.classes)
+    return segmentation_report(data.test.masks, probs[..., 0])
+
+
+def _evaluate_all(jobs: list[tuple[str, Any]], study: Study, datasets: dict, cpus: float, gpus: float) -> list:
+    """Evaluate checkpoints as parallel Ray tasks (on the cluster's GPUs when trials had them)."""
+    import ray
+
+    refs = {opt: ray.put(d) for opt, d in datasets.items()}
+    task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=1)(evaluate_checkpoint)
+    return ray.get([task.remote(path, study.task, study.train.batch_size, refs[opt]) for path, opt in jobs])
+
+
+def finalize(experiment_dir: Path, grid, study: Study, datasets: dict) -> Path:
+    """Evaluate each trial's best checkpoint on the test split; write results.csv/json; return the folder."""
+    sweep = load_sweep(experiment_dir)
+    rows, jobs = [], []
+    for result in grid:
+        config = {k: result.config[k] for k in ("model", "option", "lr", "dropout") if k in result.config}
+        history = result.metrics_dataframe
+        last = result.metrics or {}
+        best = _best_row(history, study.metric)
+        status = trial_status(result.error is not None, last, study.train.epochs)
+        row = {"trial": trial_name(result.config), "trial_id": last.get("trial_id"),
+               **config, "status": status, "epochs": int(last.get("epoch", 0) or 0),
+               "best_epoch": int(best["epoch"]) if best else None,
+               "wall_seconds": float(history["epoch_seconds"].sum()) if history is not None and
+               "epoch_seconds" in history else 0.0,
+               "error": str(result.error).splitlines()[0][:300] if result.error else ""}
+        row |= {k: v for k, v in best.items() if k.startswith(("train_", "val_"))}
+        checkpoint = result.get_best_checkpoint(study.metric, "max") if best else None
+        row["checkpoint"] = checkpoint.path if checkpoint is not None else ""
+        if checkpoint is not None:
+            jobs.append((len(rows), checkpoint.path, config.get("option", study.data.option)))
+        rows.append(row)
+    res = sweep["resources"]
+    reports = _evaluate_all([(p, o) for _, p, o in jobs], study, datasets, res["cpus_per_trial"],
+                            res["gpus_per_trial"])
+    details = {}
+    for (i, _, _), report in zip(jobs, reports, strict=True):
+        rows[i] |= {f"test_{k}": v for k, v in report.items() if isinstance(v, float)}
+        details[rows[i]["trial"]] = report
+    frame = pd.DataFrame(rows)
+    keys = ["model", *(["option"] if "option" in frame else []), "lr", "dropout"]  # the study's row order
+    frame = frame.sort_values(keys, ascending=[True] * (len(keys) - 2) + [False, False])
+    frame.to_csv(experiment_dir / RESULTS_CSV, index=False)
+    (experiment_dir / RESULTS_JSON).write_text(json.dumps(details, indent=2, default=float))
+    return experiment_dir
+
+
+def best_per_family(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """The trial with the highest validation metric per model (selection on validation only, never test)."""
+    scored = frame[frame[metric].notna()] if metric in frame else frame.iloc[0:0]
+    if scored.empty:
+        return scored
+    return scored.loc[scored.groupby("model")[metric].idxmax()].sort_values(metric, ascending=False)
+
+
+def list_experiments(storage: str | Path) -> pd.DataFrame:
+    """Experiments under ``storage`` with status, trial counts and best validation metric."""
+    rows = []
+    for sweep_file in sorted(Path(storage).expanduser().glob(f"*/{SWEEP_FILE}")):
+        exp = sweep_file.parent
+        sweep = json.loads(sweep_file.read_text())
+        metric = {"classification": "val_accuracy", "segmentation": "val_dice"}[sweep["study"]["task"]]
+        results = exp / RESULTS_CSV
+        trials = len([p for p in exp.iterdir() if (p / "result.json").is_file()])
+        row = {"experiment": exp.name, "task": sweep["study"]["task"], "started": sweep.get("started", "")}
+        if results.is_file():
+            frame = pd.read_csv(results)
+            counts = frame["status"].value_counts().to_dict()
+            row |= {"status": "finished", "trials": len(frame),
+                    "detail": ", ".join(f"{v} {k}" for k, v in counts.items()),
+                    f"best {metric}": frame[metric].max() if metric in frame else float("nan")}
+        else:
+            row |= {"status": "unfinished", "trials": trials, "detail": f"sweep resume {exp}", f"best {metric}": None}
+        rows.append(row)
+    return pd.DataFrame(rows)

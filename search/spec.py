@@ -1,0 +1,310 @@
+"""A study is data: a YAML file loaded into a frozen, validated ``Study``; ``param_space`` turns it into Ray Tune's.
+
+Schema (every key optional unless marked):
+  task        classification | segmentation                                       (required)
+  search      {algorithm: grid | random | optuna, num_samples: int, seed: int}
+  space       axis -> list (a grid; random/optuna sample it) | {loguniform: [lo, hi]} | {uniform: [lo, hi]}
+              | {choice: [...]}. Axes: model (required), lr (required), dropout, option (classification).
+  train       batch_size, epochs, loss, weights, freeze_backbone, base_filters, mixed_precision, backend
+  data        the fields of data_pipeline.DataConfig (option and seed come from space/search)
+  scheduler   ASHA: {grace_period: int, reduction_factor: number}
+  resources   {cpus_per_trial: number, gpus_per_trial: number | auto}
+  presets     name -> a partial study merged over this one (e.g. smoke)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from data_pipeline import DataConfig
+
+TASKS = ("classification", "segmentation")
+ALGORITHMS = ("grid", "random", "optuna")
+DISTRIBUTIONS = ("loguniform", "uniform", "choice")
+AXES = {"classification": ("model", "option", "lr", "dropout"), "segmentation": ("model", "lr", "dropout")}
+BACKENDS = ("tensorflow", "jax", "torch")
+TOP_KEYS = ("task", "search", "space", "train", "data", "scheduler", "resources", "presets")
+METRIC = {"classification": "val_accuracy", "segmentation": "val_dice"}
+
+
+class SpecError(ValueError):
+    """A study spec that cannot run; the message lists every problem with its field."""
+
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class Train:
+    batch_size: int = 32
+    epochs: int = 60
+    loss: str = ""  # empty: the task's default
+    weights: str | None = None
+    freeze_backbone: bool = True
+    base_filters: int = 32
+    mixed_precision: str | None = None
+    backend: str = "tensorflow"
+    online_augmentation: bool = False
+
+
+@dataclass(frozen=True)
+class Search:
+    algorithm: str = "grid"
+    num_samples: int = 1
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Scheduler:
+    grace_period: int = 5
+    reduction_factor: float = 3
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpus_per_trial: float = 1
+    gpus_per_trial: float | str = "auto"
+
+
+@dataclass(frozen=True)
+class Study:
+    name: str
+    task: str
+    space: dict[str, Any]
+    search: Search = field(default_factory=Search)
+    train: Train = field(default_factory=Train)
+    data: DataConfig = field(default_factory=DataConfig)
+    scheduler: Scheduler = field(default_factory=Scheduler)
+    resources: Resources = field(default_factory=Resources)
+
+    @property
+    def metric(self) -> str:
+        return METRIC[self.task]
+
+    @property
+    def loss(self) -> str:
+        return self.train.loss or ("categorical_crossentropy" if self.task == "classification" else "bce_dice")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def builtin_studies() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("search.studies").iterdir() if p.name.endswith(".yaml"))
+
+
+def _read(name_or_path: str) -> tuple[str, dict]:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise SpecError(f"study file {path} does not exist")
+        text, name = path.read_text(), path.stem
+    elif name_or_path in builtin_studies():
+        text, name = resources.files("search.studies").joinpath(f"{name_or_path}.yaml").read_text(), name_or_path
+    else:
+        raise SpecError(
+            f"unknown study {name_or_path!r}: use a built-in study ({', '.join(builtin_studies())}) or a .yaml file"
+        )
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{name_or_path}: not valid YAML ({exc})") from None
+    if not isinstance(raw, dict):
+        raise SpecError(f"{name_or_path}: a study is a mapping of {', '.join(TOP_KEYS)}")
+    return name, raw
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "space" else v
+    return out
+
+
+def _section(cls, raw: Any, where: str, problems: list[str]):
+    """Build dataclass ``cls`` from a mapping, recording unknown keys and wrong types as problems."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        problems.append(f"{where}: must be a mapping, got {type(raw).__name__}")
+        return cls()
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in fields:
+            problems.append(f"{where}.{key}: unknown key; allowed: {', '.join(fields)}")
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in fields:
+            continue
+        default = fields[key].default
+        if isinstance(value, list) and isinstance(default, tuple):
+            value = tuple(value)
+        ok_types = {type(default)} | ({int, float} if isinstance(default, float) else set())
+        mistyped = default is not None and value is not None and not isinstance(value, tuple(ok_types))
+        if mistyped and key != "gpus_per_trial":  # gpus_per_trial: a number or "auto", checked later
+            problems.append(f"{where}.{key}: expected {type(default).__name__}, got {value!r}")
+            continue
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def _check_axis(task: str, axis: str, values: Any, problems: list[str]) -> None:
+    import models
+
+    where = f"space.{axis}"
+    if isinstance(values, dict):
+        if len(values) != 1 or next(iter(values)) not in DISTRIBUTIONS:
+            problems.append(f"{where}: a distribution is one of {', '.join(DISTRIBUTIONS)}, got {values}")
+            return
+        kind, arg = next(iter(values.items()))
+        if kind != "choice":
+            if not (isinstance(arg, list) and len(arg) == 2 and all(isinstance(a, (int, float)) for a in arg)):
+                problems.append(f"{where}.{kind}: needs [low, high], got {arg!r}")
+                return
+            if axis == "model" or axis == "option":
+                problems.append(f"{where}: {axis} takes a list or choice, not {kind}")
+                return
+            values = arg
+            if kind == "loguniform" and min(arg) <= 0:
+                problems.append(f"{where}.loguniform: bounds must be > 0, got {arg}")
+                return
+            if not arg[0] < arg[1]:
+                problems.append(f"{where}.{kind}: low must be < high, got {arg}")
+                return
+        else:
+            values = arg
+    if not isinstance(values, list) or not values:
+        problems.append(f"{where}: must be a non-empty list or a distribution, got {values!r}")
+        return
+    for v in values:
+        if axis == "model" and v not in models.list_models(task):
+            valid = ", ".join(models.list_models(task))
+            problems.append(f"{where}: {v!r} is not a registered {task} model; one of {valid}")
+        elif axis == "lr" and not (isinstance(v, (int, float)) and 0 < v <= 10):
+            problems.append(f"{where}: learning rate {v!r} must be in (0, 10]")
+        elif axis == "dropout" and not (isinstance(v, (int, float)) and 0 <= v < 1):
+            problems.append(f"{where}: dropout {v!r} must be in [0, 1)")
+        elif axis == "option" and v not in (1, 2):
+            problems.append(f"{where}: loading option {v!r} must be 1 or 2")
+
+
+def _validate(study: Study, problems: list[str]) -> None:
+    import models
+
+    t, d = study.train, study.data
+    if study.search.algorithm not in ALGORITHMS:
+        problems.append(f"search.algorithm: {study.search.algorithm!r} is not one of {', '.join(ALGORITHMS)}")
+    if study.search.num_samples < 1:
+        problems.append(f"search.num_samples: must be >= 1, got {study.search.num_samples}")
+    if t.batch_size < 1:
+        problems.append(f"train.batch_size: must be >= 1, got {t.batch_size}")
+    if t.epochs < 1:
+        problems.append(f"train.epochs: must be >= 1, got {t.epochs}")
+    if t.backend not in BACKENDS:
+        problems.append(f"train.backend: {t.backend!r} is not one of {', '.join(BACKENDS)}")
+    if t.mixed_precision not in (None, *models.MIXED_PRECISION):
+        problems.append(f"train.mixed_precision: {t.mixed_precision!r} is not null or one of {models.MIXED_PRECISION}")
+    from models.metrics import CLASSIFICATION_LOSSES, SEGMENTATION_LOSSES
+
+    allowed = CLASSIFICATION_LOSSES if study.task == "classification" else SEGMENTATION_LOSSES
+    if study.loss not in allowed:
+        problems.append(f"train.loss: {study.loss!r} is not one of {', '.join(allowed)} for {study.task}")
+    if study.scheduler.grace_period < 1 or study.scheduler.reduction_factor <= 1:
+        problems.append("scheduler: grace_period must be >= 1 and reduction_factor > 1")
+    if study.scheduler.grace_period > t.epochs:
+        problems.append(f"scheduler.grace_period: {study.scheduler.grace_period} exceeds train.epochs {t.epochs}")
+    g = study.resources.gpus_per_trial
+    if not (g == "auto" or (isinstance(g, (int, float)) and g >= 0)):
+        problems.append(f"resources.gpus_per_trial: must be 'auto' or a number >= 0, got {g!r}")
+    if study.resources.cpus_per_trial <= 0:
+        problems.append(f"resources.cpus_per_trial: must be > 0, got {study.resources.cpus_per_trial}")
+    problems += [f"data.{p}" for p in d.problems()]
+    model_axis = study.space.get("model")
+    names = model_axis if isinstance(model_axis, list) else (model_axis or {}).get("choice", [])
+    for name in names if isinstance(names, list) else []:
+        if name in models.list_models(study.task):
+            for p in models.get(name).input_size_problems(d.image_size, t.weights):
+                problems.append(f"data.image_size / train.weights: {p}")
+    for name in names if isinstance(names, list) else []:
+        if name in models.list_models(study.task) and t.weights is not None:
+            try:  # fail at load, not hours into a sweep; never downloads
+                models.registry.resolve_weights(models.get(name), t.weights)
+            except models.ModelError as exc:
+                problems.append(f"train.weights: {exc}")
+
+
+def load_study(name_or_path: str, preset: str | None = None, overrides: dict[str, Any] | None = None) -> Study:
+    """Load, merge the preset and overrides (section -> {key: value}), validate; SpecError lists every problem."""
+    name, raw = _read(name_or_path)
+    presets = raw.pop("presets", {}) or {}
+    if preset is not None:
+        if preset not in presets:
+            raise SpecError(f"{name} has no preset {preset!r}; presets: {', '.join(presets) or 'none'}")
+        raw = _merge(raw, presets[preset])
+        name = f"{name}-{preset}"
+    raw = _merge(raw, overrides or {})
+    problems: list[str] = []
+    for key in raw:
+        if key not in TOP_KEYS:
+            problems.append(f"{key}: unknown key; allowed: {', '.join(TOP_KEYS)}")
+    task = raw.get("task")
+    if task not in TASKS:
+        raise SpecError(f"{name}: task: {task!r} must be one of {', '.join(TASKS)}")
+    space = raw.get("space") or {}
+    if not isinstance(space, dict):
+        raise SpecError(f"{name}: space must be a mapping of axes")
+    for axis in space:
+        if axis not in AXES[task]:
+            problems.append(f"space.{axis}: unknown axis for {task}; allowed: {', '.join(AXES[task])}")
+        else:
+            _check_axis(task, axis, space[axis], problems)
+    for axis in ("model", "lr"):
+        if axis not in space:
+            problems.append(f"space.{axis}: required")
+    data_raw = dict(raw.get("data") or {})
+    for key in ("seed",) + (("option",) if "option" in space else ()):
+        if key in data_raw:
+            problems.append(f"data.{key}: set by {'search.seed' if key == 'seed' else 'space.option'}, not here")
+    search = _section(Search, raw.get("search"), "search", problems)
+    data = _section(DataConfig, {**data_raw, "task": task}, "data", problems)
+    data = dataclasses.replace(data, seed=search.seed)
+    study = Study(
+        name=name,
+        task=task,
+        space=space,
+        search=search,
+        train=_section(Train, raw.get("train"), "train", problems),
+        data=data,
+        scheduler=_section(Scheduler, raw.get("scheduler"), "scheduler", problems),
+        resources=_section(Resources, raw.get("resources"), "resources", problems),
+    )
+    _validate(study, problems)
+    if problems:
+        raise SpecError(f"study {name} has {len(problems)} problem(s):\n  " + "\n  ".join(problems))
+    return study
+
+
+def param_space(study: Study) -> dict[str, Any]:
+    """Ray Tune's param_space: lists become grid_search (grid) or choice (random/optuna)."""
+    from ray import tune
+
+    out: dict[str, Any] = {}
+    for axis, values in study.space.items():
+        if isinstance(values, dict):
+            kind, arg = next(iter(values.items()))
+            out[axis] = {"loguniform": tune.loguniform, "uniform": tune.uniform}[kind](*arg) if kind != "choice" else (
+                tune.choice(arg)
+            )
+        elif study.search.algorithm == "grid":
+            out[axis] = tune.grid_search(values)
+        else:
+            out[axis] = tune.choice(values)
+    if study.task == "classification" and "option" not in out:
+        out["option"] = study.data.option
+    out["dropout"] = out.get("dropout", 0.0)
+    return out

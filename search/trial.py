@@ -1,0 +1,131 @@
+"""One trial, top to bottom: config -> data -> models.build -> compile -> for each epoch: fit, validate, report.
+
+Runs inside a Ray Tune actor. The Keras backend and the GPU memory share must be set before Keras is imported, so
+every framework import happens inside ``train_trial``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+CHECKPOINT_MODEL = "model.keras"
+CHECKPOINT_STATE = "state.json"
+FAIL_ENV = "SWEEP_INJECT_FAILURE"  # tests: "<lr>:<times>" makes trials with that lr raise, to exercise retries
+
+
+def limit_gpu_memory(backend: str, gpu_share: float) -> dict[str, str]:
+    """Environment that keeps a trial inside its share of a GPU (Ray pins devices but does not limit memory)."""
+    env = {"TF_FORCE_GPU_ALLOW_GROWTH": "true", "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+    if 0 < gpu_share < 1:
+        env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{0.9 * gpu_share:.3f}"
+    if backend == "torch" and 0 < gpu_share < 1:
+        env["SWEEP_TORCH_MEMORY_FRACTION"] = f"{0.9 * gpu_share:.3f}"
+    return env
+
+
+def _maybe_inject_failure(config: dict[str, Any], marker_dir: Path) -> None:
+    spec = os.environ.get(FAIL_ENV)
+    if not spec:
+        return
+    lr, times = spec.split(":")
+    if not math.isclose(float(config["lr"]), float(lr)):
+        return
+    marker = marker_dir / f"injected-failure-{config['model']}-{config['lr']}-{config.get('option')}"
+    count = int(marker.read_text()) if marker.exists() else 0
+    if count < int(times):
+        marker.write_text(str(count + 1))
+        raise RuntimeError(f"injected failure {count + 1} of {times} (set by {FAIL_ENV} for tests)")
+
+
+def train_trial(config: dict[str, Any], datasets: dict, settings: dict[str, Any]) -> None:
+    """The Ray Tune trainable. ``datasets``: loading option -> PreparedData (shared through the object store);
+    ``settings``: the study's fixed settings (train section, task, metric)."""
+    from ray import tune
+
+    train, task = settings["train"], settings["task"]
+    os.environ["KERAS_BACKEND"] = train["backend"]
+    for key, value in limit_gpu_memory(train["backend"], settings["gpus_per_trial"]).items():
+        os.environ.setdefault(key, value)
+    _maybe_inject_failure(config, Path(settings["experiment_dir"]))
+
+    import keras
+
+    import models
+    from data_pipeline.augment import augment, epoch_seed
+    from models.metrics import get_loss, training_metrics
+
+    # ---- data -------------------------------------------------------------------------------------------------
+    data = datasets[config.get("option", 2)]
+    seg = task == "segmentation"
+
+    def xy(split):
+        s = data.split(split)
+        y = s.masks[..., None].astype("float32") if seg else s.labels
+        return s.images.astype("float32"), y
+
+    x_val, y_val = xy("val")
+
+    # ---- model: fresh, or resumed from this trial's last checkpoint ---------------------------------------------
+    keras.utils.set_random_seed(int(config.get("seed", settings["seed"])))
+    start_epoch, best = 0, -math.inf
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            model = keras.saving.load_model(Path(d) / CHECKPOINT_MODEL, compile=True)
+            state = json.loads((Path(d) / CHECKPOINT_STATE).read_text())
+        start_epoch, best = state["epoch"], state["best"]
+    else:
+        size = data.config.image_size
+        hp = {"dropout": float(config["dropout"])}
+        if seg:
+            hp["base_filters"] = train["base_filters"]
+        else:
+            hp["freeze_backbone"] = train["freeze_backbone"]
+        model = models.build(
+            config["model"],
+            num_classes=1 if seg else len(data.classes),
+            input_shape=(size, size, 3),
+            weights=train["weights"],
+            mixed_precision=train["mixed_precision"],
+            **hp,
+        )
+        model.compile(
+            optimizer=keras.optimizers.Adam(float(config["lr"])),
+            loss=get_loss(settings["loss"]),
+            metrics=training_metrics(task),
+        )
+
+    # ---- epochs: fit, validate, report (ASHA reads the validation metric) ---------------------------------------
+    metric = settings["metric"]
+    for epoch in range(start_epoch, train["epochs"]):
+        t0 = time.perf_counter()
+        x_train, y_train = xy("train")
+        if train["online_augmentation"]:
+            masks = data.train.masks if seg else None
+            images, masks = augment(data.train.images, masks, seed=epoch_seed(settings["seed"], epoch))
+            x_train = images.astype("float32")
+            y_train = masks[..., None].astype("float32") if seg else y_train
+        hist = model.fit(x_train, y_train, batch_size=train["batch_size"], epochs=1, verbose=0, shuffle=True)
+        val = model.evaluate(x_val, y_val, batch_size=train["batch_size"], verbose=0, return_dict=True)
+        metrics = {f"train_{k}": float(v[-1]) for k, v in hist.history.items()}
+        metrics |= {f"val_{k}": float(v) for k, v in val.items()}
+        metrics |= {"epoch": epoch + 1, "epoch_seconds": time.perf_counter() - t0, "diverged": False}
+        if not all(math.isfinite(metrics[k]) for k in ("train_loss", "val_loss")):
+            # The study's lr = 0.1 rows: not an error. Stop now; the tables keep this trial's last finite epoch.
+            # ASHA gets the best value so far (0 if none) so it can rank the trial without a NaN.
+            tune.report({"epoch": epoch + 1, "diverged": True, metric: best if math.isfinite(best) else 0.0})
+            return
+        if metrics[metric] <= best:  # only the best checkpoint is kept, so only an improvement is saved
+            tune.report(metrics)
+            continue
+        best = metrics[metric]
+        with tempfile.TemporaryDirectory() as d:
+            model.save(Path(d) / CHECKPOINT_MODEL)
+            (Path(d) / CHECKPOINT_STATE).write_text(json.dumps({"epoch": epoch + 1, "best": best}))
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
