@@ -94,8 +94,13 @@ def _add_run_commands(sub) -> None:
     run.add_argument("--backend", choices=("tensorflow", "jax", "torch"), help="Keras backend for every trial")
     run.add_argument("--seed", type=int)
     run.add_argument("--address", help="Ray cluster address (default: start a local cluster on 127.0.0.1)")
-    run.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                     help="override a study setting, e.g. --set train.epochs=5 (repeatable)")
+    run.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a study setting, e.g. --set train.epochs=5 (repeatable)",
+    )
     resume = sub.add_parser("resume", help="continue an interrupted sweep where it stopped")
     resume.add_argument("experiment", type=Path)
     resume.add_argument("--address")
@@ -141,8 +146,14 @@ def _run(args) -> int:
     from search.spec import load_study
 
     study = load_study(args.study, args.preset, _overrides(args))
-    exp = run_study(study, storage=args.storage, name=args.name, address=args.address,
-                    gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial)
+    exp = run_study(
+        study,
+        storage=args.storage,
+        name=args.name,
+        address=args.address,
+        gpus_per_trial=args.gpus_per_trial,
+        cpus_per_trial=args.cpus_per_trial,
+    )
     _print_summary(exp)
     return 0
 
@@ -180,8 +191,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {("data", "synth"): _data_synth, ("data", "check"): _data_check, ("run", None): _run,
-                ("resume", None): _resume, ("ls", None): _ls}
+    if args.cmd in ("run", "resume") and not args.address:
+        # A local cluster is one node: with this, Ray uses 127.0.0.1 and binds its servers to loopback only.
+        # (Must be set before Ray is imported.)
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    handlers = {
+        ("data", "synth"): _data_synth,
+        ("data", "check"): _data_check,
+        ("run", None): _run,
+        ("resume", None): _resume,
+        ("ls", None): _ls,
+    }
     try:
         return handlers[(args.cmd, getattr(args, "data_cmd", None))](args)
     except Exception as exc:

@@ -26,8 +26,18 @@ from search.trial import CHECKPOINT_MODEL, train_trial
 SWEEP_FILE = "sweep.json"
 RESULTS_CSV = "results.csv"
 RESULTS_JSON = "results.json"
-PACKAGES = ("ray", "keras", "tensorflow", "jax", "optuna", "albumentations", "opencv-python-headless", "numpy",
-            "pandas", "scikit-learn")
+PACKAGES = (
+    "ray",
+    "keras",
+    "tensorflow",
+    "jax",
+    "optuna",
+    "albumentations",
+    "opencv-python-headless",
+    "numpy",
+    "pandas",
+    "scikit-learn",
+)
 
 
 class SweepError(RuntimeError):
@@ -48,11 +58,19 @@ def versions() -> dict[str, str]:
 
 def study_from_dict(d: dict[str, Any]) -> Study:
     data = d["data"]
-    data = DataConfig(**{**data, "fractions": tuple(data["fractions"]),
-                         "synthetic_counts": tuple(data["synthetic_counts"])})
-    return Study(name=d["name"], task=d["task"], space=d["space"], search=Search(**d["search"]),
-                 train=Train(**d["train"]), data=data, scheduler=Scheduler(**d["scheduler"]),
-                 resources=Resources(**d["resources"]))
+    data = DataConfig(
+        **{**data, "fractions": tuple(data["fractions"]), "synthetic_counts": tuple(data["synthetic_counts"])}
+    )
+    return Study(
+        name=d["name"],
+        task=d["task"],
+        space=d["space"],
+        search=Search(**d["search"]),
+        train=Train(**d["train"]),
+        data=data,
+        scheduler=Scheduler(**d["scheduler"]),
+        resources=Resources(**d["resources"]),
+    )
 
 
 def option_values(study: Study) -> list[int]:
@@ -76,15 +94,25 @@ def _trial_dirname(trial) -> str:
 def _init_ray(address: str | None, backend: str) -> None:
     import ray
 
-    env = {"KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": os.pathsep.join(
-        p for p in (str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH", "")) if p)}
+    env = {
+        "KERAS_BACKEND": backend,
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+        "PYTHONPATH": os.pathsep.join(
+            p for p in (str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH", "")) if p
+        ),
+    }
     if ray.is_initialized():
         return
     if address:
         ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=False)
     else:  # a fresh local cluster on the loopback address only
-        ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False,
-                 runtime_env={"env_vars": env}, log_to_driver=False)
+        ray.init(
+            address="local",
+            _node_ip_address="127.0.0.1",
+            include_dashboard=False,
+            runtime_env={"env_vars": env},
+            log_to_driver=False,
+        )
 
 
 def _gpus_per_trial(study: Study, override: float | None) -> float:
@@ -97,9 +125,15 @@ def _gpus_per_trial(study: Study, override: float | None) -> float:
 
 
 def _settings(study: Study, gpus: float, experiment_dir: Path) -> dict[str, Any]:
-    return {"train": dataclasses.asdict(study.train), "task": study.task, "metric": study.metric,
-            "loss": study.loss, "seed": study.search.seed, "gpus_per_trial": gpus,
-            "experiment_dir": str(experiment_dir)}
+    return {
+        "train": dataclasses.asdict(study.train),
+        "task": study.task,
+        "metric": study.metric,
+        "loss": study.loss,
+        "seed": study.search.seed,
+        "gpus_per_trial": gpus,
+        "experiment_dir": str(experiment_dir),
+    }
 
 
 def _trainable(study: Study, datasets: dict, gpus: float, cpus: float, experiment_dir: Path):
@@ -145,8 +179,14 @@ def run_study(
     _init_ray(address, study.train.backend)
     gpus = _gpus_per_trial(study, gpus_per_trial)
     cpus = cpus_per_trial if cpus_per_trial is not None else study.resources.cpus_per_trial
+    import ray
+
     experiment_dir.mkdir(parents=True)
     sweep = {
+        "cluster": {
+            "nodes": sorted(n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]),
+            "resources": ray.cluster_resources(),
+        },
         "study": study.to_dict(),
         "resources": {"gpus_per_trial": gpus, "cpus_per_trial": cpus},
         "data": {str(opt): d.summary() for opt, d in datasets.items()},
@@ -160,8 +200,11 @@ def run_study(
         tune_config=tune.TuneConfig(
             metric=study.metric,
             mode="max",
-            scheduler=ASHAScheduler(max_t=study.train.epochs, grace_period=study.scheduler.grace_period,
-                                    reduction_factor=study.scheduler.reduction_factor),
+            scheduler=ASHAScheduler(
+                max_t=study.train.epochs,
+                grace_period=study.scheduler.grace_period,
+                reduction_factor=study.scheduler.reduction_factor,
+            ),
             search_alg=_search_alg(study),
             num_samples=study.search.num_samples,
             trial_dirname_creator=_trial_dirname,
@@ -171,8 +214,9 @@ def run_study(
             name=name,
             storage_path=str(storage),
             failure_config=tune.FailureConfig(max_failures=1),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=study.metric,
-                                                    checkpoint_score_order="max"),
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=1, checkpoint_score_attribute=study.metric, checkpoint_score_order="max"
+            ),
             verbose=verbose,
         ),
     )
@@ -218,6 +262,12 @@ def trial_status(error: bool, last: dict[str, Any], max_epochs: int) -> str:
     return "completed" if int(last.get("epoch", 0)) >= max_epochs else "stopped"
 
 
+def _error_line(error: BaseException | None) -> str:
+    """The exception's own last line (Ray wraps it in a header and a remote traceback)."""
+    lines = [line for line in str(error or "").splitlines() if line.strip()]
+    return lines[-1].strip()[:300] if lines else ""
+
+
 def _best_row(history: pd.DataFrame, metric: str) -> dict[str, Any]:
     """The epoch whose validation metric is highest among finite, non-diverged epochs (selection on validation)."""
     if history is None or history.empty or metric not in history:
@@ -238,10 +288,12 @@ def evaluate_checkpoint(checkpoint_path: str, task: str, batch_size: int, data) 
 
     # One pass over the test split: eager calls cost less than tracing a predict function used only once.
     images = data.test.images
-    probs = np.concatenate([
-        keras.ops.convert_to_numpy(model(images[i : i + batch_size].astype("float32"), training=False))
-        for i in range(0, len(images), batch_size)
-    ])
+    probs = np.concatenate(
+        [
+            keras.ops.convert_to_numpy(model(images[i : i + batch_size].astype("float32"), training=False))
+            for i in range(0, len(images), batch_size)
+        ]
+    )
     if task == "classification":
         return classification_report(data.test.labels, probs, data.classes)
     return segmentation_report(data.test.masks, probs[..., 0])
@@ -266,12 +318,18 @@ def finalize(experiment_dir: Path, grid, study: Study, datasets: dict) -> Path:
         last = result.metrics or {}
         best = _best_row(history, study.metric)
         status = trial_status(result.error is not None, last, study.train.epochs)
-        row = {"trial": trial_name(result.config), "trial_id": last.get("trial_id"),
-               **config, "status": status, "epochs": int(last.get("epoch", 0) or 0),
-               "best_epoch": int(best["epoch"]) if best else None,
-               "wall_seconds": float(history["epoch_seconds"].sum()) if history is not None and
-               "epoch_seconds" in history else 0.0,
-               "error": str(result.error).splitlines()[0][:300] if result.error else ""}
+        row = {
+            "trial": trial_name(result.config),
+            "trial_id": last.get("trial_id"),
+            **config,
+            "status": status,
+            "epochs": int(last.get("epoch", 0) or 0),
+            "best_epoch": int(best["epoch"]) if best else None,
+            "wall_seconds": float(history["epoch_seconds"].sum())
+            if history is not None and "epoch_seconds" in history
+            else 0.0,
+            "error": _error_line(result.error),
+        }
         row |= {k: v for k, v in best.items() if k.startswith(("train_", "val_"))}
         checkpoint = result.get_best_checkpoint(study.metric, "max") if best else None
         row["checkpoint"] = checkpoint.path if checkpoint is not None else ""
@@ -279,8 +337,7 @@ def finalize(experiment_dir: Path, grid, study: Study, datasets: dict) -> Path:
             jobs.append((len(rows), checkpoint.path, config.get("option", study.data.option)))
         rows.append(row)
     res = sweep["resources"]
-    reports = _evaluate_all([(p, o) for _, p, o in jobs], study, datasets, res["cpus_per_trial"],
-                            res["gpus_per_trial"])
+    reports = _evaluate_all([(p, o) for _, p, o in jobs], study, datasets, res["cpus_per_trial"], res["gpus_per_trial"])
     details = {}
     for (i, _, _), report in zip(jobs, reports, strict=True):
         rows[i] |= {f"test_{k}": v for k, v in report.items() if isinstance(v, float)}
@@ -314,9 +371,12 @@ def list_experiments(storage: str | Path) -> pd.DataFrame:
         if results.is_file():
             frame = pd.read_csv(results)
             counts = frame["status"].value_counts().to_dict()
-            row |= {"status": "finished", "trials": len(frame),
-                    "detail": ", ".join(f"{v} {k}" for k, v in counts.items()),
-                    f"best {metric}": frame[metric].max() if metric in frame else float("nan")}
+            row |= {
+                "status": "finished",
+                "trials": len(frame),
+                "detail": ", ".join(f"{v} {k}" for k, v in counts.items()),
+                f"best {metric}": frame[metric].max() if metric in frame else float("nan"),
+            }
         else:
             row |= {"status": "unfinished", "trials": trials, "detail": f"sweep resume {exp}", f"best {metric}": None}
         rows.append(row)

@@ -297,8 +297,10 @@ def param_space(study: Study) -> dict[str, Any]:
     for axis, values in study.space.items():
         if isinstance(values, dict):
             kind, arg = next(iter(values.items()))
-            out[axis] = {"loguniform": tune.loguniform, "uniform": tune.uniform}[kind](*arg) if kind != "choice" else (
-                tune.choice(arg)
+            out[axis] = (
+                {"loguniform": tune.loguniform, "uniform": tune.uniform}[kind](*arg)
+                if kind != "choice"
+                else (tune.choice(arg))
             )
         elif study.search.algorithm == "grid":
             out[axis] = tune.grid_search(values)

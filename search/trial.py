@@ -16,7 +16,7 @@ from typing import Any
 
 CHECKPOINT_MODEL = "model.keras"
 CHECKPOINT_STATE = "state.json"
-FAIL_ENV = "SWEEP_INJECT_FAILURE"  # tests: "<lr>:<times>" makes trials with that lr raise, to exercise retries
+FAULTS_ENV = "SWEEP_TEST_FAULTS"  # tests only: see _test_faults
 
 
 def limit_gpu_memory(backend: str, gpu_share: float) -> dict[str, str]:
@@ -29,18 +29,23 @@ def limit_gpu_memory(backend: str, gpu_share: float) -> dict[str, str]:
     return env
 
 
-def _maybe_inject_failure(config: dict[str, Any], marker_dir: Path) -> None:
-    spec = os.environ.get(FAIL_ENV)
-    if not spec:
-        return
-    lr, times = spec.split(":")
-    if not math.isclose(float(config["lr"]), float(lr)):
-        return
-    marker = marker_dir / f"injected-failure-{config['model']}-{config['lr']}-{config.get('option')}"
+def _test_faults(config: dict[str, Any]) -> dict[str, int]:
+    """Faults tests ask for through $SWEEP_TEST_FAULTS, e.g. "raise:0.005:1,nan:0.0001": trials with that learning
+    rate raise (the first N attempts) or see a NaN training loss. Empty in normal use."""
+    out: dict[str, int] = {}
+    for item in filter(None, os.environ.get(FAULTS_ENV, "").split(",")):
+        kind, lr, *times = item.split(":")
+        if math.isclose(float(config["lr"]), float(lr)):
+            out[kind] = int(times[0]) if times else 1
+    return out
+
+
+def _raise_injected(config: dict[str, Any], times: int, marker_dir: Path) -> None:
+    marker = marker_dir / f"injected-failures-{config['model']}-lr{config['lr']}-opt{config.get('option')}"
     count = int(marker.read_text()) if marker.exists() else 0
-    if count < int(times):
+    if count < times:
         marker.write_text(str(count + 1))
-        raise RuntimeError(f"injected failure {count + 1} of {times} (set by {FAIL_ENV} for tests)")
+        raise RuntimeError(f"injected failure {count + 1} of {times} (${FAULTS_ENV}, tests only)")
 
 
 def train_trial(config: dict[str, Any], datasets: dict, settings: dict[str, Any]) -> None:
@@ -52,7 +57,9 @@ def train_trial(config: dict[str, Any], datasets: dict, settings: dict[str, Any]
     os.environ["KERAS_BACKEND"] = train["backend"]
     for key, value in limit_gpu_memory(train["backend"], settings["gpus_per_trial"]).items():
         os.environ.setdefault(key, value)
-    _maybe_inject_failure(config, Path(settings["experiment_dir"]))
+    faults = _test_faults(config)
+    if "raise" in faults:
+        _raise_injected(config, faults["raise"], Path(settings["experiment_dir"]))
 
     import keras
 
@@ -116,6 +123,8 @@ def train_trial(config: dict[str, Any], datasets: dict, settings: dict[str, Any]
         metrics = {f"train_{k}": float(v[-1]) for k, v in hist.history.items()}
         metrics |= {f"val_{k}": float(v) for k, v in val.items()}
         metrics |= {"epoch": epoch + 1, "epoch_seconds": time.perf_counter() - t0, "diverged": False}
+        if "nan" in faults and epoch + 1 > faults["nan"]:
+            metrics["train_loss"] = float("nan")
         if not all(math.isfinite(metrics[k]) for k in ("train_loss", "val_loss")):
             # The study's lr = 0.1 rows: not an error. Stop now; the tables keep this trial's last finite epoch.
             # ASHA gets the best value so far (0 if none) so it can rank the trial without a NaN.

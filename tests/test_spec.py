@@ -1,0 +1,90 @@
+"""Study specs: built-ins load, presets merge, every problem is named with its field, param_space is Ray's."""
+
+import pytest
+import yaml
+
+from search.spec import SpecError, builtin_studies, load_study, param_space
+
+
+def test_builtin_studies_are_the_papers_grids():
+    assert builtin_studies() == ["classification", "segmentation"]
+    seg = load_study("segmentation")
+    n = 1
+    for axis in ("model", "lr", "dropout"):
+        n *= len(seg.space[axis])
+    assert n == 36 and seg.metric == "val_dice" and seg.loss == "bce_dice"
+    assert seg.train.batch_size == 32 and seg.train.epochs == 60
+
+
+def test_classification_grid_is_48_and_demands_weights_up_front(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    with pytest.raises(SpecError, match="ImageNet weights for inception_resnet_v2 are not on this machine"):
+        load_study("classification")
+    study = load_study("classification", overrides={"train": {"weights": None}})
+    space = param_space(study)
+    sizes = [len(space[a]["grid_search"]) for a in ("model", "option", "lr", "dropout")]
+    assert sizes == [2, 2, 4, 3] and sizes[0] * sizes[1] * sizes[2] * sizes[3] == 48
+
+
+def test_smoke_preset_merges_over_the_study():
+    smoke = load_study("classification", "smoke")
+    assert smoke.name == "classification-smoke" and smoke.train.weights is None and smoke.train.epochs == 3
+    assert smoke.train.batch_size == 16 and smoke.data.protocol == "leak_free"  # untouched keys survive
+
+
+def _write(tmp_path, spec):
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return str(path)
+
+
+def test_every_problem_named_with_its_field(tmp_path):
+    spec = {
+        "task": "segmentation",
+        "space": {"model": ["unet", "resnet"], "lr": [0.0], "dropout": [1.5], "color": [1]},
+        "train": {"epochs": 0, "batch_size": "big", "loss": "categorical_crossentropy", "typo": 1},
+        "data": {"image_size": 50, "data_dir": str(tmp_path / "missing")},
+        "scheduler": {"grace_period": 3},
+        "extra": 1,
+    }
+    with pytest.raises(SpecError) as err:
+        load_study(_write(tmp_path, spec))
+    text = str(err.value)
+    for expected in (
+        "extra: unknown key",
+        "space.color: unknown axis",
+        "space.model: 'resnet' is not a registered segmentation model; one of unet, unet_fpn, unet_fpn_gelu",
+        "space.lr: learning rate 0.0 must be in (0, 10]",
+        "space.dropout: dropout 1.5 must be in [0, 1)",
+        "train.epochs: must be >= 1",
+        "train.batch_size: expected int, got 'big'",
+        "train.typo: unknown key",
+        "train.loss: 'categorical_crossentropy' is not one of binary_crossentropy, dice, bce_dice",
+        "data.data_dir:",
+        "needs input_size divisible by 16",
+        "scheduler.grace_period: 3 exceeds train.epochs 0",
+    ):
+        assert expected in text, expected
+
+
+def test_distributions_for_random_and_optuna(tmp_path):
+    from ray.tune.search.sample import Categorical, Float
+
+    spec = {
+        "task": "segmentation",
+        "search": {"algorithm": "optuna", "num_samples": 5},
+        "space": {"model": ["unet"], "lr": {"loguniform": [1e-4, 1e-1]}, "dropout": {"uniform": [0, 0.5]}},
+    }
+    study = load_study(_write(tmp_path, spec))
+    space = param_space(study)
+    assert isinstance(space["model"], Categorical) and isinstance(space["lr"], Float)
+    bad = {**spec, "space": {"model": ["unet"], "lr": {"loguniform": [0, 1]}}}
+    with pytest.raises(SpecError, match="bounds must be > 0"):
+        load_study(_write(tmp_path, bad))
+
+
+def test_unknown_study_and_preset():
+    with pytest.raises(SpecError, match="use a built-in study \\(classification, segmentation\\)"):
+        load_study("classifcation")
+    with pytest.raises(SpecError, match="no preset 'tiny'; presets: smoke"):
+        load_study("segmentation", "tiny")
