@@ -18,6 +18,7 @@ CLASSIFICATION_LOSSES = ("categorical_crossentropy",)
 SEGMENTATION_LOSSES = ("binary_crossentropy", "dice", "bce_dice")
 
 
+@keras.saving.register_keras_serializable(package="leukemia_sweep")
 def study_dice(y_true, y_pred, smooth: float = 1.0):
     """The study's Dice: soft, over the flattened batch, smoothing 1."""
     y_true = ops.reshape(ops.cast(y_true, "float32"), (-1,))
@@ -26,6 +27,7 @@ def study_dice(y_true, y_pred, smooth: float = 1.0):
     return (2.0 * inter + smooth) / (ops.sum(y_true) + ops.sum(y_pred) + smooth)
 
 
+@keras.saving.register_keras_serializable(package="leukemia_sweep")
 def study_iou(y_true, y_pred, smooth: float = 1.0):
     """The study's IoU: soft, per image with smoothing 1, averaged over the images of the batch."""
     y_true = ops.cast(y_true, "float32")
@@ -36,11 +38,13 @@ def study_iou(y_true, y_pred, smooth: float = 1.0):
     return ops.mean((inter + smooth) / (union + smooth))
 
 
+@keras.saving.register_keras_serializable(package="leukemia_sweep")
 def dice_loss(y_true, y_pred):
     """1 − the study's soft Dice."""
     return 1.0 - study_dice(y_true, y_pred)
 
 
+@keras.saving.register_keras_serializable(package="leukemia_sweep")
 def bce_dice_loss(y_true, y_pred):
     """Binary cross-entropy + Dice loss."""
     bce = ops.mean(keras.losses.binary_crossentropy(ops.cast(y_true, "float32"), ops.cast(y_pred, "float32")))

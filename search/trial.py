@@ -24,9 +24,15 @@ def limit_gpu_memory(backend: str, gpu_share: float) -> dict[str, str]:
     env = {"TF_FORCE_GPU_ALLOW_GROWTH": "true", "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
     if 0 < gpu_share < 1:
         env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{0.9 * gpu_share:.3f}"
-    if backend == "torch" and 0 < gpu_share < 1:
-        env["SWEEP_TORCH_MEMORY_FRACTION"] = f"{0.9 * gpu_share:.3f}"
     return env
+
+
+def _limit_torch_memory(gpu_share: float) -> None:
+    """PyTorch has no environment switch for this: cap the caching allocator at this trial's share."""
+    import torch
+
+    if 0 < gpu_share < 1 and torch.cuda.is_available():
+        torch.cuda.set_per_process_memory_fraction(0.9 * gpu_share)
 
 
 def _test_faults(config: dict[str, Any]) -> dict[str, int]:
@@ -63,6 +69,8 @@ def train_trial(config: dict[str, Any], datasets: dict, settings: dict[str, Any]
 
     import keras
 
+    if train["backend"] == "torch":
+        _limit_torch_memory(settings["gpus_per_trial"])
     import models
     from data_pipeline.augment import augment, epoch_seed
     from models.metrics import get_loss, training_metrics

@@ -2,6 +2,7 @@
 probing, Ray without usage stats, and every cache in a per-session temporary folder."""
 
 import os
+import sys
 import tempfile
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -27,6 +28,8 @@ TINY_COUNTS = (6, 9, 8, 7)  # the real imbalance's shape, tiny
 def _seeded():
     random.seed(0)
     np.random.seed(0)
+    if "keras" in sys.modules:  # seed Keras too, without importing a backend into tests that need none
+        sys.modules["keras"].utils.set_random_seed(0)
 
 
 @pytest.fixture(scope="session")

@@ -58,6 +58,19 @@ def _event_scalars(trial_dir: Path) -> dict[str, list[float]]:
     return {tag: [e.value for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
+def _hparams(trial_dir: Path) -> dict:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    acc = EventAccumulator(str(trial_dir))
+    acc.Reload()
+    for content in acc.PluginTagToContent("hparams").values():
+        data = plugin_data_pb2.HParamsPluginData.FromString(content)
+        if data.HasField("session_start_info"):
+            return dict(data.session_start_info.hparams)
+    raise AssertionError(f"no HParams in {trial_dir}")
+
+
 def test_sweep_retries_marks_divergence_logs_and_evaluates(tmp_path):
     # lr 0.01: normal; 0.005: raises once, retried, finishes; 0.002: raises twice, failed; 0.0001: NaN loss at epoch 2
     faults = "raise:0.005:1,raise:0.002:2,nan:0.0001:1"
@@ -98,6 +111,8 @@ def test_sweep_retries_marks_divergence_logs_and_evaluates(tmp_path):
     for tag in ("ray/tune/val_dice", "ray/tune/train_loss", "ray/tune/val_study_dice"):
         assert len(scalars[tag]) == epochs, tag
     assert all(0.0 <= v <= 1.0 for v in scalars["ray/tune/val_dice"])
+    hparams = _hparams(trial_dirs["unet-lr0.01-do0.1"])  # TensorBoard's HParams table view
+    assert hparams["model"].string_value == "unet" and hparams["lr"].number_value == pytest.approx(0.01)
 
     # a checkpoint is a real .keras file: load it in a fresh process and segment an image
     ckpt = frame.set_index("lr").loc[0.01, "checkpoint"]
@@ -168,6 +183,24 @@ def test_killed_driver_resumes_without_losing_or_recomputing(tmp_path):
         if (d / "result.json").is_file():
             epochs_seen = [json.loads(x)["epoch"] for x in (d / "result.json").read_text().splitlines()]
             assert sorted(set(epochs_seen)) == list(range(1, epochs + 1))
+
+
+def test_optuna_search_samples_distributions(tmp_path):
+    spec = yaml.safe_load(Path(_spec(tmp_path, [0.01], epochs=1)).read_text())
+    spec["search"] = {"algorithm": "optuna", "num_samples": 3, "seed": 1}
+    spec["space"] = {
+        "model": ["unet", "unet_fpn_gelu"],
+        "lr": {"loguniform": [1e-4, 1e-2]},
+        "dropout": {"uniform": [0.0, 0.3]},
+    }
+    path = tmp_path / "optuna.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    proc = _sweep("run", str(path), "--storage", str(tmp_path / "runs"), "--name", "tpe")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    frame = pd.read_csv(tmp_path / "runs" / "tpe" / "results.csv")
+    assert len(frame) == 3 and frame["lr"].between(1e-4, 1e-2).all() and frame["dropout"].between(0, 0.3).all()
+    assert frame["lr"].nunique() == 3  # sampled, not a grid
+    assert frame["test_dice"].map(np.isfinite).all()
 
 
 def test_bad_input_gets_a_clear_message_and_writes_nothing(tmp_path):

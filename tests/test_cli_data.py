@@ -1,0 +1,36 @@
+"""`sweep data synth` and `sweep data check` as a user runs them: real files, exit codes, messages."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).parent.parent
+
+
+def _sweep(*args):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "search", *args], env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_synth_then_check_then_break_it(tmp_path):
+    out = tmp_path / "smears"
+    sheet = tmp_path / "sheet.png"
+    proc = _sweep("data", "synth", str(out), "--counts", "3,4,4,3", "--size", "48", "--contact-sheet", str(sheet))
+    assert proc.returncode == 0, proc.stderr
+    assert "wrote 14 images (Benign 3, Early 4, Pre 4, Pro 3)" in proc.stdout and sheet.stat().st_size > 1000
+    proc = _sweep("data", "check", str(out), "--task", "segmentation")
+    assert proc.returncode == 0 and "48x48 (14)" in proc.stdout and "no problems found" in proc.stdout
+    victim = sorted((out / "Original" / "Pro").iterdir())[0]
+    victim.write_bytes(b"\x89PNG broken")
+    proc = _sweep("data", "check", str(out))
+    assert proc.returncode == 1 and "1 problem(s)" in proc.stdout and str(victim) in proc.stdout
+    (out / "Segmented" / "Pre" / "WBC-Malignant-Pre-002.png").unlink()
+    proc = _sweep("data", "check", str(out), "--task", "segmentation")
+    assert proc.returncode == 2 and "have no mask" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_synth_refuses_a_used_folder(tmp_path):
+    (tmp_path / "mine.txt").write_text("x")
+    proc = _sweep("data", "synth", str(tmp_path), "--per-class", "1")
+    assert proc.returncode == 2 and "not empty" in proc.stderr
