@@ -31,10 +31,13 @@ def main() -> None:
         t = time.perf_counter()
         data = load(index, args.size, cache_dir=Path(tmp) / "cache")
         rows.append(("first load (decode images + masks, write cache)", time.perf_counter() - t, "<= 15 s"))
-        t = time.perf_counter()
-        cached = load(index, args.size, cache_dir=Path(tmp) / "cache")
-        rows.append(("cached load", time.perf_counter() - t, "<= 1 s"))
+        # The decoded set is ~650 MB: a cold read is bound by the disk, a warm one by memory. Three runs show both.
+        for label in (f"cached load, run {k}" for k in (1, 2, 3)):
+            t = time.perf_counter()
+            cached = load(index, args.size, cache_dir=Path(tmp) / "cache")
+            rows.append((label, time.perf_counter() - t, "<= 1 s"))
         assert cached.from_cache and np.array_equal(cached.images, data.images)
+        assert np.array_equal(cached.masks, data.masks)
         t = time.perf_counter()
         plan = plan_splits(data.labels, option=2, protocol="study", balance_to=1000, seed=0)
         splits = materialise(data, plan, seed=0)

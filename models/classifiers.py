@@ -29,17 +29,17 @@ def _classifier(app, *, name, num_classes, input_shape, weights, dropout=0.0, fr
     return keras.Model(inputs, outputs, name=name)
 
 
+_FACTS = dict(task="classification", default_input_size=224, size_multiple=1, hyperparameters=_HP)
+
+
 @register(
     "inception_resnet_v2",
-    task="classification",
-    default_input_size=224,
     min_input_size=75,
-    size_multiple=1,
-    hyperparameters=_HP,
     preprocess="x / 127.5 - 1 (inception_resnet_v2.preprocess_input), inside the model",
     imagenet_weights="inception_resnet_v2_weights_tf_dim_ordering_tf_kernels_notop.h5",
     keras_application="InceptionResNetV2",
     description="InceptionResNetV2 (keras.applications) with the study's 256-unit head",
+    **_FACTS,
 )
 def inception_resnet_v2(**kw) -> keras.Model:
     return _classifier(keras.applications.InceptionResNetV2, name="inception_resnet_v2", **kw)
@@ -47,16 +47,13 @@ def inception_resnet_v2(**kw) -> keras.Model:
 
 @register(
     "nasnet_large",
-    task="classification",
-    default_input_size=224,
     min_input_size=32,
-    size_multiple=1,
-    hyperparameters=_HP,
     preprocess="x / 127.5 - 1 (nasnet.preprocess_input), inside the model",
     imagenet_weights="nasnet_large_no_top.h5",
     imagenet_input_size=331,
     keras_application="NASNetLarge",
     description="NASNetLarge (keras.applications) with the study's 256-unit head",
+    **_FACTS,
 )
 def nasnet_large(**kw) -> keras.Model:
     return _classifier(keras.applications.NASNetLarge, name="nasnet_large", **kw)
