@@ -39,6 +39,7 @@ class ModelInfo:
     size_multiple: int  # input side must be a multiple of this (U-Nets halve it at every stage)
     hyperparameters: tuple[str, ...]  # accepted by the builder besides num_classes, input_shape, weights
     preprocess: str  # what the model does to its input, inside the model (inputs are RGB in [0, 255])
+    preprocess_input: Callable  # the same as a function on arrays (the model applies it itself; for reference)
     imagenet_weights: str | None = None  # file name Keras caches the no-top ImageNet weights under
     imagenet_input_size: int | None = None  # the only input size ImageNet weights support (None: any legal size)
     keras_application: str | None = None  # keras.applications constructor that downloads those weights

@@ -65,6 +65,7 @@ _FACTS = dict(
     size_multiple=2**_DEPTH,
     hyperparameters=_HP,
     preprocess="x / 255, inside the model",
+    preprocess_input=lambda x: x / 255.0,
 )
 
 

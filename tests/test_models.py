@@ -28,6 +28,15 @@ def test_entries_carry_their_facts():
     assert models.get("unet").size_multiple == 16 and models.get("unet").imagenet_weights is None
 
 
+def test_preprocess_input_is_what_the_model_does_inside():
+    x = np.array([[0.0, 127.5, 255.0]])
+    np.testing.assert_allclose(models.get("inception_resnet_v2").preprocess_input(x.copy()), [[-1.0, 0.0, 1.0]])
+    np.testing.assert_allclose(models.get("unet").preprocess_input(x), [[0.0, 0.5, 1.0]])
+    model = models.build("unet", num_classes=1, input_shape=(32, 32, 3), base_filters=4)
+    img = np.full((1, 32, 32, 3), 255.0, "float32")
+    np.testing.assert_allclose(np.asarray(model.get_layer("preprocess")(img)), 1.0)
+
+
 def test_unknown_model_lists_valid_names():
     with pytest.raises(models.ModelError, match=r"unknown model 'resnet50'.*inception_resnet_v2, nasnet_large"):
         models.build("resnet50", num_classes=4, input_shape=(224, 224, 3))

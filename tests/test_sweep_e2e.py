@@ -188,6 +188,7 @@ def test_killed_driver_resumes_without_losing_or_recomputing(tmp_path):
 def test_optuna_search_samples_distributions(tmp_path):
     spec = yaml.safe_load(Path(_spec(tmp_path, [0.01], epochs=1)).read_text())
     spec["search"] = {"algorithm": "optuna", "num_samples": 3, "seed": 1}
+    spec["train"]["online_augmentation"] = True  # the trial re-augments the training split every epoch
     spec["space"] = {
         "model": ["unet", "unet_fpn_gelu"],
         "lr": {"loguniform": [1e-4, 1e-2]},
