@@ -76,3 +76,28 @@ def segmentation_report(masks: np.ndarray, probs: np.ndarray, threshold: float =
         "study_iou": float(((soft_inter_i + 1) / (y.sum(1) + p.sum(1) - soft_inter_i + 1)).mean()),
         "loss": float(-np.mean(y * np.log(pc) + (1 - y) * np.log(1 - pc))),
     }
+
+
+def predict(model, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    """The model's output for uint8 RGB images, batch by batch. Eager calls: for a single pass over a split they
+    cost less than tracing a predict function used only once."""
+    import keras
+
+    return np.concatenate(
+        [
+            keras.ops.convert_to_numpy(model(images[i : i + batch_size].astype("float32"), training=False))
+            for i in range(0, len(images), batch_size)
+        ]
+    ).astype(np.float32)
+
+
+def report_from_probs(split, probs: np.ndarray, task: str, class_names: tuple[str, ...]) -> dict:
+    """The classification or segmentation report of predicted probabilities on one split."""
+    if task == "classification":
+        return classification_report(split.labels, probs, class_names)
+    return segmentation_report(split.masks, probs[..., 0])
+
+
+def evaluate(model, split, task: str, class_names: tuple[str, ...], batch_size: int = 32) -> dict:
+    """Final metrics of ``model`` on one split (images, labels, masks)."""
+    return report_from_probs(split, predict(model, split.images, batch_size), task, class_names)

@@ -82,18 +82,17 @@ def _parse_set(items: list[str]) -> dict:
     return out
 
 
-def _add_run_commands(sub) -> None:
-    run = sub.add_parser("run", help="run a study as a Ray Tune sweep")
+def _add_study_options(run, storage_default: str, storage_help: str) -> None:
+    """The options `run` and `submit` share: which study, which data, where, how many resources."""
     run.add_argument("study", help="a built-in study (classification, segmentation) or a study .yaml file")
     run.add_argument("--preset", help="a preset of the study, e.g. smoke (tiny, fast)")
     run.add_argument("--data-dir", help="dataset folder (ROOT/Original/<class>/...); default: embedded synthetic set")
-    run.add_argument("--storage", default="runs", help="where experiments are written (default ./runs)")
+    run.add_argument("--storage", default=storage_default, help=storage_help)
     run.add_argument("--name", help="experiment name (default STUDY-DATE-TIME)")
     run.add_argument("--gpus-per-trial", type=float, help="GPUs per trial; 0.25 packs 4 trials on a GPU (default auto)")
     run.add_argument("--cpus-per-trial", type=float)
     run.add_argument("--backend", choices=("tensorflow", "jax", "torch"), help="Keras backend for every trial")
     run.add_argument("--seed", type=int)
-    run.add_argument("--address", help="Ray cluster address (default: start a local cluster on 127.0.0.1)")
     run.add_argument(
         "--set",
         action="append",
@@ -101,6 +100,12 @@ def _add_run_commands(sub) -> None:
         metavar="SECTION.KEY=VALUE",
         help="override a study setting, e.g. --set train.epochs=5 (repeatable)",
     )
+
+
+def _add_run_commands(sub) -> None:
+    run = sub.add_parser("run", help="run a study as a Ray Tune sweep")
+    _add_study_options(run, "runs", "where experiments are written: a folder or s3://, gs:// URI (default ./runs)")
+    run.add_argument("--address", help="Ray cluster address (default: start a local cluster on 127.0.0.1)")
     resume = sub.add_parser("resume", help="continue an interrupted sweep where it stopped")
     resume.add_argument("experiment", type=Path)
     resume.add_argument("--address")
@@ -119,14 +124,15 @@ def _overrides(args) -> dict:
     return over
 
 
-def _print_summary(experiment: Path) -> None:
+def _print_summary(experiment: str) -> None:
     import pandas as pd
 
-    from search.runner import RESULTS_CSV, best_per_family, load_sweep
+    from search import storage as store
+    from search.runner import RESULTS_CSV, best_per_family, load_results, load_sweep
 
     sweep = load_sweep(experiment)
     metric = {"classification": "val_accuracy", "segmentation": "val_dice"}[sweep["study"]["task"]]
-    frame = pd.read_csv(experiment / RESULTS_CSV)
+    frame = load_results(experiment)
     test = "test_accuracy" if metric == "val_accuracy" else "test_dice"
     print(f"\n{len(frame)} trials: " + ", ".join(f"{v} {k}" for k, v in frame["status"].value_counts().items()))
     best = best_per_family(frame, metric)
@@ -137,8 +143,9 @@ def _print_summary(experiment: Path) -> None:
     audits = {opt: d["leakage_audit"] for opt, d in sweep["data"].items()}
     print(f"leakage audit (val/test images sharing a source with training), per loading option: {audits}")
     print(f"\nexperiment: {experiment}")
-    print(f"results table: {experiment / RESULTS_CSV}")
-    print(f"TensorBoard: tensorboard --logdir {experiment}")
+    print(f"results table: {store.join(experiment, RESULTS_CSV)}")
+    print(f"TensorBoard: sweep tensorboard {experiment}")
+    print(f"best model: sweep export {experiment} --to DIR")
 
 
 def _run(args) -> int:
@@ -155,13 +162,36 @@ def _run(args) -> int:
         cpus_per_trial=args.cpus_per_trial,
     )
     _print_summary(exp)
+    return _auto_report(exp)
+
+
+def _auto_report(experiment: str) -> int:
+    """The report, written at the end of every run; the results are safe even if it fails."""
+    from search.report import publish_report
+
+    try:
+        where = publish_report(experiment)
+    except Exception as exc:
+        print(f"error: the report could not be written ({exc}); the results are saved: `sweep report {experiment}`")
+        return 1
+    print(f"report: {where}/report.html (and report.md, tables as CSV and LaTeX, figures/)")
     return 0
 
 
 def _resume(args) -> int:
     from search.runner import resume_study
 
-    _print_summary(resume_study(args.experiment, address=args.address))
+    exp = resume_study(args.experiment, address=args.address)
+    _print_summary(exp)
+    return _auto_report(exp)
+
+
+def _report(args) -> int:
+    from search.report import FORMATS, publish_report
+
+    formats = tuple(f.strip() for f in args.format.split(",") if f.strip()) if args.format else FORMATS
+    where = publish_report(args.experiment, args.out, formats)
+    print(f"report written to {where}")
     return 0
 
 
@@ -179,12 +209,184 @@ def _ls(args) -> int:
     return 0
 
 
+def _add_cluster_commands(sub) -> None:
+    from search.jobs import DEFAULT_ADDRESS
+
+    address_help = f"the cluster's job server (default $RAY_API_SERVER_ADDRESS or {DEFAULT_ADDRESS})"
+    default_address = os.environ.get("RAY_API_SERVER_ADDRESS", DEFAULT_ADDRESS)
+    submit = sub.add_parser("submit", help="submit a study to a Ray cluster as a job; prints the job id")
+    _add_study_options(
+        submit,
+        "~/sweep-runs",
+        "where the cluster writes the experiment: a path on the head node (default ~/sweep-runs) or, for "
+        "multi-node clusters, shared storage such as s3://bucket/sweeps",
+    )
+    submit.add_argument("--address", default=default_address, help=address_help)
+    submit.add_argument("--job-id", help="choose the job id (default: Ray picks one)")
+    for name, helptext in (
+        ("status", "a submitted job's status"),
+        ("logs", "a submitted job's output"),
+        ("stop", "stop a submitted job"),
+    ):
+        cmd = sub.add_parser(name, help=helptext)
+        cmd.add_argument("job_id")
+        cmd.add_argument("--address", default=default_address, help=address_help)
+        if name == "logs":
+            cmd.add_argument("--follow", "-f", action="store_true", help="keep printing until the job ends")
+
+    report = sub.add_parser("report", help="the study's comparison tables, figures, cost and trust checks")
+    report.add_argument("experiment")
+    report.add_argument("--out", type=Path, help="folder to write into (default EXPERIMENT/report)")
+    report.add_argument("--format", help="comma-separated: md,html,csv,tex (default all)")
+
+    tb = sub.add_parser("tensorboard", help="start TensorBoard (on localhost) on an experiment's logs")
+    tb.add_argument("experiment")
+    tb.add_argument("--port", type=int, default=6006)
+
+    export = sub.add_parser("export", help="write the best trial (chosen on validation) as a ready-to-use model")
+    export.add_argument("experiment")
+    export.add_argument("--to", required=True, type=Path, help="new folder to write the model into")
+    export.add_argument("--family", help="best of this model family only (default: best overall)")
+    export.add_argument("--metric", help="validation metric to choose by (default val_accuracy / val_dice)")
+
+    predict = sub.add_parser("predict", help="predict images with an exported model")
+    predict.add_argument("model_dir", type=Path)
+    predict.add_argument("inputs", nargs="+", help="image files or folders of images")
+    predict.add_argument("--out", type=Path, help="write predictions.csv (classification) or mask PNGs and overlays")
+
+    evaluate = sub.add_parser("evaluate", help="re-compute an exported model's test metrics on its study's test split")
+    evaluate.add_argument("model_dir", type=Path)
+    evaluate.add_argument("--data-dir", help="the dataset folder, when it is not where the sweep read it")
+
+
+def _submit(args) -> int:
+    from search import jobs
+    from search.spec import load_study
+
+    over = _overrides(args)
+    # Validate here, before anything is uploaded; the data folder is the cluster's, so it is checked there.
+    local = {k: {f: v for f, v in sec.items() if (k, f) != ("data", "data_dir")} for k, sec in over.items()}
+    load_study(args.study, args.preset, local)
+    run_args = _run_args(args)
+    study_text = None
+    if Path(args.study).suffix in (".yaml", ".yml"):
+        study_text = Path(args.study).read_text()
+    job_id = jobs.submit(args.address, run_args, args.storage, args.job_id, study_text)
+    print(f"submitted job {job_id} to {args.address}")
+    print(f"  follow it:   sweep logs {job_id} --follow --address {args.address}")
+    print(f"  its status:  sweep status {job_id} --address {args.address}")
+    print(f"  results in:  {args.storage} (on the cluster)")
+    return 0
+
+
+def _run_args(args) -> list[str]:
+    """`sweep run` options equivalent to these parsed ones (the study first)."""
+    out = [args.study]
+    for flag in ("preset", "data_dir", "name", "gpus_per_trial", "cpus_per_trial", "backend", "seed"):
+        value = getattr(args, flag)
+        if value is not None:
+            out += [f"--{flag.replace('_', '-')}", str(value)]
+    for item in args.set:
+        out += ["--set", item]
+    return out
+
+
+def _status(args) -> int:
+    from search import jobs
+
+    info = jobs.status(args.address, args.job_id)
+    print(f"{args.job_id}: {info.status}")
+    if info.message:
+        print(f"  {info.message}")
+    print(f"  entrypoint: {info.entrypoint}")
+    return 0
+
+
+def _logs(args) -> int:
+    from search import jobs
+
+    jobs.logs(args.address, args.job_id, follow=args.follow)
+    return 0
+
+
+def _stop(args) -> int:
+    from search import jobs
+
+    stopped = jobs.stop(args.address, args.job_id)
+    print(f"{args.job_id}: " + ("stop requested" if stopped else "not running (already finished)"))
+    return 0
+
+
+def _tensorboard(args) -> int:
+    import subprocess
+
+    from search import storage as store
+    from search.runner import load_sweep
+
+    load_sweep(args.experiment)  # a clear error when it is not an experiment
+    logdir = store.normalize(args.experiment)
+    print(f"TensorBoard on http://127.0.0.1:{args.port} (localhost only; Ctrl-C to stop), logs: {logdir}")
+    cmd = [
+        sys.executable,
+        "-m",
+        "tensorboard.main",
+        "--logdir",
+        logdir,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(args.port),
+    ]
+    return subprocess.call(cmd)
+
+
+def _export(args) -> int:
+    import json
+
+    from search.export import EXPORT_FILE, export_best
+
+    out = export_best(args.experiment, args.to, family=args.family, metric=args.metric)
+    manifest = json.loads((out / EXPORT_FILE).read_text())
+    metric = manifest["selected_by"]["metric"]
+    print(f"exported {manifest['trial']} (best {metric} = {manifest['validation'][metric[4:]]:.4f}) to {out}")
+    headline = "accuracy" if manifest["task"] == "classification" else "dice"
+    print(f"  test {headline}: {manifest['test'][headline]:.4f} (not used to choose)")
+    print(f"  use it: sweep predict {out} IMAGES...    (or keras.saving.load_model('{out / 'model.keras'}'))")
+    return 0
+
+
+def _predict(args) -> int:
+    import pandas as pd
+
+    from search.export import predict_images
+
+    frame = predict_images(args.model_dir, args.inputs, args.out)
+    with pd.option_context("display.width", 200, "display.max_colwidth", 60, "display.float_format", "{:.4f}".format):
+        print(frame.to_string(index=False))
+    if args.out:
+        print(f"written to {args.out}")
+    return 0
+
+
+def _evaluate(args) -> int:
+    from search.export import evaluate_export
+
+    now, recorded = evaluate_export(args.model_dir, args.data_dir)
+    print(f"{'metric':<16}{'now':>10}{'at export':>12}")
+    for key, value in now.items():
+        if isinstance(value, float):
+            before = recorded.get(key)
+            print(f"{key:<16}{value:>10.4f}{before if before is None else format(before, '.4f'):>12}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sweep", description="Hyperparameter sweeps for blood-smear classification and segmentation on Ray Tune."
     )
     sub = parser.add_subparsers(dest="cmd", required=True)
     _add_run_commands(sub)
+    _add_cluster_commands(sub)
     _add_data_commands(sub)
     return parser
 
@@ -201,6 +403,15 @@ def main(argv: list[str] | None = None) -> int:
         ("run", None): _run,
         ("resume", None): _resume,
         ("ls", None): _ls,
+        ("submit", None): _submit,
+        ("status", None): _status,
+        ("logs", None): _logs,
+        ("stop", None): _stop,
+        ("tensorboard", None): _tensorboard,
+        ("report", None): _report,
+        ("export", None): _export,
+        ("predict", None): _predict,
+        ("evaluate", None): _evaluate,
     }
     try:
         return handlers[(args.cmd, getattr(args, "data_cmd", None))](args)

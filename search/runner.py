@@ -20,12 +20,14 @@ from typing import Any
 import pandas as pd
 
 from data_pipeline import DataConfig, prepare
+from search import storage as store
 from search.spec import Resources, Scheduler, Search, Study, Train, param_space
 from search.trial import CHECKPOINT_MODEL, train_trial
 
 SWEEP_FILE = "sweep.json"
 RESULTS_CSV = "results.csv"
 RESULTS_JSON = "results.json"
+PREDICTIONS = "predictions.npz"  # per trial: test probabilities (classification) or a few predicted masks
 PACKAGES = (
     "ray",
     "keras",
@@ -84,7 +86,8 @@ def option_values(study: Study) -> list[int]:
 def trial_name(config: dict[str, Any]) -> str:
     """Run name in TensorBoard and on disk: model, option, lr and dropout, readable."""
     option = f"-opt{config['option']}" if "option" in config else ""
-    return f"{config['model']}{option}-lr{float(config['lr']):g}-do{float(config['dropout']):g}"
+    repeat = f"-r{config['repeat']}" if "repeat" in config else ""
+    return f"{config['model']}{option}-lr{float(config['lr']):g}-do{float(config['dropout']):g}{repeat}"
 
 
 def _trial_dirname(trial) -> str:
@@ -124,7 +127,7 @@ def _gpus_per_trial(study: Study, override: float | None) -> float:
     return float(value)
 
 
-def _settings(study: Study, gpus: float, experiment_dir: Path) -> dict[str, Any]:
+def _settings(study: Study, gpus: float, experiment_dir: str) -> dict[str, Any]:
     return {
         "train": dataclasses.asdict(study.train),
         "task": study.task,
@@ -136,7 +139,7 @@ def _settings(study: Study, gpus: float, experiment_dir: Path) -> dict[str, Any]
     }
 
 
-def _trainable(study: Study, datasets: dict, gpus: float, cpus: float, experiment_dir: Path):
+def _trainable(study: Study, datasets: dict, gpus: float, cpus: float, experiment_dir: str):
     from ray import tune
 
     fn = tune.with_parameters(train_trial, datasets=datasets, settings=_settings(study, gpus, experiment_dir))
@@ -165,15 +168,16 @@ def run_study(
     gpus_per_trial: float | None = None,
     cpus_per_trial: float | None = None,
     verbose: int = 1,
-) -> Path:
-    """Run every trial of ``study``; return the experiment folder (results.csv written)."""
+) -> str:
+    """Run every trial of ``study``; return the experiment folder or URI (results.csv written).
+    ``storage``: a local folder or a cloud URI (s3://, gs://, file://)."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    storage = Path(storage).expanduser().resolve()
+    storage = store.normalize(storage)
     name = name or f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    experiment_dir = storage / name
-    if experiment_dir.exists():
+    experiment_dir = store.join(storage, name)
+    if store.exists(experiment_dir):
         raise SweepError(f"{experiment_dir} exists already: pick another --name, or `sweep resume {experiment_dir}`")
     datasets = _prepare_all(study)
     _init_ray(address, study.train.backend)
@@ -181,7 +185,7 @@ def run_study(
     cpus = cpus_per_trial if cpus_per_trial is not None else study.resources.cpus_per_trial
     import ray
 
-    experiment_dir.mkdir(parents=True)
+    store.makedirs(experiment_dir)
     sweep = {
         "cluster": {
             "nodes": sorted(n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]),
@@ -193,7 +197,7 @@ def run_study(
         "versions": versions(),
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    (experiment_dir / SWEEP_FILE).write_text(json.dumps(sweep, indent=2, default=str))
+    store.write_text(store.join(experiment_dir, SWEEP_FILE), json.dumps(sweep, indent=2, default=str))
     tuner = tune.Tuner(
         _trainable(study, datasets, gpus, cpus, experiment_dir),
         param_space={**param_space(study), "seed": study.search.seed},
@@ -212,7 +216,7 @@ def run_study(
         ),
         run_config=tune.RunConfig(
             name=name,
-            storage_path=str(storage),
+            storage_path=storage,
             failure_config=tune.FailureConfig(max_failures=1),
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=1, checkpoint_score_attribute=study.metric, checkpoint_score_order="max"
@@ -225,27 +229,43 @@ def run_study(
 
 
 def load_sweep(experiment_dir: str | Path) -> dict[str, Any]:
-    path = Path(experiment_dir).expanduser().resolve() / SWEEP_FILE
-    if not path.is_file():
-        raise SweepError(f"{path.parent} is not a sweep experiment (no {SWEEP_FILE}); `sweep ls` lists experiments")
-    return json.loads(path.read_text())
+    experiment_dir = store.normalize(experiment_dir)
+    path = store.join(experiment_dir, SWEEP_FILE)
+    if not store.exists(path):
+        raise SweepError(f"{experiment_dir} is not a sweep experiment (no {SWEEP_FILE}); `sweep ls` lists experiments")
+    return json.loads(store.read_text(path))
 
 
-def resume_study(experiment_dir: str | Path, *, address: str | None = None, verbose: int = 1) -> Path:
+def load_results(experiment_dir: str | Path) -> pd.DataFrame:
+    """The finished sweep's table (one row per trial); a clear error while the sweep has not finished."""
+    import io
+
+    experiment_dir = store.normalize(experiment_dir)
+    path = store.join(experiment_dir, RESULTS_CSV)
+    if not store.exists(path):
+        load_sweep(experiment_dir)  # not an experiment at all: say that first
+        raise SweepError(
+            f"{experiment_dir} has no finished trials yet (no {RESULTS_CSV}): "
+            f"let it finish, or `sweep resume {experiment_dir}`"
+        )
+    return pd.read_csv(io.StringIO(store.read_text(path)))
+
+
+def resume_study(experiment_dir: str | Path, *, address: str | None = None, verbose: int = 1) -> str:
     """Continue an interrupted sweep: finished trials are kept, unfinished ones continue from their checkpoint,
     errored ones are retried."""
     from ray import tune
 
-    experiment_dir = Path(experiment_dir).expanduser().resolve()
+    experiment_dir = store.normalize(experiment_dir)
     sweep = load_sweep(experiment_dir)
     study = study_from_dict(sweep["study"])
-    if not tune.Tuner.can_restore(str(experiment_dir)):
+    if not tune.Tuner.can_restore(experiment_dir):
         raise SweepError(f"{experiment_dir} has no Ray Tune state to resume from (it stopped before the first trial)")
     datasets = _prepare_all(study)
     _init_ray(address, study.train.backend)
     res = sweep["resources"]
     tuner = tune.Tuner.restore(
-        str(experiment_dir),
+        experiment_dir,
         trainable=_trainable(study, datasets, res["gpus_per_trial"], res["cpus_per_trial"], experiment_dir),
         resume_unfinished=True,
         resume_errored=True,
@@ -277,26 +297,27 @@ def _best_row(history: pd.DataFrame, metric: str) -> dict[str, Any]:
     return {} if ok.empty else ok.loc[ok[metric].idxmax()].to_dict()
 
 
-def evaluate_checkpoint(checkpoint_path: str, task: str, batch_size: int, data) -> dict[str, Any]:
-    """Test-split metrics of one checkpoint: the only place the test split is used."""
+SHOWN_MASKS = 8  # test images whose predicted masks are kept for the report's figure
+
+
+def evaluate_checkpoint(checkpoint_path: str, task: str, batch_size: int, data) -> tuple[dict, dict]:
+    """Test-split metrics of one checkpoint (the only place the test split is used), and what the report plots:
+    the test probabilities (classification) or the first predicted masks (segmentation)."""
+    import tempfile
+
     import keras
-
-    from models.evaluation import classification_report, segmentation_report
-
-    model = keras.saving.load_model(Path(checkpoint_path) / CHECKPOINT_MODEL, compile=False)
     import numpy as np
 
-    # One pass over the test split: eager calls cost less than tracing a predict function used only once.
-    images = data.test.images
-    probs = np.concatenate(
-        [
-            keras.ops.convert_to_numpy(model(images[i : i + batch_size].astype("float32"), training=False))
-            for i in range(0, len(images), batch_size)
-        ]
-    )
+    from models.evaluation import predict, report_from_probs
+
+    with tempfile.TemporaryDirectory() as tmp:
+        local = store.download(checkpoint_path, tmp)
+        model = keras.saving.load_model(local / CHECKPOINT_MODEL, compile=False)
+    probs = predict(model, data.test.images, batch_size)
+    report = report_from_probs(data.test, probs, task, data.classes)
     if task == "classification":
-        return classification_report(data.test.labels, probs, data.classes)
-    return segmentation_report(data.test.masks, probs[..., 0])
+        return report, {"probs": probs.astype(np.float32), "labels": data.test.labels.astype(np.int32)}
+    return report, {"masks": (probs[:SHOWN_MASKS, ..., 0] >= 0.5).astype(np.uint8)}
 
 
 def _evaluate_all(jobs: list[tuple[str, Any]], study: Study, datasets: dict, cpus: float, gpus: float) -> list:
@@ -308,12 +329,20 @@ def _evaluate_all(jobs: list[tuple[str, Any]], study: Study, datasets: dict, cpu
     return ray.get([task.remote(path, study.task, study.train.batch_size, refs[opt]) for path, opt in jobs])
 
 
-def finalize(experiment_dir: Path, grid, study: Study, datasets: dict) -> Path:
+def checkpoint_location(checkpoint_path: str, experiment_dir: str) -> str:
+    """A checkpoint's path as a URI when the experiment lives in cloud storage (Ray gives it without its scheme)."""
+    if not store.is_uri(experiment_dir) or store.is_uri(checkpoint_path):
+        return checkpoint_path
+    scheme = experiment_dir.split("://", 1)[0]
+    return f"{scheme}://{checkpoint_path}"
+
+
+def finalize(experiment_dir: str, grid, study: Study, datasets: dict) -> str:
     """Evaluate each trial's best checkpoint on the test split; write results.csv/json; return the folder."""
     sweep = load_sweep(experiment_dir)
     rows, jobs = [], []
     for result in grid:
-        config = {k: result.config[k] for k in ("model", "option", "lr", "dropout") if k in result.config}
+        config = {k: result.config[k] for k in ("model", "option", "lr", "dropout", "repeat") if k in result.config}
         history = result.metrics_dataframe
         last = result.metrics or {}
         best = _best_row(history, study.metric)
@@ -332,22 +361,46 @@ def finalize(experiment_dir: Path, grid, study: Study, datasets: dict) -> Path:
         }
         row |= {k: v for k, v in best.items() if k.startswith(("train_", "val_"))}
         checkpoint = result.get_best_checkpoint(study.metric, "max") if best else None
-        row["checkpoint"] = checkpoint.path if checkpoint is not None else ""
+        row["checkpoint"] = checkpoint_location(checkpoint.path, experiment_dir) if checkpoint is not None else ""
         if checkpoint is not None:
-            jobs.append((len(rows), checkpoint.path, config.get("option", study.data.option)))
+            jobs.append((len(rows), row["checkpoint"], config.get("option", study.data.option)))
         rows.append(row)
     res = sweep["resources"]
     reports = _evaluate_all([(p, o) for _, p, o in jobs], study, datasets, res["cpus_per_trial"], res["gpus_per_trial"])
-    details = {}
-    for (i, _, _), report in zip(jobs, reports, strict=True):
+    details, arrays = {}, {}
+    for (i, _, _), (report, extra) in zip(jobs, reports, strict=True):
         rows[i] |= {f"test_{k}": v for k, v in report.items() if isinstance(v, float)}
         details[rows[i]["trial"]] = report
+        arrays |= {f"{rows[i]['trial']}/{k}": v for k, v in extra.items()}
+    if study.task == "segmentation":  # the test images those masks belong to (one loading option for segmentation)
+        test = next(iter(datasets.values())).test
+        arrays |= {"images": test.images[:SHOWN_MASKS], "truth": test.masks[:SHOWN_MASKS]}
+    store.write_bytes(store.join(experiment_dir, PREDICTIONS), _npz(arrays))
     frame = pd.DataFrame(rows)
-    keys = ["model", *(["option"] if "option" in frame else []), "lr", "dropout"]  # the study's row order
-    frame = frame.sort_values(keys, ascending=[True] * (len(keys) - 2) + [False, False])
-    frame.to_csv(experiment_dir / RESULTS_CSV, index=False)
-    (experiment_dir / RESULTS_JSON).write_text(json.dumps(details, indent=2, default=float))
+    keys, ascending = study_order(frame)
+    frame = frame.sort_values(keys, ascending=ascending)
+    store.write_text(store.join(experiment_dir, RESULTS_JSON), json.dumps(details, indent=2, default=float))
+    store.write_text(store.join(experiment_dir, RESULTS_CSV), frame.to_csv(index=False))  # last: marks it finished
     return experiment_dir
+
+
+def _npz(arrays: dict) -> bytes:
+    import io
+
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def study_order(frame: pd.DataFrame) -> tuple[list[str], list[bool]]:
+    """Sort keys of the study's tables: model, option, lr descending, dropout descending (0.4, 0.2, 0), repeat."""
+    keys = ["model", *(["option"] if "option" in frame else []), "lr", "dropout"]
+    ascending = [True] * (len(keys) - 2) + [False, False]
+    if "repeat" in frame:
+        keys, ascending = [*keys, "repeat"], [*ascending, True]
+    return keys, ascending
 
 
 def best_per_family(frame: pd.DataFrame, metric: str) -> pd.DataFrame:

@@ -57,6 +57,7 @@ class Search:
     algorithm: str = "grid"
     num_samples: int = 1
     seed: int = 0
+    repeats: int = 1  # run every configuration with this many seeds (seed, seed+1, ...): tables show mean ± std
 
 
 @dataclass(frozen=True)
@@ -201,6 +202,10 @@ def _validate(study: Study, problems: list[str]) -> None:
         problems.append(f"search.algorithm: {study.search.algorithm!r} is not one of {', '.join(ALGORITHMS)}")
     if study.search.num_samples < 1:
         problems.append(f"search.num_samples: must be >= 1, got {study.search.num_samples}")
+    if study.search.repeats < 1:
+        problems.append(f"search.repeats: must be >= 1, got {study.search.repeats}")
+    elif study.search.repeats > 1 and study.search.algorithm == "optuna":
+        problems.append("search.repeats: repeats need grid or random search (Optuna proposes each trial itself)")
     if t.batch_size < 1:
         problems.append(f"train.batch_size: must be >= 1, got {t.batch_size}")
     if t.epochs < 1:
@@ -309,4 +314,6 @@ def param_space(study: Study) -> dict[str, Any]:
     if study.task == "classification" and "option" not in out:
         out["option"] = study.data.option
     out["dropout"] = out.get("dropout", 0.0)
+    if study.search.repeats > 1:
+        out["repeat"] = tune.grid_search(list(range(study.search.repeats)))
     return out

@@ -87,7 +87,8 @@ def train_trial(config: dict[str, Any], datasets: dict, settings: dict[str, Any]
     x_val, y_val = xy("val")
 
     # ---- model: fresh, or resumed from this trial's last checkpoint ---------------------------------------------
-    keras.utils.set_random_seed(int(config.get("seed", settings["seed"])))
+    seed = int(config.get("seed", settings["seed"])) + int(config.get("repeat", 0))  # repeats differ by seed only
+    keras.utils.set_random_seed(seed)
     start_epoch, best = 0, -math.inf
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
@@ -123,7 +124,7 @@ def train_trial(config: dict[str, Any], datasets: dict, settings: dict[str, Any]
         x_train, y_train = xy("train")
         if train["online_augmentation"]:
             masks = data.train.masks if seg else None
-            images, masks = augment(data.train.images, masks, seed=epoch_seed(settings["seed"], epoch))
+            images, masks = augment(data.train.images, masks, seed=epoch_seed(seed, epoch))
             x_train = images.astype("float32")
             y_train = masks[..., None].astype("float32") if seg else y_train
         hist = model.fit(x_train, y_train, batch_size=train["batch_size"], epochs=1, verbose=0, shuffle=True)

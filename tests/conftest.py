@@ -48,3 +48,27 @@ def tree_state(root) -> dict:
     from pathlib import Path
 
     return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(Path(root).rglob("*"))}
+
+
+ROOT = __import__("pathlib").Path(__file__).parent.parent
+
+
+def run_sweep(*args, env=None, timeout=600):
+    """`python -m search ARGS` in a fresh process, from the repository root; the CompletedProcess."""
+    import subprocess
+
+    return subprocess.run(
+        [sys.executable, "-m", "search", *map(str, args)],
+        env=env or {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
+
+
+def evaluated_metrics(model_dir) -> dict[str, float]:
+    """`sweep evaluate MODEL_DIR` in a fresh process: the exported model's test metrics, recomputed."""
+    proc = run_sweep("evaluate", model_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return {line.split()[0]: float(line.split()[1]) for line in proc.stdout.splitlines()[1:]}

@@ -88,3 +88,14 @@ def test_unknown_study_and_preset():
         load_study("classifcation")
     with pytest.raises(SpecError, match="no preset 'tiny'; presets: smoke"):
         load_study("segmentation", "tiny")
+
+
+def test_repeats_run_each_configuration_with_more_seeds(tmp_path):
+    study = load_study("segmentation", "smoke", {"search": {"repeats": 3}})
+    space = param_space(study)
+    assert space["repeat"] == {"grid_search": [0, 1, 2]}
+    with pytest.raises(SpecError, match=r"search.repeats: must be >= 1"):
+        load_study("segmentation", "smoke", {"search": {"repeats": 0}})
+    with pytest.raises(SpecError, match=r"search.repeats: repeats need grid or random search"):
+        load_study("segmentation", "smoke", {"search": {"repeats": 2, "algorithm": "optuna", "num_samples": 4}})
+    assert "repeat" not in param_space(load_study("segmentation", "smoke"))

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from conftest import run_sweep
 
 ROOT = Path(__file__).parent.parent
 
@@ -37,15 +38,7 @@ def _env(**extra):
 
 
 def _sweep(*args, env=None, timeout=600):
-    proc = subprocess.run(
-        [sys.executable, "-m", "search", *args],
-        env=env or _env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=ROOT,
-    )
-    return proc
+    return run_sweep(*args, env=env or _env(), timeout=timeout)
 
 
 def _event_scalars(trial_dir: Path) -> dict[str, list[float]]:
@@ -113,6 +106,26 @@ def test_sweep_retries_marks_divergence_logs_and_evaluates(tmp_path):
     assert all(0.0 <= v <= 1.0 for v in scalars["ray/tune/val_dice"])
     hparams = _hparams(trial_dirs["unet-lr0.01-do0.1"])  # TensorBoard's HParams table view
     assert hparams["model"].string_value == "unet" and hparams["lr"].number_value == pytest.approx(0.01)
+
+    # the report, written at the end of the run: the study's table with the choice, divergence and failure marked
+    report = exp / "report"
+    assert f"report: {report}/report.html" in proc.stdout
+    table = pd.read_csv(report / "table_unet.csv")
+    assert list(table["lr"]) == [0.01, 0.005, 0.002, 0.0001]  # the study's order: lr descending
+    notes = dict(zip(table["lr"], table["note"].fillna("")))
+    assert notes[0.002] == "failed (error)" and notes[0.0001].startswith("diverged")
+    best_lr = frame.loc[frame["val_dice"].idxmax(), "lr"]
+    assert notes[best_lr] == "◀ chosen on validation"
+    html = (report / "report.html").read_text()
+    row = list(table["lr"]).index(best_lr)  # the chosen row, every cell of it (and only it) highlighted in HTML:
+    highlighted = html.split("<h2>unet</h2>", 1)[1].split("background: #fff3b0")[0]
+    assert highlighted.count(f"_row{row}_col") == len(table.columns) and highlighted.count("_row") == len(table.columns)
+    assert html.count("data:image/png;base64,") == 4 and "\\begin{tabular}" in (report / "report.tex").read_text()
+    for name in ("learning_curves", "heatmap", "asha_epochs", "best_segmenter"):
+        assert (report / "figures" / f"{name}.png").stat().st_size > 5000, name
+    with np.load(exp / "predictions.npz") as preds:
+        assert preds["images"].shape[1:] == (32, 32, 3) and preds["truth"].shape == preds["images"].shape[:3]
+        assert preds[f"unet-lr{best_lr:g}-do0.1/masks"].shape == preds["truth"].shape
 
     # a checkpoint is a real .keras file: load it in a fresh process and segment an image
     ckpt = frame.set_index("lr").loc[0.01, "checkpoint"]
@@ -212,6 +225,8 @@ def test_bad_input_gets_a_clear_message_and_writes_nothing(tmp_path):
     assert proc.returncode == 2 and "data.data_dir:" in proc.stderr and "Traceback" not in proc.stderr
     assert not storage.exists()
     proc = _sweep("resume", str(tmp_path))
+    assert proc.returncode == 2 and "is not a sweep experiment" in proc.stderr
+    proc = _sweep("report", str(tmp_path))
     assert proc.returncode == 2 and "is not a sweep experiment" in proc.stderr
 
 

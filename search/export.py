@@ -1,0 +1,285 @@
+"""From a finished sweep to a model users can ship: export the best trial, predict on new images, re-check it.
+
+An exported model folder holds:
+- ``model.keras``: the whole model (architecture, weights; preprocessing is a layer inside it), loadable with
+  ``keras.saving.load_model(path, safe_mode=True)``;
+- ``export.json``: task, model name, trial and hyperparameters, class names, preprocessing (input size, what the
+  model does to its input, mask threshold), validation and test metrics, and how the trial was selected;
+- ``study.json``: the resolved study the sweep ran (data settings included, so the test split can be rebuilt);
+- ``README.md``: how to use it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from search import storage as store
+from search.runner import SweepError, load_results, load_sweep, study_from_dict
+from search.trial import CHECKPOINT_MODEL
+
+EXPORT_FILE = "export.json"
+STUDY_FILE = "study.json"
+MODEL_FILE = "model.keras"
+EXPORT_FILES = (MODEL_FILE, EXPORT_FILE, STUDY_FILE, "README.md")
+PREDICTION_THRESHOLD = 0.5
+
+
+def selection_metric(task: str, metric: str | None) -> tuple[str, str]:
+    """(column, mode) a trial is chosen by: a validation metric only, never a test one."""
+    metric = metric or {"classification": "val_accuracy", "segmentation": "val_dice"}[task]
+    if not metric.startswith("val_"):
+        raise SweepError(
+            f"--metric {metric}: the best trial is chosen on validation metrics only (val_...); the test split "
+            "is for reporting, choosing on it would make its numbers optimistic"
+        )
+    return metric, "min" if metric.endswith("loss") else "max"
+
+
+def select_best(frame: pd.DataFrame, metric: str, mode: str, family: str | None = None) -> pd.Series:
+    """The row with the best validation ``metric`` among trials that left a checkpoint (optionally one family)."""
+    if family is not None:
+        if family not in set(frame["model"]):
+            raise SweepError(
+                f"no trial of model family {family!r}; this sweep has {', '.join(sorted(set(frame['model'])))}"
+            )
+        frame = frame[frame["model"] == family]
+    if metric not in frame:
+        allowed = ", ".join(c for c in frame.columns if c.startswith("val_"))
+        raise SweepError(f"--metric {metric} is not in this sweep's results; validation metrics: {allowed}")
+    has_ckpt = frame["checkpoint"].fillna("").astype(str).str.len() > 0
+    scored = frame[has_ckpt & frame[metric].notna()]
+    if scored.empty:
+        raise SweepError(
+            "no trial finished an epoch with a checkpoint (all failed or diverged at once): nothing to export"
+        )
+    return scored.loc[scored[metric].idxmax() if mode == "max" else scored[metric].idxmin()]
+
+
+def _clean(d: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, np.generic):
+            v = v.item()
+        out[k] = None if isinstance(v, float) and not math.isfinite(v) else v
+    return out
+
+
+def export_manifest(row: pd.Series, sweep: dict, metric: str, family: str | None, experiment: str) -> dict:
+    """What a user of the exported model needs to know, from the results row and the sweep record (pure)."""
+    import models
+
+    study = sweep["study"]
+    task = study["task"]
+    info = models.get(row["model"])
+    option = (
+        str(int(row["option"])) if "option" in row and pd.notna(row.get("option")) else str(study["data"]["option"])
+    )
+    data = sweep["data"][option]
+    size = study["data"]["image_size"]
+    hp = {k: row[k] for k in ("lr", "dropout", "option") if k in row and pd.notna(row[k])}
+    return {
+        "task": task,
+        "model": row["model"],
+        "trial": row["trial"],
+        "experiment": experiment,
+        "selected_by": {"metric": metric, "family": family or "all", "split": "validation"},
+        "hyperparameters": _clean(hp),
+        "classes": data["classes"],
+        "preprocessing": {
+            "input": f"RGB, {size}×{size}, values 0–255 (uint8 or float32); resize larger images with area "
+            "interpolation",
+            "input_size": size,
+            "normalisation": info.preprocess,
+            "mask_threshold": study["data"]["mask_threshold"] if task == "segmentation" else None,
+            "prediction_threshold": PREDICTION_THRESHOLD if task == "segmentation" else None,
+        },
+        "output": "softmax probabilities over classes"
+        if task == "classification"
+        else "per-pixel foreground probability (sigmoid), one channel",
+        "epochs": int(row["epochs"]),
+        "best_epoch": None if pd.isna(row.get("best_epoch")) else int(row["best_epoch"]),
+        "validation": _clean({k[4:]: row[k] for k in row.index if k.startswith("val_")}),
+        "test": _clean({k[5:]: row[k] for k in row.index if k.startswith("test_")}),
+        "data": {"fingerprint": data["fingerprint"], "leakage_audit": data["leakage_audit"], "splits": data["splits"]},
+    }
+
+
+def _readme(m: dict) -> str:
+    headline = "accuracy" if m["task"] == "classification" else "dice"
+    return f"""# {m["model"]} ({m["task"]}), exported from a sweep
+
+Trial `{m["trial"]}` of `{m["experiment"]}`, chosen by validation `{m["selected_by"]["metric"]}`
+({m["selected_by"]["family"]} families). Test {headline}: {m["test"].get(headline)} (the test split played no part
+in choosing it). Classes: {", ".join(m["classes"])}.
+
+Input: {m["preprocessing"]["input"]}. The model normalises its input itself ({m["preprocessing"]["normalisation"]}),
+so give it raw pixel values.
+
+```python
+import keras, numpy as np
+model = keras.saving.load_model("model.keras", safe_mode=True)
+probs = model.predict(images)  # images: (n, S, S, 3) RGB 0..255, S = {m["preprocessing"]["input_size"]}
+```
+
+From the command line: `sweep predict THIS_FOLDER IMAGE_OR_FOLDER... [--out DIR]`; re-check its test metrics on
+the study's test split: `sweep evaluate THIS_FOLDER`. All facts (hyperparameters, metrics, data fingerprint) are in
+`export.json`; the study it came from is in `study.json`.
+"""
+
+
+def export_best(experiment: str | Path, to: str | Path, family: str | None = None, metric: str | None = None) -> Path:
+    """Write the best trial (by validation) of a finished sweep to a new folder ``to``; return it.
+    Everything is written to a temporary folder first and moved into place at the end: nothing partial is left."""
+    import keras
+
+    experiment = store.normalize(experiment)
+    sweep = load_sweep(experiment)
+    metric, mode = selection_metric(sweep["study"]["task"], metric)
+    row = select_best(load_results(experiment), metric, mode, family)
+    to = Path(to).expanduser().resolve()
+    if to.exists() and (not to.is_dir() or any(to.iterdir())):
+        raise SweepError(f"{to} exists and is not empty: export into a new folder")
+    to.parent.mkdir(parents=True, exist_ok=True)
+    manifest = export_manifest(row, sweep, metric, family, experiment)
+    staging = Path(tempfile.mkdtemp(prefix=f".{to.name}.partial-", dir=to.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)  # a normal folder once in place (mkdtemp makes it private)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = store.download(row["checkpoint"], tmp)
+            source = checkpoint / CHECKPOINT_MODEL
+            if not source.is_file():
+                raise SweepError(f"the best trial's checkpoint {row['checkpoint']} has no {CHECKPOINT_MODEL}")
+            shutil.copyfile(source, staging / MODEL_FILE)
+        model = keras.saving.load_model(staging / MODEL_FILE, safe_mode=True, compile=False)  # loadable as shipped
+        manifest["parameters"] = int(model.count_params())
+        (staging / EXPORT_FILE).write_text(json.dumps(manifest, indent=2))
+        (staging / STUDY_FILE).write_text(json.dumps(sweep["study"], indent=2))
+        (staging / "README.md").write_text(_readme(manifest))
+        if to.exists():
+            to.rmdir()
+        staging.rename(to)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return to
+
+
+def load_export(model_dir: str | Path):
+    """(model, manifest) of an exported folder; a clear error naming any missing file."""
+    import keras
+
+    model_dir = Path(model_dir).expanduser()
+    if not model_dir.is_dir():
+        raise SweepError(f"{model_dir} is not a folder; give the folder `sweep export ... --to DIR` wrote")
+    missing = [f for f in (MODEL_FILE, EXPORT_FILE, STUDY_FILE) if not (model_dir / f).is_file()]
+    if missing:
+        raise SweepError(
+            f"{model_dir} is missing {', '.join(missing)}: it is not a complete exported model; export it again "
+            "with `sweep export EXPERIMENT --to NEW_DIR`"
+        )
+    manifest = json.loads((model_dir / EXPORT_FILE).read_text())
+    return keras.saving.load_model(model_dir / MODEL_FILE, safe_mode=True, compile=False), manifest
+
+
+def image_paths(inputs: list[str | Path]) -> list[Path]:
+    """The image files named, and those inside named folders (recursively, sorted)."""
+    from data_pipeline.layout import IMAGE_EXTENSIONS
+
+    out: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            found = sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            if not found:
+                raise SweepError(f"{item} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+            out += found
+        elif item.is_file():
+            out.append(item)
+        else:
+            raise SweepError(f"{item} does not exist")
+    return out
+
+
+def predict_images(model_dir: str | Path, inputs: list[str | Path], out: str | Path | None = None) -> pd.DataFrame:
+    """Predict every image; classification: label and probabilities per image (``out/predictions.csv``);
+    segmentation: foreground fraction per image, and with ``out`` a mask PNG and an overlay PNG per image.
+    All images are read and predicted before anything is written."""
+    import cv2
+
+    from data_pipeline.io import read_rgb
+    from models.evaluation import predict
+
+    model, manifest = load_export(model_dir)
+    paths = image_paths(inputs)
+    size = manifest["preprocessing"]["input_size"]
+    originals = [read_rgb(p) for p in paths]  # a corrupt file fails here, naming its path, before any output
+    batch = np.stack([cv2.resize(o, (size, size), interpolation=cv2.INTER_AREA) for o in originals])
+    probs = predict(model, batch)
+    if manifest["task"] == "classification":
+        classes = manifest["classes"]
+        frame = pd.DataFrame(probs, columns=[f"p_{c}" for c in classes])
+        frame.insert(0, "label", [classes[i] for i in probs.argmax(1)])
+        frame.insert(0, "image", [str(p) for p in paths])
+        if out is not None:
+            Path(out).mkdir(parents=True, exist_ok=True)
+            frame.to_csv(Path(out) / "predictions.csv", index=False)
+        return frame
+    masks = probs[..., 0] >= manifest["preprocessing"]["prediction_threshold"]
+    names = _output_names(paths)
+    frame = pd.DataFrame({"image": [str(p) for p in paths], "foreground": masks.reshape(len(paths), -1).mean(1)})
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        for name, original, mask in zip(names, originals, masks, strict=True):
+            h, w = original.shape[:2]
+            full = cv2.resize(mask.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)
+            cv2.imwrite(str(out / f"{name}_mask.png"), full * 255)
+            cv2.imwrite(str(out / f"{name}_overlay.png"), cv2.cvtColor(overlay(original, full), cv2.COLOR_RGB2BGR))
+        frame["mask"] = [str(out / f"{n}_mask.png") for n in names]
+    return frame
+
+
+def _output_names(paths: list[Path]) -> list[str]:
+    """File stems, made unique with a running number where two images share one."""
+    stems = [p.stem for p in paths]
+    return [s if stems.count(s) == 1 else f"{s}-{i}" for i, s in enumerate(stems)]
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, color=(255, 0, 0), alpha: float = 0.45) -> np.ndarray:
+    """The image with the mask's pixels tinted and its outline drawn (RGB uint8)."""
+    import cv2
+
+    out = image.copy()
+    m = mask.astype(bool)
+    out[m] = ((1 - alpha) * out[m] + alpha * np.asarray(color)).astype(np.uint8)
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    cv2.drawContours(out, contours, -1, color, 1)
+    return out
+
+
+def evaluate_export(model_dir: str | Path, data_dir: str | None = None) -> tuple[dict, dict]:
+    """(metrics now, metrics recorded at export) of an exported model on its study's test split, rebuilt from
+    study.json (or on ``data_dir``'s test split, same split settings)."""
+    import dataclasses
+
+    from data_pipeline import prepare
+    from models.evaluation import evaluate
+
+    model, manifest = load_export(model_dir)
+    study = study_from_dict(json.loads((Path(model_dir) / STUDY_FILE).read_text()))
+    cfg = dataclasses.replace(study.data, option=int(manifest["hyperparameters"].get("option", study.data.option)))
+    if data_dir is not None:
+        cfg = dataclasses.replace(cfg, data_dir=str(data_dir))
+    data = prepare(cfg)
+    report = evaluate(model, data.test, manifest["task"], data.classes, study.train.batch_size)
+    return report, manifest["test"]

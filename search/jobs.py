@@ -1,0 +1,125 @@
+"""Sweeps as Ray jobs on a cluster: submit, status, logs, stop (Ray's Job Submission client).
+
+The project folder is the job's working directory (Ray uploads it, minus what .gitignore excludes), and the job's
+entrypoint is the same ``sweep run`` a user types locally, with ``--address auto`` so the driver joins the cluster.
+"""
+
+from __future__ import annotations
+
+import shlex
+import time
+from pathlib import Path
+
+from search.runner import SweepError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_ADDRESS = "http://127.0.0.1:8265"  # `ray dashboard cluster.yaml` forwards the head's job server here
+AGENT_WAIT_S = 60  # how long a just-started head may take to accept jobs
+UPLOAD_EXCLUDES = ["runs", "*.whl", "__pycache__", ".pytest_cache", ".ruff_cache", "docs"]
+
+
+def _use_token_if_present() -> None:
+    """Ray's own rule (as `ray` commands apply it): with RAY_AUTH_MODE unset, a token in $RAY_AUTH_TOKEN,
+    $RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token turns token authentication on for this client."""
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+    except ImportError:  # an older or newer Ray without token auth: nothing to do
+        return
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+
+
+def client(address: str):
+    from ray.exceptions import AuthenticationError
+    from ray.job_submission import JobSubmissionClient
+
+    _use_token_if_present()
+    try:
+        return JobSubmissionClient(address)
+    except AuthenticationError as exc:
+        raise SweepError(
+            f"the Ray job server at {address} refused this client ({str(exc).splitlines()[0][:200]}). The cluster "
+            "uses token authentication: copy its token (`ray get-auth-token` on the head) into ~/.ray/auth_token "
+            "or $RAY_AUTH_TOKEN here, and set RAY_AUTH_MODE=token."
+        ) from None
+    except Exception as exc:  # Ray raises ConnectionError, RuntimeError or ValueError depending on what failed
+        raise SweepError(
+            f"cannot reach a Ray job server at {address} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}). "
+            "Is the cluster up (`ray up cluster.yaml`) and its dashboard port forwarded (`ray dashboard "
+            "cluster.yaml`)? For a head on this machine: `ray start --head --dashboard-host 127.0.0.1`."
+        ) from None
+
+
+def entrypoint(run_args: list[str], storage: str, study_file: str | None = None) -> str:
+    """The job's command: the local ``sweep run`` with the same options, joining the cluster (pure).
+    A study file from the user's machine travels in $SWEEP_STUDY_YAML and is written to a fresh temporary folder
+    under its own name (so the experiment keeps that name) before the run starts."""
+    run = ["python", "-m", "search", "run", *run_args, "--address", "auto", "--storage", storage]
+    if study_file is None:
+        return shlex.join(run)
+    target = f"$d/{Path(study_file).name}"
+    run[4] = target
+    command = " ".join(shlex.quote(a) if a != target else f'"{target}"' for a in run)
+    return f'd=$(mktemp -d) && printf "%s" "$SWEEP_STUDY_YAML" > "{target}" && {command}'
+
+
+def submit(
+    address: str, run_args: list[str], storage: str, submission_id: str | None = None, study_text: str | None = None
+) -> str:
+    """Submit ``sweep run RUN_ARGS`` as a job; ``study_text``: the YAML of a study file named by run_args[0]."""
+    job_client = client(address)
+    runtime_env = {"working_dir": str(PROJECT_ROOT), "excludes": UPLOAD_EXCLUDES}
+    if study_text is not None:
+        runtime_env["env_vars"] = {"SWEEP_STUDY_YAML": study_text}
+    deadline = time.monotonic() + AGENT_WAIT_S
+    while True:
+        try:
+            return job_client.submit_job(
+                entrypoint=entrypoint(run_args, storage, run_args[0] if study_text is not None else None),
+                submission_id=submission_id,
+                runtime_env=runtime_env,
+                metadata={"submitted_by": "sweep submit"},
+            )
+        except RuntimeError as exc:
+            # A head that has just started answers before its job agent is up; Ray says to try again later.
+            if "No available agent" not in str(exc) or time.monotonic() > deadline:
+                raise SweepError(f"the cluster at {address} did not take the job: {exc}") from None
+            time.sleep(2)
+
+
+def _known(job_client, job_id: str) -> None:
+    ids = {j.submission_id for j in job_client.list_jobs() if j.submission_id}
+    if job_id not in ids:
+        recent = ", ".join(sorted(ids)[-5:]) or "none"
+        raise SweepError(f"no job {job_id!r} on this cluster (jobs: {recent}); `ray job list` shows them all")
+
+
+def status(address: str, job_id: str):
+    job_client = client(address)
+    _known(job_client, job_id)
+    return job_client.get_job_info(job_id)
+
+
+def logs(address: str, job_id: str, follow: bool = False) -> None:
+    import asyncio
+    import sys
+
+    job_client = client(address)
+    _known(job_client, job_id)
+    if not follow:
+        sys.stdout.write(job_client.get_job_logs(job_id))
+        return
+
+    async def tail() -> None:
+        async for lines in job_client.tail_job_logs(job_id):
+            sys.stdout.write(lines)
+            sys.stdout.flush()
+
+    asyncio.run(tail())
+
+
+def stop(address: str, job_id: str) -> bool:
+    job_client = client(address)
+    _known(job_client, job_id)
+    return job_client.stop_job(job_id)

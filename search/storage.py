@@ -1,0 +1,95 @@
+"""Where experiments live: a local folder or a cloud URI (``s3://bucket/prefix``, ``gs://...``, ``file:///...``).
+
+Ray Tune writes trials there itself (multi-node runs need shared storage: Ray stopped syncing to the head node in
+2.7). The sweep's own files (sweep.json, results.csv, results.json) go through the same pyarrow filesystem, so a
+sweep submitted to a cluster with ``--storage s3://...`` keeps everything in one place.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def is_uri(location: str | os.PathLike) -> bool:
+    return "://" in str(location)
+
+
+def normalize(location: str | os.PathLike) -> str:
+    """An absolute local path, or the URI unchanged (without a trailing slash)."""
+    if is_uri(location):
+        return str(location).rstrip("/")
+    return str(Path(location).expanduser().resolve())
+
+
+def join(location: str, *parts: str) -> str:
+    return "/".join([location.rstrip("/"), *parts]) if is_uri(location) else str(Path(location, *parts))
+
+
+def _fs(location: str):
+    import pyarrow.fs
+
+    if is_uri(location):
+        return pyarrow.fs.FileSystem.from_uri(location)
+    return pyarrow.fs.LocalFileSystem(), location
+
+
+def exists(location: str) -> bool:
+    import pyarrow.fs
+
+    fs, path = _fs(location)
+    return fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound
+
+
+def makedirs(location: str) -> None:
+    fs, path = _fs(location)
+    fs.create_dir(path, recursive=True)
+
+
+def write_text(location: str, text: str) -> None:
+    """Write a whole file; local files are replaced atomically (a reader never sees half a file)."""
+    if not is_uri(location):
+        tmp = Path(f"{location}.tmp-{os.getpid()}")
+        tmp.write_text(text)
+        tmp.replace(location)
+        return
+    fs, path = _fs(location)
+    with fs.open_output_stream(path) as out:
+        out.write(text.encode())
+
+
+def write_bytes(location: str, data: bytes) -> None:
+    fs, path = _fs(location)
+    with fs.open_output_stream(path) as out:
+        out.write(data)
+
+
+def read_bytes(location: str) -> bytes:
+    fs, path = _fs(location)
+    with fs.open_input_stream(path) as src:
+        return src.read()
+
+
+def upload(local_dir: str | Path, location: str) -> None:
+    """Copy a local folder to ``location`` (a folder or a URI)."""
+    import pyarrow.fs
+
+    fs, path = _fs(location)
+    pyarrow.fs.copy_files(str(local_dir), path, destination_filesystem=fs)
+
+
+def read_text(location: str) -> str:
+    fs, path = _fs(location)
+    with fs.open_input_stream(path) as src:
+        return src.read().decode()
+
+
+def download(location: str, local_dir: str | Path) -> Path:
+    """A copy of a remote folder under ``local_dir`` (a local folder is returned as it is)."""
+    if not is_uri(location):
+        return Path(location)
+    import pyarrow.fs
+
+    fs, path = _fs(location)
+    pyarrow.fs.copy_files(path, str(local_dir), source_filesystem=fs)
+    return Path(local_dir)

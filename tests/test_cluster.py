@@ -1,0 +1,208 @@
+"""The cluster workflow against real parts: cluster.yaml checked by Ray's own schema; a real Ray head started with
+`ray start --head` on 127.0.0.1 (token authentication on); `sweep submit/status/logs/stop` as subprocesses; the
+finished job's experiment exported, predicted with and re-evaluated in fresh processes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from conftest import evaluated_metrics, run_sweep
+
+ROOT = Path(__file__).parent.parent
+CLUSTER = ROOT / "cluster.yaml"
+
+
+def test_cluster_yaml_passes_rays_schema_and_keeps_the_dashboard_private():
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = yaml.safe_load(CLUSTER.read_text())
+    validate_config(prepare_config(config))  # raises on any schema error
+    import ray
+
+    assert config["docker"]["image"] == f"rayproject/ray:{ray.__version__}-py311-gpu"
+    head = " ".join(config["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in head
+    gpu_types = {k: v for k, v in config["available_node_types"].items() if k != config["head_node_type"]}
+    assert len(gpu_types) >= 2 and all(v["max_workers"] >= 1 for v in gpu_types.values())
+    assert any("pip install" in c and "leukemia-sweep" in c for c in config["setup_commands"])
+    broken = {**config, "max_workers": "many"}
+    with pytest.raises(Exception, match="max_workers"):
+        validate_config(prepare_config(broken))
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def head(tmp_path_factory):
+    """A real single-node Ray cluster on 127.0.0.1 with its job server, token authentication on."""
+    from ray._private.authentication.authentication_token_generator import generate_new_authentication_token
+
+    port, dash = _free_port(), _free_port()
+    temp = tempfile.mkdtemp(prefix="/tmp/rayt-")  # short: Ray's socket paths must fit in 107 bytes
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",  # the job's `python` is ours
+        "PYTHONPATH": str(ROOT),
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": generate_new_authentication_token(),
+    }
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ray.scripts.scripts",
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            f"--port={port}",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dash}",
+            "--num-cpus=2",
+            "--disable-usage-stats",
+            f"--temp-dir={temp}",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    address = f"http://127.0.0.1:{dash}"
+    storage = tmp_path_factory.mktemp("jobruns")
+    try:
+        deadline = time.time() + 120
+        while not _answers(address):
+            assert proc.poll() is None, "ray start --head exited"
+            assert time.time() < deadline, "the Ray head did not come up in 120 s"
+            time.sleep(2)
+        yield {"address": address, "env": env, "storage": storage}
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # --block: the head stops its processes and exits
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _answers(address: str) -> bool:
+    """Whether the job server answers HTTP yet (any status: 401 without a token is an answer)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(f"{address}/api/version", timeout=2)
+    except urllib.error.HTTPError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def _study(path: Path, epochs: int, lrs=(0.01, 0.001), repeats=1) -> Path:
+    spec = {
+        "task": "segmentation",
+        "search": {"repeats": repeats},
+        "space": {"model": ["unet"], "lr": list(lrs), "dropout": [0.1]},
+        "train": {"batch_size": 8, "epochs": epochs, "base_filters": 4},
+        "data": {"image_size": 32, "synthetic_counts": [6, 8, 8, 6], "synthetic_size": 32, "balance_to": None},
+        "scheduler": {"grace_period": epochs, "reduction_factor": 2},
+        "resources": {"cpus_per_trial": 1, "gpus_per_trial": 0},
+    }
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def _wait(head, job_id: str, states: set[str], timeout: float) -> str:
+    deadline = time.time() + timeout
+    while True:
+        out = run_sweep("status", job_id, "--address", head["address"], env=head["env"])
+        assert out.returncode == 0, out.stderr[-2000:]
+        state = out.stdout.split(":", 1)[1].split()[0]
+        if state in states:
+            return state
+        assert state not in {"FAILED", "STOPPED", "SUCCEEDED"}, out.stdout
+        assert time.time() < deadline, f"job {job_id} still {state} after {timeout} s"
+        time.sleep(3)
+
+
+def test_submit_a_study_file_then_export_predict_and_reproduce_its_test_metrics(head, tmp_path):
+    study = _study(tmp_path / "tinyseg.yaml", epochs=2, repeats=2)  # each configuration with two seeds
+    out = run_sweep(
+        "submit", str(study), "--address", head["address"], "--storage", str(head["storage"]), env=head["env"]
+    )
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    job_id = out.stdout.split("submitted job ", 1)[1].split()[0]
+    assert _wait(head, job_id, {"SUCCEEDED"}, timeout=420) == "SUCCEEDED"
+    logs = run_sweep("logs", job_id, "--address", head["address"], env=head["env"])
+    assert "best trial per model family" in logs.stdout
+    (exp,) = [p for p in head["storage"].iterdir() if p.name.startswith("tinyseg-")]  # named after the file
+    frame = pd.read_csv(exp / "results.csv")
+    assert sorted(frame["lr"]) == [0.001, 0.001, 0.01, 0.01] and set(frame["status"]) == {"completed"}
+    assert sorted(frame["trial"]) == [f"unet-lr{lr}-do0.1-r{r}" for lr in ("0.001", "0.01") for r in (0, 1)]
+    seeds = frame.groupby("lr")["val_dice"].agg(["min", "max"])
+    assert (seeds["min"] < seeds["max"]).all()  # different seeds, different runs
+    table = pd.read_csv(exp / "report" / "table_unet.csv")  # the report shows mean ± std over the seeds
+    assert len(table) == 2 and table["Dice"].str.contains(" ± ").all()
+
+    # export the cluster run's best trial, then use it in fresh processes
+    model_dir = tmp_path / "model"
+    out = run_sweep("export", str(exp), "--to", str(model_dir))
+    assert out.returncode == 0, out.stderr[-3000:]
+    manifest = json.loads((model_dir / "export.json").read_text())
+    best = frame.loc[frame["val_dice"].idxmax()]
+    assert manifest["trial"] == best["trial"] and manifest["selected_by"]["split"] == "validation"
+    assert manifest["preprocessing"]["input_size"] == 32 and manifest["preprocessing"]["mask_threshold"] == 128
+
+    now = evaluated_metrics(model_dir)
+    for metric in ("dice", "iou", "accuracy", "study_dice", "loss"):
+        assert now[metric] == pytest.approx(best[f"test_{metric}"], abs=1e-4), metric
+
+    from data_pipeline import synth
+
+    images = synth.write_dataset(tmp_path / "new", (2, 1, 1, 1), size=48, seed=11) / "Original"
+    predicted = run_sweep("predict", str(model_dir), str(images), "--out", str(tmp_path / "masks"))
+    assert predicted.returncode == 0, predicted.stderr[-3000:]
+    import cv2
+
+    for src in images.rglob("*.png"):
+        mask = cv2.imread(str(tmp_path / "masks" / f"{src.stem}_mask.png"), cv2.IMREAD_GRAYSCALE)
+        assert mask.shape == (48, 48) and set(mask.ravel()) <= {0, 255}  # at the image's own size, binary
+        assert (tmp_path / "masks" / f"{src.stem}_overlay.png").is_file()
+
+
+def test_stop_a_running_job_and_clear_errors(head, tmp_path):
+    study = _study(tmp_path / "long.yaml", epochs=200, lrs=(0.01,))
+    out = run_sweep(
+        "submit", str(study), "--address", head["address"], "--storage", str(head["storage"]), env=head["env"]
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    job_id = out.stdout.split("submitted job ", 1)[1].split()[0]
+    _wait(head, job_id, {"RUNNING"}, timeout=120)
+    stopped = run_sweep("stop", job_id, "--address", head["address"], env=head["env"])
+    assert stopped.returncode == 0 and "stop requested" in stopped.stdout, stopped.stderr[-2000:]
+    assert _wait(head, job_id, {"STOPPED"}, timeout=120) == "STOPPED"
+
+    unknown = run_sweep("status", "raysubmit_nope", "--address", head["address"], env=head["env"])
+    assert unknown.returncode == 2 and "no job 'raysubmit_nope'" in unknown.stderr
+    no_token = {k: v for k, v in head["env"].items() if not k.startswith("RAY_AUTH")}
+    no_token["HOME"] = str(tmp_path)  # and no ~/.ray/auth_token either
+    refused = run_sweep("status", job_id, "--address", head["address"], env=no_token)
+    assert refused.returncode == 2 and "token" in refused.stderr, refused.stderr[-2000:]
+    unreachable = run_sweep("status", job_id, "--address", f"http://127.0.0.1:{_free_port()}", env=head["env"])
+    assert unreachable.returncode == 2 and "cannot reach a Ray job server" in unreachable.stderr
+    bad = run_sweep("submit", "no-such-study", "--address", head["address"], env=head["env"])
+    assert bad.returncode == 2 and "unknown study 'no-such-study'" in bad.stderr  # refused before any upload

@@ -1,0 +1,183 @@
+"""From a finished classification sweep (experiment stored through a file:// URI, as cloud storage is) to a shipped
+model: TensorBoard logs and server, `sweep export`, `sweep evaluate` and `sweep predict` in fresh processes, and every
+bad request refused with nothing written."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from conftest import evaluated_metrics, run_sweep
+
+ROOT = Path(__file__).parent.parent
+
+
+def _cli(capsys, *args):
+    """The command line in this process (bad requests fail fast: no need to pay a fresh interpreter each time)."""
+    from search.cli import main
+
+    capsys.readouterr()
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cls")
+    spec = {
+        "task": "classification",
+        "space": {"model": ["inception_resnet_v2"], "option": [2], "lr": [0.01, 0.001], "dropout": [0.2]},
+        "train": {"batch_size": 16, "epochs": 2, "weights": None},
+        "data": {"image_size": 75, "synthetic_counts": [8, 10, 9, 8], "synthetic_size": 75, "balance_to": None},
+        "scheduler": {"grace_period": 2, "reduction_factor": 2},
+        "resources": {"cpus_per_trial": 1, "gpus_per_trial": 0},
+    }
+    (tmp / "cls.yaml").write_text(yaml.safe_dump(spec))
+    out = run_sweep("run", str(tmp / "cls.yaml"), "--storage", f"file://{tmp}/runs", "--name", "cls")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert f"experiment: file://{tmp}/runs/cls" in out.stdout
+    return tmp / "runs" / "cls"
+
+
+def test_event_files_hold_every_trials_per_epoch_metrics(experiment):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    frame = pd.read_csv(experiment / "results.csv").set_index("trial")
+    trial_dirs = [p for p in experiment.iterdir() if (p / "result.json").is_file()]
+    assert len(trial_dirs) == len(frame) == 2
+    for trial_dir in trial_dirs:
+        acc = EventAccumulator(str(trial_dir))
+        acc.Reload()
+        epochs = int(frame.loc[trial_dir.name.rsplit("-", 1)[0], "epochs"])
+        for tag in ("ray/tune/train_accuracy", "ray/tune/train_loss", "ray/tune/val_accuracy", "ray/tune/val_loss"):
+            assert [e.step for e in acc.Scalars(tag)] == list(range(1, epochs + 1)), (trial_dir.name, tag)
+
+
+def test_report_of_a_classification_sweep_in_uri_storage(experiment, tmp_path, capsys):
+    report = experiment / "report"  # built locally, uploaded next to the results through the file:// URI
+    html = (report / "report.html").read_text()
+    assert "Best classifier per class" in html and "inception_resnet_v2 / option 2" in html
+    assert (report / "figures" / "best_classifier.png").stat().st_size > 5000
+    versus = pd.read_csv(report / "versus_study.csv")
+    assert set(versus["metric"]) >= {"test_accuracy", "test_f1"} and versus["study"].notna().all()  # in the grid
+
+    code, out, _ = _cli(capsys, "report", f"file://{experiment}", "--out", tmp_path / "r", "--format", "md,csv")
+    assert code == 0 and f"report written to {tmp_path / 'r'}" in out
+    assert {"cost.csv", "report.md", "summary.csv"} <= {p.name for p in (tmp_path / "r").iterdir()}
+    assert not (tmp_path / "r" / "report.html").exists()
+    code, _, err = _cli(capsys, "report", experiment, "--out", tmp_path / "r2", "--format", "pdf")
+    assert code == 2 and "--format pdf: unknown; choose from md,html,csv,tex" in err
+
+
+def test_tensorboard_command_serves_the_experiment_on_localhost(experiment):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "search", "tensorboard", str(experiment), "--port", str(port)],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
+    )
+    try:
+        deadline, runs = time.time() + 90, []
+        while time.time() < deadline and len(runs) < 2:
+            try:
+                runs = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/data/runs", timeout=2))
+            except OSError:
+                time.sleep(1)
+        assert sorted(r.rsplit("-", 1)[0] for r in runs) == [
+            "inception_resnet_v2-opt2-lr0.001-do0.2",
+            "inception_resnet_v2-opt2-lr0.01-do0.2",
+        ]
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def test_export_then_evaluate_and_predict_in_fresh_processes(experiment, tmp_path):
+    frame = pd.read_csv(experiment / "results.csv")
+    best = frame.loc[frame["val_accuracy"].idxmax()]
+    model_dir = tmp_path / "irv2"
+    out = run_sweep("export", str(experiment), "--to", str(model_dir), "--family", "inception_resnet_v2")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert sorted(p.name for p in model_dir.iterdir()) == ["README.md", "export.json", "model.keras", "study.json"]
+    manifest = json.loads((model_dir / "export.json").read_text())
+    assert manifest["trial"] == best["trial"] and manifest["classes"] == ["Benign", "Early", "Pre", "Pro"]
+    assert manifest["hyperparameters"] == {"lr": best["lr"], "dropout": 0.2, "option": 2}
+    assert manifest["test"]["accuracy"] == pytest.approx(best["test_accuracy"])
+    assert manifest["preprocessing"]["input_size"] == 75 and "127.5" in manifest["preprocessing"]["normalisation"]
+
+    # the whole model, loaded with safe_mode=True in a fresh process, reproduces the sweep's test metrics
+    now = evaluated_metrics(model_dir)
+    for metric in ("accuracy", "loss", "precision", "recall", "f1"):
+        assert now[metric] == pytest.approx(best[f"test_{metric}"], abs=1e-4), metric
+
+    from data_pipeline import synth
+
+    images = synth.write_dataset(tmp_path / "new", (1, 2, 1, 1), size=224, seed=5) / "Original"
+    predicted = run_sweep("predict", str(model_dir), str(images), "--out", str(tmp_path / "pred"))
+    assert predicted.returncode == 0, predicted.stderr[-3000:]
+    table = pd.read_csv(tmp_path / "pred" / "predictions.csv")
+    assert len(table) == 5 and set(table["label"]) <= set(manifest["classes"])
+    probs = table[[f"p_{c}" for c in manifest["classes"]]].to_numpy()
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-4)
+    assert (np.array(manifest["classes"])[probs.argmax(1)] == table["label"]).all()
+
+
+def test_bad_requests_say_what_is_wrong_and_write_nothing(experiment, tmp_path, capsys):
+    refused = _cli(capsys, "export", str(experiment), "--to", str(tmp_path / "m"), "--metric", "test_accuracy")
+    assert refused[0] == 2 and "validation metrics only" in refused[2]
+    family = _cli(capsys, "export", str(experiment), "--to", str(tmp_path / "m"), "--family", "unet")
+    assert family[0] == 2 and "no trial of model family 'unet'" in family[2]
+    assert not (tmp_path / "m").exists()
+
+    occupied = tmp_path / "occupied"
+    occupied.mkdir()
+    (occupied / "keep.txt").write_text("mine")
+    busy = _cli(capsys, "export", str(experiment), "--to", str(occupied))
+    assert busy[0] == 2 and "not empty" in busy[2]
+    assert [p.name for p in occupied.iterdir()] == ["keep.txt"]
+
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    shutil.copy(experiment / "sweep.json", unfinished)
+    early = _cli(capsys, "export", str(unfinished), "--to", str(tmp_path / "m"))
+    assert early[0] == 2 and "no finished trials yet" in early[2] and "sweep resume" in early[2]
+    nowhere = _cli(capsys, "export", str(tmp_path), "--to", str(tmp_path / "m"))
+    assert nowhere[0] == 2 and "is not a sweep experiment" in nowhere[2]
+    assert not (tmp_path / "m").exists() and not list(tmp_path.glob(".m.partial-*"))
+
+    incomplete = tmp_path / "incomplete"
+    incomplete.mkdir()
+    (incomplete / "export.json").write_text("{}")
+    (incomplete / "study.json").write_text("{}")
+    missing = _cli(capsys, "predict", str(incomplete), str(experiment / "sweep.json"))
+    assert missing[0] == 2 and "missing model.keras" in missing[2]
+
+
+def test_predict_names_a_corrupt_image_and_writes_nothing(experiment, tmp_path, capsys):
+    model_dir = tmp_path / "m"
+    assert _cli(capsys, "export", str(experiment), "--to", str(model_dir))[0] == 0
+    images = tmp_path / "images"
+    images.mkdir()
+    from data_pipeline import synth
+
+    good = synth.write_dataset(tmp_path / "d", (1, 1, 1, 1), size=64, seed=2) / "Original" / "Benign"
+    shutil.copy(next(good.iterdir()), images / "a.png")
+    (images / "b.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    out = _cli(capsys, "predict", str(model_dir), str(images), "--out", str(tmp_path / "pred"))
+    assert out[0] == 2 and "b.jpg" in out[2]
+    assert not (tmp_path / "pred").exists()
