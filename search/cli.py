@@ -198,11 +198,12 @@ def _report(args) -> int:
 def _ls(args) -> int:
     import pandas as pd
 
+    from search import storage as store
     from search.runner import list_experiments
 
     frame = list_experiments(args.storage)
     if frame.empty:
-        print(f"no experiments under {Path(args.storage).resolve()}")
+        print(f"no experiments under {store.normalize(args.storage)}")
         return 0
     with pd.option_context("display.width", 200, "display.max_colwidth", 80):
         print(frame.to_string(index=False))

@@ -412,17 +412,18 @@ def best_per_family(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
 
 
 def list_experiments(storage: str | Path) -> pd.DataFrame:
-    """Experiments under ``storage`` with status, trial counts and best validation metric."""
+    """Experiments under ``storage`` (a folder or a URI) with status, trial counts and best validation metric."""
+    storage = store.normalize(storage)
     rows = []
-    for sweep_file in sorted(Path(storage).expanduser().glob(f"*/{SWEEP_FILE}")):
-        exp = sweep_file.parent
-        sweep = json.loads(sweep_file.read_text())
+    for name in store.subfolders(storage):
+        exp = store.join(storage, name)
+        if not store.exists(store.join(exp, SWEEP_FILE)):
+            continue
+        sweep = load_sweep(exp)
         metric = {"classification": "val_accuracy", "segmentation": "val_dice"}[sweep["study"]["task"]]
-        results = exp / RESULTS_CSV
-        trials = len([p for p in exp.iterdir() if (p / "result.json").is_file()])
-        row = {"experiment": exp.name, "task": sweep["study"]["task"], "started": sweep.get("started", "")}
-        if results.is_file():
-            frame = pd.read_csv(results)
+        row = {"experiment": name, "task": sweep["study"]["task"], "started": sweep.get("started", "")}
+        if store.exists(store.join(exp, RESULTS_CSV)):
+            frame = load_results(exp)
             counts = frame["status"].value_counts().to_dict()
             row |= {
                 "status": "finished",
@@ -431,6 +432,7 @@ def list_experiments(storage: str | Path) -> pd.DataFrame:
                 f"best {metric}": frame[metric].max() if metric in frame else float("nan"),
             }
         else:
+            trials = sum(store.exists(store.join(exp, d, "result.json")) for d in store.subfolders(exp))
             row |= {"status": "unfinished", "trials": trials, "detail": f"sweep resume {exp}", f"best {metric}": None}
         rows.append(row)
     return pd.DataFrame(rows)

@@ -41,6 +41,17 @@ def exists(location: str) -> bool:
     return fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound
 
 
+def subfolders(location: str) -> list[str]:
+    """Names of the folders directly inside ``location`` (sorted; none if it does not exist)."""
+    import pyarrow.fs
+
+    fs, path = _fs(location)
+    if fs.get_file_info(path).type != pyarrow.fs.FileType.Directory:
+        return []
+    infos = fs.get_file_info(pyarrow.fs.FileSelector(path, recursive=False))
+    return sorted(i.base_name for i in infos if i.type == pyarrow.fs.FileType.Directory)
+
+
 def makedirs(location: str) -> None:
     fs, path = _fs(location)
     fs.create_dir(path, recursive=True)

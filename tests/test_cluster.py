@@ -192,9 +192,15 @@ def test_stop_a_running_job_and_clear_errors(head, tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     job_id = out.stdout.split("submitted job ", 1)[1].split()[0]
     _wait(head, job_id, {"RUNNING"}, timeout=120)
+    deadline = time.time() + 180
+    while "Trial status" not in run_sweep("logs", job_id, "--address", head["address"], env=head["env"]).stdout:
+        assert time.time() < deadline, "the sweep's trials did not start"  # stop it mid-sweep, not mid-import
+        time.sleep(3)
     stopped = run_sweep("stop", job_id, "--address", head["address"], env=head["env"])
     assert stopped.returncode == 0 and "stop requested" in stopped.stdout, stopped.stderr[-2000:]
     assert _wait(head, job_id, {"STOPPED"}, timeout=120) == "STOPPED"
+    followed = run_sweep("logs", job_id, "--follow", "--address", head["address"], env=head["env"], timeout=120)
+    assert followed.returncode == 0 and "Trial status" in followed.stdout  # the stream ends with the job
 
     unknown = run_sweep("status", "raysubmit_nope", "--address", head["address"], env=head["env"])
     assert unknown.returncode == 2 and "no job 'raysubmit_nope'" in unknown.stderr

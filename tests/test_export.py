@@ -74,6 +74,8 @@ def test_report_of_a_classification_sweep_in_uri_storage(experiment, tmp_path, c
     assert code == 0 and f"report written to {tmp_path / 'r'}" in out
     assert {"cost.csv", "report.md", "summary.csv"} <= {p.name for p in (tmp_path / "r").iterdir()}
     assert not (tmp_path / "r" / "report.html").exists()
+    code, listing, _ = _cli(capsys, "ls", "--storage", f"file://{experiment.parent}")  # `sweep ls` on a URI
+    assert code == 0 and listing.splitlines()[1].split()[:2] == ["cls", "classification"] and "2 completed" in listing
     code, _, err = _cli(capsys, "report", experiment, "--out", tmp_path / "r2", "--format", "pdf")
     assert code == 2 and "--format pdf: unknown; choose from md,html,csv,tex" in err
 
