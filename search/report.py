@@ -254,6 +254,8 @@ def trust_lines(t: dict[str, Any]) -> list[str]:
         lines.append(f"Winner (by validation {t['metric']}): {t['winner']} = {t['winner_value']:.4f}.")
     if "gap" in t:
         line = f"Runner-up: {t['runner_up']}; gap {t['gap']:.4f}."
+        if t["gap"] == 0:
+            line += " A tie: validation cannot tell these two apart."
         if "spread" in t:
             verdict = "larger" if t["gap"] > 2 * t["spread"] else "not clearly larger"
             line += (
@@ -544,7 +546,7 @@ def to_latex(parts: dict[str, Any]) -> str:
 
 
 def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in text).strip("_")
+    return "_".join("".join(c if c.isalnum() else " " for c in text).split())
 
 
 def publish_report(experiment: str | Path, out: str | Path | None = None, formats: tuple[str, ...] = FORMATS) -> str:

@@ -140,3 +140,11 @@ def test_plots_write_real_pngs(tmp_path):
         img = matplotlib.image.imread(tmp_path / f"{name}.png")
         assert img.shape[0] > 100 and img.shape[1] > 100 and img.std() > 0.01  # a real picture, not blank
     json.dumps(figs.items)
+
+
+def test_a_tie_is_called_a_tie_and_table_files_get_plain_names():
+    frame = _frame()
+    frame["val_accuracy"] = 0.25  # every configuration collapsed to one class: nothing to choose between
+    lines = report.trust_lines(report.trust(report.aggregate(frame), "classification", _sweep()))
+    assert any("A tie" in line for line in lines)
+    assert report._slug("inception_resnet_v2 / option 1") == "inception_resnet_v2_option_1"
