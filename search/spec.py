@@ -50,6 +50,11 @@ class Train:
     mixed_precision: str | None = None
     backend: str = "tensorflow"
     online_augmentation: bool = False
+    # Optional fine-tuning stage (classification, off by default): after `fine_tune_after` epochs on the head, the
+    # top `fine_tune_layers` backbone layers train too, at the trial's lr × `fine_tune_lr_factor`.
+    fine_tune_layers: int = 0
+    fine_tune_after: int = 0
+    fine_tune_lr_factor: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -210,6 +215,18 @@ def _validate(study: Study, problems: list[str]) -> None:
         problems.append(f"train.batch_size: must be >= 1, got {t.batch_size}")
     if t.epochs < 1:
         problems.append(f"train.epochs: must be >= 1, got {t.epochs}")
+    if t.fine_tune_layers < 0:
+        problems.append(f"train.fine_tune_layers: must be >= 0 (0 = no fine-tuning), got {t.fine_tune_layers}")
+    elif t.fine_tune_layers > 0:
+        if study.task != "classification":
+            problems.append("train.fine_tune_layers: fine-tuning unfreezes a pretrained backbone: classification only")
+        if not 1 <= t.fine_tune_after < t.epochs:
+            problems.append(
+                f"train.fine_tune_after: must be in [1, train.epochs - 1] = [1, {t.epochs - 1}] so the head trains "
+                f"first and the fine-tuning stage gets epochs, got {t.fine_tune_after}"
+            )
+        if not 0 < t.fine_tune_lr_factor <= 1:
+            problems.append(f"train.fine_tune_lr_factor: must be in (0, 1], got {t.fine_tune_lr_factor}")
     if t.backend not in BACKENDS:
         problems.append(f"train.backend: {t.backend!r} is not one of {', '.join(BACKENDS)}")
     if t.mixed_precision not in (None, *models.MIXED_PRECISION):

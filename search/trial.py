@@ -54,6 +54,12 @@ def _raise_injected(config: dict[str, Any], times: int, marker_dir: Path) -> Non
         raise RuntimeError(f"injected failure {count + 1} of {times} (${FAULTS_ENV}, tests only)")
 
 
+def fine_tune_starts(epoch: int, train: dict[str, Any]) -> bool:
+    """Whether the fine-tuning stage begins before this (0-based) epoch: once, after `fine_tune_after` epochs.
+    A trial resumed later keeps the stage: the checkpoint holds the unfrozen layers and the lower learning rate."""
+    return train.get("fine_tune_layers", 0) > 0 and epoch == train.get("fine_tune_after", 0)
+
+
 def train_trial(config: dict[str, Any], datasets: dict, settings: dict[str, Any]) -> None:
     """The Ray Tune trainable. ``datasets``: loading option -> PreparedData (shared through the object store);
     ``settings``: the study's fixed settings (train section, task, metric)."""
@@ -121,6 +127,15 @@ def train_trial(config: dict[str, Any], datasets: dict, settings: dict[str, Any]
     metric = settings["metric"]
     for epoch in range(start_epoch, train["epochs"]):
         t0 = time.perf_counter()
+        if fine_tune_starts(epoch, train):
+            from models.classifiers import unfreeze_top
+
+            unfreeze_top(model, train["fine_tune_layers"])
+            model.compile(
+                optimizer=keras.optimizers.Adam(float(config["lr"]) * train["fine_tune_lr_factor"]),
+                loss=get_loss(settings["loss"]),
+                metrics=training_metrics(task),
+            )
         x_train, y_train = xy("train")
         if train["online_augmentation"]:
             masks = data.train.masks if seg else None
@@ -132,6 +147,7 @@ def train_trial(config: dict[str, Any], datasets: dict, settings: dict[str, Any]
         metrics = {f"train_{k}": float(v[-1]) for k, v in hist.history.items()}
         metrics |= {f"val_{k}": float(v) for k, v in val.items()}
         metrics |= {"epoch": epoch + 1, "epoch_seconds": time.perf_counter() - t0, "diverged": False}
+        metrics["trainable_params"] = sum(int(math.prod(w.shape)) for w in model.trainable_weights)
         if "nan" in faults and epoch + 1 > faults["nan"]:
             metrics["train_loss"] = float("nan")
         if not all(math.isfinite(metrics[k]) for k in ("train_loss", "val_loss")):

@@ -36,7 +36,8 @@ def experiment(tmp_path_factory):
     spec = {
         "task": "classification",
         "space": {"model": ["inception_resnet_v2"], "option": [2], "lr": [0.01, 0.001], "dropout": [0.2]},
-        "train": {"batch_size": 16, "epochs": 2, "weights": None},
+        # epoch 1 trains the head, epoch 2 also the top 20 backbone layers (the fine-tuning stage)
+        "train": {"batch_size": 16, "epochs": 2, "weights": None, "fine_tune_layers": 20, "fine_tune_after": 1},
         "data": {"image_size": 75, "synthetic_counts": [8, 10, 9, 8], "synthetic_size": 75, "balance_to": None},
         "scheduler": {"grace_period": 2, "reduction_factor": 2},
         "resources": {"cpus_per_trial": 1, "gpus_per_trial": 0},
@@ -60,6 +61,9 @@ def test_event_files_hold_every_trials_per_epoch_metrics(experiment):
         epochs = int(frame.loc[trial_dir.name.rsplit("-", 1)[0], "epochs"])
         for tag in ("ray/tune/train_accuracy", "ray/tune/train_loss", "ray/tune/val_accuracy", "ray/tune/val_loss"):
             assert [e.step for e in acc.Scalars(tag)] == list(range(1, epochs + 1)), (trial_dir.name, tag)
+        # the fine-tuning stage: epoch 1 trains the study's head only (394,500 weights), epoch 2 more of the backbone
+        trainable = [e.value for e in acc.Scalars("ray/tune/trainable_params")]
+        assert trainable[0] == 394_500 and trainable[1] > 394_500, trainable
 
 
 def test_report_of_a_classification_sweep_in_uri_storage(experiment, tmp_path, capsys):

@@ -99,3 +99,23 @@ def test_repeats_run_each_configuration_with_more_seeds(tmp_path):
     with pytest.raises(SpecError, match=r"search.repeats: repeats need grid or random search"):
         load_study("segmentation", "smoke", {"search": {"repeats": 2, "algorithm": "optuna", "num_samples": 4}})
     assert "repeat" not in param_space(load_study("segmentation", "smoke"))
+
+
+def test_fine_tuning_stage_is_validated_and_starts_once():
+    from search.trial import fine_tune_starts
+
+    study = load_study("classification", "smoke", {"train": {"fine_tune_layers": 20, "fine_tune_after": 2}})
+    train = study.to_dict()["train"]
+    assert [e for e in range(study.train.epochs) if fine_tune_starts(e, train)] == [2]
+    assert not any(fine_tune_starts(e, load_study("classification", "smoke").to_dict()["train"]) for e in range(3))
+    with pytest.raises(SpecError) as err:
+        load_study("classification", "smoke", {"train": {"fine_tune_layers": 20, "fine_tune_after": 3}})
+    assert "train.fine_tune_after: must be in [1, train.epochs - 1] = [1, 2]" in str(err.value)
+    with pytest.raises(SpecError, match="classification only"):
+        load_study("segmentation", "smoke", {"train": {"fine_tune_layers": 5, "fine_tune_after": 1}})
+    with pytest.raises(SpecError, match=r"fine_tune_lr_factor: must be in \(0, 1\]"):
+        load_study(
+            "classification",
+            "smoke",
+            {"train": {"fine_tune_layers": 5, "fine_tune_after": 1, "fine_tune_lr_factor": 2.0}},
+        )
