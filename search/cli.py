@@ -319,8 +319,6 @@ def _stop(args) -> int:
 
 
 def _tensorboard(args) -> int:
-    import subprocess
-
     from search import storage as store
     from search.runner import load_sweep
 
@@ -338,7 +336,9 @@ def _tensorboard(args) -> int:
         "--port",
         str(args.port),
     ]
-    return subprocess.call(cmd)
+    sys.stdout.flush()
+    os.execv(sys.executable, cmd)  # become TensorBoard: Ctrl-C and kill reach it directly, nothing is left behind
+    return 0  # not reached
 
 
 def _export(args) -> int:

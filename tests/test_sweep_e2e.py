@@ -178,6 +178,7 @@ def test_killed_driver_resumes_without_losing_or_recomputing(tmp_path):
     while time.time() < deadline and not _finished_trials(exp, epochs) if exp.exists() else time.time() < deadline:
         assert driver.poll() is None, "the sweep ended before it could be killed"
         time.sleep(0.5)
+    time.sleep(3)  # Ray Tune copies its state to storage in the background: let the copy settle, then re-read it
     finished = _finished_trials(exp, epochs)
     assert finished, "no trial finished in time"
     os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray cluster it started, as in a crash
