@@ -57,7 +57,8 @@ def _decode(path: Path, flags: int) -> np.ndarray:
     return img
 
 
-def _resize(img: np.ndarray, size: int, nearest: bool = False) -> np.ndarray:
+def resize(img: np.ndarray, size: int, nearest: bool = False) -> np.ndarray:
+    """To size×size: area interpolation when shrinking, bilinear when growing, nearest for masks."""
     if img.shape[:2] == (size, size):
         return img
     if nearest:
@@ -70,7 +71,7 @@ def _resize(img: np.ndarray, size: int, nearest: bool = False) -> np.ndarray:
 def read_rgb(path: str | Path, size: int | None = None) -> np.ndarray:
     """An image as uint8 RGB (grey, RGBA and 16-bit files converted), resized to size×size when given."""
     img = cv2.cvtColor(_decode(Path(path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-    return img if size is None else _resize(img, size)
+    return img if size is None else resize(img, size)
 
 
 def mask_from_segmented(gray: np.ndarray, threshold: int) -> np.ndarray:
@@ -81,14 +82,14 @@ def mask_from_segmented(gray: np.ndarray, threshold: int) -> np.ndarray:
 def _read_pair(image: Path, mask: Path | None, size: int, threshold: int) -> tuple[np.ndarray, np.ndarray | None]:
     rgb = cv2.cvtColor(_decode(image, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
     if mask is None:
-        return _resize(rgb, size), None
+        return resize(rgb, size), None
     gray = _decode(mask, cv2.IMREAD_GRAYSCALE)
     if gray.shape[:2] != rgb.shape[:2]:
         raise DataError(
             f"mask {mask} is {gray.shape[1]}×{gray.shape[0]} but its image {image} is "
             f"{rgb.shape[1]}×{rgb.shape[0]}; a mask must match its image pixel for pixel. Fix or remove the pair."
         )
-    return _resize(rgb, size), _resize(mask_from_segmented(gray, threshold), size, nearest=True)
+    return resize(rgb, size), resize(mask_from_segmented(gray, threshold), size, nearest=True)
 
 
 @dataclass(frozen=True)

@@ -129,9 +129,10 @@ def _print_summary(experiment: str) -> None:
 
     from search import storage as store
     from search.runner import RESULTS_CSV, best_per_family, load_results, load_sweep
+    from search.spec import METRIC
 
     sweep = load_sweep(experiment)
-    metric = {"classification": "val_accuracy", "segmentation": "val_dice"}[sweep["study"]["task"]]
+    metric = METRIC[sweep["study"]["task"]]
     frame = load_results(experiment)
     test = "test_accuracy" if metric == "val_accuracy" else "test_dice"
     print(f"\n{len(frame)} trials: " + ", ".join(f"{v} {k}" for k, v in frame["status"].value_counts().items()))

@@ -24,6 +24,7 @@ import pandas as pd
 
 from search import storage as store
 from search.runner import SweepError, load_results, load_sweep, study_from_dict
+from search.spec import METRIC
 from search.trial import CHECKPOINT_MODEL
 
 EXPORT_FILE = "export.json"
@@ -35,7 +36,7 @@ PREDICTION_THRESHOLD = 0.5
 
 def selection_metric(task: str, metric: str | None) -> tuple[str, str]:
     """(column, mode) a trial is chosen by: a validation metric only, never a test one."""
-    metric = metric or {"classification": "val_accuracy", "segmentation": "val_dice"}[task]
+    metric = metric or METRIC[task]
     if not metric.startswith("val_"):
         raise SweepError(
             f"--metric {metric}: the best trial is chosen on validation metrics only (val_...); the test split "
@@ -216,14 +217,14 @@ def predict_images(model_dir: str | Path, inputs: list[str | Path], out: str | P
     All images are read and predicted before anything is written."""
     import cv2
 
-    from data_pipeline.io import read_rgb
+    from data_pipeline.io import read_rgb, resize
     from models.evaluation import predict
 
     model, manifest = load_export(model_dir)
     paths = image_paths(inputs)
     size = manifest["preprocessing"]["input_size"]
     originals = [read_rgb(p) for p in paths]  # a corrupt file fails here, naming its path, before any output
-    batch = np.stack([cv2.resize(o, (size, size), interpolation=cv2.INTER_AREA) for o in originals])
+    batch = np.stack([resize(o, size) for o in originals])  # as the training images were resized
     probs = predict(model, batch)
     if manifest["task"] == "classification":
         classes = manifest["classes"]

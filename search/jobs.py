@@ -10,7 +10,7 @@ import shlex
 import time
 from pathlib import Path
 
-from search.runner import SweepError
+from search.errors import SweepError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"  # `ray dashboard cluster.yaml` forwards the head's job server here

@@ -20,12 +20,13 @@ import numpy as np
 import pandas as pd
 
 from search import storage as store
-from search.runner import PREDICTIONS, RESULTS_JSON, load_results, load_sweep, study_order
+from search.errors import SweepError
+from search.runner import PREDICTIONS, RESULTS_JSON, best_per_family, load_results, load_sweep, study_order
+from search.spec import METRIC
 
 FORMATS = ("md", "html", "csv", "tex")
 CONFIG = ["model", "option", "lr", "dropout"]
 STUDY_NAMES = {"inception_resnet_v2": "InceptionResNetV2", "nasnet_large": "NASNetLarge"}  # others: same name
-METRIC = {"classification": "val_accuracy", "segmentation": "val_dice"}
 # The study's columns, in its order: (heading, results column)
 COLUMNS = {
     "classification": [
@@ -104,6 +105,20 @@ def families(frame: pd.DataFrame) -> list[tuple]:
     return [k if isinstance(k, tuple) else (k,) for k in frame.groupby(keys, sort=True).groups]
 
 
+def family_rows(agg: pd.DataFrame, family: tuple) -> pd.DataFrame:
+    """The rows of one family: (model,) or (model, option)."""
+    rows = agg[agg["model"] == family[0]]
+    return rows[rows["option"] == family[1]] if len(family) > 1 else rows
+
+
+def chosen_rows(agg: pd.DataFrame, task: str):
+    """(family, row) of the configuration chosen on validation, for every family that has one."""
+    for family in families(agg):
+        i = chosen_index(family_rows(agg, family), METRIC[task])
+        if i is not None:
+            yield family, agg.loc[i]
+
+
 def chosen_index(rows: pd.DataFrame, metric: str) -> Any:
     """The row chosen by validation (highest mean ``metric``), or None when no row has one."""
     scored = rows[metric].dropna() if metric in rows else pd.Series(dtype=float)
@@ -119,7 +134,7 @@ def _cell(mean: float, std: float | None) -> str:
 def family_table(agg: pd.DataFrame, task: str, family: tuple, max_epochs: int) -> pd.DataFrame:
     """The study's table for one family: lr, dropout, its metric columns, the chosen row marked, diverged trials
     marked, ASHA-stopped trials with the epochs they ran."""
-    rows = agg[(agg["model"] == family[0]) & ((agg["option"] == family[1]) if len(family) > 1 else True)]
+    rows = family_rows(agg, family)
     chosen = chosen_index(rows, METRIC[task])
     out = pd.DataFrame({"lr": rows["lr"].map(lambda v: f"{v:g}"), "dropout": rows["dropout"].map(lambda v: f"{v:g}")})
     for heading, col in COLUMNS[task]:
@@ -144,12 +159,7 @@ def _status_note(status: str) -> str:
 def summary_table(agg: pd.DataFrame, task: str) -> pd.DataFrame:
     """The best configuration per family, chosen on validation, with its test numbers (the study's summary)."""
     rows = []
-    for family in families(agg):
-        part = agg[(agg["model"] == family[0]) & ((agg["option"] == family[1]) if len(family) > 1 else True)]
-        i = chosen_index(part, METRIC[task])
-        if i is None:
-            continue
-        row = agg.loc[i]
+    for _, row in chosen_rows(agg, task):
         config = {k: f"{row[k]:g}" if k in ("lr", "dropout") else row[k] for k in config_keys(agg)}
         rows.append({**config, **{heading: row.get(col, np.nan) for heading, col in COLUMNS[task]}})
     return pd.DataFrame(rows)
@@ -166,12 +176,7 @@ def versus_study(agg: pd.DataFrame, task: str, ref: pd.DataFrame) -> pd.DataFram
     """Our chosen configuration per family next to the study's published figures for the same configuration
     (fractions; the study's percentages divided by 100), with the difference ours − study."""
     rows = []
-    for family in families(agg):
-        part = agg[(agg["model"] == family[0]) & ((agg["option"] == family[1]) if len(family) > 1 else True)]
-        i = chosen_index(part, METRIC[task])
-        if i is None:
-            continue
-        ours = agg.loc[i]
+    for family, ours in chosen_rows(agg, task):
         match = ref["model"] == STUDY_NAMES.get(ours["model"], ours["model"])
         match &= np.isclose(ref["lr"], ours["lr"]) & np.isclose(ref["dropout"], ours["dropout"])
         if "loading_option" in ref and "option" in ours:
@@ -332,7 +337,7 @@ def plot_heatmaps(figs: Figures, agg: pd.DataFrame, task: str) -> None:
     fams = families(agg)
     fig, axes = plt.subplots(1, len(fams), figsize=(3.6 * len(fams), 3.2), squeeze=False)
     for ax, family in zip(axes[0], fams):
-        part = agg[(agg["model"] == family[0]) & ((agg["option"] == family[1]) if len(family) > 1 else True)]
+        part = family_rows(agg, family)
         grid = part.pivot_table(index="lr", columns="dropout", values=metric, aggfunc="mean")
         grid = grid.sort_index(ascending=False)[sorted(grid.columns, reverse=True)]
         im = ax.imshow(grid.to_numpy(dtype=float), vmin=0, vmax=1, cmap="viridis")
@@ -433,18 +438,12 @@ def build(experiment: str | Path, out: Path) -> dict[str, Any]:
     per_trial, totals = cost_table(frame, float(sweep["resources"]["gpus_per_trial"]), max_epochs)
     checks = trust(agg, task, sweep)
     figs = Figures(out / "figures")
-    best = frame.loc[
-        [
-            frame[frame["model"] == m][METRIC[task]].idxmax()
-            for m in sorted(set(frame["model"]))
-            if frame[frame["model"] == m][METRIC[task]].notna().any()
-        ]
-    ]
+    best = best_per_family(frame, METRIC[task])  # sorted best first
     plot_learning_curves(figs, experiment, best, task)
     plot_heatmaps(figs, agg, task)
     plot_epochs(figs, frame, max_epochs)
     details, preds = _read_json(experiment, RESULTS_JSON), _predictions(experiment)
-    overall = best.sort_values(METRIC[task], ascending=False).head(1)
+    overall = best.head(1)
     per_class = None
     if not overall.empty and overall.iloc[0]["trial"] in details:
         trial = overall.iloc[0]["trial"]
@@ -465,7 +464,7 @@ def build(experiment: str | Path, out: Path) -> dict[str, Any]:
         "summary": summary,
         "versus": versus,
         "cost": per_trial,
-        "totals": totals,
+        "totals": pd.DataFrame([{"quantity": k, "value": v} for k, v in totals.items()]),
         "trust": checks,
         "per_class": per_class,
         "figures": figs,
@@ -495,8 +494,7 @@ def to_markdown(parts: dict[str, Any], embed: bool = False) -> str:
         lines += [f"## {title}", "", _md(table), ""]
     if parts["per_class"] is not None:
         lines += [f"## Best classifier per class (test split): {parts['best_trial']}", "", _md(parts["per_class"]), ""]
-    totals = pd.DataFrame([{"quantity": k, "value": v} for k, v in parts["totals"].items()])
-    lines += ["## Cost", "", _md(totals), "", _md(parts["cost"]), ""]
+    lines += ["## Cost", "", _md(parts["totals"]), "", _md(parts["cost"]), ""]
     lines += ["## Figures", ""]
     for name, caption in parts["figures"].items:
         path = parts["figures"].folder / f"{name}.png"
@@ -522,8 +520,7 @@ def to_html(parts: dict[str, Any]) -> str:
         body += [f"<h2>{title}</h2>", styled.hide(axis="index").set_table_attributes('class="t"').to_html()]
     if parts["per_class"] is not None:
         body += [f"<h2>Best classifier per class: {parts['best_trial']}</h2>", table(parts["per_class"])]
-    totals = pd.DataFrame([{"quantity": k, "value": v} for k, v in parts["totals"].items()])
-    body += ["<h2>Cost</h2>", table(totals), table(parts["cost"]), "<h2>Figures</h2>"]
+    body += ["<h2>Cost</h2>", table(parts["totals"]), table(parts["cost"]), "<h2>Figures</h2>"]
     for name, caption in parts["figures"].items:
         data = base64.b64encode((parts["figures"].folder / f"{name}.png").read_bytes()).decode()
         body += [
@@ -568,13 +565,9 @@ def write_report(experiment: str | Path, out: str | Path | None = None, formats:
     """Write the report in ``formats`` into ``out`` (default EXPERIMENT/report, local experiments only); return it."""
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown:
-        from search.runner import SweepError
-
         raise SweepError(f"--format {','.join(unknown)}: unknown; choose from {','.join(FORMATS)}")
     experiment = store.normalize(experiment)
     if out is None and store.is_uri(experiment):
-        from search.runner import SweepError
-
         raise SweepError(f"{experiment} is in cloud storage: write its report locally with --out DIR")
     out = Path(out) if out is not None else Path(experiment) / "report"
     out.mkdir(parents=True, exist_ok=True)

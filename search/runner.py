@@ -21,7 +21,8 @@ import pandas as pd
 
 from data_pipeline import DataConfig, prepare
 from search import storage as store
-from search.spec import Resources, Scheduler, Search, Study, Train, param_space
+from search.errors import SweepError
+from search.spec import METRIC, Resources, Scheduler, Search, Study, Train, param_space
 from search.trial import CHECKPOINT_MODEL, train_trial
 
 SWEEP_FILE = "sweep.json"
@@ -40,12 +41,6 @@ PACKAGES = (
     "pandas",
     "scikit-learn",
 )
-
-
-class SweepError(RuntimeError):
-    """An experiment that cannot be run, resumed or read; the message says what to do."""
-
-    exit_code = 2
 
 
 def versions() -> dict[str, str]:
@@ -316,7 +311,7 @@ def evaluate_checkpoint(checkpoint_path: str, task: str, batch_size: int, data) 
     probs = predict(model, data.test.images, batch_size)
     report = report_from_probs(data.test, probs, task, data.classes)
     if task == "classification":
-        return report, {"probs": probs.astype(np.float32), "labels": data.test.labels.astype(np.int32)}
+        return report, {"probs": probs, "labels": data.test.labels.astype(np.int32)}
     return report, {"masks": (probs[:SHOWN_MASKS, ..., 0] >= 0.5).astype(np.uint8)}
 
 
@@ -420,7 +415,7 @@ def list_experiments(storage: str | Path) -> pd.DataFrame:
         if not store.exists(store.join(exp, SWEEP_FILE)):
             continue
         sweep = load_sweep(exp)
-        metric = {"classification": "val_accuracy", "segmentation": "val_dice"}[sweep["study"]["task"]]
+        metric = METRIC[sweep["study"]["task"]]
         row = {"experiment": name, "task": sweep["study"]["task"], "started": sweep.get("started", "")}
         if store.exists(store.join(exp, RESULTS_CSV)):
             frame = load_results(exp)

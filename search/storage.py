@@ -57,22 +57,20 @@ def makedirs(location: str) -> None:
     fs.create_dir(path, recursive=True)
 
 
-def write_text(location: str, text: str) -> None:
+def write_bytes(location: str, data: bytes) -> None:
     """Write a whole file; local files are replaced atomically (a reader never sees half a file)."""
     if not is_uri(location):
         tmp = Path(f"{location}.tmp-{os.getpid()}")
-        tmp.write_text(text)
+        tmp.write_bytes(data)
         tmp.replace(location)
         return
     fs, path = _fs(location)
     with fs.open_output_stream(path) as out:
-        out.write(text.encode())
-
-
-def write_bytes(location: str, data: bytes) -> None:
-    fs, path = _fs(location)
-    with fs.open_output_stream(path) as out:
         out.write(data)
+
+
+def write_text(location: str, text: str) -> None:
+    write_bytes(location, text.encode())
 
 
 def read_bytes(location: str) -> bytes:
@@ -90,9 +88,7 @@ def upload(local_dir: str | Path, location: str) -> None:
 
 
 def read_text(location: str) -> str:
-    fs, path = _fs(location)
-    with fs.open_input_stream(path) as src:
-        return src.read().decode()
+    return read_bytes(location).decode()
 
 
 def download(location: str, local_dir: str | Path) -> Path:

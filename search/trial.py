@@ -96,6 +96,12 @@ def train_trial(config: dict[str, Any], datasets: dict, settings: dict[str, Any]
     seed = int(config.get("seed", settings["seed"])) + int(config.get("repeat", 0))  # repeats differ by seed only
     keras.utils.set_random_seed(seed)
     start_epoch, best = 0, -math.inf
+
+    def compile_with_lr(lr: float) -> None:  # at the start, and again when the fine-tuning stage begins
+        model.compile(
+            optimizer=keras.optimizers.Adam(lr), loss=get_loss(settings["loss"]), metrics=training_metrics(task)
+        )
+
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
@@ -117,11 +123,7 @@ def train_trial(config: dict[str, Any], datasets: dict, settings: dict[str, Any]
             mixed_precision=train["mixed_precision"],
             **hp,
         )
-        model.compile(
-            optimizer=keras.optimizers.Adam(float(config["lr"])),
-            loss=get_loss(settings["loss"]),
-            metrics=training_metrics(task),
-        )
+        compile_with_lr(float(config["lr"]))
 
     # ---- epochs: fit, validate, report (ASHA reads the validation metric) ---------------------------------------
     metric = settings["metric"]
@@ -131,11 +133,7 @@ def train_trial(config: dict[str, Any], datasets: dict, settings: dict[str, Any]
             from models.classifiers import unfreeze_top
 
             unfreeze_top(model, train["fine_tune_layers"])
-            model.compile(
-                optimizer=keras.optimizers.Adam(float(config["lr"]) * train["fine_tune_lr_factor"]),
-                loss=get_loss(settings["loss"]),
-                metrics=training_metrics(task),
-            )
+            compile_with_lr(float(config["lr"]) * train["fine_tune_lr_factor"])
         x_train, y_train = xy("train")
         if train["online_augmentation"]:
             masks = data.train.masks if seg else None

@@ -4,6 +4,7 @@ probing, Ray without usage stats, and every cache in a per-session temporary fol
 import os
 import sys
 import tempfile
+from pathlib import Path
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
@@ -45,12 +46,10 @@ def cache_dir(tmp_path):
 
 def tree_state(root) -> dict:
     """Every file under root with its size and mtime: to assert a user's folder was left untouched."""
-    from pathlib import Path
-
     return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(Path(root).rglob("*"))}
 
 
-ROOT = __import__("pathlib").Path(__file__).parent.parent
+ROOT = Path(__file__).parent.parent
 
 
 def run_sweep(*args, env=None, timeout=600):
@@ -72,3 +71,21 @@ def evaluated_metrics(model_dir) -> dict[str, float]:
     proc = run_sweep("evaluate", model_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return {line.split()[0]: float(line.split()[1]) for line in proc.stdout.splitlines()[1:]}
+
+
+def export_best(experiment, model_dir, *extra) -> dict:
+    """`sweep export EXPERIMENT --to MODEL_DIR EXTRA...` in a fresh process; the export.json it wrote."""
+    import json
+
+    proc = run_sweep("export", experiment, "--to", model_dir, *extra)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads((Path(model_dir) / "export.json").read_text())
+
+
+def assert_reproduces_test_metrics(model_dir, best, metrics) -> None:
+    """The exported model, re-evaluated in a fresh process, gives the sweep's test metrics to within 1e-4."""
+    import pytest
+
+    now = evaluated_metrics(model_dir)
+    for metric in metrics:
+        assert now[metric] == pytest.approx(best[f"test_{metric}"], abs=1e-4), metric

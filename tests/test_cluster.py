@@ -2,7 +2,6 @@
 `ray start --head` on 127.0.0.1 (token authentication on); `sweep submit/status/logs/stop` as subprocesses; the
 finished job's experiment exported, predicted with and re-evaluated in fresh processes."""
 
-import json
 import os
 import signal
 import subprocess
@@ -14,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import evaluated_metrics, run_sweep
+from conftest import assert_reproduces_test_metrics, export_best, run_sweep
 
 ROOT = Path(__file__).parent.parent
 CLUSTER = ROOT / "cluster.yaml"
@@ -160,16 +159,12 @@ def test_submit_a_study_file_then_export_predict_and_reproduce_its_test_metrics(
 
     # export the cluster run's best trial, then use it in fresh processes
     model_dir = tmp_path / "model"
-    out = run_sweep("export", str(exp), "--to", str(model_dir))
-    assert out.returncode == 0, out.stderr[-3000:]
-    manifest = json.loads((model_dir / "export.json").read_text())
+    manifest = export_best(exp, model_dir)
     best = frame.loc[frame["val_dice"].idxmax()]
     assert manifest["trial"] == best["trial"] and manifest["selected_by"]["split"] == "validation"
     assert manifest["preprocessing"]["input_size"] == 32 and manifest["preprocessing"]["mask_threshold"] == 128
 
-    now = evaluated_metrics(model_dir)
-    for metric in ("dice", "iou", "accuracy", "study_dice", "loss"):
-        assert now[metric] == pytest.approx(best[f"test_{metric}"], abs=1e-4), metric
+    assert_reproduces_test_metrics(model_dir, best, ("dice", "iou", "accuracy", "study_dice", "loss"))
 
     from data_pipeline import synth
 

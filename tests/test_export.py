@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import evaluated_metrics, run_sweep
+from conftest import assert_reproduces_test_metrics, export_best, run_sweep
 
 ROOT = Path(__file__).parent.parent
 
@@ -117,19 +117,15 @@ def test_export_then_evaluate_and_predict_in_fresh_processes(experiment, tmp_pat
     frame = pd.read_csv(experiment / "results.csv")
     best = frame.loc[frame["val_accuracy"].idxmax()]
     model_dir = tmp_path / "irv2"
-    out = run_sweep("export", str(experiment), "--to", str(model_dir), "--family", "inception_resnet_v2")
-    assert out.returncode == 0, out.stderr[-3000:]
+    manifest = export_best(experiment, model_dir, "--family", "inception_resnet_v2")
     assert sorted(p.name for p in model_dir.iterdir()) == ["README.md", "export.json", "model.keras", "study.json"]
-    manifest = json.loads((model_dir / "export.json").read_text())
     assert manifest["trial"] == best["trial"] and manifest["classes"] == ["Benign", "Early", "Pre", "Pro"]
     assert manifest["hyperparameters"] == {"lr": best["lr"], "dropout": 0.2, "option": 2}
     assert manifest["test"]["accuracy"] == pytest.approx(best["test_accuracy"])
     assert manifest["preprocessing"]["input_size"] == 75 and "127.5" in manifest["preprocessing"]["normalisation"]
 
     # the whole model, loaded with safe_mode=True in a fresh process, reproduces the sweep's test metrics
-    now = evaluated_metrics(model_dir)
-    for metric in ("accuracy", "loss", "precision", "recall", "f1"):
-        assert now[metric] == pytest.approx(best[f"test_{metric}"], abs=1e-4), metric
+    assert_reproduces_test_metrics(model_dir, best, ("accuracy", "loss", "precision", "recall", "f1"))
 
     from data_pipeline import synth
 
