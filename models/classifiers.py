@@ -12,6 +12,7 @@ from keras import layers
 from models.registry import register
 
 BACKBONE = "backbone"  # the nested backbone model's name inside every classifier
+FEATURES = "pool"  # the layer whose output the head reads: what a frozen backbone's feature cache holds
 _HP = ("dropout", "freeze_backbone", "dense_units")
 
 
@@ -22,7 +23,7 @@ def _classifier(app, *, name, num_classes, input_shape, weights, dropout=0.0, fr
     backbone.trainable = not freeze_backbone
     # A frozen backbone runs in inference mode so its BatchNorm statistics stay ImageNet's (transfer learning).
     x = backbone(x, training=False) if freeze_backbone else backbone(x)
-    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    x = layers.GlobalAveragePooling2D(name=FEATURES)(x)
     x = layers.Dense(dense_units, activation="relu", name="fc")(x)
     x = layers.Dropout(dropout, name="dropout")(x)
     outputs = layers.Dense(num_classes, activation="softmax", dtype="float32", name="probabilities")(x)
@@ -73,3 +74,31 @@ def unfreeze_top(model: keras.Model, n_layers: int) -> int:
         top = i >= len(layers_) - n_layers
         layer.trainable = top and not isinstance(layer, layers.BatchNormalization)
     return sum(layer.trainable for layer in layers_)
+
+
+def split_at_features(model: keras.Model) -> tuple[keras.Model, keras.Model]:
+    """(extractor, head) of a classifier: image -> pooled backbone features, and features -> probabilities.
+
+    The head reuses the classifier's own head layers (shared weights), so training the head on cached features
+    trains ``model``: checkpoints and exports stay the whole classifier. Exact only while the backbone is frozen.
+    """
+    features = model.get_layer(FEATURES).output
+    extractor = keras.Model(model.input, features, name=f"{model.name}_features")
+    x = inputs = keras.Input(features.shape[1:], dtype=features.dtype, name="features")
+    for layer in model.layers[model.layers.index(model.get_layer(FEATURES)) + 1 :]:
+        x = layer(x)
+    return extractor, keras.Model(inputs, x, name=f"{model.name}_head")
+
+
+def backbone_digest(model: keras.Model) -> str:
+    """A digest of the backbone's weights: features computed with equal weights are interchangeable."""
+    import hashlib
+
+    import numpy as np
+
+    h = hashlib.blake2b(digest_size=16)
+    for w in model.get_layer(BACKBONE).weights:
+        value = np.ascontiguousarray(keras.ops.convert_to_numpy(w.value))
+        h.update(f"{w.path}{value.shape}{value.dtype}".encode())
+        h.update(value.data)
+    return h.hexdigest()

@@ -109,6 +109,14 @@ def _add_run_commands(sub) -> None:
     resume = sub.add_parser("resume", help="continue an interrupted sweep where it stopped")
     resume.add_argument("experiment", type=Path)
     resume.add_argument("--address")
+    bench = sub.add_parser(
+        "bench",
+        help="time the study's way (sequential, all epochs, no caches) against the service's way, side by side",
+    )
+    _add_study_options(bench, "bench-runs", "where both ways' experiments and bench.md are written")
+    bench.add_argument("--fraction", type=float, default=1.0, help="about this fraction of the trials (default 1)")
+    bench.add_argument("--epochs", type=int, help="epochs per trial (default: the study's)")
+    bench.add_argument("--image-size", type=int, help="image side in pixels (default: the study's)")
     ls = sub.add_parser("ls", help="list experiments with status, trial counts and best metric")
     ls.add_argument("--storage", default="runs")
 
@@ -164,6 +172,26 @@ def _run(args) -> int:
     )
     _print_summary(exp)
     return _auto_report(exp)
+
+
+def _bench(args) -> int:
+    from search.bench import run_bench, to_markdown
+
+    summaries, extra, folder = run_bench(
+        args.study,
+        preset=args.preset,
+        overrides=_overrides(args),
+        fraction=args.fraction,
+        epochs=args.epochs,
+        image_size=args.image_size,
+        storage=args.storage,
+        name=args.name,
+        gpus_per_trial=args.gpus_per_trial,
+        cpus_per_trial=args.cpus_per_trial,
+    )
+    print(to_markdown(summaries, extra))
+    print(f"written to {folder}/bench.md and bench.json (both ways' experiments beside them)")
+    return 0
 
 
 def _auto_report(experiment: str) -> int:
@@ -395,7 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.cmd in ("run", "resume") and not args.address:
+    if args.cmd in ("run", "resume", "bench") and not getattr(args, "address", None):
         # A local cluster is one node: with this, Ray uses 127.0.0.1 and binds its servers to loopback only.
         # (Must be set before Ray is imported.)
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -404,6 +432,7 @@ def main(argv: list[str] | None = None) -> int:
         ("data", "check"): _data_check,
         ("run", None): _run,
         ("resume", None): _resume,
+        ("bench", None): _bench,
         ("ls", None): _ls,
         ("submit", None): _submit,
         ("status", None): _status,

@@ -89,7 +89,7 @@ def _trial_dirname(trial) -> str:
     return f"{trial_name(trial.config)}-{trial.trial_id}"
 
 
-def _init_ray(address: str | None, backend: str) -> None:
+def init_ray(address: str | None, backend: str) -> None:
     import ray
 
     env = {
@@ -122,7 +122,7 @@ def _gpus_per_trial(study: Study, override: float | None) -> float:
     return float(value)
 
 
-def _settings(study: Study, gpus: float, experiment_dir: str) -> dict[str, Any]:
+def _settings(study: Study, gpus: float, experiment_dir: str, cache_dir: str | None) -> dict[str, Any]:
     return {
         "train": dataclasses.asdict(study.train),
         "task": study.task,
@@ -131,17 +131,19 @@ def _settings(study: Study, gpus: float, experiment_dir: str) -> dict[str, Any]:
         "seed": study.search.seed,
         "gpus_per_trial": gpus,
         "experiment_dir": str(experiment_dir),
+        "cache_dir": cache_dir,  # None: each node's own SWEEP_CACHE_DIR
     }
 
 
-def _trainable(study: Study, datasets: dict, gpus: float, cpus: float, experiment_dir: str):
+def _trainable(study: Study, datasets: dict, gpus: float, cpus: float, experiment_dir: str, cache_dir: str | None):
     from ray import tune
 
-    fn = tune.with_parameters(train_trial, datasets=datasets, settings=_settings(study, gpus, experiment_dir))
+    settings = _settings(study, gpus, experiment_dir, cache_dir)
+    fn = tune.with_parameters(train_trial, datasets=datasets, settings=settings)
     return tune.with_resources(fn, {"cpu": cpus, "gpu": gpus})
 
 
-def _prepare_all(study: Study) -> dict:
+def prepare_all(study: Study) -> dict:
     return {opt: prepare(dataclasses.replace(study.data, option=opt)) for opt in option_values(study)}
 
 
@@ -151,7 +153,12 @@ def _search_alg(study: Study):
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
-    return ConcurrencyLimiter(OptunaSearch(seed=study.search.seed), max_concurrent=4)
+    # Optuna learns from finished trials: a few at a time unless the study sets its own limit.
+    return ConcurrencyLimiter(OptunaSearch(seed=study.search.seed), max_concurrent=_max_concurrent(study) or 4)
+
+
+def _max_concurrent(study: Study) -> int | None:
+    return study.resources.max_concurrent_trials or None
 
 
 def run_study(
@@ -162,10 +169,12 @@ def run_study(
     address: str | None = None,
     gpus_per_trial: float | None = None,
     cpus_per_trial: float | None = None,
+    cache_dir: str | None = None,
     verbose: int = 1,
 ) -> str:
     """Run every trial of ``study``; return the experiment folder or URI (results.csv written).
-    ``storage``: a local folder or a cloud URI (s3://, gs://, file://)."""
+    ``storage``: a local folder or a cloud URI (s3://, gs://, file://). ``cache_dir``: where trials keep cached
+    features and compiled programs (default: each node's SWEEP_CACHE_DIR)."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
@@ -174,8 +183,8 @@ def run_study(
     experiment_dir = store.join(storage, name)
     if store.exists(experiment_dir):
         raise SweepError(f"{experiment_dir} exists already: pick another --name, or `sweep resume {experiment_dir}`")
-    datasets = _prepare_all(study)
-    _init_ray(address, study.train.backend)
+    datasets = prepare_all(study)
+    init_ray(address, study.train.backend)
     gpus = _gpus_per_trial(study, gpus_per_trial)
     cpus = cpus_per_trial if cpus_per_trial is not None else study.resources.cpus_per_trial
     import ray
@@ -187,14 +196,14 @@ def run_study(
             "resources": ray.cluster_resources(),
         },
         "study": study.to_dict(),
-        "resources": {"gpus_per_trial": gpus, "cpus_per_trial": cpus},
+        "resources": {"gpus_per_trial": gpus, "cpus_per_trial": cpus, "cache_dir": cache_dir},
         "data": {str(opt): d.summary() for opt, d in datasets.items()},
         "versions": versions(),
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     store.write_text(store.join(experiment_dir, SWEEP_FILE), json.dumps(sweep, indent=2, default=str))
     tuner = tune.Tuner(
-        _trainable(study, datasets, gpus, cpus, experiment_dir),
+        _trainable(study, datasets, gpus, cpus, experiment_dir, cache_dir),
         param_space={**param_space(study), "seed": study.search.seed},
         tune_config=tune.TuneConfig(
             metric=study.metric,
@@ -205,6 +214,7 @@ def run_study(
                 reduction_factor=study.scheduler.reduction_factor,
             ),
             search_alg=_search_alg(study),
+            max_concurrent_trials=None if study.search.algorithm == "optuna" else _max_concurrent(study),
             num_samples=study.search.num_samples,
             trial_dirname_creator=_trial_dirname,
             reuse_actors=True,  # a worker imports its framework once, not once per trial
@@ -256,12 +266,14 @@ def resume_study(experiment_dir: str | Path, *, address: str | None = None, verb
     study = study_from_dict(sweep["study"])
     if not tune.Tuner.can_restore(experiment_dir):
         raise SweepError(f"{experiment_dir} has no Ray Tune state to resume from (it stopped before the first trial)")
-    datasets = _prepare_all(study)
-    _init_ray(address, study.train.backend)
+    datasets = prepare_all(study)
+    init_ray(address, study.train.backend)
     res = sweep["resources"]
     tuner = tune.Tuner.restore(
         experiment_dir,
-        trainable=_trainable(study, datasets, res["gpus_per_trial"], res["cpus_per_trial"], experiment_dir),
+        trainable=_trainable(
+            study, datasets, res["gpus_per_trial"], res["cpus_per_trial"], experiment_dir, res.get("cache_dir")
+        ),
         resume_unfinished=True,
         resume_errored=True,
     )
@@ -283,6 +295,32 @@ def _error_line(error: BaseException | None) -> str:
     return lines[-1].strip()[:300] if lines else ""
 
 
+SPEED_COLUMNS = (
+    "mixed_precision",
+    "feature_cache_hits",
+    "feature_seconds",
+    "compile_cache_hits",
+    "compile_cache_misses",
+)
+
+
+def first_epoch_overhead(epoch_seconds: list[float]) -> float | None:
+    """Seconds the first epoch took beyond a steady epoch (the median of the others): compilation, feature
+    extraction and warm-up. None with a single epoch, where nothing tells the two apart."""
+    import statistics
+
+    if len(epoch_seconds) < 2:
+        return None
+    return max(0.0, epoch_seconds[0] - statistics.median(epoch_seconds[1:]))
+
+
+def _last_values(history: pd.DataFrame | None, columns: tuple[str, ...]) -> dict[str, Any]:
+    """Each column's last recorded value (a diverged trial's final report carries none of them)."""
+    if history is None:
+        return {}
+    return {c: history[c].dropna().iloc[-1] for c in columns if c in history and history[c].notna().any()}
+
+
 def _best_row(history: pd.DataFrame, metric: str) -> dict[str, Any]:
     """The epoch whose validation metric is highest among finite, non-diverged epochs (selection on validation)."""
     if history is None or history.empty or metric not in history:
@@ -295,11 +333,18 @@ def _best_row(history: pd.DataFrame, metric: str) -> dict[str, Any]:
 SHOWN_MASKS = 8  # test images whose predicted masks are kept for the report's figure
 
 
-def evaluate_checkpoint(checkpoint_path: str, task: str, batch_size: int, data) -> tuple[dict, dict]:
+def evaluate_checkpoint(
+    checkpoint_path: str, task: str, batch_size: int, data, compile_cache=None
+) -> tuple[dict, dict]:
     """Test-split metrics of one checkpoint (the only place the test split is used), and what the report plots:
-    the test probabilities (classification) or the first predicted masks (segmentation)."""
+    the test probabilities (classification) or the first predicted masks (segmentation). ``compile_cache``:
+    (backend, wanted, cache_dir) as the trials had it: checkpoints of one model share a compiled program."""
     import tempfile
 
+    from search import compile_cache as jax_cache
+
+    if compile_cache is not None:
+        jax_cache.enable_for(*compile_cache)
     import keras
     import numpy as np
 
@@ -315,13 +360,15 @@ def evaluate_checkpoint(checkpoint_path: str, task: str, batch_size: int, data) 
     return report, {"masks": (probs[:SHOWN_MASKS, ..., 0] >= 0.5).astype(np.uint8)}
 
 
-def _evaluate_all(jobs: list[tuple[str, Any]], study: Study, datasets: dict, cpus: float, gpus: float) -> list:
+def _evaluate_all(jobs: list[tuple[str, Any]], study: Study, datasets: dict, resources: dict) -> list:
     """Evaluate checkpoints as parallel Ray tasks (on the cluster's GPUs when trials had them)."""
     import ray
 
     refs = {opt: ray.put(d) for opt, d in datasets.items()}
+    cpus, gpus = resources["cpus_per_trial"], resources["gpus_per_trial"]
     task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=1)(evaluate_checkpoint)
-    return ray.get([task.remote(path, study.task, study.train.batch_size, refs[opt]) for path, opt in jobs])
+    cache = (study.train.backend, study.train.compile_cache, resources.get("cache_dir"))
+    return ray.get([task.remote(path, study.task, study.train.batch_size, refs[opt], cache) for path, opt in jobs])
 
 
 def checkpoint_location(checkpoint_path: str, experiment_dir: str) -> str:
@@ -353,6 +400,10 @@ def finalize(experiment_dir: str, grid, study: Study, datasets: dict) -> str:
             if history is not None and "epoch_seconds" in history
             else 0.0,
             "error": _error_line(result.error),
+            "first_epoch_overhead_seconds": first_epoch_overhead(
+                [] if history is None or "epoch_seconds" not in history else history["epoch_seconds"].dropna().tolist()
+            ),
+            **_last_values(history, SPEED_COLUMNS),
         }
         row |= {k: v for k, v in best.items() if k.startswith(("train_", "val_"))}
         checkpoint = result.get_best_checkpoint(study.metric, "max") if best else None
@@ -360,8 +411,7 @@ def finalize(experiment_dir: str, grid, study: Study, datasets: dict) -> str:
         if checkpoint is not None:
             jobs.append((len(rows), row["checkpoint"], config.get("option", study.data.option)))
         rows.append(row)
-    res = sweep["resources"]
-    reports = _evaluate_all([(p, o) for _, p, o in jobs], study, datasets, res["cpus_per_trial"], res["gpus_per_trial"])
+    reports = _evaluate_all([(p, o) for _, p, o in jobs], study, datasets, sweep["resources"])
     details, arrays = {}, {}
     for (i, _, _), (report, extra) in zip(jobs, reports, strict=True):
         rows[i] |= {f"test_{k}": v for k, v in report.items() if isinstance(v, float)}

@@ -5,10 +5,11 @@ Schema (every key optional unless marked):
   search      {algorithm: grid | random | optuna, num_samples: int, seed: int}
   space       axis -> list (a grid; random/optuna sample it) | {loguniform: [lo, hi]} | {uniform: [lo, hi]}
               | {choice: [...]}. Axes: model (required), lr (required), dropout, option (classification).
-  train       batch_size, epochs, loss, weights, freeze_backbone, base_filters, mixed_precision, backend
+  train       batch_size, epochs, loss, weights, freeze_backbone, base_filters, mixed_precision, backend,
+              online_augmentation, fine_tune_*, feature_cache, compile_cache
   data        the fields of data_pipeline.DataConfig (option and seed come from space/search)
   scheduler   ASHA: {grace_period: int, reduction_factor: number}
-  resources   {cpus_per_trial: number, gpus_per_trial: number | auto}
+  resources   {cpus_per_trial: number, gpus_per_trial: number | auto, max_concurrent_trials: int}
   presets     name -> a partial study merged over this one (e.g. smoke)
 """
 
@@ -47,9 +48,14 @@ class Train:
     weights: str | None = None
     freeze_backbone: bool = True
     base_filters: int = 32
-    mixed_precision: str | None = None
+    mixed_precision: str | None = (
+        None  # null (float32), mixed_bfloat16, mixed_float16, or auto (bf16 where the GPU has it)
+    )
     backend: str = "tensorflow"
     online_augmentation: bool = False
+    # Speed levers, exact (results do not change beyond run-to-run noise); see search.features, search.compile_cache.
+    feature_cache: bool = True  # frozen backbone: compute its features once, train the heads on them
+    compile_cache: bool = True  # JAX backend: share compiled programs between the trials of a node
     # Optional fine-tuning stage (classification, off by default): after `fine_tune_after` epochs on the head, the
     # top `fine_tune_layers` backbone layers train too, at the trial's lr × `fine_tune_lr_factor`.
     fine_tune_layers: int = 0
@@ -75,6 +81,7 @@ class Scheduler:
 class Resources:
     cpus_per_trial: float = 1
     gpus_per_trial: float | str = "auto"
+    max_concurrent_trials: int = 0  # 0: as many as the resources allow; 1: one after another (the study's way)
 
 
 @dataclass(frozen=True)
@@ -125,10 +132,11 @@ def _read(name_or_path: str) -> tuple[str, dict]:
     return name, raw
 
 
-def _merge(base: dict, over: dict) -> dict:
+def merge(base: dict, over: dict) -> dict:
+    """Deep-merge study overrides (section -> {key: value}); a space is replaced whole, never merged."""
     out = dict(base)
     for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "space" else v
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "space" else v
     return out
 
 
@@ -229,8 +237,9 @@ def _validate(study: Study, problems: list[str]) -> None:
             problems.append(f"train.fine_tune_lr_factor: must be in (0, 1], got {t.fine_tune_lr_factor}")
     if t.backend not in BACKENDS:
         problems.append(f"train.backend: {t.backend!r} is not one of {', '.join(BACKENDS)}")
-    if t.mixed_precision not in (None, *models.MIXED_PRECISION):
-        problems.append(f"train.mixed_precision: {t.mixed_precision!r} is not null or one of {models.MIXED_PRECISION}")
+    if t.mixed_precision not in (None, "auto", *models.MIXED_PRECISION):
+        allowed = ", ".join(("auto", *models.MIXED_PRECISION))
+        problems.append(f"train.mixed_precision: {t.mixed_precision!r} is not null or one of {allowed}")
     from models.metrics import CLASSIFICATION_LOSSES, SEGMENTATION_LOSSES
 
     allowed = CLASSIFICATION_LOSSES if study.task == "classification" else SEGMENTATION_LOSSES
@@ -245,6 +254,10 @@ def _validate(study: Study, problems: list[str]) -> None:
         problems.append(f"resources.gpus_per_trial: must be 'auto' or a number >= 0, got {g!r}")
     if study.resources.cpus_per_trial <= 0:
         problems.append(f"resources.cpus_per_trial: must be > 0, got {study.resources.cpus_per_trial}")
+    if study.resources.max_concurrent_trials < 0:
+        problems.append(
+            f"resources.max_concurrent_trials: must be >= 0 (0 = no limit), got {study.resources.max_concurrent_trials}"
+        )
     problems += [f"data.{p}" for p in d.problems()]
     model_axis = study.space.get("model")
     names = model_axis if isinstance(model_axis, list) else (model_axis or {}).get("choice", [])
@@ -267,9 +280,9 @@ def load_study(name_or_path: str, preset: str | None = None, overrides: dict[str
     if preset is not None:
         if preset not in presets:
             raise SpecError(f"{name} has no preset {preset!r}; presets: {', '.join(presets) or 'none'}")
-        raw = _merge(raw, presets[preset])
+        raw = merge(raw, presets[preset])
         name = f"{name}-{preset}"
-    raw = _merge(raw, overrides or {})
+    raw = merge(raw, overrides or {})
     problems: list[str] = []
     for key in raw:
         if key not in TOP_KEYS:

@@ -14,9 +14,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from search.features import cached_features, feature_cache_off_because, feature_key
+
 CHECKPOINT_MODEL = "model.keras"
 CHECKPOINT_STATE = "state.json"
 FAULTS_ENV = "SWEEP_TEST_FAULTS"  # tests only: see _test_faults
+FEATURE_BATCH = 128  # forward-only batches for the feature cache: no gradients, so larger than training's
 
 
 def limit_gpu_memory(backend: str, gpu_share: float) -> dict[str, str]:
@@ -72,6 +75,11 @@ def train_trial(config: dict[str, Any], datasets: dict, settings: dict[str, Any]
     faults = _test_faults(config)
     if "raise" in faults:
         _raise_injected(config, faults["raise"], Path(settings["experiment_dir"]))
+    from data_pipeline.io import default_cache_dir
+    from search import compile_cache
+
+    cache_dir = settings.get("cache_dir") or default_cache_dir()  # node-local: features and compiled programs
+    compiled = compile_cache.enable_for(train["backend"], train["compile_cache"], cache_dir)  # None: off
 
     import keras
 
@@ -80,22 +88,25 @@ def train_trial(config: dict[str, Any], datasets: dict, settings: dict[str, Any]
     import models
     from data_pipeline.augment import augment, epoch_seed
     from models.metrics import get_loss, training_metrics
+    from search.gpu import compute_capability, resolve_mixed_precision
 
-    # ---- data -------------------------------------------------------------------------------------------------
+    # ---- data: the object store's arrays as they are (uint8 images; the model casts on the device) ---------------
     data = datasets[config.get("option", 2)]
     seg = task == "segmentation"
 
     def xy(split):
         s = data.split(split)
-        y = s.masks[..., None].astype("float32") if seg else s.labels
-        return s.images.astype("float32"), y
+        return s.images, (s.masks[..., None].astype("float32") if seg else s.labels)
 
-    x_val, y_val = xy("val")
+    (x_train, y_train), (x_val, y_val) = xy("train"), xy("val")
 
     # ---- model: fresh, or resumed from this trial's last checkpoint ---------------------------------------------
     seed = int(config.get("seed", settings["seed"])) + int(config.get("repeat", 0))  # repeats differ by seed only
     keras.utils.set_random_seed(seed)
     start_epoch, best = 0, -math.inf
+    policy = resolve_mixed_precision(
+        train["mixed_precision"], compute_capability() if settings["gpus_per_trial"] > 0 else None
+    )
 
     def compile_with_lr(lr: float) -> None:  # at the start, and again when the fine-tuning stage begins
         model.compile(
@@ -120,32 +131,60 @@ def train_trial(config: dict[str, Any], datasets: dict, settings: dict[str, Any]
             num_classes=1 if seg else len(data.classes),
             input_shape=(size, size, 3),
             weights=train["weights"],
-            mixed_precision=train["mixed_precision"],
+            mixed_precision=policy,
             **hp,
         )
         compile_with_lr(float(config["lr"]))
 
+    # ---- frozen backbone: train the head on cached features (exact; see search.features) ------------------------
+    started = time.perf_counter()  # the first epoch's time includes the features: cost tables stay honest
+    net, extra = model, {"mixed_precision": policy or "float32"}
+    if feature_cache_off_because(task, train) is None:
+        from models.classifiers import backbone_digest, split_at_features
+
+        extractor, net = split_at_features(model)  # net shares the head's layers and optimizer with model
+        net.compile(optimizer=model.optimizer, loss=get_loss(settings["loss"]), metrics=training_metrics(task))
+        digest = backbone_digest(model)
+
+        def cached(images):
+            key = feature_key(
+                model=config["model"],
+                backbone=digest,
+                input_shape=model.input_shape[1:],
+                backend=train["backend"],
+                policy=str(policy),
+                images=images,
+            )
+            return cached_features(
+                lambda x: extractor.predict(x, batch_size=FEATURE_BATCH, verbose=0), key, images, cache_dir
+            )
+
+        (x_train, hit_train), (x_val, hit_val) = cached(x_train), cached(x_val)
+        extra |= {"feature_cache_hits": hit_train + hit_val, "feature_seconds": time.perf_counter() - started}
+
     # ---- epochs: fit, validate, report (ASHA reads the validation metric) ---------------------------------------
     metric = settings["metric"]
     for epoch in range(start_epoch, train["epochs"]):
-        t0 = time.perf_counter()
+        t0 = started if epoch == start_epoch else time.perf_counter()
         if fine_tune_starts(epoch, train):
             from models.classifiers import unfreeze_top
 
             unfreeze_top(model, train["fine_tune_layers"])
             compile_with_lr(float(config["lr"]) * train["fine_tune_lr_factor"])
-        x_train, y_train = xy("train")
+        xs, ys = x_train, y_train
         if train["online_augmentation"]:
             masks = data.train.masks if seg else None
-            images, masks = augment(data.train.images, masks, seed=epoch_seed(seed, epoch))
-            x_train = images.astype("float32")
-            y_train = masks[..., None].astype("float32") if seg else y_train
-        hist = model.fit(x_train, y_train, batch_size=train["batch_size"], epochs=1, verbose=0, shuffle=True)
-        val = model.evaluate(x_val, y_val, batch_size=train["batch_size"], verbose=0, return_dict=True)
+            xs, masks = augment(data.train.images, masks, seed=epoch_seed(seed, epoch))
+            ys = masks[..., None].astype("float32") if seg else y_train
+        hist = net.fit(xs, ys, batch_size=train["batch_size"], epochs=1, verbose=0, shuffle=True)
+        val = net.evaluate(x_val, y_val, batch_size=train["batch_size"], verbose=0, return_dict=True)
         metrics = {f"train_{k}": float(v[-1]) for k, v in hist.history.items()}
         metrics |= {f"val_{k}": float(v) for k, v in val.items()}
-        metrics |= {"epoch": epoch + 1, "epoch_seconds": time.perf_counter() - t0, "diverged": False}
+        metrics |= {"epoch": epoch + 1, "epoch_seconds": time.perf_counter() - t0, "diverged": False, **extra}
         metrics["trainable_params"] = sum(int(math.prod(w.shape)) for w in model.trainable_weights)
+        if compiled is not None:
+            now = compile_cache.counts()
+            metrics |= {f"compile_cache_{k}": now[k] - compiled[k] for k in now}
         if "nan" in faults and epoch + 1 > faults["nan"]:
             metrics["train_loss"] = float("nan")
         if not all(math.isfinite(metrics[k]) for k in ("train_loss", "val_loss")):

@@ -1,0 +1,198 @@
+"""``sweep bench``: the study's way and the service's way of running the same trials, side by side, on the same data
+and machine, in one invocation.
+
+(a) the study's way: one trial after another, every epoch (no early stopping), float32, no feature or compile cache;
+(b) the service's way: the study as ``sweep run`` runs it: trials side by side, ASHA, frozen-backbone feature cache,
+    JAX compile cache, bf16 on GPUs that have it.
+
+Scale options (fraction of the trials, epochs, image size) make it fit a short window; a scaled run's time for (a)
+extrapolates to the full study linearly in trials and epochs and quadratically in image side (``full_scale``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from search.spec import SpecError, Study, load_study, merge
+
+WAYS = ("study's way", "service's way")
+SHRINK = ("dropout", "lr", "option")  # axes a scaled run thins out, largest first; every model always stays
+
+
+def _centered(values: list, k: int) -> list:
+    """k consecutive values from the middle of an axis (lr 0.1..0.0001, k=2: 0.01, 0.001)."""
+    start = (len(values) - k) // 2
+    return values[start : start + k]
+
+
+def trial_count(study: Study) -> int:
+    """Trials a study runs: the grid's size (or num_samples for random/Optuna) × repeats."""
+    n = study.search.num_samples * study.search.repeats
+    if study.search.algorithm == "grid":
+        n *= math.prod(len(v) for v in study.space.values() if isinstance(v, list))
+    return n
+
+
+def scale_overrides(study: Study, *, fraction: float = 1.0, epochs: int | None = None, image_size: int | None = None):
+    """Overrides that scale ``study`` down: about ``fraction`` of its trials (every model kept, the other grid axes
+    thinned from their middle), ``epochs`` per trial (ASHA's grace period scaled alike), ``image_size`` pixels."""
+    if not 0 < fraction <= 1:
+        raise SpecError(f"--fraction must be in (0, 1], got {fraction}")
+    over: dict[str, Any] = {}
+    if study.search.algorithm == "grid":
+        space = dict(study.space)
+        target = max(1, round(fraction * trial_count(study)))
+        keep = {a: len(space[a]) for a in SHRINK if isinstance(space.get(a), list)}
+        rest = trial_count(study) // math.prod(keep.values())  # models, repeats: never thinned
+        while rest * math.prod(keep.values()) > target:
+            axis = max((a for a in keep if keep[a] > 1), key=keep.get, default=None)  # ties: SHRINK's order
+            if axis is None:
+                break
+            keep[axis] -= 1
+        over["space"] = {**space, **{a: _centered(space[a], k) for a, k in keep.items()}}
+    else:
+        over["search"] = {"num_samples": max(1, round(fraction * study.search.num_samples))}
+    if epochs is not None:
+        grace = max(1, min(epochs, round(study.scheduler.grace_period * epochs / study.train.epochs)))
+        over |= {"train": {"epochs": epochs}, "scheduler": {"grace_period": grace}}
+    if image_size is not None:
+        over["data"] = {"image_size": image_size}
+    return over
+
+
+def study_way_overrides(study: Study) -> dict[str, Any]:
+    """What turns the service's way of running ``study`` into the study's own: sequential, all epochs, no caches."""
+    return {
+        "train": {"feature_cache": False, "compile_cache": False, "mixed_precision": None},
+        "resources": {"max_concurrent_trials": 1},
+        "scheduler": {"grace_period": study.train.epochs},  # ASHA with grace = max epochs never stops a trial
+    }
+
+
+def full_scale(full: Study, scaled: Study) -> float:
+    """How much longer the full study takes run the study's way: trials × epochs × pixels (compute per image
+    grows with the pixel count for these convolutional models)."""
+    return (
+        trial_count(full) / trial_count(scaled)
+        * full.train.epochs / scaled.train.epochs
+        * (full.data.image_size / scaled.data.image_size) ** 2
+    )  # fmt: skip
+
+
+def _config(row: pd.Series) -> str:
+    parts = [row["model"], *([f"opt{int(row['option'])}"] if "option" in row else [])]
+    return " ".join([*parts, f"lr={row['lr']:g}", f"dropout={row['dropout']:g}"])
+
+
+def way_summary(frame: pd.DataFrame, wall: float, train_sizes: dict[int, int], busy: float | None, metric: str):
+    """One way's row: wall time, epochs, training images per second of wall time, first-epoch overheads, cache
+    hits, GPU busy %, and the configuration it picks (highest validation metric: never test)."""
+    options = frame["option"] if "option" in frame else pd.Series([next(iter(train_sizes))] * len(frame))
+    images = float((frame["epochs"] * options.map(lambda o: train_sizes[int(o)]).to_numpy()).sum())
+    scored = frame[frame[metric].notna()] if metric in frame else frame.iloc[0:0]
+    best = None if scored.empty else scored.loc[scored[metric].idxmax()]
+
+    def total(col: str, kind=float):
+        return kind(frame[col].sum()) if col in frame and frame[col].notna().any() else None
+
+    return {
+        "trials": len(frame),
+        "wall_seconds": wall,
+        "epochs_run": int(frame["epochs"].sum()),
+        "train_images_per_second": images / wall if wall > 0 else float("nan"),
+        "first_epoch_overhead_seconds": total("first_epoch_overhead_seconds"),
+        "compile_cache_hits": total("compile_cache_hits", int),
+        "compile_cache_misses": total("compile_cache_misses", int),
+        "feature_cache_hits": total("feature_cache_hits", int),
+        "gpu_busy_percent": busy,
+        "best": None if best is None else _config(best),
+        f"best_{metric}": None if best is None else float(best[metric]),
+    }
+
+
+def comparison(summaries: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """(a)/(b): how many times faster the service's way is, and whether both ways pick the same configuration."""
+    a, b = (summaries[w] for w in WAYS)
+    return {
+        "speedup_wall": a["wall_seconds"] / b["wall_seconds"],
+        "same_best": a["best"] is not None and a["best"] == b["best"],
+    }
+
+
+def to_markdown(summaries: dict[str, dict[str, Any]], extra: dict[str, Any]) -> str:
+    table = pd.DataFrame(summaries).rename_axis("measure").reset_index()
+    cells = table.astype(object).where(table.notna(), "n/a")
+    for col in WAYS:  # metrics to 4 decimals, times and rates to 1
+        cells[col] = [
+            (f"{v:.4f}" if m.startswith("best_") else f"{v:.1f}") if isinstance(v, float) else str(v)
+            for m, v in zip(cells["measure"], cells[col])
+        ]
+    lines = [cells.to_markdown(index=False, disable_numparse=True), ""]
+    lines += [f"- {k}: {f'{v:.2f}' if isinstance(v, float) else v}" for k, v in extra.items()]
+    return "\n".join(lines) + "\n"
+
+
+def run_bench(
+    study_name: str,
+    *,
+    preset: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    fraction: float = 1.0,
+    epochs: int | None = None,
+    image_size: int | None = None,
+    storage: str | Path | None = None,
+    name: str | None = None,
+    gpus_per_trial: float | None = None,
+    cpus_per_trial: float | None = None,
+) -> tuple[dict[str, dict[str, Any]], dict[str, Any], Path]:
+    """Run both ways; return the per-way summaries, the comparison and the folder with bench.md/bench.json."""
+    from search.gpu import BusySampler
+    from search.runner import init_ray, load_results, load_sweep, prepare_all, run_study
+
+    full = load_study(study_name, preset, overrides)
+    scaled_over = merge(overrides or {}, scale_overrides(full, fraction=fraction, epochs=epochs, image_size=image_size))
+    service = load_study(study_name, preset, scaled_over)
+    studies = dict(
+        zip(WAYS, (load_study(study_name, preset, merge(scaled_over, study_way_overrides(service))), service))
+    )
+    root = Path(storage or tempfile.mkdtemp(prefix="sweep-bench-")) / (
+        name or f"bench-{time.strftime('%Y%m%d-%H%M%S')}"
+    )
+    if root.exists():
+        raise SpecError(f"{root} exists already: pick another --name")
+    prepare_all(service)  # decode and cache the images first: neither way's clock includes it
+    init_ray(None, service.train.backend)
+    summaries = {}
+    for way, study in studies.items():
+        slug = "study-way" if way == WAYS[0] else "service-way"
+        with tempfile.TemporaryDirectory(prefix="sweep-bench-cache-") as cache, BusySampler() as busy:
+            t0 = time.perf_counter()  # caches start empty: (b) earns every hit it reports inside this run
+            exp = run_study(
+                study,
+                storage=root,
+                name=slug,
+                cache_dir=cache,
+                gpus_per_trial=gpus_per_trial,
+                cpus_per_trial=cpus_per_trial,
+                verbose=0,
+            )
+            wall = time.perf_counter() - t0
+        sweep = load_sweep(exp)
+        sizes = {int(opt): d["splits"]["train"]["n"] for opt, d in sweep["data"].items()}
+        summaries[way] = way_summary(load_results(exp), wall, sizes, busy.mean, study.metric)
+    extra = comparison(summaries) | {
+        "trials in the full study": trial_count(full),
+        "study's way, full study, estimated seconds": summaries[WAYS[0]]["wall_seconds"] * full_scale(full, service),
+        "backend": service.train.backend,
+        "gpus_per_trial": load_sweep(root / "service-way")["resources"]["gpus_per_trial"],
+    }
+    (root / "bench.md").write_text(to_markdown(summaries, extra))
+    (root / "bench.json").write_text(json.dumps({"ways": summaries, **extra}, indent=2, default=str))
+    return summaries, extra, root

@@ -1,0 +1,286 @@
+"""The speed levers, each exact: the frozen-backbone feature cache (same weights, same batches -> same head outputs
+and metrics), the JAX compile cache (later trials load compiled programs, measured through `sweep bench`), bf16 only
+where the GPU has it, and the scaling and summaries behind `sweep bench`."""
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from search.bench import (
+    WAYS,
+    comparison,
+    full_scale,
+    scale_overrides,
+    study_way_overrides,
+    to_markdown,
+    trial_count,
+    way_summary,
+)
+from search.features import cached_features, feature_cache_off_because, feature_key
+from search.gpu import BusySampler, resolve_mixed_precision
+from search.spec import SpecError, load_study, merge
+
+ROOT = Path(__file__).parent.parent
+CLASSIFICATION = {"train": {"weights": None}}  # the built-in grid without the (absent) ImageNet weights
+
+
+# ---- feature cache -------------------------------------------------------------------------------------------------
+
+
+def _classifier(dropout):
+    import keras
+
+    import models
+
+    keras.utils.set_random_seed(7)
+    return models.build("inception_resnet_v2", num_classes=4, input_shape=(75, 75, 3), dropout=dropout)
+
+
+def _compile(model, optimizer=None):
+    import keras
+
+    from models.metrics import get_loss, training_metrics
+
+    model.compile(
+        optimizer=optimizer or keras.optimizers.Adam(0.01),
+        loss=get_loss("categorical_crossentropy"),
+        metrics=training_metrics("classification"),
+    )
+
+
+def test_head_on_cached_features_trains_exactly_like_the_whole_classifier(dropout=0.4):
+    """Same initial weights, same batches: the whole classifier trained on images and the head trained on the
+    backbone's features end with the same weights, predictions and metrics (the dropout masks included)."""
+    from models.classifiers import split_at_features
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (24, 75, 75, 3), dtype=np.uint8)
+    labels = rng.integers(0, 4, 24).astype("int32")
+    whole, cached = _classifier(dropout), _classifier(dropout)
+    for a, b in zip(whole.weights, cached.weights):
+        np.testing.assert_array_equal(np.asarray(a.value), np.asarray(b.value))
+    _compile(whole)
+    _compile(cached)
+    extractor, head = split_at_features(cached)
+    _compile(head, optimizer=cached.optimizer)  # as trials do: one optimizer, saved with the whole model
+    features = extractor.predict(images, verbose=0)
+    for batch in (slice(0, 8), slice(8, 16), slice(16, 24)):
+        loss_whole = whole.train_on_batch(images[batch], labels[batch], return_dict=True)
+        loss_head = head.train_on_batch(features[batch], labels[batch], return_dict=True)
+        assert loss_head["loss"] == pytest.approx(loss_whole["loss"], rel=1e-4, abs=1e-5)
+    for a, b in zip(whole.trainable_weights, cached.trainable_weights):
+        np.testing.assert_allclose(np.asarray(a.value), np.asarray(b.value), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(head.predict(features, verbose=0), whole.predict(images, verbose=0), atol=1e-5)
+    on_images = whole.evaluate(images, labels, verbose=0, return_dict=True)
+    on_features = head.evaluate(features, labels, verbose=0, return_dict=True)
+    assert on_features == pytest.approx(on_images, rel=1e-4, abs=1e-5)
+    assert cached.optimizer.iterations.numpy() == 3  # the whole model's optimizer is the one that stepped
+
+
+def test_head_training_survives_a_checkpoint_round_trip(tmp_path):
+    """A resumed trial loads the whole classifier and trains its head again: the optimizer's state comes back."""
+    import keras
+
+    from models.classifiers import split_at_features
+
+    model = _classifier(0.2)
+    _compile(model)
+    extractor, head = split_at_features(model)
+    _compile(head, optimizer=model.optimizer)
+    x = np.random.default_rng(1).integers(0, 256, (8, 75, 75, 3), dtype=np.uint8)
+    y = np.arange(8, dtype="int32") % 4
+    head.train_on_batch(extractor.predict(x, verbose=0), y)
+    model.save(tmp_path / "model.keras")
+    loaded = keras.saving.load_model(tmp_path / "model.keras", compile=True)
+    extractor2, head2 = split_at_features(loaded)
+    _compile(head2, optimizer=loaded.optimizer)
+    head2.train_on_batch(extractor2.predict(x, verbose=0), y)
+    assert loaded.optimizer.iterations.numpy() == 2
+    assert not np.array_equal(loaded.get_layer("fc").kernel.numpy(), model.get_layer("fc").kernel.numpy())
+
+
+def test_feature_cache_computes_once_under_concurrency_and_keys_on_what_features_depend_on(tmp_path):
+    images = np.random.default_rng(0).integers(0, 256, (5, 8, 8, 3), dtype=np.uint8)
+    calls = []
+
+    def extract(x):
+        calls.append(len(x))
+        return x.reshape(len(x), -1)[:, :4].astype("float32")
+
+    key = feature_key(model="m", backbone="abc", input_shape=(8, 8, 3), backend="jax", policy="None", images=images)
+    results = []
+    threads = [
+        threading.Thread(target=lambda: results.append(cached_features(extract, key, images, tmp_path)))
+        for _ in range(4)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert calls == [5] and sorted(hit for _, hit in results) == [False, True, True, True]
+    for features, _ in results:
+        np.testing.assert_array_equal(features, images.reshape(5, -1)[:, :4])
+    assert not list((tmp_path / "features").glob("*.tmp"))
+    other = images.copy()
+    other[0, 0, 0, 0] ^= 1
+    keys = {
+        feature_key(model="m", backbone=b, input_shape=(8, 8, 3), backend=be, policy=p, images=im)
+        for b, be, p, im in [("abc", "jax", "None", other), ("abd", "jax", "None", images),
+                             ("abc", "tensorflow", "None", images), ("abc", "jax", "mixed_bfloat16", images)]
+    }  # fmt: skip
+    assert key not in keys and len(keys) == 4
+
+
+@pytest.mark.parametrize(
+    "train, task, reason",
+    [
+        ({}, "classification", None),
+        ({"feature_cache": False}, "classification", "train.feature_cache is off"),
+        ({}, "segmentation", "no frozen backbone"),
+        ({"freeze_backbone": False}, "classification", "the backbone trains"),
+        ({"fine_tune_layers": 20}, "classification", "fine-tuning stage"),
+        ({"online_augmentation": True}, "classification", "online augmentation"),
+    ],
+)
+def test_feature_cache_switches_off_where_it_would_not_be_exact(train, task, reason):
+    got = feature_cache_off_because(task, {"feature_cache": True, "freeze_backbone": True, **train})
+    assert got == reason if reason is None else reason in got
+
+
+# ---- compile cache, precision, GPU sampling --------------------------------------------------------------------------
+
+
+def test_bf16_only_where_the_gpu_runs_it():
+    assert resolve_mixed_precision("auto", (9, 0)) == "mixed_bfloat16"
+    assert resolve_mixed_precision("auto", (8, 0)) == "mixed_bfloat16"
+    assert resolve_mixed_precision("auto", (7, 5)) is None  # Turing: no bf16 tensor cores
+    assert resolve_mixed_precision("auto", None) is None  # CPU
+    assert resolve_mixed_precision("mixed_float16", None) == "mixed_float16"  # an explicit choice stays
+    assert resolve_mixed_precision(None, (9, 0)) is None
+
+
+def test_gpu_busy_sampler_says_nothing_without_a_gpu():
+    with BusySampler(interval=0.05) as busy:
+        threading.Event().wait(0.2)
+    assert busy.devices == 0 and busy.mean is None
+
+
+def test_spec_takes_the_new_settings_and_rejects_impossible_ones(tmp_path):
+    study = load_study("segmentation", overrides={"train": {"mixed_precision": "auto"}})
+    assert study.train.mixed_precision == "auto" and study.resources.max_concurrent_trials == 0
+    with pytest.raises(SpecError) as err:
+        load_study(
+            "segmentation",
+            overrides={
+                "train": {"mixed_precision": "fp8", "feature_cache": "yes"},
+                "resources": {"max_concurrent_trials": -1},
+            },
+        )
+    for expected in ("train.mixed_precision: 'fp8'", "train.feature_cache: expected bool", "max_concurrent_trials"):
+        assert expected in str(err.value)
+
+
+# ---- sweep bench: scaling and summaries ------------------------------------------------------------------------------
+
+
+def test_scaling_keeps_every_model_and_thins_the_grid_from_its_middle():
+    full = load_study("classification", overrides=CLASSIFICATION)
+    assert trial_count(full) == 48
+    over = scale_overrides(full, fraction=0.25, epochs=6, image_size=96)
+    scaled = load_study("classification", overrides=merge(CLASSIFICATION, over))
+    assert scaled.space["model"] == full.space["model"] and trial_count(scaled) <= 12
+    assert scaled.space["lr"] == [0.01, 0.001] and scaled.space["dropout"] == [0.2]
+    assert scaled.train.epochs == 6 and scaled.scheduler.grace_period == 1 and scaled.data.image_size == 96
+    assert full_scale(full, scaled) == pytest.approx(48 / trial_count(scaled) * 10 * (331 / 96) ** 2)
+    assert trial_count(load_study("classification", overrides=merge(CLASSIFICATION, scale_overrides(full)))) == 48
+    with pytest.raises(SpecError, match="fraction"):
+        scale_overrides(full, fraction=0)
+
+
+def test_the_studys_way_is_sequential_all_epochs_no_caches():
+    service = load_study("segmentation", "smoke")
+    way = load_study("segmentation", "smoke", study_way_overrides(service))
+    assert way.resources.max_concurrent_trials == 1 and way.scheduler.grace_period == way.train.epochs
+    assert not way.train.feature_cache and not way.train.compile_cache and way.train.mixed_precision is None
+    assert way.space == service.space and way.data == service.data
+
+
+def test_way_summary_counts_images_and_picks_on_validation():
+    frame = pd.DataFrame(
+        {
+            "model": ["a", "a", "b"],
+            "option": [1, 2, 2],
+            "lr": [0.01, 0.001, 0.01],
+            "dropout": [0.2, 0.2, 0.0],
+            "epochs": [3, 1, 2],
+            "val_accuracy": [0.5, 0.9, 0.7],
+            "test_accuracy": [0.99, 0.1, 0.2],
+            "first_epoch_overhead_seconds": [2.0, None, 1.0],
+        }
+    )
+    s = way_summary(frame, 10.0, {1: 100, 2: 50}, None, "val_accuracy")
+    assert s["train_images_per_second"] == pytest.approx((300 + 50 + 100) / 10)
+    assert s["epochs_run"] == 6 and s["first_epoch_overhead_seconds"] == 3.0 and s["compile_cache_hits"] is None
+    assert s["best"] == "a opt2 lr=0.001 dropout=0.2" and s["best_val_accuracy"] == 0.9
+    other = {**s, "wall_seconds": 2.5}
+    assert comparison(dict(zip(WAYS, (s, other)))) == {"speedup_wall": 4.0, "same_best": True}
+    assert comparison(dict(zip(WAYS, (s, {**other, "best": "b"}))))["same_best"] is False
+    text = to_markdown(dict(zip(WAYS, (s, other))), {"speedup_wall": 4.0})
+    assert "| wall_seconds" in text and "n/a" in text and "- speedup_wall: 4.00" in text
+
+
+def test_trials_differing_in_learning_rate_share_compiled_programs(tmp_path):
+    """Two fresh processes, as two trials on one node: the first compiles the U-Net's programs into the cache, the
+    second, with another learning rate, loads every one of them (the learning rate is a variable, not a constant)."""
+    script = ROOT / "tests" / "scripts" / "compile_cache_epoch.py"
+
+    def trial(lr):
+        proc = subprocess.run(
+            [sys.executable, script, tmp_path / "cache", lr],
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    first, second = trial("0.01"), trial("0.001")
+    assert first["misses"] > 0 and first["hits"] == 0
+    assert second["hits"] >= first["misses"] and second["misses"] == 0
+    assert any((tmp_path / "cache" / "jax-compile").iterdir())
+
+
+def test_sweep_bench_runs_both_ways_side_by_side(tmp_path):
+    """`sweep bench` for real on a tiny segmentation study: the study's way runs every epoch of every trial one at a
+    time, the service's way runs them side by side with ASHA; the table and bench.json are written."""
+    args = ["bench", "segmentation", "--preset", "smoke", "--fraction", "0.5", "--epochs", "2"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "search", *args, "--storage", str(tmp_path), "--name", "b"],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    bench = json.loads((tmp_path / "b" / "bench.json").read_text())
+    study_way, service_way = (bench["ways"][w] for w in WAYS)
+    assert study_way["trials"] == service_way["trials"] == 2
+    assert study_way["epochs_run"] == 2 * 2  # all epochs, no early stopping
+    assert study_way["wall_seconds"] > 0 and service_way["train_images_per_second"] > 0
+    assert study_way["compile_cache_hits"] is None  # TensorFlow: no persistent compilation cache
+    assert bench["speedup_wall"] == pytest.approx(study_way["wall_seconds"] / service_way["wall_seconds"])
+    assert bench["same_best"] == (study_way["best"] == service_way["best"])
+    assert bench["trials in the full study"] == 4 and bench["backend"] == "tensorflow"
+    assert "| train_images_per_second" in proc.stdout and "study's way" in proc.stdout
+    sweeps = {w: json.loads((tmp_path / "b" / w / "sweep.json").read_text()) for w in ("study-way", "service-way")}
+    assert sweeps["study-way"]["study"]["resources"]["max_concurrent_trials"] == 1
+    assert sweeps["service-way"]["study"]["resources"]["max_concurrent_trials"] == 0
+    assert sweeps["study-way"]["study"]["scheduler"]["grace_period"] == 2
