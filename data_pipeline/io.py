@@ -39,22 +39,37 @@ def _read_bytes(path: Path) -> bytes:
         data = path.read_bytes()
     except OSError as exc:
         raise BadImageError(f"{path}: cannot be read ({exc.strerror})") from exc
-    if not data:
-        raise BadImageError(f"{path}: empty file")
-    suffix = path.suffix.lower()
-    # OpenCV decodes a truncated JPEG or PNG into a partly grey image with only a warning: check the end markers.
-    if suffix in (".jpg", ".jpeg") and data.rfind(b"\xff\xd9", max(0, len(data) - 1024)) < 0:
-        raise BadImageError(f"{path}: truncated JPEG (no end-of-image marker)")
-    if suffix == ".png" and b"IEND" not in data[-32:]:
-        raise BadImageError(f"{path}: truncated PNG (no IEND chunk)")
+    _check_complete(data, path, path.suffix.lower())
     return data
 
 
-def _decode(path: Path, flags: int) -> np.ndarray:
-    img = cv2.imdecode(np.frombuffer(_read_bytes(path), np.uint8), flags)
+def _check_complete(data: bytes, where: object, suffix: str) -> None:
+    if not data:
+        raise BadImageError(f"{where}: empty file")
+    # OpenCV decodes a truncated JPEG or PNG into a partly grey image with only a warning: check the end markers.
+    if suffix in (".jpg", ".jpeg") and data.rfind(b"\xff\xd9", max(0, len(data) - 1024)) < 0:
+        raise BadImageError(f"{where}: truncated JPEG (no end-of-image marker)")
+    if suffix == ".png" and b"IEND" not in data[-32:]:
+        raise BadImageError(f"{where}: truncated PNG (no IEND chunk)")
+
+
+def _decode_bytes(data: bytes, flags: int, where: object) -> np.ndarray:
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     if img is None:
-        raise BadImageError(f"{path}: not a decodable image")
+        raise BadImageError(f"{where}: not a decodable image")
     return img
+
+
+def _decode(path: Path, flags: int) -> np.ndarray:
+    return _decode_bytes(_read_bytes(path), flags, path)
+
+
+def decode_rgb(data: bytes, where: str) -> np.ndarray:
+    """An image held in memory (an upload) as uint8 RGB, checked as files on disk are; having no trustworthy file
+    name, its kind is read from its first bytes. ``where`` names it in errors."""
+    suffix = ".jpg" if data[:3] == b"\xff\xd8\xff" else ".png" if data[:8] == b"\x89PNG\r\n\x1a\n" else ""
+    _check_complete(data, where, suffix)
+    return cv2.cvtColor(_decode_bytes(data, cv2.IMREAD_COLOR, where), cv2.COLOR_BGR2RGB)
 
 
 def resize(img: np.ndarray, size: int, nearest: bool = False) -> np.ndarray:

@@ -16,6 +16,8 @@ import math
 import os
 import shutil
 import tempfile
+import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -176,10 +178,10 @@ def export_best(experiment: str | Path, to: str | Path, family: str | None = Non
     return to
 
 
-def load_export(model_dir: str | Path):
-    """(model, manifest) of an exported folder; a clear error naming any missing file."""
-    import keras
-
+def check_export(model_dir: str | Path) -> dict:
+    """The manifest of an exported folder, after checking it is one: every file there, export.json readable with the
+    facts predictions need, model.keras an intact Keras archive. Cheap (no framework import); a clear error naming
+    what is wrong otherwise."""
     model_dir = Path(model_dir).expanduser()
     if not model_dir.is_dir():
         raise SweepError(f"{model_dir} is not a folder; give the folder `sweep export ... --to DIR` wrote")
@@ -189,8 +191,33 @@ def load_export(model_dir: str | Path):
             f"{model_dir} is missing {', '.join(missing)}: it is not a complete exported model; export it again "
             "with `sweep export EXPERIMENT --to NEW_DIR`"
         )
-    manifest = json.loads((model_dir / EXPORT_FILE).read_text())
-    return keras.saving.load_model(model_dir / MODEL_FILE, safe_mode=True, compile=False), manifest
+    again = "export it again with `sweep export EXPERIMENT --to NEW_DIR`"
+    try:
+        manifest = json.loads((model_dir / EXPORT_FILE).read_text())
+        task, name, classes = manifest["task"], manifest["model"], manifest["classes"]
+        size = manifest["preprocessing"]["input_size"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise SweepError(f"{model_dir / EXPORT_FILE} is malformed ({type(exc).__name__}: {exc}); {again}") from None
+    if not (task in METRIC and isinstance(name, str) and isinstance(classes, list) and isinstance(size, int)):
+        raise SweepError(f"{model_dir / EXPORT_FILE} is malformed (task, model, classes or input size); {again}")
+    try:
+        with zipfile.ZipFile(model_dir / MODEL_FILE) as archive:
+            damaged = archive.testzip()
+            names = set(archive.namelist())
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise SweepError(f"{model_dir / MODEL_FILE} is not a Keras model archive ({exc}); {again}") from None
+    if damaged is not None or "config.json" not in names:
+        what = f"{damaged} is damaged" if damaged else "it has no config.json"
+        raise SweepError(f"{model_dir / MODEL_FILE} is not an intact Keras model archive ({what}); {again}")
+    return manifest
+
+
+def load_export(model_dir: str | Path):
+    """(model, manifest) of an exported folder; a clear error naming any missing or malformed file."""
+    import keras
+
+    manifest = check_export(model_dir)
+    return keras.saving.load_model(Path(model_dir).expanduser() / MODEL_FILE, safe_mode=True, compile=False), manifest
 
 
 def image_paths(inputs: list[str | Path]) -> list[Path]:
@@ -211,41 +238,64 @@ def image_paths(inputs: list[str | Path]) -> list[Path]:
     return out
 
 
+@dataclass(frozen=True)
+class Predictions:
+    """What an exported model says about images, in their order (`sweep predict` and `sweep serve` both report it)."""
+
+    probabilities: np.ndarray  # classification: (n, classes) softmax; segmentation: (n, S, S) foreground probability
+    labels: list[str] | None = None  # classification: the most probable class per image
+    masks: list[np.ndarray] | None = None  # segmentation: 0/1 uint8 at each image's own size
+    foreground: np.ndarray | None = None  # segmentation: fraction of pixels predicted foreground (at S×S)
+
+
+def predict_arrays(model, manifest: dict, originals: list[np.ndarray]) -> Predictions:
+    """The one place predictions are made from decoded images (uint8 RGB, any size): each is resized as the
+    training images were, the model runs, and a segmenter's output is thresholded at the export's threshold."""
+    import cv2
+
+    from data_pipeline.io import resize
+    from models.evaluation import predict
+
+    probs = predict(model, np.stack([resize(o, manifest["preprocessing"]["input_size"]) for o in originals]))
+    if manifest["task"] == "classification":
+        return Predictions(probs, labels=[manifest["classes"][i] for i in probs.argmax(1)])
+    masks = probs[..., 0] >= manifest["preprocessing"]["prediction_threshold"]
+    full = [
+        cv2.resize(m.astype(np.uint8), (o.shape[1], o.shape[0]), interpolation=cv2.INTER_NEAREST)
+        for m, o in zip(masks, originals, strict=True)
+    ]
+    return Predictions(probs[..., 0], masks=full, foreground=masks.reshape(len(originals), -1).mean(1))
+
+
 def predict_images(model_dir: str | Path, inputs: list[str | Path], out: str | Path | None = None) -> pd.DataFrame:
     """Predict every image; classification: label and probabilities per image (``out/predictions.csv``);
     segmentation: foreground fraction per image, and with ``out`` a mask PNG and an overlay PNG per image.
     All images are read and predicted before anything is written."""
     import cv2
 
-    from data_pipeline.io import read_rgb, resize
-    from models.evaluation import predict
+    from data_pipeline.io import read_rgb
 
     model, manifest = load_export(model_dir)
     paths = image_paths(inputs)
-    size = manifest["preprocessing"]["input_size"]
     originals = [read_rgb(p) for p in paths]  # a corrupt file fails here, naming its path, before any output
-    batch = np.stack([resize(o, size) for o in originals])  # as the training images were resized
-    probs = predict(model, batch)
+    pred = predict_arrays(model, manifest, originals)
     if manifest["task"] == "classification":
         classes = manifest["classes"]
-        frame = pd.DataFrame(probs, columns=[f"p_{c}" for c in classes])
-        frame.insert(0, "label", [classes[i] for i in probs.argmax(1)])
+        frame = pd.DataFrame(pred.probabilities, columns=[f"p_{c}" for c in classes])
+        frame.insert(0, "label", pred.labels)
         frame.insert(0, "image", [str(p) for p in paths])
         if out is not None:
             Path(out).mkdir(parents=True, exist_ok=True)
             frame.to_csv(Path(out) / "predictions.csv", index=False)
         return frame
-    masks = probs[..., 0] >= manifest["preprocessing"]["prediction_threshold"]
     names = _output_names(paths)
-    frame = pd.DataFrame({"image": [str(p) for p in paths], "foreground": masks.reshape(len(paths), -1).mean(1)})
+    frame = pd.DataFrame({"image": [str(p) for p in paths], "foreground": pred.foreground})
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        for name, original, mask in zip(names, originals, masks, strict=True):
-            h, w = original.shape[:2]
-            full = cv2.resize(mask.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)
-            cv2.imwrite(str(out / f"{name}_mask.png"), full * 255)
-            cv2.imwrite(str(out / f"{name}_overlay.png"), cv2.cvtColor(overlay(original, full), cv2.COLOR_RGB2BGR))
+        for name, original, mask in zip(names, originals, pred.masks, strict=True):
+            cv2.imwrite(str(out / f"{name}_mask.png"), mask * 255)
+            cv2.imwrite(str(out / f"{name}_overlay.png"), cv2.cvtColor(overlay(original, mask), cv2.COLOR_RGB2BGR))
         frame["mask"] = [str(out / f"{n}_mask.png") for n in names]
     return frame
 
