@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 
-.PHONY: demo test test-slow lint bench-data clean
+.PHONY: demo test test-slow lint bench-data clean browser
 
 $(VENV)/bin/python:
 	@echo ">> creating virtual environment in $(VENV)"
@@ -28,12 +28,22 @@ demo: $(VENV)/.installed
 	@echo ">> running the smoke classification study on the embedded synthetic dataset"
 	$(VENV)/bin/sweep run classification --preset smoke
 
-test: $(VENV)/.installed-dev
+# The browser tests (tests/test_serve.py) drive Debian's headless Chromium through its chromedriver. Installed with
+# apt when missing (CI runs as root; elsewhere through sudo); nothing is downloaded at test time.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@test -x /usr/bin/chromium && test -x /usr/bin/chromedriver || { \
+	  echo ">> installing chromium and chromium-driver (apt) for the browser tests"; \
+	  $(SUDO) apt-get update -qq >/dev/null && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    chromium chromium-driver >/dev/null; }
+
+test: $(VENV)/.installed-dev browser
 	@echo ">> running the test suite (slow tests skipped; 'make test-slow' runs them)"
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 
-test-slow: $(VENV)/.installed-dev
+test-slow: $(VENV)/.installed-dev browser
 	$(PY) -m pytest -m slow
 
 lint: $(VENV)/.installed-dev

@@ -288,6 +288,17 @@ def _add_cluster_commands(sub) -> None:
     evaluate.add_argument("model_dir", type=Path)
     evaluate.add_argument("--data-dir", help="the dataset folder, when it is not where the sweep read it")
 
+    serve = sub.add_parser("serve", help="serve an exported model over HTTP (Ray Serve): a web page and POST /predict")
+    serve.add_argument("model_dir", type=Path, help="the folder `sweep export` wrote")
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)"
+    )
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--replicas", type=int, default=1, help="model replicas, one CPU each (default 1)")
+    serve.add_argument("--gpus-per-replica", type=float, default=0.0, help="GPUs per replica; 0.5 packs two on a GPU")
+    serve.add_argument("--address", help="Ray cluster address (default: start a local Ray on 127.0.0.1)")
+    serve.add_argument("--max-mb", type=float, default=20.0, help="largest image accepted, in MB (default 20)")
+
 
 def _submit(args) -> int:
     from search import jobs
@@ -410,6 +421,21 @@ def _evaluate(args) -> int:
     return 0
 
 
+def _serve(args) -> int:
+    from search.serve import serve_model
+
+    serve_model(
+        args.model_dir,
+        host=args.host,
+        port=args.port,
+        replicas=args.replicas,
+        gpus_per_replica=args.gpus_per_replica,
+        address=args.address,
+        max_mb=args.max_mb,
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sweep", description="Hyperparameter sweeps for blood-smear classification and segmentation on Ray Tune."
@@ -423,7 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.cmd in ("run", "resume", "bench") and not getattr(args, "address", None):
+    if args.cmd in ("run", "resume", "bench", "serve") and not getattr(args, "address", None):
         # A local cluster is one node: with this, Ray uses 127.0.0.1 and binds its servers to loopback only.
         # (Must be set before Ray is imported.)
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -443,6 +469,7 @@ def main(argv: list[str] | None = None) -> int:
         ("export", None): _export,
         ("predict", None): _predict,
         ("evaluate", None): _evaluate,
+        ("serve", None): _serve,
     }
     try:
         return handlers[(args.cmd, getattr(args, "data_cmd", None))](args)

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 from conftest import assert_reproduces_test_metrics, export_best, run_sweep
 
 ROOT = Path(__file__).parent.parent
@@ -31,22 +30,8 @@ def _cli(capsys, *args):
 
 
 @pytest.fixture(scope="module")
-def experiment(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("cls")
-    spec = {
-        "task": "classification",
-        "space": {"model": ["inception_resnet_v2"], "option": [2], "lr": [0.01, 0.001], "dropout": [0.2]},
-        # epoch 1 trains the head, epoch 2 also the top 20 backbone layers (the fine-tuning stage)
-        "train": {"batch_size": 16, "epochs": 2, "weights": None, "fine_tune_layers": 20, "fine_tune_after": 1},
-        "data": {"image_size": 75, "synthetic_counts": [8, 10, 9, 8], "synthetic_size": 75, "balance_to": None},
-        "scheduler": {"grace_period": 2, "reduction_factor": 2},
-        "resources": {"cpus_per_trial": 1, "gpus_per_trial": 0},
-    }
-    (tmp / "cls.yaml").write_text(yaml.safe_dump(spec))
-    out = run_sweep("run", str(tmp / "cls.yaml"), "--storage", f"file://{tmp}/runs", "--name", "cls")
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert f"experiment: file://{tmp}/runs/cls" in out.stdout
-    return tmp / "runs" / "cls"
+def experiment(classification_experiment):
+    return classification_experiment
 
 
 def test_event_files_hold_every_trials_per_epoch_metrics(experiment):

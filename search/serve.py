@@ -1,0 +1,385 @@
+"""`sweep serve`: an exported model behind Ray Serve, with a web page.
+
+One deployment (FastAPI ingress) per exported model folder:
+- ``POST /predict``: a multipart upload in the field ``file``, or a JSON batch ``{"images": [base64, ...]}``;
+  images are batched across requests with ``@serve.batch``;
+- ``GET /``: a self-contained page to drop or choose an image and see the prediction;
+- ``GET /healthz``, ``GET /model`` (the export's manifest).
+
+A replica loads the folder with ``search.export.load_export`` and predicts with ``search.export.predict_arrays``, the
+functions `sweep predict` uses, so a served prediction is `sweep predict`'s prediction. Whatever an export holds
+(one model, or an ensemble written as one model by `sweep export`) is served the way `sweep predict` reads it.
+"""
+
+# No `from __future__ import annotations`: FastAPI reads the route methods' annotations (Request) at run time.
+import asyncio
+import base64
+import binascii
+import hashlib
+import json
+import logging
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse
+from ray import serve
+
+from search.errors import SweepError
+from search.export import MODEL_FILE, STUDY_FILE, Predictions, check_export
+from search.export import overlay as outlined
+
+APP_NAME = "leukemia-sweep"
+DEFAULT_MAX_MB = 20.0
+MAX_BATCH = 16  # images per model call, gathered across concurrent requests by @serve.batch
+MAX_IMAGES_PER_REQUEST = 64  # a JSON batch holds at most this many
+MAX_PIXELS = 100_000_000  # OpenCV refuses to decode larger images (a small file can hold a huge one)
+PAGE_TEMPLATE = Path(__file__).with_name("serve_page.html")
+DISCLAIMER = (
+    "This is a research model. It is not a diagnostic device: it must not be used to diagnose, treat or rule out "
+    "any disease. A qualified person must read every smear."
+)
+
+
+class BadRequest(Exception):
+    """An input the server refuses: answered with ``status`` and ``{"error": message}``; the server goes on."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+# ---- what the page and the answers say (pure) --------------------------------------------------------------------
+
+
+def model_version(model_dir: str | Path) -> str:
+    """The served weights' identity: the first 12 hex digits of model.keras's SHA-256."""
+    digest = hashlib.sha256()
+    with open(Path(model_dir) / MODEL_FILE, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:12]
+
+
+def trained_on(manifest: dict, study: dict) -> str:
+    """A plain sentence saying what data the model learned from and was tested on."""
+    data = study.get("data", {})
+    splits = manifest.get("data", {}).get("splits", {})
+    source = (
+        "the built-in synthetic smear dataset: computer-generated pictures, not smears from patients"
+        if data.get("data_dir") is None
+        else f"the images in the folder {Path(data['data_dir']).name}"
+    )
+    size = manifest["preprocessing"]["input_size"]
+    target = (
+        f"the classes {', '.join(manifest['classes'])}"
+        if manifest["task"] == "classification"
+        else "which pixels belong to cells (the foreground)"
+    )
+    counts = ""
+    if "train" in splits and "test" in splits:
+        counts = (
+            f" It learned from {splits['train']['n']} images, was chosen on {splits.get('val', {}).get('n', '?')} "
+            f"others and tested on {splits['test']['n']} images it never saw before."
+        )
+    return f"Trained to predict {target} from {source}, at {size}×{size} pixels.{counts}"
+
+
+def page_context(manifest: dict, study: dict, version: str, max_bytes: int) -> dict[str, Any]:
+    """Everything the page shows, from the export's manifest and study."""
+    metrics = [(k, v) for k, v in manifest.get("test", {}).items() if isinstance(v, int | float)]
+    return {
+        "model": manifest["model"],
+        "task": manifest["task"],
+        "version": version,
+        "trial": manifest.get("trial", ""),
+        "classes": manifest["classes"],
+        "metrics": metrics,
+        "trained_on": trained_on(manifest, study),
+        "disclaimer": DISCLAIMER,
+        "max_mb": f"{max_bytes / 1e6:g}",
+    }
+
+
+def render_page(context: dict[str, Any]) -> str:
+    import jinja2
+
+    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
+    return env.from_string(PAGE_TEMPLATE.read_text()).render(**context)
+
+
+def _png_base64(image: np.ndarray) -> str:
+    import cv2
+
+    if image.ndim == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    return base64.b64encode(cv2.imencode(".png", image)[1].tobytes()).decode()
+
+
+def answers(pred: Predictions, originals: list[np.ndarray], manifest: dict, overlays: list[bool]) -> list[dict]:
+    """One JSON-ready answer per image: class and per-class probabilities, or the mask (PNG, 0/255, at the image's
+    own size, as `sweep predict --out` writes it), its foreground fraction and, where ``overlays`` asks, the image
+    with the mask tinted and outlined (`sweep predict`'s overlay)."""
+    if manifest["task"] == "classification":
+        return [
+            {"class": label, "probabilities": dict(zip(manifest["classes"], map(float, p), strict=True))}
+            for label, p in zip(pred.labels, pred.probabilities, strict=True)
+        ]
+    out = []
+    for mask, fraction, original, with_overlay in zip(pred.masks, pred.foreground, originals, overlays, strict=True):
+        answer = {"foreground": float(fraction), "width": mask.shape[1], "height": mask.shape[0]}
+        answer["mask_png"] = _png_base64(mask * 255)
+        if with_overlay:
+            answer["overlay_png"] = _png_base64(outlined(original, mask))
+        out.append(answer)
+    return out
+
+
+def body_limit(max_bytes: int) -> int:
+    """The largest request body read: room for one image at the limit, base64-encoded, plus the envelope."""
+    return max_bytes * 4 // 3 + (1 << 20)
+
+
+def images_from_json(body: bytes) -> list[tuple[str, bytes]]:
+    """(name, bytes) of each image of a JSON batch ``{"images": [base64 or data: URL, ...]}``."""
+    usage = 'send {"images": ["<base64 of a PNG or JPEG>", ...]}'
+    try:
+        doc = json.loads(body)
+    except ValueError as exc:
+        raise BadRequest(422, f"the body is not valid JSON ({exc}); {usage}") from None
+    images = doc.get("images") if isinstance(doc, dict) else None
+    if not isinstance(images, list) or not images or not all(isinstance(i, str) for i in images):
+        raise BadRequest(422, f"the JSON has no non-empty list of strings under 'images'; {usage}")
+    if len(images) > MAX_IMAGES_PER_REQUEST:
+        raise BadRequest(413, f"{len(images)} images in one request; at most {MAX_IMAGES_PER_REQUEST}")
+    out = []
+    for i, text in enumerate(images):
+        if text.startswith("data:"):
+            text = text.partition(",")[2]
+        try:
+            out.append((f"images[{i}]", base64.b64decode(text, validate=True)))
+        except (binascii.Error, ValueError):
+            raise BadRequest(422, f"images[{i}] is not valid base64; {usage}") from None
+    return out
+
+
+async def _read_body(request: Request, max_bytes: int) -> bytes:
+    limit = body_limit(max_bytes)
+    too_large = f"too large: an image may be at most {max_bytes / 1e6:g} MB"
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise BadRequest(413, f"the request is {int(declared) / 1e6:.1f} MB, {too_large}")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise BadRequest(413, f"the request is over {limit / 1e6:.1f} MB, {too_large}")
+    return bytes(body)
+
+
+async def images_from_request(request: Request, max_bytes: int) -> list[tuple[str, bytes]]:
+    """(name, bytes) of every image a request carries, each within ``max_bytes``; BadRequest otherwise."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind not in ("multipart/form-data", "application/json"):
+        raise BadRequest(
+            415,
+            f"Content-Type {kind or '(none)'} is not accepted: upload the image as multipart/form-data in the field "
+            "'file' (curl -F file=@smear.png URL/predict) or send a JSON batch of base64 images",
+        )
+    body = await _read_body(request, max_bytes)
+    if kind == "application/json":
+        images = images_from_json(body)
+    else:
+        images = await _images_from_multipart(request, body)
+    for name, data in images:
+        if len(data) > max_bytes:
+            raise BadRequest(413, f"{name} is {len(data) / 1e6:.1f} MB; the limit is {max_bytes / 1e6:g} MB")
+    return images
+
+
+async def _images_from_multipart(request: Request, body: bytes) -> list[tuple[str, bytes]]:
+    from starlette.datastructures import UploadFile
+
+    async def replay() -> dict:  # the body was read (within the limit) already: parse it from memory
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    try:
+        form = await Request(request.scope, replay).form(max_files=MAX_IMAGES_PER_REQUEST)
+    except Exception as exc:  # starlette raises its own errors for a malformed multipart body
+        raise BadRequest(422, f"the multipart body cannot be parsed ({exc})") from None
+    uploads = form.getlist("file")
+    if not uploads:
+        got = ", ".join(sorted(set(form.keys()))) or "no fields"
+        raise BadRequest(
+            422, f"no field 'file' in the upload (got: {got}); send the image as 'file': curl -F file=@smear.png"
+        )
+    out = []
+    for item in uploads:
+        if not isinstance(item, UploadFile):
+            raise BadRequest(422, "the field 'file' holds text, not a file: curl -F file=@smear.png (note the @)")
+        out.append((f"upload {item.filename or 'file'!r}", await item.read()))
+    return out
+
+
+# ---- the Ray Serve deployment --------------------------------------------------------------------------------------
+
+api = FastAPI(title="leukemia-sweep model server", docs_url=None, redoc_url=None)
+
+
+@serve.deployment(name="model", max_ongoing_requests=64, health_check_period_s=10)
+@serve.ingress(api)
+class ModelServer:
+    """One replica: the exported model in memory, its page rendered once."""
+
+    def __init__(self, model_dir: str, max_bytes: int):
+        from search.export import load_export
+
+        self.model, self.manifest = load_export(model_dir)
+        self.max_bytes = max_bytes
+        self.version = model_version(model_dir)
+        study = json.loads((Path(model_dir) / STUDY_FILE).read_text())
+        self.page = render_page(page_context(self.manifest, study, self.version, max_bytes))
+
+    def _identity(self) -> dict:
+        return {"name": self.manifest["model"], "version": self.version, "task": self.manifest["task"]}
+
+    @api.get("/", response_class=HTMLResponse)
+    def page(self) -> HTMLResponse:
+        return HTMLResponse(self.page)
+
+    @api.get("/healthz")
+    def healthz(self) -> dict:
+        return {"status": "ok", "model": self._identity()}
+
+    @api.get("/model")
+    def model(self) -> dict:
+        return self.manifest
+
+    @api.post("/predict")
+    async def predict(self, request: Request, overlay: bool = False) -> JSONResponse:
+        from data_pipeline.errors import DataError
+        from data_pipeline.io import decode_rgb
+
+        try:
+            images = await images_from_request(request, self.max_bytes)
+            originals = [decode_rgb(data, name) for name, data in images]
+        except BadRequest as exc:
+            return JSONResponse({"error": str(exc)}, status_code=exc.status)
+        except DataError as exc:  # not an image, truncated, empty
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        results = await asyncio.gather(*(self._predict_batch((o, overlay)) for o in originals))
+        return JSONResponse({"model": self._identity(), "predictions": list(results)})
+
+    @serve.batch(max_batch_size=MAX_BATCH, batch_wait_timeout_s=0.01)
+    async def _predict_batch(self, items: list[tuple[np.ndarray, bool]]) -> list[dict]:
+        from search.export import predict_arrays
+
+        originals = [o for o, _ in items]
+        pred = await asyncio.to_thread(predict_arrays, self.model, self.manifest, originals)
+        return answers(pred, originals, self.manifest, [with_overlay for _, with_overlay in items])
+
+
+# ---- `sweep serve` -------------------------------------------------------------------------------------------------
+
+
+def _check_options(host: str, port: int, replicas: int, gpus_per_replica: float, max_mb: float) -> None:
+    problems = []
+    if not 0 < port < 65536:
+        problems.append(f"--port {port}: must be 1-65535")
+    if replicas < 1:
+        problems.append(f"--replicas {replicas}: must be at least 1")
+    if gpus_per_replica < 0:
+        problems.append(f"--gpus-per-replica {gpus_per_replica}: must be 0 or more")
+    if max_mb <= 0:
+        problems.append(f"--max-mb {max_mb}: must be more than 0")
+    if problems:
+        raise SweepError("; ".join(problems))
+
+
+def _check_port_free(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise SweepError(
+                f"cannot listen on {host}:{port} ({exc.strerror}); choose another --port or --host"
+            ) from None
+
+
+def _check_room(replicas: int, gpus_per_replica: float) -> None:
+    """On a local Ray, replicas that cannot all be placed would wait forever: say so instead."""
+    import ray
+
+    have = ray.cluster_resources()
+    if replicas > have.get("CPU", 0):
+        raise SweepError(f"--replicas {replicas} needs {replicas} CPUs; this machine has {have.get('CPU', 0):g}")
+    if replicas * gpus_per_replica > have.get("GPU", 0):
+        raise SweepError(
+            f"--replicas {replicas} × --gpus-per-replica {gpus_per_replica:g} needs "
+            f"{replicas * gpus_per_replica:g} GPUs; this machine has {have.get('GPU', 0):g}"
+        )
+
+
+def serve_model(
+    model_dir: str | Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    replicas: int = 1,
+    gpus_per_replica: float = 0.0,
+    address: str | None = None,
+    max_mb: float = DEFAULT_MAX_MB,
+) -> None:
+    """Serve an exported model until Ctrl-C or SIGTERM, then take everything down again. The folder and the options
+    are checked before anything starts or binds (SweepError)."""
+    import ray
+
+    from search.runner import init_ray
+    from search.trial import limit_gpu_memory
+
+    model_dir = Path(model_dir).expanduser().resolve()
+    manifest = check_export(model_dir)
+    _check_options(host, port, replicas, gpus_per_replica, max_mb)
+    if address is None:
+        _check_port_free(host, port)
+    backend = os.environ.get("KERAS_BACKEND") or json.loads((model_dir / STUDY_FILE).read_text())["train"]["backend"]
+    init_ray(address, backend)
+    signal.signal(signal.SIGTERM, _interrupt)  # after Ray's own handler: `kill` stops the server as Ctrl-C does
+    try:
+        if address is None:
+            _check_room(replicas, gpus_per_replica)
+        serve.start(http_options={"host": host, "port": port}, proxy_location="HeadOnly")
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)  # from here on, this command says what happens
+        env = {**limit_gpu_memory(backend, gpus_per_replica), "OPENCV_IO_MAX_IMAGE_PIXELS": str(MAX_PIXELS)}
+        app = ModelServer.options(
+            num_replicas=replicas,
+            ray_actor_options={"num_cpus": 1, "num_gpus": gpus_per_replica, "runtime_env": {"env_vars": env}},
+        ).bind(str(model_dir), int(max_mb * 1e6))
+        serve.run(app, name=APP_NAME, route_prefix="/")
+        print(
+            f"serving {manifest['model']} ({manifest['task']}) from {model_dir} on http://{host}:{port}/ "
+            f"with {replicas} replica(s); Ctrl-C to stop",
+            flush=True,
+        )
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("stopping", flush=True)
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        try:
+            if address is None:
+                serve.shutdown()
+            else:  # a shared cluster: take down this app only
+                serve.delete(APP_NAME)
+        finally:
+            ray.shutdown()
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt

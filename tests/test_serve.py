@@ -1,0 +1,492 @@
+"""`sweep serve` for real: the command in a fresh process, a Ray Serve app on 127.0.0.1 over a model `sweep export`
+wrote (one classifier, one segmenter), its answers checked against `sweep predict`'s, a bounded load, every bad input,
+and headless Chromium (Debian's chromium + chromium-driver, driven by selenium) using the page as a person would.
+Every test leaves no Serve, Ray or Chromium process behind."""
+
+import base64
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+import requests
+import yaml
+from conftest import run_sweep
+
+ROOT = Path(__file__).parent.parent
+DOCS = ROOT / "docs"
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+LOAD_REQUESTS, LOAD_CONCURRENCY = 200, 8
+
+
+# ---- processes: what a test started must be gone when it ends ----------------------------------------------------
+
+
+def _descendants(pid: int) -> set[int]:
+    out, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        for children in Path(f"/proc/{p}/task").glob("*/children"):
+            try:
+                kids = {int(c) for c in children.read_text().split()}
+            except OSError:
+                continue
+            todo += kids - out
+            out |= kids
+    return out
+
+
+def _alive(pids: set[int]) -> set[int]:
+    alive = set()
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            alive.add(pid)
+    return alive
+
+
+def _assert_all_gone(pids: set[int], what: str, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while _alive(pids) and time.time() < deadline:
+        time.sleep(0.5)
+    left = _alive(pids)
+    for pid in left:  # do not leave them to the rest of the suite, but fail: stopping should have ended them
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"{what} left processes behind: {sorted(left)}"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ---- a tiny segmentation sweep, and one running server per task ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def segmentation_experiment(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("seg")
+    spec = {
+        "task": "segmentation",
+        "space": {"model": ["unet"], "lr": [0.01], "dropout": [0.0]},
+        "train": {"batch_size": 8, "epochs": 1, "base_filters": 4},
+        "data": {"image_size": 32, "synthetic_counts": [6, 6, 6, 6], "synthetic_size": 64, "balance_to": None},
+        "scheduler": {"grace_period": 1, "reduction_factor": 2},
+        "resources": {"cpus_per_trial": 1, "gpus_per_trial": 0},
+    }
+    (tmp / "seg.yaml").write_text(yaml.safe_dump(spec))
+    out = run_sweep("run", str(tmp / "seg.yaml"), "--storage", str(tmp / "runs"), "--name", "seg")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return tmp / "runs" / "seg"
+
+
+def _cli(*args) -> tuple[int, str, str]:
+    """The command line in this process, its output captured."""
+    import contextlib
+    import io
+
+    from search.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in args])
+    return code, out.getvalue(), err.getvalue()
+
+
+def _start_server(model_dir: Path, log: Path, *extra) -> tuple[subprocess.Popen, str]:
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "search", "serve", str(model_dir), "--port", str(port), *map(str, extra)],
+        env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"},
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            if requests.get(f"{url}/healthz", timeout=5).status_code == 200:
+                return proc, url
+        except requests.RequestException:  # not listening yet, or the proxy waits for the replica
+            pass
+        time.sleep(1)
+    family = _descendants(proc.pid)
+    proc.kill()
+    for pid in _alive(family):
+        os.kill(pid, signal.SIGKILL)
+    raise AssertionError(f"sweep serve did not come up (exit {proc.poll()}):\n{log.read_text()[-4000:]}")
+
+
+def _stop_server(proc: subprocess.Popen, log: Path) -> None:
+    family = _descendants(proc.pid)
+    proc.send_signal(signal.SIGTERM)  # as `kill` or Ctrl-C would
+    try:
+        code = proc.wait(120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        code = None
+    assert code == 0, f"sweep serve exited with {code}:\n{log.read_text()[-4000:]}"
+    assert "stopping" in log.read_text()
+    _assert_all_gone(family, "sweep serve")
+
+
+@pytest.fixture(scope="module", params=["classification", "segmentation"])
+def server(request, tmp_path_factory):
+    """`sweep serve` in a fresh process over a fresh `sweep export`, for one task; stopped with SIGTERM at the end
+    and every process it started checked gone."""
+    experiment = request.getfixturevalue(f"{request.param}_experiment")
+    tmp = tmp_path_factory.mktemp(f"serve-{request.param}")
+    code, _, err = _cli("export", experiment, "--to", tmp / "model")
+    assert code == 0, err
+    log = tmp / "serve.log"
+    proc, url = _start_server(tmp / "model", log)
+    yield {"task": request.param, "url": url, "model_dir": tmp / "model", "experiment": experiment, "log": log}
+    _stop_server(proc, log)
+
+
+@pytest.fixture(scope="module")
+def images(synth_root, tmp_path_factory) -> Path:
+    """A few smears as a user would bring them: PNGs, a JPEG, a non-square crop, and a larger image."""
+    folder = tmp_path_factory.mktemp("smears")
+    for cls in ("Benign", "Early", "Pre", "Pro"):
+        shutil.copy(sorted((synth_root / "Original" / cls).iterdir())[0], folder / f"{cls.lower()}.png")
+    rgb = cv2.imread(str(folder / "pre.png"))
+    cv2.imwrite(str(folder / "pre_photo.jpg"), rgb, [cv2.IMWRITE_JPEG_QUALITY, 85])
+    cv2.imwrite(str(folder / "pro_crop.png"), cv2.imread(str(folder / "pro.png"))[5:60, 0:40])
+    cv2.imwrite(str(folder / "early_large.png"), cv2.resize(cv2.imread(str(folder / "early.png")), (300, 300)))
+    return folder
+
+
+def _post_file(url: str, path: Path, field: str = "file", **params) -> requests.Response:
+    with path.open("rb") as f:
+        return requests.post(f"{url}/predict", files={field: (path.name, f)}, params=params, timeout=120)
+
+
+def _png(b64: str) -> np.ndarray:
+    return cv2.imdecode(np.frombuffer(base64.b64decode(b64), np.uint8), cv2.IMREAD_UNCHANGED)
+
+
+# ---- the answers are `sweep predict`'s -----------------------------------------------------------------------------
+
+
+def test_served_predictions_equal_sweep_predict(server, images, tmp_path):
+    url, model_dir = server["url"], server["model_dir"]
+    manifest = json.loads((model_dir / "export.json").read_text())
+    assert requests.get(f"{url}/model", timeout=30).json() == manifest  # the export's manifest, as written
+    health = requests.get(f"{url}/healthz", timeout=30).json()
+    from search.serve import model_version
+
+    assert health == {
+        "status": "ok",
+        "model": {"name": manifest["model"], "version": model_version(model_dir), "task": server["task"]},
+    }
+
+    paths = sorted(images.iterdir())
+    one_by_one = [_post_file(url, p, overlay="true").json() for p in paths]  # multipart, one image per request
+    batch = requests.post(  # one JSON batch of base64 images
+        f"{url}/predict", json={"images": [base64.b64encode(p.read_bytes()).decode() for p in paths]}, timeout=120
+    ).json()
+    assert all(a["model"] == health["model"] for a in [*one_by_one, batch])
+    served = [a["predictions"][0] for a in one_by_one]
+
+    from search.export import predict_images  # what `sweep predict IMAGES --out DIR` runs
+
+    predicted = predict_images(model_dir, [images], tmp_path / "pred")
+    if server["task"] == "classification":
+        table = pd.read_csv(tmp_path / "pred" / "predictions.csv")
+        assert [Path(p).name for p in table["image"]] == [p.name for p in paths]
+        expected = table[[f"p_{c}" for c in manifest["classes"]]].to_numpy()
+        for answers in (served, batch["predictions"]):
+            got = np.array([[a["probabilities"][c] for c in manifest["classes"]] for a in answers])
+            np.testing.assert_allclose(got, expected, atol=1e-5)
+            assert [a["class"] for a in answers] == list(table["label"])
+    else:
+        assert [Path(p).name for p in predicted["image"]] == [p.name for p in paths]
+        for path, one, from_batch, fraction in zip(paths, served, batch["predictions"], predicted["foreground"]):
+            mask = cv2.imread(str(tmp_path / "pred" / f"{path.stem}_mask.png"), cv2.IMREAD_GRAYSCALE)
+            assert (one["height"], one["width"]) == mask.shape == cv2.imread(str(path)).shape[:2]
+            np.testing.assert_array_equal(_png(one["mask_png"]), mask)
+            np.testing.assert_array_equal(_png(from_batch["mask_png"]), mask)
+            assert "overlay_png" not in from_batch
+            overlay = cv2.imread(str(tmp_path / "pred" / f"{path.stem}_overlay.png"))
+            np.testing.assert_array_equal(_png(one["overlay_png"]), overlay)
+            assert one["foreground"] == from_batch["foreground"] == pytest.approx(fraction, abs=1e-7)
+        assert any(a["foreground"] > 0 for a in served), "the tiny segmenter found no foreground: nothing compared"
+
+
+def test_bounded_load_all_answered(server, images):
+    """200 requests, 8 at a time: every one answered correctly; p50/p95 latency printed."""
+    url, data = server["url"], (images / "benign.png").read_bytes()
+    expected = requests.post(f"{url}/predict", files={"file": ("a.png", data)}, timeout=120).json()["predictions"]
+
+    def one(_):
+        start = time.perf_counter()
+        r = requests.post(f"{url}/predict", files={"file": ("a.png", data)}, timeout=120)
+        return time.perf_counter() - start, r.status_code, r.json()["predictions"]
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(LOAD_CONCURRENCY) as pool:
+        results = list(pool.map(one, range(LOAD_REQUESTS)))
+    wall = time.perf_counter() - start
+    assert [code for _, code, _ in results] == [200] * LOAD_REQUESTS
+    key = "probabilities" if server["task"] == "classification" else "foreground"
+    for _, _, got in results:  # batched with others or not, the same image gets the same answer
+        assert got[0][key] == pytest.approx(expected[0][key], abs=1e-5)
+    latencies = np.array([t for t, _, _ in results]) * 1000
+    print(
+        f"\n{server['task']}: {LOAD_REQUESTS} requests, {LOAD_CONCURRENCY} concurrent, {wall:.1f} s "
+        f"({LOAD_REQUESTS / wall:.1f}/s): p50 {np.percentile(latencies, 50):.0f} ms, "
+        f"p95 {np.percentile(latencies, 95):.0f} ms"
+    )
+
+
+def test_bad_inputs_get_a_4xx_json_error_and_the_server_goes_on(server, images, tmp_path):
+    url = server["url"]
+    good = (images / "benign.png").read_bytes()
+    jpeg = (images / "pre_photo.jpg").read_bytes()
+    cases = {
+        "not_an_image.png": (b"these are not pixels\n" * 50, 400, "not a decodable image"),
+        "truncated.png": (good[: len(good) // 2], 400, "truncated PNG"),
+        "truncated.jpg": (jpeg[: len(jpeg) // 2], 400, "truncated JPEG"),
+        "empty.png": (b"", 400, "empty file"),
+        "huge.png": (good + bytes(21_000_000), 413, "the limit is 20 MB"),  # a real PNG, padded past 20 MB
+        "enormous.png": (bytes(30_000_000), 413, "an image may be at most 20 MB"),  # refused before it is read
+    }
+    for name, (data, status, message) in cases.items():
+        r = requests.post(f"{url}/predict", files={"file": (name, data)}, timeout=120)
+        assert r.status_code == status and message in r.json()["error"], (name, r.status_code, r.text[:300])
+
+    wrong_field = requests.post(f"{url}/predict", files={"image": ("a.png", good)}, timeout=60)
+    assert wrong_field.status_code == 422
+    assert "no field 'file' in the upload (got: image)" in wrong_field.json()["error"]
+    text_field = requests.post(f"{url}/predict", files={"file": (None, "smear.png")}, timeout=60)
+    assert text_field.status_code == 422 and "holds text, not a file" in text_field.json()["error"]
+    plain = requests.post(f"{url}/predict", data=good, headers={"content-type": "image/png"}, timeout=60)
+    assert plain.status_code == 415 and "multipart/form-data" in plain.json()["error"]
+    for body, message in (
+        (b"{not json", "not valid JSON"),
+        (b'{"image": "abc"}', "no non-empty list of strings under 'images'"),
+        (b'{"images": ["%%%"]}', "images[0] is not valid base64"),
+        (json.dumps({"images": [base64.b64encode(good).decode()] * 65}).encode(), "at most 64"),
+    ):
+        r = requests.post(f"{url}/predict", data=body, headers={"content-type": "application/json"}, timeout=60)
+        assert 400 <= r.status_code < 500 and message in r.json()["error"], (message, r.text[:300])
+
+    still = _post_file(url, images / "benign.png")  # the server keeps serving
+    assert still.status_code == 200 and len(still.json()["predictions"]) == 1
+    assert requests.get(f"{url}/healthz", timeout=30).json()["status"] == "ok"
+
+
+# ---- a real browser --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def browser():
+    """Headless Chromium through chromedriver (Debian's packages; `make test` installs them). Quit after the test,
+    its processes checked gone."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not Path(p).exists()]
+    assert not missing, f"{missing} missing: `make test` installs them (apt-get install chromium chromium-driver)"
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=960,1100"):
+        options.add_argument(arg)
+    service = Service(CHROMEDRIVER)
+    driver = webdriver.Chrome(service=service, options=options)
+    driver.set_page_load_timeout(60)
+    try:
+        yield driver
+    finally:
+        family = {service.process.pid, *_descendants(service.process.pid)}
+        driver.quit()
+        _assert_all_gone(family, "Chromium")
+
+
+def _wait_for(driver, condition: str, timeout: float = 120):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, timeout).until(lambda d: d.execute_script(f"return {condition}"))
+
+
+def _screenshot(driver, tmp_path: Path, name: str) -> Path:
+    """A PNG of the whole page; with SWEEP_DOCS_SCREENSHOTS=1 it is also written to docs/ (the README shows it)."""
+    height = driver.execute_script("return Math.ceil(document.body.getBoundingClientRect().bottom) + 24")
+    driver.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride", {"width": 900, "height": height, "deviceScaleFactor": 1, "mobile": False}
+    )
+    shot = tmp_path / name
+    assert driver.save_screenshot(str(shot))
+    assert cv2.imread(str(shot)).shape[:2] == (height, 900)
+    if os.environ.get("SWEEP_DOCS_SCREENSHOTS") == "1":
+        shutil.copy(shot, DOCS / name)
+    return shot
+
+
+def test_the_page_in_a_real_browser(server, images, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    manifest = json.loads((server["model_dir"] / "export.json").read_text())
+    browser.get(server["url"] + "/")
+    text = browser.find_element(By.TAG_NAME, "body").text
+    assert browser.find_element(By.ID, "model-name").text == manifest["model"]
+    assert "not a diagnostic device" in browser.find_element(By.ID, "disclaimer").text
+    trained = browser.find_element(By.ID, "trained-on").text
+    assert "synthetic smear dataset" in trained and f"{manifest['data']['splits']['test']['n']} images" in trained
+    rows = browser.find_elements(By.CSS_SELECTOR, "#metrics tbody tr")
+    shown = {r.find_element(By.TAG_NAME, "th").text: float(r.find_element(By.TAG_NAME, "td").text) for r in rows}
+    assert shown == pytest.approx({k: v for k, v in manifest["test"].items() if v is not None}, abs=5e-5)
+    assert "Predicted" not in text  # nothing predicted yet
+
+    image = images / "pre.png"
+    browser.find_element(By.ID, "file").send_keys(str(image))  # choose a file, as a person would
+    _wait_for(browser, "document.body.dataset.state === 'done'")
+    served = _post_file(server["url"], image).json()["predictions"][0]
+    if server["task"] == "classification":
+        assert browser.find_element(By.ID, "predicted-class").text == f"Predicted: {served['class']}"
+        bars = browser.find_elements(By.CSS_SELECTOR, ".prob-row")
+        assert [b.get_attribute("data-class") for b in bars] == manifest["classes"]
+        shown = {b.get_attribute("data-class"): float(b.get_attribute("data-probability")) for b in bars}
+        assert shown == pytest.approx(served["probabilities"], abs=1e-6)
+        top = browser.find_element(By.CSS_SELECTOR, ".prob-row.top").get_attribute("data-class")
+        assert top == served["class"]
+        widths = [b.find_element(By.CLASS_NAME, "bar").size["width"] for b in bars]
+        track = bars[0].find_element(By.CLASS_NAME, "track").size["width"]
+        np.testing.assert_allclose(np.array(widths) / track, [shown[c] for c in manifest["classes"]], atol=0.02)
+    else:
+        assert browser.find_element(By.ID, "foreground").text == f"{100 * served['foreground']:.1f}%"
+    size = browser.execute_script(
+        "const i = document.getElementById('preview'); return [i.complete, i.naturalWidth, i.naturalHeight]"
+    )
+    assert size == [True, 64, 64]  # the image (with its mask outlined, for the segmenter) rendered
+    _screenshot(browser, tmp_path, f"serve_{server['task']}.png")
+
+    browser.find_element(By.ID, "file").send_keys(str(server["log"]))  # not an image: the page says so
+    _wait_for(browser, "document.body.dataset.state === 'error'")
+    assert "not a decodable image" in browser.find_element(By.ID, "error").text
+
+
+@pytest.mark.parametrize("task", ["classification", "segmentation"])
+def test_every_image_of_a_sweeps_report_loads_in_a_real_browser(task, request, browser):
+    report = request.getfixturevalue(f"{task}_experiment") / "report" / "report.html"
+    browser.get(report.as_uri())
+    _wait_for(browser, "document.readyState === 'complete'")
+    state = browser.execute_script(
+        "return Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth, i.naturalHeight])"
+    )
+    assert len(state) >= 3, state
+    broken = [alt for alt, complete, w, h in state if not (complete and w > 0 and h > 0)]
+    assert not broken, f"images that did not load in {report}: {broken}"
+
+
+# ---- a missing or malformed model folder stops `sweep serve` before anything starts or binds ---------------------
+
+
+def test_bad_model_folders_and_options_stop_before_binding(classification_experiment, tmp_path):
+    import ray
+
+    from search.export import EXPORT_FILES
+
+    good = tmp_path / "good"
+    assert _cli("export", classification_experiment, "--to", good)[0] == 0
+
+    def broken(name: str, change) -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        for f in EXPORT_FILES:
+            (folder / f).symlink_to(good / f)
+        change(folder)
+        return folder
+
+    def replace(file: str, data: bytes):
+        def change(folder: Path):
+            (folder / file).unlink()
+            (folder / file).write_bytes(data)
+
+        return change
+
+    model = (good / "model.keras").read_bytes()
+    manifest = json.loads((good / "export.json").read_text())
+    cases = [
+        (tmp_path / "nowhere", "is not a folder"),
+        (broken("no_model", lambda f: (f / "model.keras").unlink()), "is missing model.keras"),
+        (broken("bad_json", replace("export.json", b"{task: ")), "export.json is malformed (JSONDecodeError"),
+        (broken("no_task", replace("export.json", b'{"model": "unet"}')), "export.json is malformed (KeyError"),
+        (
+            broken("wrong_task", replace("export.json", json.dumps({**manifest, "task": "detection"}).encode())),
+            "export.json is malformed (task, model, classes or input size)",
+        ),
+        (broken("cut_model", replace("model.keras", model[: len(model) // 2])), "is not a Keras model archive"),
+        (broken("text_model", replace("model.keras", b"not a zip")), "is not a Keras model archive"),
+    ]
+    port = _free_port()
+    for folder, message in cases:
+        code, out, err = _cli("serve", folder, "--port", port)
+        assert code == 2 and message in err and err.count("\n") == 1 and not out, (folder.name, err)
+    for option, message in (("--replicas=0", "--replicas 0: must be at least 1"), ("--port=70000", "1-65535")):
+        code, _, err = _cli("serve", good, option)
+        assert code == 2 and message in err and err.count("\n") == 1, err
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        code, _, err = _cli("serve", good, "--port", port)
+    assert code == 2 and f"cannot listen on 127.0.0.1:{port}" in err and err.count("\n") == 1, err
+    assert not ray.is_initialized()  # stopped before starting anything
+
+
+# ---- what the page says, from hand-made manifests -----------------------------------------------------------------
+
+
+def test_trained_on_says_what_data_and_how_much():
+    from search.serve import page_context, trained_on
+
+    splits = {"train": {"n": 70}, "val": {"n": 15}, "test": {"n": 15}}
+    manifest = {
+        "task": "classification",
+        "model": "m",
+        "classes": ["Benign", "Pro"],
+        "preprocessing": {"input_size": 224},
+        "data": {"splits": splits},
+        "test": {"accuracy": 0.9, "loss": 0.3, "roc_auc": None},
+    }
+    synthetic = trained_on(manifest, {"data": {"data_dir": None}})
+    assert synthetic == (
+        "Trained to predict the classes Benign, Pro from the built-in synthetic smear dataset: computer-generated "
+        "pictures, not smears from patients, at 224×224 pixels. It learned from 70 images, was chosen on 15 others "
+        "and tested on 15 images it never saw before."
+    )
+    real = trained_on({**manifest, "task": "segmentation"}, {"data": {"data_dir": "/data/kaggle/leukemia"}})
+    assert real.startswith(
+        "Trained to predict which pixels belong to cells (the foreground) from the images in the folder leukemia"
+    )
+    context = page_context(manifest, {"data": {"data_dir": None}}, "abc", 20_000_000)
+    assert context["metrics"] == [("accuracy", 0.9), ("loss", 0.3)] and context["max_mb"] == "20"
+
+
+def test_json_batches_are_read_or_refused_by_hand():
+    from search.serve import BadRequest, images_from_json
+
+    png = cv2.imencode(".png", np.zeros((4, 4, 3), np.uint8))[1].tobytes()
+    b64 = base64.b64encode(png).decode()
+    got = images_from_json(json.dumps({"images": [b64, f"data:image/png;base64,{b64}"]}).encode())
+    assert got == [("images[0]", png), ("images[1]", png)]
+    for body, status in ((b"[]", 422), (b'{"images": []}', 422), (b'{"images": [1]}', 422)):
+        with pytest.raises(BadRequest) as refused:
+            images_from_json(body)
+        assert refused.value.status == status
