@@ -54,7 +54,9 @@ def versions() -> dict[str, str]:
 
 
 def study_from_dict(d: dict[str, Any]) -> Study:
-    data = d["data"]
+    data = dict(d["data"])
+    if "mask_threshold" in data:  # sweeps recorded before data.mask_rule: the same grey-level threshold
+        data["mask_rule"] = f"threshold:{data.pop('mask_threshold')}"
     data = DataConfig(
         **{**data, "fractions": tuple(data["fractions"]), "synthetic_counts": tuple(data["synthetic_counts"])}
     )
