@@ -106,10 +106,13 @@ def _walk(folder: Path) -> list[Path]:
 
 
 def _raise(problems: list[tuple[Path, str]], what: str, fix: str) -> None:
+    """One DataError for every problem found: one line for one problem, a list (first few shown) for several."""
+    if len(problems) == 1:
+        raise DataError(f"{problems[0][0]}: {problems[0][1]}. {fix}", problems[0][0])
     if problems:
         shown = "\n  ".join(f"{p}: {why}" for p, why in problems[:_SHOWN])
         more = f"\n  ... and {len(problems) - _SHOWN} more" if len(problems) > _SHOWN else ""
-        raise DataError(f"{len(problems)} {what}:\n  {shown}{more}\n{fix}")
+        raise DataError(f"{len(problems)} {what}:\n  {shown}{more}\n{fix}", problems[0][0])
 
 
 def _duplicates(files: list[Path], key) -> list[tuple[Path, str]]:
@@ -184,7 +187,9 @@ def _read_original(root: Path, want_masks: bool) -> _Found:
             f"{LAYOUTS['original_segmented'].pattern}; point --data-dir at the folder that contains '{ORIGINAL_DIR}'."
         )
     files = _walk(original)
-    _raise(_duplicates(files, lambda f: (f.parent, f.stem)), "images share a stem", "Keep one file per image.")
+    _raise(
+        _duplicates(files, lambda f: (f.parent, f.stem)), "files share a stem with another", "Keep one file per image."
+    )
     masks = None
     if want_masks:
         segmented = _child(root, SEGMENTED_DIR)
@@ -219,7 +224,9 @@ def _read_images_masks(root: Path, want_masks: bool) -> _Found:
         raise DataError(f"{root} has no images and masks folders (layout images_masks: one of {names})")
     images_dir, masks_dir = pair
     files = _walk(images_dir)
-    _raise(_duplicates(files, lambda f: (f.parent, f.stem)), "images share a stem", "Keep one file per image.")
+    _raise(
+        _duplicates(files, lambda f: (f.parent, f.stem)), "files share a stem with another", "Keep one file per image."
+    )
     masks, problems = pair_masks(files, images_dir, _walk(masks_dir), masks_dir)
     if want_masks:
         _raise(problems, "image/mask problem(s)", "Add the missing files or remove the unmatched ones.")
@@ -242,7 +249,9 @@ def _read_class_folders(root: Path, want_masks: bool) -> _Found:
     masks_beside = [f for f in files if _is_mask_beside(f, stems)]
     mask_set = set(masks_beside)
     images = [f for f in files if f not in mask_set]
-    _raise(_duplicates(images, lambda f: (f.parent, f.stem)), "images share a stem", "Keep one file per image.")
+    _raise(
+        _duplicates(images, lambda f: (f.parent, f.stem)), "files share a stem with another", "Keep one file per image."
+    )
     masks = None
     if want_masks:
         masks = []
@@ -336,7 +345,7 @@ def _read_csv(root: Path, want_masks: bool) -> _Found:
         images.append((label, row["image"].strip(), path))
         if want_masks:
             masks.append((resolve(row["mask"], i, "mask"),))
-    _raise(problems, f"problem(s) in manifest {csv}", "Fix the rows (paths are relative to the CSV's folder).")
+    _raise(problems, f"problem(s) in manifest {csv}", f"Fix the rows of {csv} (paths are relative to its folder).")
     if "label" in frame.columns and any(not label for label, _, _ in images):
         raise DataError(f"{csv}: some rows have an empty label; give every row a label, or drop the column")
     return _Found(folder, images, masks if want_masks else None, str(csv))

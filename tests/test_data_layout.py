@@ -85,7 +85,7 @@ def test_missing_mask_lists_the_expected_path(synth_root, tmp_path):
     root = shutil.copytree(synth_root, tmp_path / "copy")
     gone = sorted((root / "Segmented" / "Early").iterdir())[0]
     gone.unlink()
-    with pytest.raises(DataError, match="1 image/mask problem") as err:
+    with pytest.raises(DataError, match="image without a mask") as err:
         scan(root, "segmentation")
     assert str(gone) in str(err.value)
     assert len(scan(root, "classification")) == len(scan(synth_root))  # classification needs no masks
