@@ -6,8 +6,10 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pandas as pd
 import pytest
-from conftest import tree_state
+import yaml
+from conftest import run_sweep, tree_state
 
 from search.cli import main
 
@@ -420,3 +422,53 @@ def test_contact_sheet_outlines_masks_and_stays_out_of_the_data(tmp_path, capsys
     assert green[:112].sum() > 20 and green[2 * 114 :].sum() == 0  # outlines on benign; normal's masks are empty
     code, _, err = _check(capsys, root, "--sheet", root / "sheet.png")
     assert code == 2 and "never written" in err and tree_state(root) == before
+
+
+# ---- smoke sweeps on layouts without classes -----------------------------------------------------------------------
+
+
+def _sweep_and_read(tmp_path, data_dir) -> tuple[pd.DataFrame, dict]:
+    """`sweep run` of one tiny U-Net trial (1 epoch) on data_dir; its results table and sweep.json."""
+    spec = {
+        "task": "segmentation",
+        "space": {"model": ["unet"], "lr": [0.01]},
+        "train": {"batch_size": 4, "epochs": 1, "base_filters": 4},
+        "data": {"image_size": 32, "balance_to": None},
+        "scheduler": {"grace_period": 1, "reduction_factor": 2},
+        "resources": {"cpus_per_trial": 1, "gpus_per_trial": 0},
+    }
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(spec))
+    proc = run_sweep(
+        "run", tmp_path / "tiny.yaml", "--data-dir", data_dir, "--storage", tmp_path / "runs", "--name", "s"
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    exp = tmp_path / "runs" / "s"
+    frame = pd.read_csv(exp / "results.csv")
+    assert frame["status"].eq("completed").all() and frame["test_dice"].between(0, 1).all()
+    return frame, json.loads((exp / "sweep.json").read_text())
+
+
+def test_smoke_sweep_on_one_class_folder_segmentation(tmp_path):
+    """The issue's report: Original/tile/*.jpg + Segmented/tile/*.jpg stopped with 'a classifier needs 2 classes'."""
+    root = tmp_path / "nuclei"
+    _kaggle(root, ("tile",), 12)
+    before = tree_state(root)
+    _, sweep = _sweep_and_read(tmp_path, root)
+    data = sweep["data"]["2"]
+    assert (data["classes"], data["layout"], data["mask_rule"]) == (["tile"], "original_segmented", "color_on_black")
+    assert sum(data["splits"][s]["n"] for s in ("train", "val", "test")) == 12
+    assert tree_state(root) == before
+
+
+def test_smoke_sweep_on_images_and_masks_folders(tmp_path):
+    root = tmp_path / "kvasir"
+    for i in range(12):
+        img, mask = _scene(i)
+        _save(root / "images" / f"{i}.jpg", img)
+        _save(root / "masks" / f"{i}.jpg", _binary(mask), quality=75)
+    before = tree_state(root)
+    _, sweep = _sweep_and_read(tmp_path, root)
+    data = sweep["data"]["2"]
+    assert (data["classes"], data["layout"]) == (["all"], "images_masks")
+    assert data["mask_rule"].startswith("threshold:") and sweep["study"]["data"]["mask_rule"] == "auto"
+    assert tree_state(root) == before
