@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -68,9 +67,12 @@ def _facts(index: DatasetIndex, i: int, rule: str | None) -> ImageFacts:
         return ImageFacts(None, None, None, str(exc), str(exc.path or index.images[i]))
 
 
-def _class_folder(index: DatasetIndex, label: int) -> str:
-    paths = [str(p) for p, lab in zip(index.images, index.labels, strict=True) if lab == label]
-    return os.path.commonpath(paths) if len(paths) > 1 else str(Path(paths[0]).parent)
+def _class_folders(index: DatasetIndex) -> dict[int, str]:
+    """Each class's folder: the deepest folder that holds all its images."""
+    paths: dict[int, list[str]] = {}
+    for p, label in zip(index.images, index.labels, strict=True):
+        paths.setdefault(label, []).append(str(p.parent))
+    return {k: os.path.commonpath(sorted(set(v))) for k, v in paths.items()}
 
 
 def dataset_warnings(
@@ -156,7 +158,7 @@ def check(index: DatasetIndex, mask_rule: str = "auto", workers: int | None = No
             "empty": int((arr == 0).sum()),
             "full": int((arr == 1).sum()),
         }
-    folders = {k: _class_folder(index, k) for k in range(len(index.classes))}
+    folders = _class_folders(index)
     warnings = dataset_warnings(
         index.classes, list(index.labels), sizes, [f.channels for f in facts], fg, folders, str(index.root), rule
     )

@@ -131,8 +131,9 @@ def _duplicates(files: list[Path], key) -> list[tuple[Path, str]]:
 def _classed(folder: Path, files: list[Path]) -> list[tuple[str, str, Path]]:
     """(class, name, path): the class is the first folder level under ``folder``, "" for files directly in it.
     A class folder without images is an error (a class the user expects would silently vanish)."""
+    used = {f.relative_to(folder).parts[0] for f in files}
     for sub in _visible_dirs(folder):
-        if not any(f.is_relative_to(sub) for f in files):
+        if sub.name not in used:
             raise DataError(
                 f"class folder {sub} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))}); add images or remove "
                 "the folder."

@@ -472,3 +472,14 @@ def test_smoke_sweep_on_images_and_masks_folders(tmp_path):
     assert (data["classes"], data["layout"]) == (["all"], "images_masks")
     assert data["mask_rule"].startswith("threshold:") and sweep["study"]["data"]["mask_rule"] == "auto"
     assert tree_state(root) == before
+
+
+def test_study_rejects_an_unknown_layout_or_mask_rule_at_load():
+    from search.spec import SpecError, load_study
+
+    with pytest.raises(SpecError) as err:
+        load_study("segmentation", "smoke", {"data": {"layout": "tiles", "mask_rule": "threshold:999"}})
+    assert "data.layout: 'tiles' is not auto or one of csv" in str(err.value)
+    assert "data.mask_rule: 'threshold:999'" in str(err.value)
+    study = load_study("segmentation", "smoke", {"data": {"mask_rule": "threshold:100", "layout": "images_masks"}})
+    assert (study.data.mask_rule, study.data.layout) == ("threshold:100", "images_masks")
