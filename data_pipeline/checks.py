@@ -38,7 +38,8 @@ class CheckReport:
     classes: tuple[str, ...]
     counts: dict[str, int]
     image_sizes: dict[str, object]
-    mask_rule: dict[str, str] | None
+    mask_rule: str | None  # the rule applied (auto resolved); None for classification
+    mask_rule_configured: str | None
     foreground_fraction: dict[str, float] | None
     problems: tuple[dict[str, str], ...]
     warnings: tuple[dict[str, str], ...] = field(default=())
@@ -170,7 +171,8 @@ def check(index: DatasetIndex, mask_rule: str = "auto", workers: int | None = No
         classes=index.classes,
         counts=counts,
         image_sizes=image_sizes,
-        mask_rule=None if rule is None else {"configured": mask_rule, "used": rule},
+        mask_rule=rule,
+        mask_rule_configured=None if rule is None else mask_rule,
         foreground_fraction=stats,
         problems=tuple({"path": f.path, "problem": f.problem} for f in facts if f.problem),
         warnings=tuple(warnings),
@@ -184,8 +186,8 @@ def render_text(report: CheckReport) -> str:
     sizes = report.image_sizes
     lines.append(f"image sizes: {sizes['min']} to {sizes['max']} ({sizes['distinct']} distinct)")
     if report.mask_rule:
-        how = " (decided by auto)" if report.mask_rule["configured"] == "auto" else ""
-        lines.append(f"mask rule: {report.mask_rule['used']}{how}")
+        how = " (decided by auto)" if report.mask_rule_configured == "auto" else ""
+        lines.append(f"mask rule: {report.mask_rule}{how}")
     if report.foreground_fraction:
         f = report.foreground_fraction
         lines.append(

@@ -78,9 +78,8 @@ def _data_check(args) -> int:
 
         from data_pipeline.sheet import contact_sheet
 
-        rule = report.mask_rule["used"] if report.mask_rule else None
         sheet_path.parent.mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(sheet_path), cv2.cvtColor(contact_sheet(index, rule), cv2.COLOR_RGB2BGR))
+        cv2.imwrite(str(sheet_path), cv2.cvtColor(contact_sheet(index, report.mask_rule), cv2.COLOR_RGB2BGR))
         print(f"contact sheet: {sheet_path}", file=sys.stderr if args.json else sys.stdout)
     return 0 if report.ok else 1
 

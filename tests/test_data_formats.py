@@ -188,8 +188,8 @@ def test_layout_detected_counted_and_masks_read(tmp_path, capsys, case):
     assert code == 0, err
     assert (report["layout"], report["task"], report["classes"]) == (layout, task, classes)
     assert report["counts"]["total"] == total and sum(report["counts"][c] for c in classes) == total
-    used = report["mask_rule"]["used"]
-    assert report["mask_rule"]["configured"] == "auto" and (rule is None or used.startswith(rule)), used
+    used = report["mask_rule"]
+    assert report["mask_rule_configured"] == "auto" and (rule is None or used.startswith(rule)), used
     fg = report["foreground_fraction"]
     assert fg["mean"] == pytest.approx(truth, abs=0.02)  # the masks the loader makes are the true ones
     assert fg["min"] <= fg["median"] <= fg["max"] and report["problems"] == []
@@ -282,7 +282,7 @@ def test_mask_encoding_auto(tmp_path, capsys, name):
     truth = _with_masks(tmp_path / "d", encode, ext, quality=quality)
     code, report, err = _check(capsys, tmp_path / "d")
     assert code == 0, err
-    assert report["mask_rule"]["used"].startswith(rule)
+    assert report["mask_rule"].startswith(rule)
     assert report["foreground_fraction"]["mean"] == pytest.approx(truth, abs=0.01)
     assert report["foreground_fraction"]["empty"] == 0
 
@@ -291,7 +291,7 @@ def test_colour_on_black_keeps_dark_nuclei_that_grey_128_drops(tmp_path, capsys)
     truth = _with_masks(tmp_path / "d", lambda img, m, i: _on_black(img, m), "jpg", quality=75)
     _, auto, _ = _check(capsys, tmp_path / "d")
     code, grey, _ = _check(capsys, tmp_path / "d", "--mask-rule", "threshold:128")
-    assert code == 0 and grey["mask_rule"] == {"configured": "threshold:128", "used": "threshold:128"}
+    assert code == 0 and grey["mask_rule"] == grey["mask_rule_configured"] == "threshold:128"
     assert auto["foreground_fraction"]["mean"] == pytest.approx(truth, abs=0.01)
     assert grey["foreground_fraction"]["mean"] < 0.5 * truth  # the study's rule loses most of a purple cell
 
