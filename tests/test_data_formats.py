@@ -483,3 +483,14 @@ def test_study_rejects_an_unknown_layout_or_mask_rule_at_load():
     assert "data.mask_rule: 'threshold:999'" in str(err.value)
     study = load_study("segmentation", "smoke", {"data": {"mask_rule": "threshold:100", "layout": "images_masks"}})
     assert (study.data.mask_rule, study.data.layout) == ("threshold:100", "images_masks")
+
+
+def test_sweeps_recorded_before_mask_rule_still_load():
+    from search.runner import study_from_dict
+    from search.spec import load_study
+
+    old = load_study("segmentation", "smoke").to_dict()
+    del old["data"]["mask_rule"], old["data"]["layout"]
+    old["data"]["mask_threshold"] = 128  # a sweep.json written before data.mask_rule existed
+    study = study_from_dict(old)
+    assert (study.data.mask_rule, study.data.layout) == ("threshold:128", "auto")
