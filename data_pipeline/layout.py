@@ -4,8 +4,9 @@ Layouts (``data.layout``; ``auto`` recognises them in this order):
   csv                 a CSV manifest (``--data-dir file.csv`` or ROOT/manifest.csv) with columns ``image`` and
                       ``label`` and/or ``mask``; paths relative to the CSV's folder (or absolute)
   original_segmented  ROOT/Original/[<class>/]<image> and ROOT/Segmented/[<class>/]<mask> (the Kaggle ALL set)
-  images_masks        ROOT/images/[<class>/]<image> and ROOT/masks/[<class>/]<mask>; also image/ + mask/ and
-                      imgs/ + labels/ (ISIC, Kvasir-SEG)
+  images_masks        ROOT/images/[<class>/]<image> and ROOT/masks/[<class>/]<mask>; also image/ + mask/,
+                      imgs/ + labels/, or one folder named like images (image, img, input) and one named like masks
+                      (mask, groundtruth, label, segmentation), as ISIC 2018 ships (Kvasir-SEG, ISIC)
   class_folders       ROOT/<class>/**/<image> (Keras' image_dataset_from_directory), masks beside their images as
                       <stem>_mask.png (BUSI, LGG brain MRI); images directly in ROOT make one class
 
@@ -31,6 +32,8 @@ MANIFEST = "manifest.csv"
 TASKS = ("classification", "segmentation")
 ONE_CLASS = "all"  # the class of a dataset without class folders
 FOLDER_PAIRS = (("images", "masks"), ("image", "mask"), ("imgs", "labels"))
+_IMAGE_WORDS = ("image", "img", "input")
+_MASK_WORDS = ("mask", "groundtruth", "ground_truth", "label", "segmentation")
 IGNORED_DIRS = frozenset({"__macosx"})  # zip debris from macOS: ._x.jpg files that are not images
 _MASK_NAME = re.compile(r"^(?P<stem>.+?)(?P<suffix>[_-](?:mask|segmentation)(?:_\d+)?)?$", re.IGNORECASE)
 _SHOWN = 8  # problems listed in one error message
@@ -209,13 +212,18 @@ def _read_original(root: Path, want_masks: bool) -> _Found:
 
 
 def _folder_pair(root: Path) -> tuple[Path, Path] | None:
+    """The images and masks folders: a pair of FOLDER_PAIRS, else the one folder named like images (image, img,
+    input) and the one named like masks (mask, groundtruth, label, segmentation), as ISIC 2018 names them."""
     if not root.is_dir():
         return None
     for img_name, mask_name in FOLDER_PAIRS:
         images, masks = _child(root, img_name), _child(root, mask_name)
         if images is not None and masks is not None:
             return images, masks
-    return None
+    dirs = _visible_dirs(root)
+    masks = [d for d in dirs if any(w in d.name.lower() for w in _MASK_WORDS)]
+    images = [d for d in dirs if d not in masks and any(w in d.name.lower() for w in _IMAGE_WORDS)]
+    return (images[0], masks[0]) if len(images) == len(masks) == 1 else None
 
 
 def _read_images_masks(root: Path, want_masks: bool) -> _Found:
@@ -364,7 +372,8 @@ LAYOUTS: dict[str, Layout] = {
         ),
         Layout(
             "images_masks",
-            "ROOT/images/[<class>/]<image> + ROOT/masks/[<class>/]<mask> (or image/+mask/, imgs/+labels/)",
+            "ROOT/images/[<class>/]<image> + ROOT/masks/[<class>/]<mask> (or image/+mask/, imgs/+labels/, "
+            "*Input/+*GroundTruth/)",
             lambda root: _folder_pair(root) is not None,
             _read_images_masks,
         ),

@@ -95,6 +95,19 @@ def _isic(root: Path) -> float:
     return float(np.mean(fr))
 
 
+def _isic_2018(root: Path) -> float:
+    """ISIC 2018 task 1 as it unzips: *_Input/ISIC_x.jpg + *_GroundTruth/ISIC_x_segmentation.png, plus text files."""
+    fr = []
+    for i in range(3):
+        img, mask = _scene(i)
+        _save(root / "ISIC2018_Task1-2_Training_Input" / f"ISIC_{i:07d}.jpg", img)
+        _save(root / "ISIC2018_Task1_Training_GroundTruth" / f"ISIC_{i:07d}_segmentation.png", _binary(mask))
+        fr.append(mask.mean())
+    (root / "ISIC2018_Task1-2_Training_Input" / "LICENSE.txt").write_text("CC-BY-NC")
+    (root / "ISIC2018_Task1_Training_GroundTruth" / "ATTRIBUTION.txt").write_text("ISIC")
+    return float(np.mean(fr))
+
+
 def _imgs_labels(root: Path) -> float:
     """imgs/x.tif + labels/x-mask.png, masks 0/1 (look black)."""
     fr = []
@@ -171,6 +184,7 @@ LAYOUT_CASES = {
     "kvasir": (_kvasir, "", "images_masks", "segmentation", ["all"], 5, "threshold"),
     "isic": (_isic, "", "images_masks", "segmentation", ["all"], 5, "nonzero"),
     "imgs-labels": (_imgs_labels, "", "images_masks", "segmentation", ["all"], 4, "nonzero"),
+    "isic-2018-folders": (_isic_2018, "", "images_masks", "segmentation", ["all"], 3, "nonzero"),
     "busi": (_busi, "", "class_folders", "segmentation", ["benign", "malignant", "normal"], 9, "nonzero"),
     "lgg": (_lgg, "", "class_folders", "segmentation", ["TCGA_CS_4941_19960909", "TCGA_DU_5872_19950223"], 6, None),
     "csv-in-root": (_csv, "", "csv", "segmentation", ["a", "b"], 4, "nonzero"),
