@@ -71,8 +71,9 @@ def resize(img: np.ndarray, size: int, nearest: bool = False) -> np.ndarray:
 
 
 def read_rgb(path: str | Path, size: int | None = None) -> np.ndarray:
-    """An image as uint8 RGB (grey, RGBA and 16-bit files converted), resized to size×size when given."""
-    img = cv2.cvtColor(decode(Path(path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    """An image as uint8 RGB (grey, RGBA and 16-bit files converted), resized to size×size when given.
+    Its stored pixels: an EXIF orientation tag is ignored, as Keras and PIL do, so a mask lines up with its image."""
+    img = cv2.cvtColor(decode(Path(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION), cv2.COLOR_BGR2RGB)
     return img if size is None else resize(img, size)
 
 
@@ -113,7 +114,7 @@ def resolve_mask_rule(index: DatasetIndex, rule: str) -> str | None:
 
 
 def _read_pair(image: Path, masks: tuple[Path, ...] | None, size: int, rule: str | None):
-    rgb = cv2.cvtColor(decode(image, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    rgb = read_rgb(image)
     if masks is None:
         return resize(rgb, size), None
     return resize(rgb, size), resize(read_mask(masks, rule, rgb.shape[:2], image), size, nearest=True)

@@ -508,3 +508,20 @@ def test_sweeps_recorded_before_mask_rule_still_load():
     old["data"]["mask_threshold"] = 128  # a sweep.json written before data.mask_rule existed
     study = study_from_dict(old)
     assert (study.data.mask_rule, study.data.layout) == ("threshold:128", "auto")
+
+
+def test_exif_orientation_ignored_so_masks_line_up(tmp_path, capsys):
+    from PIL import Image
+
+    img, mask = _scene(3, 24, SIZE)  # 40 wide, 24 high
+    (tmp_path / "d" / "images").mkdir(parents=True)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° to display": a phone photo
+    Image.fromarray(img).save(tmp_path / "d" / "images" / "p.jpg", exif=exif)
+    _save(tmp_path / "d" / "masks" / "p.png", _binary(mask))
+    code, report, err = _check(capsys, tmp_path / "d")
+    assert code == 0 and report["problems"] == [] and report["image_sizes"]["max"] == f"{SIZE}x24", err
+    from data_pipeline import load, scan
+
+    data = load(scan(tmp_path / "d", "segmentation"), 16, use_cache=False)
+    assert data.masks.mean() == pytest.approx(mask.mean(), abs=0.05)
