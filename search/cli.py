@@ -71,6 +71,8 @@ def _data_check(args) -> int:
     sheet_path = args.sheet.expanduser().resolve() if args.sheet else None
     if sheet_path and sheet_path.is_relative_to(index.root):
         raise DataError(f"--sheet {sheet_path} is inside the data folder {index.root}, which is never written")
+    if sheet_path and sheet_path.suffix.lower() != ".png":
+        raise DataError(f"--sheet {sheet_path}: the contact sheet is a PNG file; name it FILE.png")
     report = check(index, args.mask_rule)
     print(json.dumps(report.to_dict(), indent=2) if args.json else render_text(report))
     if sheet_path:

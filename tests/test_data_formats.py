@@ -436,6 +436,8 @@ def test_contact_sheet_outlines_masks_and_stays_out_of_the_data(tmp_path, capsys
     assert green[:112].sum() > 20 and green[2 * 114 :].sum() == 0  # outlines on benign; normal's masks are empty
     code, _, err = _check(capsys, root, "--sheet", root / "sheet.png")
     assert code == 2 and "never written" in err and tree_state(root) == before
+    code, _, err = _check(capsys, root, "--sheet", tmp_path / "sheet.txt")
+    assert code == 2 and "is a PNG file" in err and not (tmp_path / "sheet.txt").exists()
 
 
 # ---- smoke sweeps on layouts without classes -----------------------------------------------------------------------
