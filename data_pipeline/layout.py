@@ -18,6 +18,7 @@ dataset without class folders has the one class ``all`` (enough for segmentation
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -329,7 +330,8 @@ def _read_csv(root: Path, want_masks: bool) -> _Found:
 
     def resolve(value: str, row: int, column: str) -> Path:
         raw = Path(value.strip()).expanduser()
-        path = raw if raw.is_absolute() else (folder / raw).resolve()
+        # Lexically, not through symlinks: "../x" escapes the folder; a linked sub-folder of the user's is fine.
+        path = raw if raw.is_absolute() else Path(os.path.normpath(folder / raw))
         if not value.strip():
             problems.append((csv, f"row {row}: empty {column}"))
         elif not raw.is_absolute() and not path.is_relative_to(folder):

@@ -225,6 +225,21 @@ def test_csv_absolute_paths_and_classification_from_labels(tmp_path, capsys):
     assert report["mask_rule"] is None and report["foreground_fraction"] is None
 
 
+def test_csv_paths_through_a_linked_folder_are_inside(tmp_path, capsys):
+    store = tmp_path / "big-disk"
+    for i in range(2):
+        img, mask = _scene(i)
+        _save(store / f"{i}.png", img)
+        _save(store / f"{i}_mask.png", _binary(mask))
+    (tmp_path / "proj").mkdir()
+    (tmp_path / "proj" / "linked").symlink_to(store, target_is_directory=True)
+    (tmp_path / "proj" / "manifest.csv").write_text(
+        "image,mask\nlinked/0.png,linked/0_mask.png\n./linked/1.png,linked/1_mask.png\n"
+    )
+    code, report, err = _check(capsys, tmp_path / "proj")
+    assert code == 0 and report["layout"] == "csv" and report["counts"]["total"] == 2, err
+
+
 def test_keras_class_folders_odd_names_mixed_sizes_grey_and_warnings(tmp_path, capsys):
     root = tmp_path / "flowers"
     for i in range(3):  # odd class names; a file name containing "_mask" that is an image, not a mask
