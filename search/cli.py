@@ -210,7 +210,7 @@ def _bench(args) -> int:
         cpus_per_trial=args.cpus_per_trial,
     )
     print(to_markdown(summaries, extra))
-    print(f"written to {folder}/bench.md and bench.json (both ways' experiments beside them)")
+    print(f"written to {folder}/bench.md and bench.json (each way's experiment beside them)")
     return 0
 
 
