@@ -28,7 +28,7 @@ from search.trial import CHECKPOINT_MODEL, train_trial
 SWEEP_FILE = "sweep.json"
 RESULTS_CSV = "results.csv"
 RESULTS_JSON = "results.json"
-PREDICTIONS = "predictions.npz"  # per trial: test probabilities (classification) or a few predicted masks
+PREDICTIONS = "predictions.npz"  # per trial: test probabilities, or per-image Dice and a few predicted masks
 PACKAGES = (
     "ray",
     "keras",
@@ -334,11 +334,20 @@ SHOWN_MASKS = 8  # test images whose predicted masks are kept for the report's f
 
 
 def evaluate_checkpoint(
-    checkpoint_path: str, task: str, batch_size: int, data, compile_cache=None
+    checkpoint_path: str,
+    task: str,
+    batch_size: int,
+    data,
+    compile_cache=None,
+    *,
+    tta: bool = False,
+    calibrate: bool = False,
 ) -> tuple[dict, dict]:
-    """Test-split metrics of one checkpoint (the only place the test split is used), and what the report plots:
-    the test probabilities (classification) or the first predicted masks (segmentation). ``compile_cache``:
-    (backend, wanted, cache_dir) as the trials had it: checkpoints of one model share a compiled program."""
+    """Test-split metrics of one checkpoint (the only place the test split is used), and what the report needs:
+    the test probabilities (classification) or the per-image Dice and the first predicted masks (segmentation).
+    ``compile_cache``: (backend, wanted, cache_dir) as the trials had it: checkpoints of one model share a compiled
+    program. ``tta``: also the metrics with test-time augmentation (``tta_*``). ``calibrate``: fit a temperature
+    on the validation split, ECE before and after (``calibration``)."""
     import tempfile
 
     from search import compile_cache as jax_cache
@@ -348,16 +357,28 @@ def evaluate_checkpoint(
     import keras
     import numpy as np
 
-    from models.evaluation import predict, report_from_probs
+    from models import stats
+    from models.evaluation import per_image_dice, predict, report_from_probs
 
     with tempfile.TemporaryDirectory() as tmp:
         local = store.download(checkpoint_path, tmp)
         model = keras.saving.load_model(local / CHECKPOINT_MODEL, compile=False)
     probs = predict(model, data.test.images, batch_size)
     report = report_from_probs(data.test, probs, task, data.classes)
+    if tta:
+        tta_probs = predict(model, data.test.images, batch_size, tta=True)
+        with_tta = report_from_probs(data.test, tta_probs, task, data.classes)
+        report |= {f"tta_{k}": v for k, v in with_tta.items() if isinstance(v, float)}
+    if task == "classification" and calibrate:
+        temperature = stats.fit_temperature(predict(model, data.val.images, batch_size), data.val.labels)
+        report["ece_calibrated"] = stats.ece(stats.apply_temperature(probs, temperature), data.test.labels)
+        report["calibration"] = {"temperature": temperature, "fitted_on": "validation"}
     if task == "classification":
         return report, {"probs": probs, "labels": data.test.labels.astype(np.int32)}
-    return report, {"masks": (probs[:SHOWN_MASKS, ..., 0] >= 0.5).astype(np.uint8)}
+    return report, {
+        "dice": per_image_dice(data.test.masks, probs[..., 0]),
+        "masks": (probs[:SHOWN_MASKS, ..., 0] >= 0.5).astype(np.uint8),
+    }
 
 
 def _evaluate_all(jobs: list[tuple[str, Any]], study: Study, datasets: dict, resources: dict) -> list:
@@ -368,7 +389,10 @@ def _evaluate_all(jobs: list[tuple[str, Any]], study: Study, datasets: dict, res
     cpus, gpus = resources["cpus_per_trial"], resources["gpus_per_trial"]
     task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=1)(evaluate_checkpoint)
     cache = (study.train.backend, study.train.compile_cache, resources.get("cache_dir"))
-    return ray.get([task.remote(path, study.task, study.train.batch_size, refs[opt], cache) for path, opt in jobs])
+    options = {"tta": study.search.tta, "calibrate": study.train.calibrate}
+    return ray.get(
+        [task.remote(path, study.task, study.train.batch_size, refs[opt], cache, **options) for path, opt in jobs]
+    )
 
 
 def checkpoint_location(checkpoint_path: str, experiment_dir: str) -> str:

@@ -61,6 +61,9 @@ class Train:
     fine_tune_layers: int = 0
     fine_tune_after: int = 0
     fine_tune_lr_factor: float = 0.1
+    # Temperature scaling (classification): one scalar fitted on the validation split after training; applied by
+    # `sweep predict`, ECE before and after in the report (see models.stats).
+    calibrate: bool = False
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,7 @@ class Search:
     num_samples: int = 1
     seed: int = 0
     repeats: int = 1  # run every configuration with this many seeds (seed, seed+1, ...): tables show mean ± std
+    tta: bool = False  # also score every trial's checkpoint with test-time augmentation (flips, 90° turns)
 
 
 @dataclass(frozen=True)
@@ -235,6 +239,8 @@ def _validate(study: Study, problems: list[str]) -> None:
             )
         if not 0 < t.fine_tune_lr_factor <= 1:
             problems.append(f"train.fine_tune_lr_factor: must be in (0, 1], got {t.fine_tune_lr_factor}")
+    if t.calibrate and study.task != "classification":
+        problems.append("train.calibrate: temperature scaling calibrates class probabilities: classification only")
     if t.backend not in BACKENDS:
         problems.append(f"train.backend: {t.backend!r} is not one of {', '.join(BACKENDS)}")
     if t.mixed_precision not in (None, "auto", *models.MIXED_PRECISION):
