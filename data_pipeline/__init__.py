@@ -3,8 +3,8 @@
 from data_pipeline.errors import DataError
 from data_pipeline.io import LoadedData, check, load
 from data_pipeline.layout import DatasetIndex, scan
-from data_pipeline.prepare import DataConfig, PreparedData, Split, prepare
-from data_pipeline.splits import SplitPlan, leakage_audit, plan_splits
+from data_pipeline.prepare import DataConfig, PreparedData, Split, folds_summary, prepare, prepare_folds
+from data_pipeline.splits import SplitPlan, fold_plans, leakage_audit, plan_splits
 
 __all__ = [
     "DataConfig",
@@ -15,9 +15,12 @@ __all__ = [
     "Split",
     "SplitPlan",
     "check",
+    "fold_plans",
+    "folds_summary",
     "leakage_audit",
     "load",
     "plan_splits",
     "prepare",
+    "prepare_folds",
     "scan",
 ]

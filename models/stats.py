@@ -128,18 +128,21 @@ def sentence(name: str, result: dict[str, Any]) -> str:
     """Plain words: "better than X (difference 0.031, 95% CI 0.012–0.050, McNemar p = 0.004)" or
     "not distinguishable from X on this test set (…)"."""
     detail = (
-        f"{result['metric']} difference {result['difference']:+.3f}, {CONFIDENCE:.0%} CI "
-        f"{result['low']:.3f}–{result['high']:.3f}, {result['test']} p = {result['p']:.3g}, n = {result['n']}"
+        f"{result['metric']} difference {result['difference']:+.3f}, {CONFIDENCE:.0%} CI {_interval(result)}, "
+        f"{result['test']} p = {result['p']:.3g}, n = {result['n']}"
     )
     if "f1" in result:
-        f1 = result["f1"]
-        detail += f"; macro-F1 difference {f1['difference']:+.3f}, CI {f1['low']:.3f}–{f1['high']:.3f}"
+        detail += f"; macro-F1 difference {result['f1']['difference']:+.3f}, CI {_interval(result['f1'])}"
     lead = {
         "better": f"better than {name}",
         "worse": f"worse than {name}",
         "indistinguishable": f"not distinguishable from {name} on this test set",
     }[result["verdict"]]
     return f"{lead} ({detail})"
+
+
+def _interval(d: dict[str, float]) -> str:
+    return f"{d['low']:.3f}{' to ' if d['low'] < 0 else '–'}{d['high']:.3f}"  # "-0.027–0.095" reads as a range
 
 
 # ---- calibration ----------------------------------------------------------------------------------------------------

@@ -239,12 +239,17 @@ def trust(agg: pd.DataFrame, task: str, sweep: dict) -> dict[str, Any]:
         out["spread"] = float(healthy[f"{metric}_std"].mean())  # mean std across seeds of one configuration
         out["repeats"] = int(agg["repeats"].max())
     out["leakage_audit"] = {opt: d["leakage_audit"] for opt, d in sweep["data"].items()}
+    out["folds"] = int(sweep["study"].get("search", {}).get("folds", 1))
     return out
 
 
 def _label(row: pd.Series) -> str:
     option = f" option {int(row['option'])}" if "option" in row and pd.notna(row.get("option")) else ""
     return f"{row['model']}{option} lr {row['lr']:g} dropout {row['dropout']:g}"
+
+
+def _spread_of(t: dict[str, Any]) -> str:
+    return f"std across {t['folds']} folds" if t.get("folds", 1) > 1 else f"std over {t['repeats']} seeds"
 
 
 def trust_lines(t: dict[str, Any]) -> list[str]:
@@ -264,12 +269,17 @@ def trust_lines(t: dict[str, Any]) -> list[str]:
         if "spread" in t:
             verdict = "larger" if t["gap"] > 2 * t["spread"] else "not clearly larger"
             line += (
-                f" Run-to-run spread (std over {t['repeats']} seeds, mean over configurations): {t['spread']:.4f}; "
+                f" Run-to-run spread ({_spread_of(t)}, mean over configurations): {t['spread']:.4f}; "
                 f"the gap is {verdict} than twice the spread."
             )
         else:
             line += " Run-to-run spread unknown: set `search.repeats: k` to run each configuration with k seeds."
         lines.append(line)
+    if t.get("folds", 1) > 1:
+        lines.append(
+            f"Cross-validation: {t['folds']} folds. Validation numbers are means over the folds (± their std "
+            f"across folds); test numbers are those of the {t['folds']} fold models' ensemble (mean of outputs)."
+        )
     audit = ", ".join(f"option {k}: {v['val']} val / {v['test']} test" for k, v in t["leakage_audit"].items())
     lines.append(f"Leakage audit (val/test images derived from a training image): {audit}.")
     return lines

@@ -19,11 +19,11 @@ from typing import Any
 
 import pandas as pd
 
-from data_pipeline import DataConfig, prepare
+from data_pipeline import DataConfig, folds_summary, prepare, prepare_folds
 from search import storage as store
 from search.errors import SweepError
 from search.spec import METRIC, Resources, Scheduler, Search, Study, Train, param_space
-from search.trial import CHECKPOINT_MODEL, train_trial
+from search.trial import checkpoint_model, fold_member, train_trial
 
 SWEEP_FILE = "sweep.json"
 RESULTS_CSV = "results.csv"
@@ -144,7 +144,14 @@ def _trainable(study: Study, datasets: dict, gpus: float, cpus: float, experimen
 
 
 def prepare_all(study: Study) -> dict:
-    return {opt: prepare(dataclasses.replace(study.data, option=opt)) for opt in option_values(study)}
+    """Loading option -> PreparedData, or with ``search.folds: k`` a tuple of k (one per fold, one test split)."""
+    k = study.search.folds
+    cfgs = {opt: dataclasses.replace(study.data, option=opt) for opt in option_values(study)}
+    return {opt: prepare(cfg) if k == 1 else prepare_folds(cfg, k) for opt, cfg in cfgs.items()}
+
+
+def _data_summary(data) -> dict:
+    return folds_summary(data) if isinstance(data, tuple) else data.summary()
 
 
 def _search_alg(study: Study):
@@ -197,7 +204,7 @@ def run_study(
         },
         "study": study.to_dict(),
         "resources": {"gpus_per_trial": gpus, "cpus_per_trial": cpus, "cache_dir": cache_dir},
-        "data": {str(opt): d.summary() for opt, d in datasets.items()},
+        "data": {str(opt): _data_summary(d) for opt, d in datasets.items()},
         "versions": versions(),
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
@@ -354,15 +361,15 @@ def evaluate_checkpoint(
 
     if compile_cache is not None:
         jax_cache.enable_for(*compile_cache)
-    import keras
     import numpy as np
 
     from models import stats
     from models.evaluation import per_image_dice, predict, report_from_probs
 
     with tempfile.TemporaryDirectory() as tmp:
-        local = store.download(checkpoint_path, tmp)
-        model = keras.saving.load_model(local / CHECKPOINT_MODEL, compile=False)
+        model = checkpoint_model(store.download(checkpoint_path, tmp))
+    folds = data if isinstance(data, tuple) else (data,)
+    data = folds[0]  # every fold has the same test split
     probs = predict(model, data.test.images, batch_size)
     report = report_from_probs(data.test, probs, task, data.classes)
     if tta:
@@ -370,15 +377,30 @@ def evaluate_checkpoint(
         with_tta = report_from_probs(data.test, tta_probs, task, data.classes)
         report |= {f"tta_{k}": v for k, v in with_tta.items() if isinstance(v, float)}
     if task == "classification" and calibrate:
-        temperature = stats.fit_temperature(predict(model, data.val.images, batch_size), data.val.labels)
+        val_probs, val_labels = _validation_probs(model, folds, batch_size)
+        temperature = stats.fit_temperature(val_probs, val_labels)
         report["ece_calibrated"] = stats.ece(stats.apply_temperature(probs, temperature), data.test.labels)
-        report["calibration"] = {"temperature": temperature, "fitted_on": "validation"}
+        fitted_on = "validation" if len(folds) == 1 else "out-of-fold validation (each fold model on its own fold)"
+        report["calibration"] = {"temperature": temperature, "fitted_on": fitted_on}
     if task == "classification":
         return report, {"probs": probs, "labels": data.test.labels.astype(np.int32)}
     return report, {
         "dice": per_image_dice(data.test.masks, probs[..., 0]),
         "masks": (probs[:SHOWN_MASKS, ..., 0] >= 0.5).astype(np.uint8),
     }
+
+
+def _validation_probs(model, folds: tuple, batch_size: int):
+    """Validation probabilities to calibrate on: the model's own, or for an ensemble of fold models each fold
+    model's on its own validation fold (out-of-fold: no image is scored by a model that trained on it)."""
+    import numpy as np
+
+    from models.evaluation import predict
+
+    if len(folds) == 1:
+        return predict(model, folds[0].val.images, batch_size), folds[0].val.labels
+    probs = [predict(fold_member(model, i), f.val.images, batch_size) for i, f in enumerate(folds)]
+    return np.concatenate(probs), np.concatenate([f.val.labels for f in folds])
 
 
 def _evaluate_all(jobs: list[tuple[str, Any]], study: Study, datasets: dict, resources: dict) -> list:
@@ -442,7 +464,8 @@ def finalize(experiment_dir: str, grid, study: Study, datasets: dict) -> str:
         details[rows[i]["trial"]] = report
         arrays |= {f"{rows[i]['trial']}/{k}": v for k, v in extra.items()}
     if study.task == "segmentation":  # the test images those masks belong to (one loading option for segmentation)
-        test = next(iter(datasets.values())).test
+        first = next(iter(datasets.values()))
+        test = (first[0] if isinstance(first, tuple) else first).test
         arrays |= {"images": test.images[:SHOWN_MASKS], "truth": test.masks[:SHOWN_MASKS]}
     store.write_bytes(store.join(experiment_dir, PREDICTIONS), _npz(arrays))
     frame = pd.DataFrame(rows)

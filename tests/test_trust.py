@@ -2,6 +2,7 @@
 ECE, temperature scaling, test-time augmentation."""
 
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.metrics import f1_score
 
@@ -107,3 +108,92 @@ def test_tta_averages_the_symmetries_and_turns_masks_back():
     out = predict(TopLeft(), images, tta=True)
     corners = images[:, [0, 0, -1, -1], [0, -1, 0, -1], 0] / 255.0
     np.testing.assert_allclose(out[:, 0], corners.mean(1), atol=1e-6)
+
+
+def test_fold_plans_are_stratified_disjoint_leak_free_and_share_the_test_split():
+    from data_pipeline.splits import fold_plans, leakage_audit, plan_splits
+
+    labels = np.repeat([0, 1, 2], [30, 20, 10])
+    base = plan_splits(labels, balance_to=40, seed=1)
+    plans = fold_plans(labels, base, 5, balance_to=40, seed=1)
+    vals = [p.val[:, 0] for p in plans]
+    pool = set(range(60)) - set(base.test[:, 0].tolist())
+    assert sorted(np.concatenate(vals).tolist()) == sorted(pool)  # every non-test image validated exactly once
+    for p, val in zip(plans, vals):
+        np.testing.assert_array_equal(p.test, base.test)
+        assert (p.val[:, 1] == 0).all() and leakage_audit(p) == {"val": 0, "test": 0}
+        assert not set(p.train[:, 0].tolist()) & (set(val.tolist()) | set(base.test[:, 0].tolist()))
+        assert np.bincount(labels[p.train[:, 0]]).tolist() == [28, 28, 28]  # topped up per class, own sources only
+        share = np.bincount(labels[sorted(pool)]) * len(val) / len(pool)  # stratified: each class's share
+        assert abs(np.bincount(labels[val], minlength=3) - share).max() <= 1
+    with pytest.raises(ValueError, match="leak_free"):
+        fold_plans(labels, plan_splits(labels, protocol="study", balance_to=40), 5)
+
+
+def test_fold_mean_averages_folds_and_reports_their_spread():
+    from search.trial import fold_mean
+
+    same = {"mixed_precision": "float32"}
+    folds = [
+        {"val_accuracy": 0.6, "val_loss": 1.0, "diverged": False, "feature_cache_hits": 1, **same},
+        {"val_accuracy": 0.8, "val_loss": 2.0, "diverged": True, "feature_cache_hits": 2, **same},
+    ]
+    out = fold_mean(folds, "val_accuracy")
+    assert out["val_accuracy"] == pytest.approx(0.7) and out["val_loss"] == 1.5
+    assert out["val_accuracy_std"] == pytest.approx(np.std([0.6, 0.8], ddof=1))
+    assert out["diverged"] is True and out["mixed_precision"] == "float32" and out["feature_cache_hits"] == 3
+    assert "val_accuracy_std" not in fold_mean(folds[:1], "val_accuracy")
+
+
+def test_winner_is_compared_with_runner_up_family_bests_and_the_studys_pick():
+    from models.evaluation import per_image_dice
+    from search import report
+
+    rng = np.random.default_rng(0)
+    truth = rng.random((30, 8, 8)) > 0.5
+    rows, preds = [], {}
+    for model, lr, val, noise in (("unet", 0.01, 0.9, 0.0), ("unet", 0.001, 0.8, 0.3), ("unet_fpn", 0.01, 0.7, 0.6)):
+        trial = f"{model}-lr{lr:g}-do0"
+        rows.append({"trial": trial, "model": model, "lr": lr, "dropout": 0.0, "val_dice": val})
+        probs = np.where(rng.random(truth.shape) < noise, 1 - truth, truth).astype(float)
+        preds[f"{trial}/dice"] = per_image_dice(truth, probs)
+    frame = pd.DataFrame(rows)
+    pick = {"model": "unet_fpn", "lr": 0.01, "dropout": 0.0}
+    roles = [role for role, _ in report.opponents(frame, "segmentation", pick)]
+    assert roles == ["winner", "runner-up", "best unet_fpn", "the study's pick"]
+    table, lines = report.paired_comparisons(frame, "segmentation", preds, pick, n_resamples=1000)
+    assert list(table["verdict"]) == ["better"] * 3  # noise-free masks against noisy ones
+    assert lines[0].startswith("The winner unet-lr0.01-do0 is better than runner-up unet-lr0.001-do0 (per-image Dice")
+    assert "Wilcoxon p = " in lines[0]
+    study = report.study_pick(report.reference("segmentation"), "segmentation")
+    assert set(study) == {"model", "lr", "dropout"}
+
+
+def test_classifiers_on_different_test_splits_are_not_paired():
+    from search import report
+
+    frame = pd.DataFrame(
+        [
+            {"trial": "a", "model": "m", "option": 1, "lr": 0.01, "dropout": 0.0, "val_accuracy": 0.9},
+            {"trial": "b", "model": "m", "option": 2, "lr": 0.01, "dropout": 0.0, "val_accuracy": 0.8},
+        ]
+    )
+    labels = np.array([0, 1, 1, 0])
+    preds = {"a/probs": np.eye(2)[labels], "a/labels": labels, "b/probs": np.eye(2)[labels], "b/labels": labels}
+    table, lines = report.paired_comparisons(frame, "classification", preds)
+    assert table.empty and lines == ["runner-up b: another test split (loading option), so no paired comparison."]
+
+
+def test_spec_validates_folds_and_calibration():
+    from search.spec import SpecError, load_study
+
+    study = load_study("classification", "smoke", {"search": {"folds": 3, "tta": True}, "train": {"calibrate": True}})
+    assert (study.search.folds, study.search.tta, study.train.calibrate) == (3, True, True)
+    with pytest.raises(SpecError) as err:
+        load_study(
+            "segmentation",
+            "smoke",
+            {"search": {"folds": 2, "repeats": 2}, "data": {"protocol": "study"}, "train": {"calibrate": True}},
+        )
+    for text in ("choose folds or repeats", "needs data.protocol leak_free", "train.calibrate: temperature scaling"):
+        assert text in str(err.value)
