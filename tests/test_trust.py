@@ -197,3 +197,33 @@ def test_spec_validates_folds_and_calibration():
         )
     for text in ("choose folds or repeats", "needs data.protocol leak_free", "train.calibrate: temperature scaling"):
         assert text in str(err.value)
+
+
+def test_ensemble_averages_its_fold_models_survives_saving_and_calibrates_out_of_fold(tmp_path):
+    from types import SimpleNamespace
+
+    import keras
+
+    from models.evaluation import predict
+    from search.runner import _validation_probs
+    from search.trial import ensemble, fold_member
+
+    def tiny(seed):
+        keras.utils.set_random_seed(seed)
+        inputs = keras.Input((4, 4, 3))
+        out = keras.layers.Dense(3, activation="softmax")(keras.layers.Flatten()(inputs))
+        return keras.Model(inputs, out, name="same_name")  # fold models share their registry name
+
+    members = [tiny(1), tiny(2)]
+    images = np.random.default_rng(0).integers(0, 256, (5, 4, 4, 3), dtype=np.uint8)
+    alone = [predict(m, images) for m in members]
+    model = ensemble(members)
+    model.save(tmp_path / "e.keras")
+    loaded = keras.saving.load_model(tmp_path / "e.keras", safe_mode=True, compile=False)
+    np.testing.assert_allclose(predict(loaded, images), (alone[0] + alone[1]) / 2, atol=1e-6)
+
+    # out-of-fold: fold i's validation images are scored by fold model i only
+    folds = tuple(SimpleNamespace(val=SimpleNamespace(images=images[i::2], labels=np.arange(5)[i::2])) for i in (0, 1))
+    probs, labels = _validation_probs(loaded, folds, 8)
+    np.testing.assert_allclose(probs, np.concatenate([alone[0][0::2], alone[1][1::2]]), atol=1e-6)
+    assert labels.tolist() == [0, 2, 4, 1, 3] and fold_member(loaded, 1).name == "fold_1"
