@@ -102,7 +102,14 @@ def classification_experiment(tmp_path_factory):
         "task": "classification",
         "space": {"model": ["inception_resnet_v2"], "option": [2], "lr": [0.01, 0.001], "dropout": [0.2]},
         # epoch 1 trains the head, epoch 2 also the top 20 backbone layers (the fine-tuning stage)
-        "train": {"batch_size": 16, "epochs": 2, "weights": None, "fine_tune_layers": 20, "fine_tune_after": 1},
+        "train": {
+            "batch_size": 16,
+            "epochs": 2,
+            "weights": None,
+            "fine_tune_layers": 20,
+            "fine_tune_after": 1,
+            "calibrate": True,  # temperature scaling on validation: stored in the export, applied by predict
+        },
         "data": {"image_size": 75, "synthetic_counts": [8, 10, 9, 8], "synthetic_size": 75, "balance_to": None},
         "scheduler": {"grace_period": 2, "reduction_factor": 2},
         "resources": {"cpus_per_trial": 1, "gpus_per_trial": 0},
