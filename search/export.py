@@ -23,9 +23,9 @@ import numpy as np
 import pandas as pd
 
 from search import storage as store
+from search.checkpoints import CHECKPOINT_MODEL
 from search.runner import SweepError, load_results, load_sweep, study_from_dict
 from search.spec import METRIC
-from search.trial import CHECKPOINT_MODEL
 
 EXPORT_FILE = "export.json"
 STUDY_FILE = "study.json"
@@ -282,5 +282,10 @@ def evaluate_export(model_dir: str | Path, data_dir: str | None = None) -> tuple
     if data_dir is not None:
         cfg = dataclasses.replace(cfg, data_dir=str(data_dir))
     data = prepare(cfg)
+    if list(data.classes) != list(manifest["classes"]):
+        raise SweepError(
+            f"{cfg.data_dir} holds classes {', '.join(data.classes)}, the model was trained on "
+            f"{', '.join(manifest['classes'])}: pass the --data-dir of the study's dataset"
+        )
     report = evaluate(model, data.test, manifest["task"], data.classes, study.train.batch_size)
     return report, manifest["test"]

@@ -6,7 +6,6 @@ every framework import happens inside ``train_trial``.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import tempfile
@@ -14,11 +13,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from search import checkpoints
 from search.features import cached_features, feature_cache_off_because, feature_key
 
-CHECKPOINT_MODEL = "model.keras"
-CHECKPOINT_STATE = "state.json"
-FAULTS_ENV = "SWEEP_TEST_FAULTS"  # tests only: see _test_faults
 FEATURE_BATCH = 128  # forward-only batches for the feature cache: no gradients, so larger than training's
 
 
@@ -38,25 +35,6 @@ def _limit_torch_memory(gpu_share: float) -> None:
         torch.cuda.set_per_process_memory_fraction(0.9 * gpu_share)
 
 
-def _test_faults(config: dict[str, Any]) -> dict[str, int]:
-    """Faults tests ask for through $SWEEP_TEST_FAULTS, e.g. "raise:0.005:1,nan:0.0001": trials with that learning
-    rate raise (the first N attempts) or see a NaN training loss. Empty in normal use."""
-    out: dict[str, int] = {}
-    for item in filter(None, os.environ.get(FAULTS_ENV, "").split(",")):
-        kind, lr, *times = item.split(":")
-        if math.isclose(float(config["lr"]), float(lr)):
-            out[kind] = int(times[0]) if times else 1
-    return out
-
-
-def _raise_injected(config: dict[str, Any], times: int, marker_dir: Path) -> None:
-    marker = marker_dir / f"injected-failures-{config['model']}-lr{config['lr']}-opt{config.get('option')}"
-    count = int(marker.read_text()) if marker.exists() else 0
-    if count < times:
-        marker.write_text(str(count + 1))
-        raise RuntimeError(f"injected failure {count + 1} of {times} (${FAULTS_ENV}, tests only)")
-
-
 def fine_tune_starts(epoch: int, train: dict[str, Any]) -> bool:
     """Whether the fine-tuning stage begins before this (0-based) epoch: once, after `fine_tune_after` epochs.
     A trial resumed later keeps the stage: the checkpoint holds the unfrozen layers and the lower learning rate."""
@@ -72,9 +50,6 @@ def train_trial(config: dict[str, Any], datasets: dict, settings: dict[str, Any]
     os.environ["KERAS_BACKEND"] = train["backend"]
     for key, value in limit_gpu_memory(train["backend"], settings["gpus_per_trial"]).items():
         os.environ.setdefault(key, value)
-    faults = _test_faults(config)
-    if "raise" in faults:
-        _raise_injected(config, faults["raise"], Path(settings["experiment_dir"]))
     from data_pipeline.io import default_cache_dir
     from search import compile_cache
 
@@ -91,7 +66,7 @@ def train_trial(config: dict[str, Any], datasets: dict, settings: dict[str, Any]
     from search.gpu import compute_capability, resolve_mixed_precision
 
     # ---- data: the object store's arrays as they are (uint8 images; the model casts on the device) ---------------
-    data = datasets[config.get("option", 2)]
+    data = datasets[config.get("option", settings["option"])]  # segmentation: one option, the study's
     seg = task == "segmentation"
 
     def xy(split):
@@ -113,13 +88,12 @@ def train_trial(config: dict[str, Any], datasets: dict, settings: dict[str, Any]
             optimizer=keras.optimizers.Adam(lr), loss=get_loss(settings["loss"]), metrics=training_metrics(task)
         )
 
-    checkpoint = tune.get_checkpoint()
+    checkpoint, model, head = tune.get_checkpoint(), None, None  # the latest: resume after the last finished epoch
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
-            model = keras.saving.load_model(Path(d) / CHECKPOINT_MODEL, compile=True)
-            state = json.loads((Path(d) / CHECKPOINT_STATE).read_text())
+            model, state, head = checkpoints.read(Path(d))
         start_epoch, best = state["epoch"], state["best"]
-    else:
+    if model is None:  # fresh, or a head checkpoint that goes back onto a rebuilt (identical, frozen) backbone
         size = data.config.image_size
         hp = {"dropout": float(config["dropout"])}
         if seg:
@@ -138,7 +112,7 @@ def train_trial(config: dict[str, Any], datasets: dict, settings: dict[str, Any]
 
     # ---- frozen backbone: train the head on cached features (exact; see search.features) ------------------------
     started = time.perf_counter()  # the first epoch's time includes the features: cost tables stay honest
-    net, extra = model, {"mixed_precision": policy or "float32"}
+    net, extra = model, {"mixed_precision": policy or "float32", "backend": keras.backend.backend()}
     if feature_cache_off_because(task, train) is None:
         from models.classifiers import backbone_digest, split_at_features
 
@@ -161,6 +135,9 @@ def train_trial(config: dict[str, Any], datasets: dict, settings: dict[str, Any]
 
         (x_train, hit_train), (x_val, hit_val) = cached(x_train), cached(x_val)
         extra |= {"feature_cache_hits": hit_train + hit_val, "feature_seconds": time.perf_counter() - started}
+
+    if head is not None:
+        checkpoints.restore_head(model, net, head, state)
 
     # ---- epochs: fit, validate, report (ASHA reads the validation metric) ---------------------------------------
     metric = settings["metric"]
@@ -185,18 +162,17 @@ def train_trial(config: dict[str, Any], datasets: dict, settings: dict[str, Any]
         if compiled is not None:
             now = compile_cache.counts()
             metrics |= {f"compile_cache_{k}": now[k] - compiled[k] for k in now}
-        if "nan" in faults and epoch + 1 > faults["nan"]:
-            metrics["train_loss"] = float("nan")
         if not all(math.isfinite(metrics[k]) for k in ("train_loss", "val_loss")):
             # The study's lr = 0.1 rows: not an error. Stop now; the tables keep this trial's last finite epoch.
             # ASHA gets the best value so far (0 if none) so it can rank the trial without a NaN.
             tune.report({"epoch": epoch + 1, "diverged": True, metric: best if math.isfinite(best) else 0.0})
             return
-        if metrics[metric] <= best:  # only the best checkpoint is kept, so only an improvement is saved
-            tune.report(metrics)
-            continue
-        best = metrics[metric]
+        # Every epoch is checkpointed (a resumed trial continues from its last one); an improvement as the whole
+        # model (the best, kept for the tables and export), any other epoch as cheaply as it can be (see checkpoints).
+        improved = metrics[metric] > best
+        best = max(best, metrics[metric])
+        metrics[checkpoints.SCORE] = metrics[metric] if improved else -math.inf  # a tie never displaces the best
+        whole = improved or not checkpoints.head_suffices(task, train, epoch + 1)
         with tempfile.TemporaryDirectory() as d:
-            model.save(Path(d) / CHECKPOINT_MODEL)
-            (Path(d) / CHECKPOINT_STATE).write_text(json.dumps({"epoch": epoch + 1, "best": best}))
+            checkpoints.write(Path(d), model, {"epoch": epoch + 1, "best": best}, whole=whole)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
