@@ -6,8 +6,8 @@ last completed epoch. Ray Tune keeps two per trial (``CheckpointConfig(num_to_ke
 
 - an epoch that improved the validation metric: the whole model (``model.keras``, compiled, optimizer included),
   the one the results, the report and `sweep export` use;
-- any other epoch: the whole model too, except for a frozen-backbone classifier, whose backbone never changes and
-  is rebuilt identically (same weights file, or same seed): there the head's weights and the optimizer's state
+- any other epoch: the whole model too, except for a classifier on a frozen pretrained backbone, which never
+  changes and is rebuilt identically from its weights file: there the head's weights and the optimizer's state
   (``head.npz``) are enough, a few MB instead of the backbone's hundreds.
 
 ``state.json`` beside either holds the epoch, the best validation value so far and, for a head checkpoint, the
@@ -20,6 +20,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 CHECKPOINT_MODEL = "model.keras"
 CHECKPOINT_HEAD = "head.npz"
 CHECKPOINT_STATE = "state.json"
@@ -28,9 +30,25 @@ SCORE = "checkpoint_score"  # what Ray ranks checkpoints by: the validation metr
 
 def head_suffices(task: str, train: dict[str, Any], epochs_done: int) -> bool:
     """Whether the checkpoint after ``epochs_done`` epochs may hold the head alone: a classifier whose backbone is
-    frozen and has not entered the fine-tuning stage (that stage starts after ``fine_tune_after`` epochs)."""
+    pretrained (a weights file rebuilds it exactly; a random one may not be rebuilt alike in a reused worker),
+    frozen, and not yet in the fine-tuning stage (that starts after ``fine_tune_after`` epochs)."""
     fine_tuning = train.get("fine_tune_layers", 0) > 0 and epochs_done > train.get("fine_tune_after", 0)
-    return task == "classification" and bool(train.get("freeze_backbone", True)) and not fine_tuning
+    frozen = bool(train.get("freeze_backbone", True)) and not fine_tuning
+    return task == "classification" and train.get("weights") is not None and frozen
+
+
+def _backbone_fingerprint(model) -> str:
+    """A digest of the backbone's weight values in order (not their names, which Keras numbers per process)."""
+    import hashlib
+
+    from models.classifiers import BACKBONE
+
+    h = hashlib.blake2b(digest_size=16)
+    for w in model.get_layer(BACKBONE).weights:
+        value = np.ascontiguousarray(w.numpy())
+        h.update(f"{value.shape}{value.dtype}".encode())
+        h.update(value.data)
+    return h.hexdigest()
 
 
 def _head_weights(model) -> list:
@@ -41,24 +59,19 @@ def _head_weights(model) -> list:
 
 def write(folder: Path, model, state: dict[str, Any], *, whole: bool) -> None:
     """Write one checkpoint into ``folder``: the whole model, or (``whole=False``) the head and optimizer state."""
-    import numpy as np
-
     if whole:
         model.save(folder / CHECKPOINT_MODEL)
     else:
-        from models.classifiers import backbone_digest
-
         head = {f"w{i}": np.asarray(w.numpy()) for i, w in enumerate(_head_weights(model))}
         opt = {f"o{i}": np.asarray(v.numpy()) for i, v in enumerate(model.optimizer.variables)}
         np.savez(folder / CHECKPOINT_HEAD, **head, **opt)
-        state = {**state, "backbone": backbone_digest(model)}
+        state = {**state, "backbone": _backbone_fingerprint(model)}
     (folder / CHECKPOINT_STATE).write_text(json.dumps(state))
 
 
 def read(folder: Path) -> tuple[Any, dict[str, Any], dict | None]:
     """(the whole model or None, state, head arrays or None) of a checkpoint folder."""
     import keras
-    import numpy as np
 
     state = json.loads((folder / CHECKPOINT_STATE).read_text())
     if (folder / CHECKPOINT_MODEL).is_file():
@@ -70,9 +83,7 @@ def read(folder: Path) -> tuple[Any, dict[str, Any], dict | None]:
 def restore_head(model, trained, head: dict, state: dict[str, Any]) -> None:
     """Put a head checkpoint back into a freshly built ``model`` whose ``trained`` part (the model itself, or its head
     on cached features, sharing the optimizer) is what the epochs fit."""
-    from models.classifiers import backbone_digest
-
-    if backbone_digest(model) != state["backbone"]:
+    if _backbone_fingerprint(model) != state["backbone"]:
         raise RuntimeError(
             "the rebuilt backbone differs from the one this trial's checkpoint was trained on "
             "(its weights file changed?): start the sweep again rather than mix the two"

@@ -219,6 +219,27 @@ def test_killed_driver_resumes_each_trial_from_its_last_epoch_and_reruns_nothing
     assert sum(len(e) for e in after.values()) - epochs * 4 <= sum(0 < len(e) < epochs for e in before.values())
 
 
+def test_classification_sweep_on_jax_trains_heads_on_cached_features(tmp_path):
+    spec = {
+        "task": "classification",
+        "space": {"model": ["inception_resnet_v2"], "option": [2], "lr": [0.01, 0.001], "dropout": [0.2]},
+        "train": {"batch_size": 16, "epochs": 1, "weights": None},  # feature_cache: on by default
+        "data": {"image_size": 75, "synthetic_counts": [6, 8, 7, 6], "synthetic_size": 75, "balance_to": None},
+        "scheduler": {"grace_period": 1, "reduction_factor": 2},
+        "resources": {"cpus_per_trial": 1, "gpus_per_trial": 0, "max_concurrent_trials": 1},
+    }
+    (tmp_path / "cls.yaml").write_text(yaml.safe_dump(spec))
+    storage = tmp_path / "runs"
+    proc = _sweep("run", tmp_path / "cls.yaml", "--backend", "jax", "--storage", storage, "--name", "jax")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    frame = pd.read_csv(storage / "jax" / "results.csv")
+    assert len(frame) == 2 and (frame["status"] == "completed").all()
+    assert (frame["backend"] == "jax").all()  # what Keras ran on, recorded by each trial
+    # The first trial computes the backbone's features of the train and val images; the second reads both.
+    assert sorted(frame["feature_cache_hits"]) == [0, 2]
+    assert frame["test_accuracy"].map(np.isfinite).all()
+
+
 def test_optuna_search_samples_distributions(tmp_path):
     spec = yaml.safe_load(Path(_spec(tmp_path, [0.01], epochs=1)).read_text())
     spec["search"] = {"algorithm": "optuna", "num_samples": 3, "seed": 1}
