@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import assert_reproduces_test_metrics, export_best, run_sweep
+from conftest import assert_reproduces_test_metrics, export_best, run_sweep, tree_state
 
 ROOT = Path(__file__).parent.parent
 
@@ -113,7 +113,7 @@ def test_tensorboard_command_serves_the_experiment_on_localhost(experiment):
         proc.wait(30)
 
 
-def test_export_then_evaluate_and_predict_in_fresh_processes(experiment, tmp_path):
+def test_export_then_evaluate_and_predict_in_fresh_processes(experiment, tmp_path, capsys):
     frame = pd.read_csv(experiment / "results.csv")
     best = frame.loc[frame["val_accuracy"].idxmax()]
     model_dir = tmp_path / "irv2"
@@ -137,6 +137,15 @@ def test_export_then_evaluate_and_predict_in_fresh_processes(experiment, tmp_pat
     probs = table[[f"p_{c}" for c in manifest["classes"]]].to_numpy()
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-4)
     assert (np.array(manifest["classes"])[probs.argmax(1)] == table["label"]).all()
+
+    # `sweep evaluate --data-dir` of other data (other classes): refused in one line, the folder untouched
+    wrong = synth.write_dataset(tmp_path / "wrong", (2, 2, 2, 2), size=75, seed=6)
+    (wrong / "Original" / "Pro").rename(wrong / "Original" / "Other")
+    before = tree_state(wrong)
+    code, _, err = _cli(capsys, "evaluate", str(model_dir), "--data-dir", str(wrong))
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "Other" in err and "trained on Benign, Early, Pre, Pro" in err and "the study's dataset" in err, err
+    assert tree_state(wrong) == before
 
 
 def test_bad_requests_say_what_is_wrong_and_write_nothing(experiment, tmp_path, capsys):

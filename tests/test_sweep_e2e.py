@@ -67,7 +67,7 @@ def _hparams(trial_dir: Path) -> dict:
 FAULTY_SWEEP = ROOT / "tests" / "scripts" / "faulty_sweep.py"  # `sweep` with test-only faults around the trainable
 
 
-def _faulty_sweep(*args, faults: dict, timeout=900):
+def _faulty_sweep(*args, faults: dict, timeout=1500):
     env = _env(SWEEP_TEST_FAULTS=json.dumps(faults))
     cmd = [sys.executable, str(FAULTY_SWEEP), *map(str, args)]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
@@ -75,9 +75,9 @@ def _faulty_sweep(*args, faults: dict, timeout=900):
 
 def test_sweep_survives_real_faults_asha_stops_the_worse_logs_and_evaluates(tmp_path):
     # One at a time, in this order (so ASHA's rung holds the good trial before the bad one reaches it):
-    # 1e-6 learns nothing but keeps its validation dice; 10 really blows up (NaN loss in epoch 2); 1.0 is clearly
-    # worse (dice 0) and reaches ASHA's rung at epoch 2 after the others; 0.002 runs out of memory under an
-    # address-space limit (failed, with the error; the sweep goes on). (Retried trials: tests/test_faults.py.)
+    # 1e-6 learns nothing but keeps its validation dice; 10 really blows up (NaN loss, here in epoch 1); 1.0 is clearly
+    # worse (dice 0) and reaches ASHA's rung at epoch 2 after the others; 0.002 raises on both attempts (failed, with
+    # its error; the sweep goes on). (A retried trial: tests/test_faults.py, a lost node.)
     lrs = [1e-6, 10, 1.0, 0.002]
     storage = tmp_path / "runs"
     spec = yaml.safe_load(Path(_spec(tmp_path, lrs, grace=2)).read_text())
@@ -92,7 +92,7 @@ def test_sweep_survives_real_faults_asha_stops_the_worse_logs_and_evaluates(tmp_
         storage,
         "--name",
         "e2e",
-        faults={"oom": ["0.002"]},
+        faults={"raise": {"0.002": 2}},
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     exp = storage / "e2e"
@@ -104,14 +104,16 @@ def test_sweep_survives_real_faults_asha_stops_the_worse_logs_and_evaluates(tmp_
     status = by_lr["status"].to_dict()
     assert status[1e-6] == "completed" and by_lr.loc[1e-6, "epochs"] == 3
     assert status[1.0] == "stopped" and by_lr.loc[1.0, "epochs"] == 2  # ASHA: below the rung's cutoff at grace
-    assert status[10] == "diverged" and by_lr.loc[10, "best_epoch"] == 1  # the last finite epoch, not the NaN one
-    assert status[0.002] == "failed" and by_lr.loc[0.002, "error"]  # out of memory: the worker's error recorded
+    assert status[10] == "diverged"  # a real NaN/inf loss: no test hook writes one any more
+    assert status[0.002] == "failed" and "injected failure 2 of 2" in by_lr.loc[0.002, "error"]
     assert by_lr.loc[[1e-6, 10, 1.0], "retries"].eq(0).all()
     ok = frame[frame["status"].isin(["completed", "stopped", "diverged"])]
     for col in ("val_dice", "test_dice", "test_iou", "test_study_dice", "test_dice_per_image", "test_accuracy"):
         assert ok[col].map(np.isfinite).all(), col
     history = pd.read_csv(next(exp.glob("unet-lr10-*/progress.csv")))
-    assert history["diverged"].tolist() == [False, True] and np.isfinite(history["train_loss"].iloc[0])
+    assert history["diverged"].tolist()[-1] and not history["diverged"].iloc[:-1].any()  # it stopped at once
+    finite = history.loc[~history["diverged"], "epoch"]  # the tables keep its last finite epoch, if it had one
+    assert by_lr.loc[10, "best_epoch"] == finite.max() if len(finite) else pd.isna(by_lr.loc[10, "best_epoch"])
 
     sweep = json.loads((exp / "sweep.json").read_text())
     assert sweep["cluster"]["nodes"] == ["127.0.0.1"]  # a real local Ray cluster, on loopback only

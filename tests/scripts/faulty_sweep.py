@@ -2,8 +2,6 @@
 
 The faults come from $SWEEP_TEST_FAULTS (JSON), keyed by a trial's learning rate (as written, e.g. "0.005"):
   {"raise": {"0.005": 1}}      the first N attempts of that trial raise (Ray retries it)
-  {"oom": ["0.002"]}           that trial runs under an address-space limit a little above what its worker holds
-                               already (resource.setrlimit), so its first real allocation fails: out of memory
   {"report_delay_s": 0.5}      every report waits this long after it returns (a window for a test to act in)
   {"log": "DIR"}               each attempt appends {trial_id, node, pid, start_epoch} to DIR/attempts.jsonl
 Usage: python tests/scripts/faulty_sweep.py run STUDY ... (any `sweep` command line).
@@ -14,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import resource
 import sys
 import time
 from pathlib import Path
@@ -22,7 +19,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent.parent
 sys.path.insert(0, str(ROOT))
 
-OOM_HEADROOM = 64 * 2**20  # bytes of address space beyond what the worker has mapped when the trial starts
 # Read here, in the driver: the wrapper travels to the workers by value with this dict (a worker of a cluster this
 # process did not start does not see the driver's environment).
 FAULTS = json.loads(os.environ.get("SWEEP_TEST_FAULTS", "{}"))
@@ -74,16 +70,11 @@ def faulty_trial(config, datasets, settings):
         time.sleep(delay)
         return out
 
-    limit = resource.getrlimit(resource.RLIMIT_AS)
     try:
         if delay:
             tune.report = slow_report
-        if _matches(config, faults.get("oom", [])):
-            mapped = int(Path("/proc/self/statm").read_text().split()[0]) * resource.getpagesize()
-            resource.setrlimit(resource.RLIMIT_AS, (mapped + OOM_HEADROOM, limit[1]))
         train_trial(config, datasets, settings)
     finally:  # the worker is reused by later trials: give it back as it was
-        resource.setrlimit(resource.RLIMIT_AS, limit)
         tune.report = report
 
 
