@@ -160,6 +160,7 @@ def test_every_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, caps
     cfg = DataConfig(task="segmentation", data_dir=str(data), image_size=32, balance_to=None)
     skipped = [name for name, _ in prepare(cfg).summary()["skipped"]]
     assert len(skipped) == 2 and image.name in " ".join(skipped) and mask.stem in " ".join(skipped), skipped
+    run("segmentation", *strict, says=says, lines=4, untouched=data)  # still refused once the skip is cached
 
     # An experiment name that is taken; a folder with no Ray Tune state to resume.
     taken = storage / "taken"
