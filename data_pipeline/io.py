@@ -198,11 +198,22 @@ def load(
     fp = fingerprint(index, size=image_size, mask_rule=rule, masks=index.masks is not None)
     entry = Path(cache_dir or default_cache_dir()) / "decoded" / fp
     if use_cache and (entry / "meta.json").is_file():
-        return _read_cache(entry, index, fp)
+        data = _read_cache(entry, index, fp)
+        if data.skipped and on_bad_image == "fail":  # cached by a load that skipped them: "fail" still fails
+            _refuse_unreadable([reason for _, reason in data.skipped])
+        return data
     data = _decode_all(index, image_size, resolve_mask_rule(index, mask_rule), on_bad_image, fp, workers)
     if use_cache:
         _write_cache(entry, data)
     return data
+
+
+def _refuse_unreadable(reasons: list[str]) -> None:
+    listed = "\n  ".join(reasons[:10])
+    raise DataError(
+        f"{len(reasons)} unreadable image(s):\n  {listed}\n"
+        "Replace or delete them, or set on_bad_image: skip to leave them out (they are counted and listed)."
+    )
 
 
 def _decode_all(index, size, rule, on_bad_image, fp, workers) -> LoadedData:
@@ -218,11 +229,7 @@ def _decode_all(index, size, rule, on_bad_image, fp, workers) -> LoadedData:
         results = list(pool.map(work, range(len(index))))
     bad = [(i, r) for i, r in enumerate(results) if isinstance(r, BadImageError)]
     if bad and on_bad_image == "fail":
-        listed = "\n  ".join(str(r) for _, r in bad[:10])
-        raise DataError(
-            f"{len(bad)} unreadable image(s):\n  {listed}\n"
-            "Replace or delete them, or set on_bad_image: skip to leave them out (they are counted and listed)."
-        )
+        _refuse_unreadable([str(r) for _, r in bad])
     keep = [i for i, r in enumerate(results) if not isinstance(r, BadImageError)]
     if len(keep) == 0:
         raise DataError(f"none of the {len(index)} images under {index.root} could be decoded")

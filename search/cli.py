@@ -94,7 +94,9 @@ def _parse_set(items: list[str]) -> dict:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or "." not in key:
-            raise SystemExit(f"error: --set takes section.key=value (e.g. train.epochs=5), got {item!r}")
+            from search.errors import SweepError
+
+            raise SweepError(f"--set takes section.key=value (e.g. train.epochs=5), got {item!r}")
         section, field = key.split(".", 1)
         out.setdefault(section, {})[field] = yaml.safe_load(value)
     return out

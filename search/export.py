@@ -25,9 +25,10 @@ import numpy as np
 import pandas as pd
 
 from search import storage as store
+from search.checkpoints import CHECKPOINT_MODEL
 from search.runner import RESULTS_JSON, SweepError, load_results, load_sweep, study_from_dict
 from search.spec import METRIC
-from search.trial import CHECKPOINT_MODEL, checkpoint_model, fold_files
+from search.trial import checkpoint_model, fold_files
 
 EXPORT_FILE = "export.json"
 STUDY_FILE = "study.json"
@@ -359,6 +360,11 @@ def evaluate_export(model_dir: str | Path, data_dir: str | None = None, tta: boo
     if data_dir is not None:
         cfg = dataclasses.replace(cfg, data_dir=str(data_dir))
     data = prepare(cfg)
+    if list(data.classes) != list(manifest["classes"]):
+        raise SweepError(
+            f"{cfg.data_dir} holds classes {', '.join(data.classes)}, the model was trained on "
+            f"{', '.join(manifest['classes'])}: pass the --data-dir of the study's dataset"
+        )
     probs = predict(model, data.test.images, study.train.batch_size, tta=tta)
     report = report_from_probs(data.test, probs, manifest["task"], data.classes)
     if temperature(manifest) is not None and not tta:

@@ -22,6 +22,7 @@ import pandas as pd
 
 from data_pipeline import DataConfig, folds_summary, prepare, prepare_folds
 from search import storage as store
+from search.checkpoints import SCORE
 from search.errors import SweepError
 from search.spec import METRIC, Resources, Scheduler, Search, Study, Train, param_space
 from search.trial import checkpoint_model, fold_member, train_trial
@@ -132,6 +133,7 @@ def _settings(study: Study, gpus: float, experiment_dir: str, cache_dir: str | N
         "metric": study.metric,
         "loss": study.loss,
         "seed": study.search.seed,
+        "option": study.data.option,  # the loading option of trials whose space has no option axis (segmentation)
         "gpus_per_trial": gpus,
         "experiment_dir": str(experiment_dir),
         "cache_dir": cache_dir,  # None: each node's own SWEEP_CACHE_DIR
@@ -169,6 +171,24 @@ def _search_alg(study: Study):
 
 def _max_concurrent(study: Study) -> int | None:
     return study.resources.max_concurrent_trials or None
+
+
+STATE_PERIOD_S = "1"  # the experiment's own state (which trial ran how far) is written to storage every second
+
+
+def checkpoint_config():
+    """Each trial's best checkpoint (ranked by ``SCORE``) and always its latest. With ``num_to_keep=1`` Ray also
+    snapshots the experiment's state at every trial checkpoint, so a resumed trial starts from its last epoch."""
+    from ray import tune
+
+    return tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=SCORE, checkpoint_score_order="max")
+
+
+def _record_state_often() -> None:
+    """Before the Tuner exists: Ray reads these when its controller starts (the driver's process)."""
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", STATE_PERIOD_S)
+    # A snapshot per trial checkpoint is intended here: silence Ray's "snapshotting is frequent" warning.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 
 def run_study(
@@ -214,6 +234,7 @@ def run_study(
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     store.write_text(store.join(experiment_dir, SWEEP_FILE), json.dumps(sweep, indent=2, default=str))
+    _record_state_often()
     for_trials = datasets if trial_datasets is None else trial_datasets
     tuner = tune.Tuner(
         _trainable(study, for_trials, gpus, cpus, experiment_dir, cache_dir),
@@ -236,9 +257,7 @@ def run_study(
             name=name,
             storage_path=storage,
             failure_config=tune.FailureConfig(max_failures=1),
-            checkpoint_config=tune.CheckpointConfig(
-                num_to_keep=1, checkpoint_score_attribute=study.metric, checkpoint_score_order="max"
-            ),
+            checkpoint_config=checkpoint_config(),
             verbose=verbose,
         ),
     )
@@ -278,10 +297,14 @@ def resume_study(experiment_dir: str | Path, *, address: str | None = None, verb
     sweep = load_sweep(experiment_dir)
     study = study_from_dict(sweep["study"])
     if not tune.Tuner.can_restore(experiment_dir):
-        raise SweepError(f"{experiment_dir} has no Ray Tune state to resume from (it stopped before the first trial)")
+        raise SweepError(
+            f"{experiment_dir} has no Ray Tune state to resume from (it stopped before the first trial): "
+            f"run the study again with `sweep run`"
+        )
     datasets = prepare_all(study)
     init_ray(address, study.train.backend)
     res = sweep["resources"]
+    _record_state_often()
     tuner = tune.Tuner.restore(
         experiment_dir,
         trainable=_trainable(
@@ -309,6 +332,7 @@ def _error_line(error: BaseException | None) -> str:
 
 
 SPEED_COLUMNS = (
+    "backend",
     "mixed_precision",
     "feature_cache_hits",
     "feature_seconds",
@@ -431,10 +455,22 @@ def checkpoint_location(checkpoint_path: str, experiment_dir: str) -> str:
     return f"{scheme}://{checkpoint_path}"
 
 
+def best_checkpoint(result, best: dict[str, Any]):
+    """The checkpoint of the best epoch (a whole model): Ray also keeps the latest, which may tie with it."""
+    if not best:
+        return None
+    for checkpoint, metrics in result.best_checkpoints:
+        if metrics.get("epoch") == best["epoch"]:
+            return checkpoint
+    return None
+
+
 def finalize(experiment_dir: str, grid, study: Study, datasets: dict) -> str:
     """Evaluate each trial's best checkpoint on the test split; write results.csv/json; return the folder."""
     sweep = load_sweep(experiment_dir)
     rows, jobs = [], []
+    # How often Ray restarted each trial after a failure (a lost node, a crashed worker): not in Result's public API
+    failures = {t.trial_id: t.num_failures for t in grid._experiment_analysis.trials}
     for result in grid:
         config = {k: result.config[k] for k in ("model", "option", "lr", "dropout", "repeat") if k in result.config}
         history = result.metrics_dataframe
@@ -452,13 +488,14 @@ def finalize(experiment_dir: str, grid, study: Study, datasets: dict) -> str:
             if history is not None and "epoch_seconds" in history
             else 0.0,
             "error": _error_line(result.error),
+            "retries": max(0, failures.get(last.get("trial_id"), 0) - (result.error is not None)),
             "first_epoch_overhead_seconds": first_epoch_overhead(
                 [] if history is None or "epoch_seconds" not in history else history["epoch_seconds"].dropna().tolist()
             ),
             **_last_values(history, SPEED_COLUMNS),
         }
         row |= {k: v for k, v in best.items() if k.startswith(("train_", "val_"))}
-        checkpoint = result.get_best_checkpoint(study.metric, "max") if best else None
+        checkpoint = best_checkpoint(result, best)
         row["checkpoint"] = checkpoint_location(checkpoint.path, experiment_dir) if checkpoint is not None else ""
         if checkpoint is not None:
             jobs.append((len(rows), row["checkpoint"], config.get("option", study.data.option)))

@@ -133,9 +133,15 @@ def _read(name_or_path: str) -> tuple[str, dict]:
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise SpecError(f"{name_or_path}: not valid YAML ({exc})") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "cannot be parsed"
+        raise SpecError(f"{name_or_path}: not valid YAML{where} ({problem}): fix the file") from None
     if not isinstance(raw, dict):
-        raise SpecError(f"{name_or_path}: a study is a mapping of {', '.join(TOP_KEYS)}")
+        raise SpecError(
+            f"{name_or_path}: a study is a mapping (key: value lines) of {', '.join(TOP_KEYS)}, "
+            f"not a {type(raw).__name__}: see `Writing a study` in the README"
+        )
     return name, raw
 
 

@@ -15,11 +15,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from search import checkpoints
+from search.checkpoints import CHECKPOINT_MODEL
 from search.features import cached_features, feature_cache_off_because, feature_key
 
-CHECKPOINT_MODEL = "model.keras"
-CHECKPOINT_STATE = "state.json"
-FAULTS_ENV = "SWEEP_TEST_FAULTS"  # tests only: see _test_faults
 FEATURE_BATCH = 128  # forward-only batches for the feature cache: no gradients, so larger than training's
 
 
@@ -37,25 +36,6 @@ def _limit_torch_memory(gpu_share: float) -> None:
 
     if 0 < gpu_share < 1 and torch.cuda.is_available():
         torch.cuda.set_per_process_memory_fraction(0.9 * gpu_share)
-
-
-def _test_faults(config: dict[str, Any]) -> dict[str, int]:
-    """Faults tests ask for through $SWEEP_TEST_FAULTS, e.g. "raise:0.005:1,nan:0.0001": trials with that learning
-    rate raise (the first N attempts) or see a NaN training loss. Empty in normal use."""
-    out: dict[str, int] = {}
-    for item in filter(None, os.environ.get(FAULTS_ENV, "").split(",")):
-        kind, lr, *times = item.split(":")
-        if math.isclose(float(config["lr"]), float(lr)):
-            out[kind] = int(times[0]) if times else 1
-    return out
-
-
-def _raise_injected(config: dict[str, Any], times: int, marker_dir: Path) -> None:
-    marker = marker_dir / f"injected-failures-{config['model']}-lr{config['lr']}-opt{config.get('option')}"
-    count = int(marker.read_text()) if marker.exists() else 0
-    if count < times:
-        marker.write_text(str(count + 1))
-        raise RuntimeError(f"injected failure {count + 1} of {times} (${FAULTS_ENV}, tests only)")
 
 
 def fine_tune_starts(epoch: int, train: dict[str, Any]) -> bool:
@@ -132,9 +112,6 @@ def train_trial(config: dict[str, Any], datasets: dict, settings: dict[str, Any]
     os.environ["KERAS_BACKEND"] = train["backend"]
     for key, value in limit_gpu_memory(train["backend"], settings["gpus_per_trial"]).items():
         os.environ.setdefault(key, value)
-    faults = _test_faults(config)
-    if "raise" in faults:
-        _raise_injected(config, faults["raise"], Path(settings["experiment_dir"]))
     from data_pipeline.io import default_cache_dir
     from search import compile_cache
 
@@ -144,18 +121,23 @@ def train_trial(config: dict[str, Any], datasets: dict, settings: dict[str, Any]
     if train["backend"] == "torch":
         _limit_torch_memory(settings["gpus_per_trial"])
 
-    data = datasets[config.get("option", 2)]
+    data = datasets[config.get("option", settings["option"])]  # segmentation: one option, the study's
     folds = data if isinstance(data, tuple) else (data,)
     seed = int(config.get("seed", settings["seed"])) + int(config.get("repeat", 0))  # repeats differ by seed only
     start_epoch, best = 0, -math.inf
-    checkpoint = tune.get_checkpoint()
+    checkpoint = tune.get_checkpoint()  # the latest: resume after the last finished epoch
     with checkpoint.as_directory() if checkpoint is not None else contextlib.nullcontext() as d:
-        saved = [None] * len(folds)
+        saved, head = [None] * len(folds), None
         if d is not None:
-            saved = fold_files(Path(d)) or [Path(d) / CHECKPOINT_MODEL]
-            state = json.loads((Path(d) / CHECKPOINT_STATE).read_text())
+            state = json.loads((Path(d) / checkpoints.CHECKPOINT_STATE).read_text())
             start_epoch, best = state["epoch"], state["best"]
-        learners = [_fold_epochs(config, f, settings, seed, s, start_epoch, cache_dir) for f, s in zip(folds, saved)]
+            if (Path(d) / checkpoints.CHECKPOINT_HEAD).is_file():  # a head, for a rebuilt frozen backbone
+                head = (checkpoints.read(Path(d))[2], state)
+            else:
+                saved = fold_files(Path(d)) or [Path(d) / CHECKPOINT_MODEL]
+        learners = [
+            _fold_epochs(config, f, settings, seed, s, start_epoch, cache_dir, head) for f, s in zip(folds, saved)
+        ]
         models = [next(learner) for learner in learners]  # built or resumed
     started = time.perf_counter()  # the first epoch's time includes the features: cost tables stay honest
 
@@ -169,25 +151,29 @@ def train_trial(config: dict[str, Any], datasets: dict, settings: dict[str, Any]
         if compiled is not None:
             now = compile_cache.counts()
             metrics |= {f"compile_cache_{k}": now[k] - compiled[k] for k in now}
-        if "nan" in faults and epoch + 1 > faults["nan"]:
-            metrics["train_loss"] = float("nan")
         if not all(math.isfinite(metrics[k]) for k in ("train_loss", "val_loss")):
             # The study's lr = 0.1 rows: not an error. Stop now; the tables keep this trial's last finite epoch.
             # ASHA gets the best value so far (0 if none) so it can rank the trial without a NaN.
             tune.report({"epoch": epoch + 1, "diverged": True, metric: best if math.isfinite(best) else 0.0})
             return
-        if metrics[metric] <= best:  # only the best checkpoint is kept, so only an improvement is saved
-            tune.report(metrics)
-            continue
-        best = metrics[metric]
+        # Every epoch is checkpointed (a resumed trial continues from its last one); an improvement as the whole
+        # model(s) (the best, for the tables and export), any other epoch as cheaply as it can be (see checkpoints).
+        improved = metrics[metric] > best
+        best = max(best, metrics[metric])
+        metrics[checkpoints.SCORE] = metrics[metric] if improved else -math.inf  # a tie never displaces the best
+        state = {"epoch": epoch + 1, "best": best}
         with tempfile.TemporaryDirectory() as d:
-            for i, model in enumerate(models):
-                model.save(Path(d) / (CHECKPOINT_MODEL if len(models) == 1 else CHECKPOINT_FOLD.format(i)))
-            (Path(d) / CHECKPOINT_STATE).write_text(json.dumps({"epoch": epoch + 1, "best": best}))
+            if len(models) == 1:
+                whole = improved or not checkpoints.head_suffices(settings["task"], train, epoch + 1)
+                checkpoints.write(Path(d), models[0], state, whole=whole)
+            else:
+                for i, model in enumerate(models):
+                    model.save(Path(d) / CHECKPOINT_FOLD.format(i))
+                (Path(d) / checkpoints.CHECKPOINT_STATE).write_text(json.dumps(state))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
 
-def _fold_epochs(config, data, settings, seed: int, saved: Path | None, start_epoch: int, cache_dir: str):
+def _fold_epochs(config, data, settings, seed: int, saved: Path | None, start_epoch: int, cache_dir: str, head=None):
     """One model on one train/validation split: yields the model once it is built (or loaded from ``saved``), then
     each epoch's train and validation metrics, one epoch per ``next`` (the first also caches the features)."""
     import keras
@@ -240,7 +226,7 @@ def _fold_epochs(config, data, settings, seed: int, saved: Path | None, start_ep
 
     # ---- frozen backbone: train the head on cached features (exact; see search.features) ------------------------
     started = time.perf_counter()
-    net, extra = model, {"mixed_precision": policy or "float32"}
+    net, extra = model, {"mixed_precision": policy or "float32", "backend": keras.backend.backend()}
     if feature_cache_off_because(task, train) is None:
         from models.classifiers import backbone_digest, split_at_features
 
@@ -263,6 +249,9 @@ def _fold_epochs(config, data, settings, seed: int, saved: Path | None, start_ep
 
         (x_train, hit_train), (x_val, hit_val) = cached(x_train), cached(x_val)
         extra |= {"feature_cache_hits": hit_train + hit_val, "feature_seconds": time.perf_counter() - started}
+
+    if head is not None:  # (head arrays, state) of a head checkpoint: onto this rebuilt model
+        checkpoints.restore_head(model, net, *head)
 
     # ---- epochs: fit, validate ----------------------------------------------------------------------------------
     for epoch in range(start_epoch, train["epochs"]):

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import assert_reproduces_test_metrics, export_best, run_sweep
+from conftest import assert_reproduces_test_metrics, export_best, run_sweep, tree_state
 
 ROOT = Path(__file__).parent.parent
 
@@ -102,7 +102,7 @@ def test_tensorboard_command_serves_the_experiment_on_localhost(experiment):
         proc.wait(30)
 
 
-def test_export_then_evaluate_and_predict_in_fresh_processes(experiment, tmp_path):
+def test_export_then_evaluate_and_predict_in_fresh_processes(experiment, tmp_path, capsys):
     frame = pd.read_csv(experiment / "results.csv")
     best = frame.loc[frame["val_accuracy"].idxmax()]
     model_dir = tmp_path / "irv2"
@@ -139,6 +139,15 @@ def test_export_then_evaluate_and_predict_in_fresh_processes(experiment, tmp_pat
     model = keras.saving.load_model(model_dir / "model.keras", safe_mode=True, compile=False)
     raw = predict(model, np.stack([resize(read_rgb(p), 75) for p in table["image"]]))
     np.testing.assert_allclose(probs, apply_temperature(raw, temperature), atol=1e-5)
+
+    # `sweep evaluate --data-dir` of other data (other classes): refused in one line, the folder untouched
+    wrong = synth.write_dataset(tmp_path / "wrong", (2, 2, 2, 2), size=75, seed=6)
+    (wrong / "Original" / "Pro").rename(wrong / "Original" / "Other")
+    before = tree_state(wrong)
+    code, _, err = _cli(capsys, "evaluate", str(model_dir), "--data-dir", str(wrong))
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "Other" in err and "trained on Benign, Early, Pre, Pro" in err and "the study's dataset" in err, err
+    assert tree_state(wrong) == before
 
 
 def test_bad_requests_say_what_is_wrong_and_write_nothing(experiment, tmp_path, capsys):

@@ -64,56 +64,79 @@ def _hparams(trial_dir: Path) -> dict:
     raise AssertionError(f"no HParams in {trial_dir}")
 
 
-def test_sweep_retries_marks_divergence_logs_and_evaluates(tmp_path):
-    # lr 0.01: normal; 0.005: raises once, retried, finishes; 0.002: raises twice, failed; 0.0001: NaN loss at epoch 2
-    faults = "raise:0.005:1,raise:0.002:2,nan:0.0001:1"
+FAULTY_SWEEP = ROOT / "tests" / "scripts" / "faulty_sweep.py"  # `sweep` with test-only faults around the trainable
+
+
+def _faulty_sweep(*args, faults: dict, timeout=1500):
+    env = _env(SWEEP_TEST_FAULTS=json.dumps(faults))
+    cmd = [sys.executable, str(FAULTY_SWEEP), *map(str, args)]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def test_sweep_survives_real_faults_asha_stops_the_worse_logs_and_evaluates(tmp_path):
+    # One at a time, in this order (so ASHA's rung holds the good trial before the bad one reaches it):
+    # 1e-6 learns nothing but keeps its validation dice; 10 really blows up (NaN loss, here in epoch 1); 1.0 is clearly
+    # worse (dice 0) and reaches ASHA's rung at epoch 2 after the others; 0.002 raises on both attempts (failed, with
+    # its error; the sweep goes on). (A retried trial: tests/test_faults.py, a lost node.)
+    lrs = [1e-6, 10, 1.0, 0.002]
     storage = tmp_path / "runs"
-    # grace 2: the NaN (epoch 2) comes before ASHA's first rung could stop that trial
-    proc = _sweep(
+    spec = yaml.safe_load(Path(_spec(tmp_path, lrs, grace=2)).read_text())
+    spec["resources"]["max_concurrent_trials"] = 1
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(spec))
+    proc = _faulty_sweep(
         "run",
-        _spec(tmp_path, [0.01, 0.005, 0.002, 0.0001], grace=2),
+        tmp_path / "study.yaml",
+        "--set",
+        "data.option=1",  # a segmentation study on loading option 1 (trials once looked up option 2's data)
         "--storage",
-        str(storage),
+        storage,
         "--name",
         "e2e",
-        env=_env(SWEEP_TEST_FAULTS=faults),
+        faults={"raise": {"0.002": 2}},
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     exp = storage / "e2e"
     assert f"experiment: {exp}" in proc.stdout and "best trial per model family" in proc.stdout
 
     frame = pd.read_csv(exp / "results.csv")
-    assert sorted(frame["trial"]) == sorted(f"unet-lr{lr:g}-do0.1" for lr in (0.01, 0.005, 0.002, 0.0001))
-    status = dict(zip(frame["lr"], frame["status"]))
-    assert status[0.002] == "failed" and "injected failure 2 of 2" in frame.set_index("lr").loc[0.002, "error"]
-    assert status[0.0001] == "diverged"
-    assert status[0.01] in ("completed", "stopped") and status[0.005] in ("completed", "stopped")
-    ok = frame[frame["status"].isin(["completed", "stopped", "diverged"])]
+    assert sorted(frame["trial"]) == sorted(f"unet-lr{lr:g}-do0.1" for lr in lrs)  # each trial exactly once
+    by_lr = frame.set_index("lr")
+    status = by_lr["status"].to_dict()
+    assert status[1e-6] == "completed" and by_lr.loc[1e-6, "epochs"] == 3
+    assert status[1.0] == "stopped" and by_lr.loc[1.0, "epochs"] == 2  # ASHA: below the rung's cutoff at grace
+    assert status[10] == "diverged"  # a real NaN/inf loss: no test hook writes one any more
+    assert status[0.002] == "failed" and "injected failure 2 of 2" in by_lr.loc[0.002, "error"]
+    assert by_lr.loc[[1e-6, 10, 1.0], "retries"].eq(0).all()
+    ok = frame[frame["best_epoch"].notna()]  # every trial with a finite epoch (a diverged one may have none)
+    assert set(frame.loc[frame["status"].isin(["completed", "stopped"]), "trial"]) <= set(ok["trial"])
     for col in ("val_dice", "test_dice", "test_iou", "test_study_dice", "test_dice_per_image", "test_accuracy"):
         assert ok[col].map(np.isfinite).all(), col
-    assert (frame.loc[frame["lr"] == 0.0001, "best_epoch"] == 1).all()  # the last finite epoch, not the NaN one
+    history = pd.read_csv(next(exp.glob("unet-lr10-*/progress.csv")))
+    assert history["diverged"].tolist()[-1] and not history["diverged"].iloc[:-1].any()  # it stopped at once
+    finite = history.loc[~history["diverged"], "epoch"]  # the tables keep its last finite epoch, if it had one
+    assert by_lr.loc[10, "best_epoch"] == finite.max() if len(finite) else pd.isna(by_lr.loc[10, "best_epoch"])
 
     sweep = json.loads((exp / "sweep.json").read_text())
     assert sweep["cluster"]["nodes"] == ["127.0.0.1"]  # a real local Ray cluster, on loopback only
     assert sweep["study"]["train"]["epochs"] == 3 and sweep["versions"]["ray"].startswith("2.60")
-    assert sweep["data"]["2"]["leakage_audit"] == {"val": 0, "test": 0} and sweep["data"]["2"]["fingerprint"]
+    assert sweep["data"]["1"]["leakage_audit"] == {"val": 0, "test": 0} and sweep["data"]["1"]["fingerprint"]
 
     trial_dirs = {p.name.rsplit("-", 1)[0]: p for p in exp.iterdir() if (p / "result.json").is_file()}
-    scalars = _event_scalars(trial_dirs["unet-lr0.01-do0.1"])
-    epochs = int(frame.set_index("lr").loc[0.01, "epochs"])
+    scalars = _event_scalars(trial_dirs["unet-lr1e-06-do0.1"])
+    epochs = int(frame.set_index("lr").loc[1e-6, "epochs"])
     for tag in ("ray/tune/val_dice", "ray/tune/train_loss", "ray/tune/val_study_dice"):
         assert len(scalars[tag]) == epochs, tag
     assert all(0.0 <= v <= 1.0 for v in scalars["ray/tune/val_dice"])
-    hparams = _hparams(trial_dirs["unet-lr0.01-do0.1"])  # TensorBoard's HParams table view
-    assert hparams["model"].string_value == "unet" and hparams["lr"].number_value == pytest.approx(0.01)
+    hparams = _hparams(trial_dirs["unet-lr1e-06-do0.1"])  # TensorBoard's HParams table view
+    assert hparams["model"].string_value == "unet" and hparams["lr"].number_value == pytest.approx(1e-6)
 
     # the report, written at the end of the run: the study's table with the choice, divergence and failure marked
     report = exp / "report"
     assert f"report: {report}/report.html" in proc.stdout
     table = pd.read_csv(report / "table_unet.csv")
-    assert list(table["lr"]) == [0.01, 0.005, 0.002, 0.0001]  # the study's order: lr descending
+    assert list(table["lr"]) == sorted(lrs, reverse=True)  # the study's order: lr descending
     notes = dict(zip(table["lr"], table["note"].fillna("")))
-    assert notes[0.002] == "failed (error)" and notes[0.0001].startswith("diverged")
+    assert notes[0.002] == "failed (error)" and notes[10].startswith("diverged")
     best_lr = frame.loc[frame["val_dice"].idxmax(), "lr"]
     assert notes[best_lr] == "◀ chosen on validation"
     html = (report / "report.html").read_text()
@@ -128,7 +151,7 @@ def test_sweep_retries_marks_divergence_logs_and_evaluates(tmp_path):
         assert preds[f"unet-lr{best_lr:g}-do0.1/masks"].shape == preds["truth"].shape
 
     # a checkpoint is a real .keras file: load it in a fresh process and segment an image
-    ckpt = frame.set_index("lr").loc[0.01, "checkpoint"]
+    ckpt = frame.set_index("lr").loc[1e-6, "checkpoint"]
     code = (
         "import keras, numpy as np, sys; m = keras.saving.load_model(sys.argv[1] + '/model.keras', "
         "compile=False); print(m.predict(np.zeros((1, 32, 32, 3), 'float32'), verbose=0).shape)"
@@ -140,63 +163,83 @@ def test_sweep_retries_marks_divergence_logs_and_evaluates(tmp_path):
     assert listing.returncode == 0 and "e2e" in listing.stdout and "finished" in listing.stdout
 
 
-def _finished_trials(exp: Path, epochs: int) -> dict[str, int]:
-    """Trial folder -> number of result lines, for trials whose last result is their final epoch."""
+def _reported(exp: Path) -> dict[str, list[int]]:
+    """Trial id -> the epochs it reported, in order, from each trial's progress record on storage."""
     out = {}
     for d in exp.iterdir():
-        lines = (d / "result.json").read_text().splitlines() if (d / "result.json").is_file() else []
-        if lines and json.loads(lines[-1]).get("epoch") == epochs:
-            out[d.name] = len(lines)
+        if (d / "result.json").is_file():
+            lines = (d / "result.json").read_text().splitlines()
+            out[d.name.rsplit("-", 1)[1]] = [json.loads(x)["epoch"] for x in lines]
     return out
 
 
-def test_killed_driver_resumes_without_losing_or_recomputing(tmp_path):
-    epochs, storage = 4, tmp_path / "runs"
+def test_killed_driver_resumes_each_trial_from_its_last_epoch_and_reruns_nothing(tmp_path):
+    epochs, storage, log = 4, tmp_path / "runs", tmp_path / "log"
+    log.mkdir()
     spec = _spec(tmp_path, [0.01, 0.003, 0.001, 0.0003], epochs=epochs, grace=epochs)  # no early stopping
+    faults = json.dumps({"log": str(log), "report_delay_s": 0.5})  # record each attempt's starting epoch
     driver = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "search",
-            "run",
-            spec,
-            "--storage",
-            str(storage),
-            "--name",
-            "k",
-            "--cpus-per-trial",
-            "1",
-        ],
-        env=_env(),
+        [sys.executable, str(FAULTY_SWEEP), "run", spec, "--storage", str(storage), "--name", "k"],
+        env=_env(SWEEP_TEST_FAULTS=faults),
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
-    exp = storage / "k"
-    deadline = time.time() + 400
-    while time.time() < deadline and not _finished_trials(exp, epochs) if exp.exists() else time.time() < deadline:
+    exp, deadline = storage / "k", time.time() + 600
+    while time.time() < deadline:  # kill once a trial has finished and another is at least two epochs in
         assert driver.poll() is None, "the sweep ended before it could be killed"
-        time.sleep(0.5)
-    time.sleep(3)  # Ray Tune copies its state to storage in the background: let the copy settle, then re-read it
-    finished = _finished_trials(exp, epochs)
-    assert finished, "no trial finished in time"
+        seen = _reported(exp) if exp.is_dir() else {}
+        if any(len(e) == epochs for e in seen.values()) and any(2 <= len(e) < epochs for e in seen.values()):
+            break
+        time.sleep(0.2)
     os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray cluster it started, as in a crash
     driver.wait()
+    before = _reported(exp)
+    assert any(len(e) == epochs for e in before.values()), "no trial finished in time"
     assert not (exp / "results.csv").exists()
     listing = _sweep("ls", "--storage", str(storage))
     assert "unfinished" in listing.stdout and f"sweep resume {exp}" in listing.stdout
 
-    proc = _sweep("resume", str(exp))
+    proc = _faulty_sweep("resume", exp, faults={"log": str(log)})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     frame = pd.read_csv(exp / "results.csv")
     assert len(frame) == 4 and frame["trial"].is_unique and (frame["status"] == "completed").all()
-    for name, n_lines in finished.items():  # finished before the kill: not one more epoch was run
-        assert len((exp / name / "result.json").read_text().splitlines()) == n_lines == epochs
-    for d in exp.iterdir():  # every trial has each epoch exactly once in its TensorBoard-visible history
-        if (d / "result.json").is_file():
-            epochs_seen = [json.loads(x)["epoch"] for x in (d / "result.json").read_text().splitlines()]
-            assert sorted(set(epochs_seen)) == list(range(1, epochs + 1))
+    after = _reported(exp)
+    attempts = [json.loads(line) for line in (log / "attempts.jsonl").read_text().splitlines()]
+    for trial, seen in after.items():  # every epoch of every trial, counted
+        done = before.get(trial, [])
+        if len(done) == epochs:  # finished before the kill: not one epoch more, not restarted
+            assert seen == done and sum(a["trial_id"] == trial for a in attempts) == 1, trial
+            continue
+        # Resumed (or started) after the kill: each epoch once. At most the epoch whose result reached storage in
+        # the instant between Ray's last state snapshot and the kill is trained twice: never one more.
+        assert sorted(set(seen)) == list(range(1, epochs + 1)), (trial, seen)
+        assert len(seen) - epochs <= 1, (trial, seen)
+        if done:
+            resumed = [a for a in attempts if a["trial_id"] == trial][-1]
+            assert resumed["start_epoch"] >= len(done) - 1 >= 1, (trial, done, resumed)  # its last epoch, not 0
+    assert sum(len(e) for e in after.values()) - epochs * 4 <= sum(0 < len(e) < epochs for e in before.values())
+
+
+def test_classification_sweep_trains_heads_on_cached_features(tmp_path):
+    spec = {
+        "task": "classification",
+        "space": {"model": ["inception_resnet_v2"], "option": [2], "lr": [0.01, 0.001], "dropout": [0.2]},
+        "train": {"batch_size": 16, "epochs": 1, "weights": None},  # feature_cache: on by default
+        "data": {"image_size": 75, "synthetic_counts": [6, 8, 7, 6], "synthetic_size": 75, "balance_to": None},
+        "scheduler": {"grace_period": 1, "reduction_factor": 2},
+        "resources": {"cpus_per_trial": 1, "gpus_per_trial": 0, "max_concurrent_trials": 1},
+    }
+    (tmp_path / "cls.yaml").write_text(yaml.safe_dump(spec))
+    storage = tmp_path / "runs"
+    proc = _sweep("run", tmp_path / "cls.yaml", "--storage", storage, "--name", "cached", timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    frame = pd.read_csv(storage / "cached" / "results.csv")
+    assert len(frame) == 2 and (frame["status"] == "completed").all()
+    # The first trial computes the backbone's features of the train and val images; the second reads both.
+    assert sorted(frame["feature_cache_hits"]) == [0, 2]
+    assert frame["test_accuracy"].map(np.isfinite).all()
 
 
 def test_optuna_search_samples_distributions(tmp_path):
@@ -213,6 +256,7 @@ def test_optuna_search_samples_distributions(tmp_path):
     proc = _sweep("run", str(path), "--storage", str(tmp_path / "runs"), "--name", "tpe")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     frame = pd.read_csv(tmp_path / "runs" / "tpe" / "results.csv")
+    assert (frame["backend"] == "tensorflow").all()  # what Keras ran on, recorded by each trial
     assert len(frame) == 3 and frame["lr"].between(1e-4, 1e-2).all() and frame["dropout"].between(0, 0.3).all()
     assert frame["lr"].nunique() == 3  # sampled, not a grid
     assert frame["test_dice"].map(np.isfinite).all()

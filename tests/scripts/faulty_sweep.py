@@ -1,0 +1,86 @@
+"""`sweep ARGS...` with test-only faults wrapped around the real trainable; the product path has no hooks.
+
+The faults come from $SWEEP_TEST_FAULTS (JSON), keyed by a trial's learning rate (as written, e.g. "0.005"):
+  {"raise": {"0.005": 1}}      the first N attempts of that trial raise (Ray retries it)
+  {"report_delay_s": 0.5}      every report waits this long after it returns (a window for a test to act in)
+  {"log": "DIR"}               each attempt appends {trial_id, node, pid, start_epoch} to DIR/attempts.jsonl
+Usage: python tests/scripts/faulty_sweep.py run STUDY ... (any `sweep` command line).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+sys.path.insert(0, str(ROOT))
+
+# Read here, in the driver: the wrapper travels to the workers by value with this dict (a worker of a cluster this
+# process did not start does not see the driver's environment).
+FAULTS = json.loads(os.environ.get("SWEEP_TEST_FAULTS", "{}"))
+
+
+def _matches(config, lrs) -> bool:
+    return any(math.isclose(float(config["lr"]), float(lr)) for lr in lrs)
+
+
+def _log_attempt(folder: str, config) -> None:
+    import ray
+    from ray import tune
+
+    start = 0
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            start = json.loads((Path(d) / "state.json").read_text())["epoch"]
+    line = {
+        "trial_id": tune.get_context().get_trial_id(),
+        "lr": float(config["lr"]),
+        "node": ray.get_runtime_context().get_node_id(),
+        "pid": os.getpid(),
+        "start_epoch": start,
+    }
+    with open(Path(folder) / "attempts.jsonl", "a") as f:
+        f.write(json.dumps(line) + "\n")
+
+
+def faulty_trial(config, datasets, settings):
+    from ray import tune
+
+    from search.trial import train_trial
+
+    faults = FAULTS
+    if faults.get("log"):
+        _log_attempt(faults["log"], config)
+    for lr, times in faults.get("raise", {}).items():
+        if _matches(config, [lr]):
+            marker = Path(settings["experiment_dir"]) / f"injected-{tune.get_context().get_trial_id()}"
+            count = int(marker.read_text()) if marker.exists() else 0
+            if count < times:
+                marker.write_text(str(count + 1))
+                raise RuntimeError(f"injected failure {count + 1} of {times} (test only)")
+    report, delay = tune.report, float(faults.get("report_delay_s", 0))
+
+    def slow_report(*args, **kwargs):
+        out = report(*args, **kwargs)
+        time.sleep(delay)
+        return out
+
+    try:
+        if delay:
+            tune.report = slow_report
+        train_trial(config, datasets, settings)
+    finally:  # the worker is reused by later trials: give it back as it was
+        tune.report = report
+
+
+if __name__ == "__main__":
+    import search.runner
+    from search.cli import main
+
+    search.runner.train_trial = faulty_trial  # the runner's trainable, wrapped here in the test, not in the product
+    sys.exit(main(sys.argv[1:]))
