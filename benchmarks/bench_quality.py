@@ -25,7 +25,7 @@ def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import ray
 
-    from search.headline import outcome
+    from search.headline import lines, outcome
     from search.report import publish_report
     from search.runner import load_results, load_sweep, run_study
     from search.spec import load_study
@@ -47,7 +47,7 @@ def main() -> None:
             f"| {name} quickstart | {wall:.0f} | {o['trials']} | {o['stopped']} ({o['saved_percent']:.0f}% time saved)"
             f" | {o['winner']} | {metric} {test:.4f} | {base:.4f} | ≥ {target} in ≤ {MAX_SECONDS} s: {met} |"
         )
-        print(f"{name}: {report}/report.html", flush=True)
+        print(f"\n{name} quickstart, as `sweep run` ends:\n" + "\n".join(lines(o, f"{report}/report.html")), flush=True)
     print(f"\n{os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f} at the end, backend {args.backend}\n")
     print("| study | wall s | trials | stopped by ASHA | winner (on validation) | test | no-skill | target |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")

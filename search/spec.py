@@ -323,6 +323,10 @@ def _validate(study: Study, problems: list[str]) -> None:
         if axis in study.space and known and not any(axis in models.get(n).hyperparameters for n in known):
             takers = [n for n in models.list_models(study.task) if axis in models.get(n).hyperparameters]
             problems.append(f"space.{axis}: none of the study's models takes {axis}; {', '.join(takers)} do")
+    blocks = study.space.get("blocks", [t.blocks])
+    deepest = max((b for b in blocks if isinstance(b, int)), default=t.blocks) if isinstance(blocks, list) else 0
+    if "custom_cnn" in known and d.image_size < 2**deepest:
+        problems.append(f"data.image_size: custom_cnn with blocks={deepest} needs >= {2**deepest}, got {d.image_size}")
     for name in names if isinstance(names, list) else []:
         if name in models.list_models(study.task) and t.weights is not None:
             try:  # fail at load, not hours into a sweep; never downloads

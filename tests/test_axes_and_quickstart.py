@@ -219,3 +219,14 @@ def _hparams(trial_dir: Path) -> dict:
         if data.HasField("session_start_info"):
             return dict(data.session_start_info.hparams)
     raise AssertionError(f"no HParams in {trial_dir}")
+
+
+def test_custom_cnn_depth_must_fit_the_image(tmp_path):
+    spec = {
+        "task": "classification",
+        "space": {"model": ["custom_cnn"], "lr": [0.01], "blocks": [2, 6]},
+        "train": {"weights": None},
+        "data": {"image_size": 48},
+    }
+    with pytest.raises(SpecError, match=re.escape("data.image_size: custom_cnn with blocks=6 needs >= 64, got 48")):
+        load_study(_write(tmp_path, spec))
