@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from search import storage as store
-from search.runner import SweepError, load_results, load_sweep, study_from_dict
+from search.runner import CONFIG_KEYS, SweepError, load_results, load_sweep, study_from_dict
 from search.spec import METRIC
 from search.trial import CHECKPOINT_MODEL
 
@@ -86,7 +86,7 @@ def export_manifest(row: pd.Series, sweep: dict, metric: str, family: str | None
     )
     data = sweep["data"][option]
     size = study["data"]["image_size"]
-    hp = {k: row[k] for k in ("lr", "dropout", "option") if k in row and pd.notna(row[k])}
+    hp = {k: row[k] for k in CONFIG_KEYS if k not in ("model", "repeat") and k in row and pd.notna(row[k])}
     return {
         "task": task,
         "model": row["model"],
