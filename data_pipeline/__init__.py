@@ -1,12 +1,16 @@
-"""Find, read, check, split, balance, augment and cache blood-smear images and masks. Never imports ``search``."""
+"""Find, read, check, split, balance, augment and cache images and masks, whatever their layout and mask encoding.
+Never imports ``search``."""
 
+from data_pipeline.checks import CheckReport, check
 from data_pipeline.errors import DataError
-from data_pipeline.io import LoadedData, check, load
-from data_pipeline.layout import DatasetIndex, scan
+from data_pipeline.io import LoadedData, load
+from data_pipeline.layout import LAYOUTS, DatasetIndex, scan
 from data_pipeline.prepare import DataConfig, PreparedData, Split, prepare
 from data_pipeline.splits import SplitPlan, leakage_audit, plan_splits
 
 __all__ = [
+    "LAYOUTS",
+    "CheckReport",
     "DataConfig",
     "DataError",
     "DatasetIndex",

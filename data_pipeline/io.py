@@ -1,7 +1,8 @@
 """Decode images and masks with OpenCV, in parallel, with an on-disk cache of the decoded arrays.
 
-The cache key is a fingerprint of the file list, sizes, modification times and every preprocessing parameter, so
-a changed, added or removed file (or another image size or mask threshold) is a cache miss. Cache entries live
+The cache key is a fingerprint of the layout, the file list, sizes, modification times and every preprocessing
+parameter (the mask rule included), so a changed, added or removed file (or another image size, layout or mask rule)
+is a cache miss. Cache entries live
 under the cache folder (``$SWEEP_CACHE_DIR`` or ``~/.cache/leukemia-sweep``), never in the user's data folder.
 """
 
@@ -19,11 +20,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from data_pipeline import masks as mask_rules
 from data_pipeline.errors import DataError
 from data_pipeline.layout import DatasetIndex
 
 ON_BAD_IMAGE = ("skip", "fail")
-_CACHE_VERSION = 2
+_CACHE_VERSION = 3
 
 
 class BadImageError(DataError):
@@ -38,22 +40,22 @@ def _read_bytes(path: Path) -> bytes:
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise BadImageError(f"{path}: cannot be read ({exc.strerror})") from exc
+        raise BadImageError(f"{path}: cannot be read ({exc.strerror})", path) from exc
     if not data:
-        raise BadImageError(f"{path}: empty file")
+        raise BadImageError(f"{path}: empty file", path)
     suffix = path.suffix.lower()
     # OpenCV decodes a truncated JPEG or PNG into a partly grey image with only a warning: check the end markers.
     if suffix in (".jpg", ".jpeg") and data.rfind(b"\xff\xd9", max(0, len(data) - 1024)) < 0:
-        raise BadImageError(f"{path}: truncated JPEG (no end-of-image marker)")
+        raise BadImageError(f"{path}: truncated JPEG (no end-of-image marker)", path)
     if suffix == ".png" and b"IEND" not in data[-32:]:
-        raise BadImageError(f"{path}: truncated PNG (no IEND chunk)")
+        raise BadImageError(f"{path}: truncated PNG (no IEND chunk)", path)
     return data
 
 
-def _decode(path: Path, flags: int) -> np.ndarray:
+def decode(path: Path, flags: int) -> np.ndarray:
     img = cv2.imdecode(np.frombuffer(_read_bytes(path), np.uint8), flags)
     if img is None:
-        raise BadImageError(f"{path}: not a decodable image")
+        raise BadImageError(f"{path}: not a decodable image", path)
     return img
 
 
@@ -69,27 +71,53 @@ def resize(img: np.ndarray, size: int, nearest: bool = False) -> np.ndarray:
 
 
 def read_rgb(path: str | Path, size: int | None = None) -> np.ndarray:
-    """An image as uint8 RGB (grey, RGBA and 16-bit files converted), resized to size×size when given."""
-    img = cv2.cvtColor(_decode(Path(path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    """An image as uint8 RGB (grey, RGBA and 16-bit files converted), resized to size×size when given.
+    Its stored pixels: an EXIF orientation tag is ignored, as Keras and PIL do, so a mask lines up with its image."""
+    img = cv2.cvtColor(decode(Path(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION), cv2.COLOR_BGR2RGB)
     return img if size is None else resize(img, size)
 
 
-def mask_from_segmented(gray: np.ndarray, threshold: int) -> np.ndarray:
-    """The study's binary mask: grey level > threshold -> 1, else 0 (uint8)."""
-    return (gray > threshold).astype(np.uint8)
+def read_mask(paths: tuple[Path, ...], rule: str, shape: tuple[int, int], image: Path) -> np.ndarray:
+    """The binary mask (uint8 {0, 1}, HxW) of one image: each of its mask files by ``rule``, merged (union)."""
+    out = np.zeros(shape, np.uint8)
+    for path in paths:
+        value = mask_rules.intensity(decode(path, cv2.IMREAD_UNCHANGED))
+        if value.shape != shape:
+            raise DataError(
+                f"mask {path} is {value.shape[1]}×{value.shape[0]} but its image {image} is "
+                f"{shape[1]}×{shape[0]}; a mask must match its image pixel for pixel. Fix or remove the pair.",
+                path,
+            )
+        out |= mask_rules.binarize(value, rule)
+    return out
 
 
-def _read_pair(image: Path, mask: Path | None, size: int, threshold: int) -> tuple[np.ndarray, np.ndarray | None]:
-    rgb = cv2.cvtColor(_decode(image, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-    if mask is None:
+def resolve_mask_rule(index: DatasetIndex, rule: str) -> str | None:
+    """The rule to apply: ``rule`` itself, or for ``auto`` the one ``masks.decide`` picks from a sample of masks
+    spread evenly over the dataset (so the whole dataset gets one rule). None for classification."""
+    if index.masks is None:
+        return None
+    problem = mask_rules.rule_problem(rule)
+    if problem:
+        raise DataError(f"mask_rule: {problem}")
+    if rule != "auto":
+        return rule
+    picks = np.unique(np.linspace(0, len(index) - 1, min(len(index), mask_rules.AUTO_SAMPLE)).round().astype(int))
+    hist = np.zeros(256, np.int64)
+    for i in picks:
+        for path in index.masks[i]:
+            try:
+                hist += mask_rules.histogram(mask_rules.intensity(decode(path, cv2.IMREAD_UNCHANGED)))
+            except BadImageError:
+                continue  # reported where the images are loaded or checked
+    return mask_rules.decide(hist)
+
+
+def _read_pair(image: Path, masks: tuple[Path, ...] | None, size: int, rule: str | None):
+    rgb = read_rgb(image)
+    if masks is None:
         return resize(rgb, size), None
-    gray = _decode(mask, cv2.IMREAD_GRAYSCALE)
-    if gray.shape[:2] != rgb.shape[:2]:
-        raise DataError(
-            f"mask {mask} is {gray.shape[1]}×{gray.shape[0]} but its image {image} is "
-            f"{rgb.shape[1]}×{rgb.shape[0]}; a mask must match its image pixel for pixel. Fix or remove the pair."
-        )
-    return resize(rgb, size), resize(mask_from_segmented(gray, threshold), size, nearest=True)
+    return resize(rgb, size), resize(read_mask(masks, rule, rgb.shape[:2], image), size, nearest=True)
 
 
 @dataclass(frozen=True)
@@ -100,18 +128,28 @@ class LoadedData:
     images: np.ndarray  # (N, S, S, 3) uint8 RGB
     labels: np.ndarray  # (N,) int32
     masks: np.ndarray | None  # (N, S, S) uint8 in {0, 1}
-    names: tuple[str, ...]  # "class/file" relative to Original/
+    names: tuple[str, ...]  # as the index names them (e.g. "class/file" relative to Original/)
     skipped: tuple[tuple[str, str], ...]  # (name, reason)
     fingerprint: str
     from_cache: bool = False
+    layout: str = ""
+    mask_rule: str | None = None  # the rule applied (auto resolved); None for classification
+
+
+def _shown(path: Path, root: Path) -> str:
+    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
 
 
 def fingerprint(index: DatasetIndex, **params: object) -> str:
-    """A hash of the file list, sizes, mtimes (images and masks) and the preprocessing parameters."""
-    h = hashlib.sha256(json.dumps({"v": _CACHE_VERSION, "classes": index.classes, **params}, sort_keys=True).encode())
-    for path in index.images + (index.masks or ()):
-        st = path.stat()
-        h.update(f"{path.relative_to(index.root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    """A hash of the layout, classes, file list (with each image's label and masks), sizes, mtimes and the
+    preprocessing parameters."""
+    head = {"v": _CACHE_VERSION, "layout": index.layout, "classes": index.classes, **params}
+    h = hashlib.sha256(json.dumps(head, sort_keys=True).encode())
+    for i, path in enumerate(index.images):
+        for p in (path, *(index.masks[i] if index.masks else ())):
+            st = p.stat()
+            h.update(f"{index.labels[i]}\0{_shown(p, index.root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        h.update(b"\1")
     return h.hexdigest()[:24]
 
 
@@ -119,7 +157,7 @@ def load(
     index: DatasetIndex,
     image_size: int,
     *,
-    mask_threshold: int = 128,
+    mask_rule: str = "auto",
     on_bad_image: str = "skip",
     cache_dir: str | Path | None = None,
     use_cache: bool = True,
@@ -127,30 +165,32 @@ def load(
 ) -> LoadedData:
     """Decode every image of ``index`` at image_size×image_size (and its mask), through the on-disk cache.
 
+    mask_rule: see ``data_pipeline.masks`` (``auto`` decides once per dataset; the decision is in ``mask_rule``).
     on_bad_image: "skip" leaves unreadable or truncated files out and lists them in ``skipped``; "fail" raises a
     DataError naming every one of them.
     """
     if on_bad_image not in ON_BAD_IMAGE:
         raise DataError(f"on_bad_image must be one of {', '.join(ON_BAD_IMAGE)}, not {on_bad_image!r}")
-    if not 0 <= mask_threshold < 255:
-        raise DataError(f"mask_threshold must be in [0, 254], not {mask_threshold}")
-    fp = fingerprint(index, size=image_size, threshold=mask_threshold, masks=index.masks is not None)
+    problem = mask_rules.rule_problem(mask_rule)
+    if problem:
+        raise DataError(f"mask_rule: {problem}")
+    rule = mask_rule if index.masks is not None else None
+    fp = fingerprint(index, size=image_size, mask_rule=rule, masks=index.masks is not None)
     entry = Path(cache_dir or default_cache_dir()) / "decoded" / fp
     if use_cache and (entry / "meta.json").is_file():
         return _read_cache(entry, index, fp)
-    data = _decode_all(index, image_size, mask_threshold, on_bad_image, fp, workers)
+    data = _decode_all(index, image_size, resolve_mask_rule(index, mask_rule), on_bad_image, fp, workers)
     if use_cache:
         _write_cache(entry, data)
     return data
 
 
-def _decode_all(index, size, threshold, on_bad_image, fp, workers) -> LoadedData:
-    originals = index.root / "Original"
+def _decode_all(index, size, rule, on_bad_image, fp, workers) -> LoadedData:
     masks = index.masks or (None,) * len(index)
 
     def work(i: int):
         try:
-            return _read_pair(index.images[i], masks[i], size, threshold)
+            return _read_pair(index.images[i], masks[i], size, rule)
         except BadImageError as exc:
             return exc
 
@@ -165,8 +205,8 @@ def _decode_all(index, size, threshold, on_bad_image, fp, workers) -> LoadedData
         )
     keep = [i for i, r in enumerate(results) if not isinstance(r, BadImageError)]
     if len(keep) == 0:
-        raise DataError(f"none of the {len(index)} images under {originals} could be decoded")
-    names = tuple(str(p.relative_to(originals)) for p in index.images)
+        raise DataError(f"none of the {len(index)} images under {index.root} could be decoded")
+    names = index.names
     return LoadedData(
         classes=index.classes,
         images=np.stack([results[i][0] for i in keep]),
@@ -175,6 +215,8 @@ def _decode_all(index, size, threshold, on_bad_image, fp, workers) -> LoadedData
         names=tuple(names[i] for i in keep),
         skipped=tuple((names[i], str(r)) for i, r in bad),
         fingerprint=fp,
+        layout=index.layout,
+        mask_rule=rule,
     )
 
 
@@ -191,6 +233,8 @@ def _write_cache(entry: Path, data: LoadedData) -> None:
             "names": data.names,
             "skipped": data.skipped,
             "mask_width": None if data.masks is None else data.masks.shape[-1],
+            "layout": data.layout,
+            "mask_rule": data.mask_rule,
         }
         (tmp / "meta.json").write_text(json.dumps(meta))
         os.replace(tmp, entry)  # atomic: a reader sees a whole entry or none
@@ -212,44 +256,6 @@ def _read_cache(entry: Path, index: DatasetIndex, fp: str) -> LoadedData:
         skipped=tuple(tuple(s) for s in meta["skipped"]),
         fingerprint=fp,
         from_cache=True,
+        layout=meta["layout"],
+        mask_rule=meta["mask_rule"],
     )
-
-
-@dataclass(frozen=True)
-class CheckReport:
-    """What ``sweep data check`` prints: counts, original sizes and every problem found."""
-
-    counts: dict[str, int]
-    sizes: dict[str, int]  # "WxH" -> number of images
-    problems: tuple[str, ...]
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-
-def check(index: DatasetIndex, workers: int | None = None) -> CheckReport:
-    """Decode every image (and mask) once, without the cache, and report sizes and problems."""
-    masks = index.masks or (None,) * len(index)
-
-    def work(i: int) -> tuple[str | None, str | None]:
-        try:
-            img = _decode(index.images[i], cv2.IMREAD_COLOR)
-            if masks[i] is not None:
-                gray = _decode(masks[i], cv2.IMREAD_GRAYSCALE)
-                if gray.shape[:2] != img.shape[:2]:
-                    return None, (
-                        f"mask {masks[i]} is {gray.shape[1]}x{gray.shape[0]}, "
-                        f"its image is {img.shape[1]}x{img.shape[0]}"
-                    )
-            return f"{img.shape[1]}x{img.shape[0]}", None
-        except BadImageError as exc:
-            return None, str(exc)
-
-    with ThreadPoolExecutor(max_workers=workers or min(32, (os.cpu_count() or 1) + 2)) as pool:
-        results = list(pool.map(work, range(len(index))))
-    sizes: dict[str, int] = {}
-    for size, _ in results:
-        if size is not None:
-            sizes[size] = sizes.get(size, 0) + 1
-    return CheckReport(index.counts(), sizes, tuple(p for _, p in results if p is not None))

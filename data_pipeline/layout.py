@@ -1,13 +1,26 @@
-"""Find the images (and masks) of a dataset in the Kaggle "Leukemia" layout.
+"""Find the images (and masks) of a dataset in whichever layout it ships.
 
-    ROOT/Original/<class>/<image>       one folder per class; the folder name is the class name
-    ROOT/Segmented/<class>/<image>      same file names; needed for segmentation only
+Layouts (``data.layout``; ``auto`` recognises them in this order):
+  csv                 a CSV manifest (``--data-dir file.csv`` or ROOT/manifest.csv) with columns ``image`` and
+                      ``label`` and/or ``mask``; paths relative to the CSV's folder (or absolute)
+  original_segmented  ROOT/Original/[<class>/]<image> and ROOT/Segmented/[<class>/]<mask> (the Kaggle ALL set)
+  images_masks        ROOT/images/[<class>/]<image> and ROOT/masks/[<class>/]<mask>; also image/ + mask/,
+                      imgs/ + labels/, or one folder named like images (image, img, input) and one named like masks
+                      (mask, groundtruth, label, segmentation), as ISIC 2018 ships (Kvasir-SEG, ISIC)
+  class_folders       ROOT/<class>/**/<image> (Keras' image_dataset_from_directory), masks beside their images as
+                      <stem>_mask.png (BUSI, LGG brain MRI); images directly in ROOT make one class
 
-Classes are the sorted folder names, kept exactly as written. Nothing under ROOT is ever written.
+A mask belongs to the image with the same folder and stem, with or without a mask suffix (``_mask``, ``-mask``,
+``_segmentation``, any letter case) and a copy number (BUSI's ``x_mask_1``); several masks of one image are merged.
+Any image extension on either side. Classes are the sorted first-level folder names, kept exactly as written; a
+dataset without class folders has the one class ``all`` (enough for segmentation). Nothing under ROOT is written.
 """
 
 from __future__ import annotations
 
+import os
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,18 +29,28 @@ from data_pipeline.errors import DataError
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"})
 ORIGINAL_DIR = "Original"
 SEGMENTED_DIR = "Segmented"
+MANIFEST = "manifest.csv"
 TASKS = ("classification", "segmentation")
+ONE_CLASS = "all"  # the class of a dataset without class folders
+FOLDER_PAIRS = (("images", "masks"), ("image", "mask"), ("imgs", "labels"))
+_IMAGE_WORDS = ("image", "img", "input")
+_MASK_WORDS = ("mask", "groundtruth", "ground_truth", "label", "segmentation")
+IGNORED_DIRS = frozenset({"__macosx"})  # zip debris from macOS: ._x.jpg files that are not images
+_MASK_NAME = re.compile(r"^(?P<stem>.+?)(?P<suffix>[_-](?:mask|segmentation)(?:_\d+)?)?$", re.IGNORECASE)
+_SHOWN = 8  # problems listed in one error message
 
 
 @dataclass(frozen=True)
 class DatasetIndex:
-    """Every usable image of a dataset, sorted by class then file name."""
+    """Every usable image of a dataset, sorted by class then path, with its masks (segmentation)."""
 
-    root: Path
+    root: Path  # the folder that holds the dataset (the CSV's folder for a manifest): never written
     classes: tuple[str, ...]
     images: tuple[Path, ...]
     labels: tuple[int, ...]
-    masks: tuple[Path, ...] | None  # parallel to images; None for classification
+    masks: tuple[tuple[Path, ...], ...] | None  # parallel to images (one or more each); None for classification
+    names: tuple[str, ...] = ()  # each image as the dataset names it: relative to its images folder, or as in the CSV
+    layout: str = "original_segmented"
 
     def __len__(self) -> int:
         return len(self.images)
@@ -35,60 +58,426 @@ class DatasetIndex:
     def counts(self) -> dict[str, int]:
         return {c: self.labels.count(i) for i, c in enumerate(self.classes)}
 
+    @property
+    def task(self) -> str:
+        return "classification" if self.masks is None else "segmentation"
+
+
+@dataclass(frozen=True)
+class _Found:
+    """What a layout reader found: images (with class and name), their masks when the layout has them."""
+
+    root: Path
+    images: list[tuple[str, str, Path]]  # (class or "", name, path)
+    masks: list[tuple[Path, ...]] | None
+    where: str  # the folder a user should look into, for messages
+
+
+@dataclass(frozen=True)
+class Layout:
+    name: str
+    pattern: str  # shown in messages and the README
+    detect: Callable[[Path], bool]
+    read: Callable[[Path, bool], _Found]  # (root, want_masks)
+
 
 def _is_image(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".") and path.is_file()
 
 
-def scan(root: str | Path, task: str = "classification") -> DatasetIndex:
-    """Index ROOT; raise DataError naming the path and the fix for any layout problem."""
-    if task not in TASKS:
-        raise DataError(f"task must be one of {', '.join(TASKS)}, not {task!r}")
-    root = Path(root).expanduser().resolve()
-    if not root.is_dir():
-        raise DataError(f"data folder {root} does not exist. Pass the folder that holds Original/ (and Segmented/).")
-    original = root / ORIGINAL_DIR
-    if not original.is_dir():
-        found = ", ".join(sorted(p.name for p in root.iterdir() if p.is_dir())[:8]) or "no folders"
-        raise DataError(
-            f"{original} is missing (found: {found}). Expected ROOT/{ORIGINAL_DIR}/<class>/<image>; "
-            f"for the Kaggle set, point --data-dir at the folder that contains '{ORIGINAL_DIR}'."
-        )
-    classes = tuple(sorted(p.name for p in original.iterdir() if p.is_dir() and not p.name.startswith(".")))
-    if len(classes) < 2:
-        raise DataError(
-            f"{original} has {len(classes)} class folder(s) ({', '.join(classes) or 'none'}); "
-            "a classifier needs at least 2: put each class's images in its own sub-folder."
-        )
-    images: list[Path] = []
-    labels: list[int] = []
-    for label, name in enumerate(classes):
-        files = sorted(p for p in (original / name).iterdir() if _is_image(p))
-        if not files:
+def _visible_dirs(folder: Path) -> list[Path]:
+    return sorted(
+        p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name.lower() not in IGNORED_DIRS
+    )
+
+
+def _child(folder: Path, name: str) -> Path | None:
+    """The sub-folder called ``name`` in any letter case."""
+    return next((p for p in _visible_dirs(folder) if p.name.lower() == name.lower()), None)
+
+
+def _walk(folder: Path) -> list[Path]:
+    """Every image under folder, recursively, in sorted order, skipping hidden files and zip debris."""
+    out = []
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith(".") or entry.name.lower() in IGNORED_DIRS:
+            continue
+        if entry.is_dir():
+            out += _walk(entry)
+        elif _is_image(entry):
+            out.append(entry)
+    return out
+
+
+def _raise(problems: list[tuple[Path, str]], what: str, fix: str) -> None:
+    """One DataError for every problem found: one line for one problem, a list (first few shown) for several."""
+    if len(problems) == 1:
+        raise DataError(f"{problems[0][0]}: {problems[0][1]}. {fix}", problems[0][0])
+    if problems:
+        shown = "\n  ".join(f"{p}: {why}" for p, why in problems[:_SHOWN])
+        more = f"\n  ... and {len(problems) - _SHOWN} more" if len(problems) > _SHOWN else ""
+        raise DataError(f"{len(problems)} {what}:\n  {shown}{more}\n{fix}", problems[0][0])
+
+
+def _duplicates(files: list[Path], key) -> list[tuple[Path, str]]:
+    """Files that share a key (folder and stem): which one is meant is ambiguous."""
+    seen: dict[object, Path] = {}
+    out = []
+    for f in files:
+        k = key(f)
+        if k in seen:
+            out.append((f, f"same stem as {seen[k]}; keep one of them"))
+        else:
+            seen[k] = f
+    return out
+
+
+def _classed(folder: Path, files: list[Path]) -> list[tuple[str, str, Path]]:
+    """(class, name, path): the class is the first folder level under ``folder``, "" for files directly in it.
+    A class folder without images is an error (a class the user expects would silently vanish)."""
+    used = {f.relative_to(folder).parts[0] for f in files}
+    for sub in _visible_dirs(folder):
+        if sub.name not in used:
             raise DataError(
-                f"class folder {original / name} holds no images "
-                f"({', '.join(sorted(IMAGE_EXTENSIONS))}); add images or remove the folder."
+                f"class folder {sub} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))}); add images or remove "
+                "the folder."
             )
-        images += files
-        labels += [label] * len(files)
-    masks = _pair_masks(root, original, images) if task == "segmentation" else None
-    return DatasetIndex(root, classes, tuple(images), tuple(labels), masks)
+    out = []
+    for f in files:
+        rel = f.relative_to(folder)
+        out.append((rel.parts[0] if len(rel.parts) > 1 else "", rel.as_posix(), f))
+    return out
 
 
-def _pair_masks(root: Path, original: Path, images: list[Path]) -> tuple[Path, ...]:
-    segmented = root / SEGMENTED_DIR
-    if not segmented.is_dir():
+def pair_masks(
+    images: list[Path], image_dir: Path, masks: list[Path], mask_dir: Path
+) -> tuple[list[tuple[Path, ...]], list[tuple[Path, str]]]:
+    """Masks (in mask_dir) for images (in image_dir): same relative folder and stem, mask suffix optional.
+
+    Returns the masks of each image and the problems: images without a mask, masks without an image, masks that are
+    the same file under two extensions. Pure path logic: nothing is read."""
+    problems = _duplicates(masks, lambda m: (m.parent, m.stem))
+    stems = {(i.parent.relative_to(image_dir), i.stem) for i in images}
+    by_key: dict[tuple[Path, str], list[Path]] = {}
+    for m in masks:
+        rel = m.parent.relative_to(mask_dir)
+        key = (rel, m.stem) if (rel, m.stem) in stems else (rel, _MASK_NAME.match(m.stem)["stem"])
+        if key in stems:
+            by_key.setdefault(key, []).append(m)
+        else:
+            problems.append((m, f"mask without an image (no {key[1]}.* in {image_dir / rel})"))
+    out = []
+    for i in images:
+        rel = i.parent.relative_to(image_dir)
+        found = tuple(sorted(set(by_key.get((rel, i.stem), []))))
+        if not found:
+            problems.append((i, f"image without a mask (expected {mask_dir / rel / i.name}, or {i.stem}_mask.* there)"))
+        out.append(found)
+    return out, problems
+
+
+# ---- the layouts ---------------------------------------------------------------------------------------------------
+
+
+def _detect_original(root: Path) -> bool:
+    return root.is_dir() and (_child(root, ORIGINAL_DIR) or _child(root, SEGMENTED_DIR)) is not None
+
+
+def _read_original(root: Path, want_masks: bool) -> _Found:
+    original = _child(root, ORIGINAL_DIR)
+    if original is None:
+        found = ", ".join(p.name for p in _visible_dirs(root)[:8]) or "no folders"
         raise DataError(
-            f"{segmented} is missing: segmentation needs a mask image for every image, "
-            f"at ROOT/{SEGMENTED_DIR}/<class>/<same file name>."
+            f"{root / ORIGINAL_DIR} is missing (found: {found}). Layout original_segmented: "
+            f"{LAYOUTS['original_segmented'].pattern}; point --data-dir at the folder that contains '{ORIGINAL_DIR}'."
         )
-    masks = [segmented / img.relative_to(original) for img in images]
-    missing = [m for m in masks if not m.is_file()]
+    files = _walk(original)
+    _raise(
+        _duplicates(files, lambda f: (f.parent, f.stem)), "files share a stem with another", "Keep one file per image."
+    )
+    masks = None
+    if want_masks:
+        segmented = _child(root, SEGMENTED_DIR)
+        if segmented is None:
+            raise DataError(
+                f"{root / SEGMENTED_DIR} is missing: segmentation needs a mask image for every image, "
+                f"at ROOT/{SEGMENTED_DIR}/<class>/<same file name>."
+            )
+        masks, problems = pair_masks(files, original, _walk(segmented), segmented)
+        _raise(
+            problems,
+            "image/mask problem(s)",
+            "Add the missing files or remove the unmatched ones; classification needs no masks.",
+        )
+    return _Found(root, _classed(original, files), masks, str(original))
+
+
+def _folder_pair(root: Path) -> tuple[Path, Path] | None:
+    """The images and masks folders: a pair of FOLDER_PAIRS, else the one folder named like images (image, img,
+    input) and the one named like masks (mask, groundtruth, label, segmentation), as ISIC 2018 names them."""
+    if not root.is_dir():
+        return None
+    for img_name, mask_name in FOLDER_PAIRS:
+        images, masks = _child(root, img_name), _child(root, mask_name)
+        if images is not None and masks is not None:
+            return images, masks
+    dirs = _visible_dirs(root)
+    masks = [d for d in dirs if any(w in d.name.lower() for w in _MASK_WORDS)]
+    images = [d for d in dirs if d not in masks and any(w in d.name.lower() for w in _IMAGE_WORDS)]
+    return (images[0], masks[0]) if len(images) == len(masks) == 1 else None
+
+
+def _read_images_masks(root: Path, want_masks: bool) -> _Found:
+    pair = _folder_pair(root)
+    if pair is None:
+        names = ", ".join(f"{a}/ + {b}/" for a, b in FOLDER_PAIRS)
+        raise DataError(f"{root} has no images and masks folders (layout images_masks: one of {names})")
+    images_dir, masks_dir = pair
+    files = _walk(images_dir)
+    _raise(
+        _duplicates(files, lambda f: (f.parent, f.stem)), "files share a stem with another", "Keep one file per image."
+    )
+    masks, problems = pair_masks(files, images_dir, _walk(masks_dir), masks_dir)
+    if want_masks:
+        _raise(problems, "image/mask problem(s)", "Add the missing files or remove the unmatched ones.")
+    return _Found(root, _classed(images_dir, files), masks if want_masks else None, str(images_dir))
+
+
+def _detect_class_folders(root: Path) -> bool:
+    return root.is_dir() and bool(_walk(root))
+
+
+def _is_mask_beside(path: Path, stems: set[tuple[Path, str]]) -> bool:
+    """A file named like a mask (x_mask.png) whose image (x.*) is in the same folder."""
+    match = _MASK_NAME.match(path.stem)
+    return match["suffix"] is not None and (path.parent, match["stem"]) in stems
+
+
+def _read_class_folders(root: Path, want_masks: bool) -> _Found:
+    files = _walk(root)
+    stems = {(f.parent, f.stem) for f in files}
+    masks_beside = [f for f in files if _is_mask_beside(f, stems)]
+    mask_set = set(masks_beside)
+    images = [f for f in files if f not in mask_set]
+    _raise(
+        _duplicates(images, lambda f: (f.parent, f.stem)), "files share a stem with another", "Keep one file per image."
+    )
+    masks = None
+    if want_masks:
+        masks = []
+        problems = _duplicates(masks_beside, lambda m: (m.parent, m.stem))
+        by_key: dict[tuple[Path, str], list[Path]] = {}
+        for m in masks_beside:
+            by_key.setdefault((m.parent, _MASK_NAME.match(m.stem)["stem"]), []).append(m)
+        for i in images:
+            found = tuple(by_key.get((i.parent, i.stem), ()))
+            if not found:
+                match = _MASK_NAME.match(i.stem)
+                if match["suffix"]:
+                    problems.append((i, f"mask without an image (no {match['stem']}.* beside it)"))
+                else:
+                    problems.append((i, f"image without a mask (expected {i.parent / i.stem}_mask.* beside it)"))
+            masks.append(found)
+        if not masks_beside:
+            hint = _single_folder_hint(root)
+            raise DataError(
+                f"{root}: no masks found beside the images (layout class_folders expects <stem>_mask.png next to "
+                f"<stem>.png); segmentation needs masks. Accepted layouts:\n{_accepted()}{hint}"
+            )
+        _raise(problems, "image/mask problem(s)", "Add the missing files or remove the unmatched ones.")
+    return _Found(root, _classed(root, images), masks, str(root))
+
+
+def manifest_path(root: Path) -> Path | None:
+    """The CSV manifest of a data path: the path itself (a .csv file) or ROOT/manifest.csv."""
+    if root.is_file() and root.suffix.lower() == ".csv":
+        return root
+    if root.is_dir() and (root / MANIFEST).is_file():
+        return root / MANIFEST
+    return None
+
+
+def _detect_csv(root: Path) -> bool:
+    return manifest_path(root) is not None
+
+
+def _read_csv(root: Path, want_masks: bool) -> _Found:
+    import pandas as pd
+
+    csv = manifest_path(root)
+    if csv is None:
+        raise DataError(f"{root} is not a CSV file and holds no {MANIFEST} (layout csv)")
+    folder = csv.parent.resolve()
+    try:
+        frame = pd.read_csv(csv, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except pd.errors.EmptyDataError:
+        raise DataError(
+            f"{csv} is empty: a manifest needs a header (image, label and/or mask) and one row per image"
+        ) from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise DataError(f"{csv} is not a readable CSV file ({str(exc).splitlines()[0]})") from None
+    frame.columns = [str(c).strip().lower() for c in frame.columns]
+    need = ["image", "mask" if want_masks else "label"]
+    missing = [c for c in need if c not in frame.columns]
     if missing:
-        shown = "\n  ".join(str(m) for m in missing[:5])
-        more = f"\n  ... and {len(missing) - 5} more" if len(missing) > 5 else ""
         raise DataError(
-            f"{len(missing)} image(s) have no mask; expected:\n  {shown}{more}\n"
-            f"Add the masks, or run the classification task, which needs none."
+            f"{csv} has no column {', '.join(missing)} (columns: {', '.join(frame.columns)}); a manifest has "
+            "columns image, and label (classification) and/or mask (segmentation)"
         )
-    return tuple(masks)
+    if frame.empty:
+        raise DataError(f"{csv} has a header but no rows: list one image per row")
+    problems: list[tuple[Path, str]] = []
+
+    def resolve(value: str, row: int, column: str) -> Path:
+        raw = Path(value.strip()).expanduser()
+        # Lexically, not through symlinks: "../x" escapes the folder; a linked sub-folder of the user's is fine.
+        path = raw if raw.is_absolute() else Path(os.path.normpath(folder / raw))
+        if not value.strip():
+            problems.append((csv, f"row {row}: empty {column}"))
+        elif not raw.is_absolute() and not path.is_relative_to(folder):
+            problems.append(
+                (
+                    path,
+                    f"row {row}: {column} {value!r} resolves outside {folder}; paths in a manifest "
+                    "stay inside its folder (or are absolute)",
+                )
+            )
+        elif not path.is_file():
+            problems.append((path, f"row {row}: {column} file does not exist"))
+        return path
+
+    images, masks, seen = [], [], {}
+    for i, row in enumerate(frame.to_dict("records"), start=2):
+        path = resolve(row["image"], i, "image")
+        if path in seen:
+            problems.append((path, f"row {i}: listed twice (also row {seen[path]})"))
+        seen[path] = i
+        label = str(row.get("label", "")).strip() if "label" in frame.columns else ""
+        images.append((label, row["image"].strip(), path))
+        if want_masks:
+            masks.append((resolve(row["mask"], i, "mask"),))
+    _raise(problems, f"problem(s) in manifest {csv}", f"Fix the rows of {csv} (paths are relative to its folder).")
+    if "label" in frame.columns and any(not label for label, _, _ in images):
+        raise DataError(f"{csv}: some rows have an empty label; give every row a label, or drop the column")
+    return _Found(folder, images, masks if want_masks else None, str(csv))
+
+
+LAYOUTS: dict[str, Layout] = {
+    layout.name: layout
+    for layout in (
+        Layout("csv", "FILE.csv or ROOT/manifest.csv with columns image, label and/or mask", _detect_csv, _read_csv),
+        Layout(
+            "original_segmented",
+            "ROOT/Original/[<class>/]<image> + ROOT/Segmented/[<class>/]<mask>",
+            _detect_original,
+            _read_original,
+        ),
+        Layout(
+            "images_masks",
+            "ROOT/images/[<class>/]<image> + ROOT/masks/[<class>/]<mask> (or image/+mask/, imgs/+labels/, "
+            "*Input/+*GroundTruth/)",
+            lambda root: _folder_pair(root) is not None,
+            _read_images_masks,
+        ),
+        Layout(
+            "class_folders",
+            "ROOT/<class>/<image> (masks beside images as <stem>_mask.png)",
+            _detect_class_folders,
+            _read_class_folders,
+        ),
+    )
+}
+
+
+def _accepted() -> str:
+    return "\n".join(f"  {name}: {layout.pattern}" for name, layout in LAYOUTS.items())
+
+
+def _single_folder_hint(root: Path) -> str:
+    dirs = _visible_dirs(root) if root.is_dir() else []
+    if len(dirs) == 1 and not [f for f in root.iterdir() if _is_image(f)]:
+        return f"\n{root} holds one folder, {dirs[0].name}: if the dataset is in there, pass --data-dir {dirs[0]}"
+    return ""
+
+
+def detect(root: Path) -> str:
+    """The layout ROOT is in, or a DataError listing what was found and the layouts accepted."""
+    for name, layout in LAYOUTS.items():
+        if layout.detect(root):
+            return name
+    found = "nothing"
+    if root.is_dir():
+        entries = [p for p in root.iterdir() if not p.name.startswith(".")]
+        dirs = [p.name + "/" for p in entries if p.is_dir()]
+        files = [p.name for p in entries if p.is_file()]
+        found = ", ".join(sorted(dirs)[:8] + sorted(files)[:8]) or "an empty folder"
+    raise DataError(
+        f"{root}: no dataset layout recognised (found: {found}). Accepted layouts (data.layout):\n{_accepted()}"
+        f"{_single_folder_hint(root)}"
+    )
+
+
+def scan(root: str | Path, task: str = "classification", layout: str = "auto") -> DatasetIndex:
+    """Index ROOT (a folder, or a CSV manifest); raise DataError naming the path and the fix for any problem.
+
+    ``task`` "auto": segmentation when the dataset has masks, classification otherwise.
+    """
+    if task not in (*TASKS, "auto"):
+        raise DataError(f"task must be one of {', '.join(TASKS)} or auto, not {task!r}")
+    if layout != "auto" and layout not in LAYOUTS:
+        raise DataError(f"layout {layout!r} is not auto or one of: {', '.join(LAYOUTS)}")
+    root = Path(root).expanduser().resolve()
+    if not root.exists():
+        raise DataError(f"data folder {root} does not exist. Pass the folder that holds the dataset (or its CSV).")
+    name = detect(root) if layout == "auto" else layout
+    if task == "auto":
+        task = "segmentation" if _has_masks(root, name) else "classification"
+    found = LAYOUTS[name].read(root, task == "segmentation")
+    if not found.images:
+        raise DataError(f"{found.where} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))}); layout {name}")
+    return _index(found, task, name)
+
+
+def _has_masks(root: Path, layout: str) -> bool:
+    if layout == "original_segmented":
+        return _child(root, SEGMENTED_DIR) is not None
+    if layout == "images_masks":
+        return True
+    if layout == "csv":
+        import pandas as pd
+
+        try:
+            return "mask" in [c.strip().lower() for c in pd.read_csv(manifest_path(root), nrows=0).columns]
+        except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError):
+            return False  # the reader reports it
+    files = _walk(root)
+    stems = {(f.parent, f.stem) for f in files}
+    return any(_is_mask_beside(f, stems) for f in files)
+
+
+def _index(found: _Found, task: str, layout: str) -> DatasetIndex:
+    classed = [c for c, _, _ in found.images if c]
+    if classed and len(classed) < len(found.images):
+        loose = next(p for c, _, p in found.images if not c)
+        raise DataError(
+            f"{loose.parent} holds images directly and in class folders: put every image in a class folder, or "
+            "none in any (one class, for segmentation)"
+        )
+    classes = tuple(sorted({c or ONE_CLASS for c, _, _ in found.images}))
+    if task == "classification" and len(classes) < 2:
+        raise DataError(
+            f"{found.where} has {len(classes)} class ({classes[0]}); a classifier needs at least 2: put each class's "
+            f"images in its own sub-folder (or give the manifest a label column). "
+            f"Segmentation needs no classes: --task segmentation.{_single_folder_hint(found.root)}"
+        )
+    order = sorted(range(len(found.images)), key=lambda i: (found.images[i][0], found.images[i][1]))
+    label_of = {c: i for i, c in enumerate(classes)}
+    return DatasetIndex(
+        root=found.root,
+        classes=classes,
+        images=tuple(found.images[i][2] for i in order),
+        labels=tuple(label_of[found.images[i][0] or ONE_CLASS] for i in order),
+        masks=None if found.masks is None else tuple(found.masks[i] for i in order),
+        names=tuple(found.images[i][1] for i in order),
+        layout=layout,
+    )

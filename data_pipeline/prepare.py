@@ -11,22 +11,27 @@ from data_pipeline import synth
 from data_pipeline.augment import augment
 from data_pipeline.errors import DataError
 from data_pipeline.io import ON_BAD_IMAGE, LoadedData, load
-from data_pipeline.layout import TASKS, scan
+from data_pipeline.layout import LAYOUTS, TASKS, manifest_path, scan
+from data_pipeline.masks import rule_problem
 from data_pipeline.splits import OPTIONS, PROTOCOLS, SPLITS, SplitPlan, leakage_audit, plan_splits
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    """How a study's data is read, split and balanced. ``data_dir: None`` means the embedded synthetic set."""
+    """How a study's data is read, split and balanced. ``data_dir: None`` means the embedded synthetic set.
+
+    ``layout``: auto (detected) or one of data_pipeline.layout.LAYOUTS; ``mask_rule``: auto, nonzero, threshold:N or
+    color_on_black (data_pipeline.masks)."""
 
     task: str = "classification"
-    data_dir: str | None = None
+    data_dir: str | None = None  # a dataset folder, or a CSV manifest
+    layout: str = "auto"
     image_size: int = 224
     option: int = 2
     protocol: str = "leak_free"
     balance_to: int | None = 1000
     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
-    mask_threshold: int = 128
+    mask_rule: str = "auto"
     on_bad_image: str = "skip"
     online_augmentation: bool = False
     seed: int = 0
@@ -50,10 +55,14 @@ class DataConfig:
             out.append(f"balance_to: {self.balance_to!r} must be null or an integer >= 2")
         if len(self.fractions) != 3 or min(self.fractions) <= 0 or abs(sum(self.fractions) - 1) > 1e-6:
             out.append(f"fractions: {self.fractions!r} must be three positive numbers summing to 1")
-        if not 0 <= self.mask_threshold <= 254:
-            out.append(f"mask_threshold: {self.mask_threshold!r} must be in [0, 254]")
-        if self.data_dir is not None and not Path(self.data_dir).expanduser().is_dir():
-            out.append(f"data_dir: {self.data_dir} does not exist")
+        if rule_problem(self.mask_rule):
+            out.append(f"mask_rule: {rule_problem(self.mask_rule)}")
+        if self.layout != "auto" and self.layout not in LAYOUTS:
+            out.append(f"layout: {self.layout!r} is not auto or one of {', '.join(LAYOUTS)}")
+        if self.data_dir is not None:
+            where = Path(self.data_dir).expanduser()
+            if not (where.is_dir() or manifest_path(where)):
+                out.append(f"data_dir: {self.data_dir} does not exist (a dataset folder or a .csv manifest)")
         return out
 
 
@@ -80,6 +89,8 @@ class PreparedData:
     skipped: tuple[tuple[str, str], ...]
     names: tuple[str, ...]  # of the loaded originals; Split.sources index into it
     config: DataConfig = field(repr=False)
+    layout: str = ""  # the layout read (auto resolved)
+    mask_rule: str | None = None  # the mask rule applied (auto resolved); None for classification
 
     def split(self, name: str) -> Split:
         return getattr(self, name)
@@ -89,6 +100,8 @@ class PreparedData:
         return {
             "classes": list(self.classes),
             "fingerprint": self.fingerprint,
+            "layout": self.layout,
+            "mask_rule": self.mask_rule,
             "config": asdict(self.config),
             "splits": {
                 s: {
@@ -138,12 +151,10 @@ def prepare(cfg: DataConfig, cache_dir: str | Path | None = None) -> PreparedDat
     problems = cfg.problems()
     if problems:
         raise DataError("invalid data settings:\n  " + "\n  ".join(problems))
-    index = scan(resolve_root(cfg, cache_dir), cfg.task)
-    data = load(
-        index, cfg.image_size, mask_threshold=cfg.mask_threshold, on_bad_image=cfg.on_bad_image, cache_dir=cache_dir
-    )
+    index = scan(resolve_root(cfg, cache_dir), cfg.task, cfg.layout)
+    data = load(index, cfg.image_size, mask_rule=cfg.mask_rule, on_bad_image=cfg.on_bad_image, cache_dir=cache_dir)
     present = np.unique(data.labels)
-    if len(present) < 2:
+    if len(present) < 2 and cfg.task == "classification":
         raise DataError(f"after skipping unreadable images only {len(present)} class is left under {index.root}")
     plan = plan_splits(
         data.labels,
@@ -164,4 +175,6 @@ def prepare(cfg: DataConfig, cache_dir: str | Path | None = None) -> PreparedDat
         skipped=data.skipped,
         names=data.names,
         config=cfg,
+        layout=data.layout,
+        mask_rule=data.mask_rule,
     )

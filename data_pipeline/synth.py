@@ -2,9 +2,10 @@
 
 Each image is a pale pink smear with red blood cells (with central pallor) and one or two white cells whose
 purple nucleus differs by class in size, nucleus-to-cytoplasm ratio, outline and chromatin texture. The class
-ranges overlap and cells overlap each other, so the task is learnable but not trivial. ``Segmented/`` is made the
-way the real set's was: an HSV colour threshold keeps the purple cells (lightened) on black, so the mask a loader
-derives with ``grey > 128`` is exactly that threshold's region (with the default lossless PNG files).
+ranges overlap and cells overlap each other, so the task is learnable but not trivial. ``Segmented/`` looks like the
+real set's: an HSV colour threshold keeps the purple cells in their own colours on black (dark nuclei included, whose
+grey level is far below 128), so the default mask rule (auto: every non-black pixel, with the lossless PNG files)
+gives back exactly that threshold's region.
 
 Deterministic: image i of class c depends on (seed, c, i) only.
 """
@@ -120,13 +121,12 @@ def render(class_name: str, index: int, size: int = 224, seed: int = 0) -> np.nd
 
 
 def segment(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The HSV threshold of the real set: (binary mask, Segmented image with lightened cells on black)."""
+    """The HSV threshold of the real set: (binary mask, Segmented image with the cells in their colours on black)."""
     hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)
     mask = cv2.inRange(hsv, HSV_LOW, HSV_HIGH)
     mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)) > 0
-    # Lightened so every kept pixel's grey level is >= 140: `grey > 128` on the file gives back exactly `mask`.
-    light = (255 - (255 - rgb.astype(np.float32)) * 0.45).astype(np.uint8)
-    seg = np.where(mask[..., None], light, 0).astype(np.uint8)
+    # A kept pixel is never pure black (its saturation is >= 50), so "non-black" on the file gives back `mask` exactly.
+    seg = np.where(mask[..., None], rgb, 0).astype(np.uint8)
     return mask.astype(np.uint8), seg
 
 
@@ -202,15 +202,10 @@ def embedded_dataset(
 
 
 def contact_sheet(root: str | Path, per_class: int = 4, tile: int = 112) -> np.ndarray:
-    """A grid (one row per class) of originals with their Segmented images beside them, uint8 RGB."""
-    from data_pipeline.io import read_rgb
+    """A grid (one row per class) of originals with their mask outlines, each beside its mask, uint8 RGB."""
+    from data_pipeline.io import resolve_mask_rule
     from data_pipeline.layout import scan
+    from data_pipeline.sheet import contact_sheet as sheet
 
     index = scan(root, "segmentation")
-    rows = []
-    for label, _ in enumerate(index.classes):
-        picks = [i for i, lab in enumerate(index.labels) if lab == label][:per_class]
-        tiles = [np.concatenate([read_rgb(index.images[i], tile), read_rgb(index.masks[i], tile)], 1) for i in picks]
-        tiles += [np.zeros_like(tiles[0])] * (per_class - len(tiles))
-        rows.append(np.concatenate(tiles, 1))
-    return np.concatenate(rows, 0)
+    return sheet(index, resolve_mask_rule(index, "auto"), per_class, tile)

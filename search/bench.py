@@ -1,9 +1,11 @@
-"""``sweep bench``: the study's way and the service's way of running the same trials, side by side, on the same data
-and machine, in one invocation.
+"""``sweep bench``: three ways of running the same trials, one after the other, on the same data and machine, in one
+invocation.
 
 (a) the study's way: one trial after another, every epoch (no early stopping), float32, no feature or compile cache;
+(c) Ray Tune used by hand, the rival a user would otherwise pick: the same trials side by side with ASHA, but float32,
+    no feature cache, no compile cache, and each trial reading and decoding its own images from disk;
 (b) the service's way: the study as ``sweep run`` runs it: trials side by side, ASHA, frozen-backbone feature cache,
-    JAX compile cache, bf16 on GPUs that have it.
+    JAX compile cache, data decoded once and shared zero-copy, bf16 on GPUs that have it.
 
 Scale options (fraction of the trials, epochs, image size) make it fit a short window; a scaled run's time for (a)
 extrapolates to the full study linearly in trials and epochs and quadratically in image side (``full_scale``).
@@ -11,10 +13,12 @@ extrapolates to the full study linearly in trials and epochs and quadratically i
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import tempfile
 import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +26,9 @@ import pandas as pd
 
 from search.spec import SpecError, Study, load_study, merge
 
-WAYS = ("study's way", "service's way")
+STUDY_WAY, BY_HAND, SERVICE_WAY = "study's way", "Ray Tune by hand", "service's way"
+WAYS = (STUDY_WAY, BY_HAND, SERVICE_WAY)
+SLUGS = {STUDY_WAY: "study-way", BY_HAND: "by-hand", SERVICE_WAY: "service-way"}  # each way's experiment folder
 SHRINK = ("dropout", "lr", "option")  # axes a scaled run thins out, largest first; every model always stays
 
 
@@ -76,6 +82,33 @@ def study_way_overrides(study: Study) -> dict[str, Any]:
     }
 
 
+def by_hand_overrides() -> dict[str, Any]:
+    """What turns the service's way into Ray Tune used by hand: the same parallel trials and ASHA, without the
+    service's levers (float32, no feature cache, no compile cache; the data part is ``ReadInTrial``)."""
+    return {"train": {"feature_cache": False, "compile_cache": False, "mixed_precision": None}}
+
+
+class ReadInTrial(Mapping):
+    """Loading option -> data, read the way a hand-written trainable reads it: inside each trial, from the image
+    files, decoded anew (a fresh decode cache per read), instead of decoded once and shared through the object store.
+    Same files, same seeds: the same splits as the other ways."""
+
+    def __init__(self, configs: dict[int, Any]):
+        self.configs = configs
+
+    def __getitem__(self, option: int):
+        from data_pipeline import prepare
+
+        with tempfile.TemporaryDirectory(prefix="sweep-bench-read-") as cache:
+            return prepare(self.configs[option], cache_dir=cache)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.configs)
+
+    def __len__(self) -> int:
+        return len(self.configs)
+
+
 def full_scale(full: Study, scaled: Study) -> float:
     """How much longer the full study takes run the study's way: trials × epochs × pixels (compute per image
     grows with the pixel count for these convolutional models)."""
@@ -118,11 +151,14 @@ def way_summary(frame: pd.DataFrame, wall: float, train_sizes: dict[int, int], b
 
 
 def comparison(summaries: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """(a)/(b): how many times faster the service's way is, and whether both ways pick the same configuration."""
-    a, b = (summaries[w] for w in WAYS)
+    """How many times faster the service's way (b) is than the study's way (a) and than Ray Tune by hand (c), and
+    whether every way picks the same configuration."""
+    b = summaries[SERVICE_WAY]
+    picks = {s["best"] for s in summaries.values()}
     return {
-        "speedup_wall": a["wall_seconds"] / b["wall_seconds"],
-        "same_best": a["best"] is not None and a["best"] == b["best"],
+        "speedup_wall": summaries[STUDY_WAY]["wall_seconds"] / b["wall_seconds"],
+        "speedup_vs_by_hand": summaries[BY_HAND]["wall_seconds"] / b["wall_seconds"],
+        "same_best": None not in picks and len(picks) == 1,
     }
 
 
@@ -152,33 +188,38 @@ def run_bench(
     gpus_per_trial: float | None = None,
     cpus_per_trial: float | None = None,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, Any], Path]:
-    """Run both ways; return the per-way summaries, the comparison and the folder with bench.md/bench.json."""
+    """Run the three ways; return the per-way summaries, the comparison and the folder with bench.md/bench.json."""
+    from data_pipeline.prepare import resolve_root
     from search.gpu import BusySampler
     from search.runner import init_ray, load_results, load_sweep, prepare_all, run_study
 
     full = load_study(study_name, preset, overrides)
     scaled_over = merge(overrides or {}, scale_overrides(full, fraction=fraction, epochs=epochs, image_size=image_size))
     service = load_study(study_name, preset, scaled_over)
-    studies = dict(
-        zip(WAYS, (load_study(study_name, preset, merge(scaled_over, study_way_overrides(service))), service))
-    )
+    studies = {
+        STUDY_WAY: load_study(study_name, preset, merge(scaled_over, study_way_overrides(service))),
+        BY_HAND: load_study(study_name, preset, merge(scaled_over, by_hand_overrides())),
+        SERVICE_WAY: service,
+    }
     root = Path(storage or tempfile.mkdtemp(prefix="sweep-bench-")) / (
         name or f"bench-{time.strftime('%Y%m%d-%H%M%S')}"
     )
     if root.exists():
         raise SpecError(f"{root} exists already: pick another --name")
-    prepare_all(service)  # decode and cache the images first: neither way's clock includes it
+    prepared = prepare_all(service)  # decode and cache the images first: no way's clock includes it
     init_ray(None, service.train.backend)
+    # by hand, every trial reads the same files itself (the synthetic set's folder named, not generated again)
+    files = {opt: dataclasses.replace(d.config, data_dir=str(resolve_root(d.config))) for opt, d in prepared.items()}
     summaries = {}
     for way, study in studies.items():
-        slug = "study-way" if way == WAYS[0] else "service-way"
         with tempfile.TemporaryDirectory(prefix="sweep-bench-cache-") as cache, BusySampler() as busy:
             t0 = time.perf_counter()  # caches start empty: (b) earns every hit it reports inside this run
             exp = run_study(
                 study,
                 storage=root,
-                name=slug,
+                name=SLUGS[way],
                 cache_dir=cache,
+                trial_datasets=ReadInTrial(files) if way == BY_HAND else None,
                 gpus_per_trial=gpus_per_trial,
                 cpus_per_trial=cpus_per_trial,
                 verbose=0,
@@ -189,9 +230,9 @@ def run_bench(
         summaries[way] = way_summary(load_results(exp), wall, sizes, busy.mean, study.metric)
     extra = comparison(summaries) | {
         "trials in the full study": trial_count(full),
-        "study's way, full study, estimated seconds": summaries[WAYS[0]]["wall_seconds"] * full_scale(full, service),
+        "study's way, full study, estimated seconds": summaries[STUDY_WAY]["wall_seconds"] * full_scale(full, service),
         "backend": service.train.backend,
-        "gpus_per_trial": load_sweep(root / "service-way")["resources"]["gpus_per_trial"],
+        "gpus_per_trial": load_sweep(root / SLUGS[SERVICE_WAY])["resources"]["gpus_per_trial"],
     }
     (root / "bench.md").write_text(to_markdown(summaries, extra))
     (root / "bench.json").write_text(json.dumps({"ways": summaries, **extra}, indent=2, default=str))

@@ -22,9 +22,20 @@ def _add_data_commands(sub) -> None:
     synth.add_argument("--format", choices=("png", "jpg"), default="png", help="png keeps masks exact (default)")
     synth.add_argument("--contact-sheet", type=Path, help="also write a PNG grid of a few images per class")
 
-    check = data.add_parser("check", help="count, size and validate a dataset folder; non-zero exit on problems")
-    check.add_argument("dir", type=Path)
-    check.add_argument("--task", choices=("classification", "segmentation"), default="classification")
+    check = data.add_parser(
+        "check", help="layout, classes, counts, sizes, what the mask rule makes of the masks; exit 1 on problems"
+    )
+    check.add_argument("dir", type=Path, help="dataset folder, or a CSV manifest")
+    check.add_argument(
+        "--task",
+        choices=("auto", "classification", "segmentation"),
+        default="auto",
+        help="default auto: segmentation when the dataset has masks",
+    )
+    check.add_argument("--layout", default="auto", help="auto (default) or a layout name (see the README)")
+    check.add_argument("--mask-rule", default="auto", help="auto (default), nonzero, threshold:N or color_on_black")
+    check.add_argument("--json", action="store_true", help="print one JSON object (for scripts)")
+    check.add_argument("--sheet", type=Path, help="also write a PNG contact sheet with the mask outlines")
 
 
 def _data_synth(args) -> int:
@@ -51,21 +62,28 @@ def _data_synth(args) -> int:
 
 
 def _data_check(args) -> int:
-    from data_pipeline import check, scan
+    import json
 
-    index = scan(args.dir, args.task)
-    report = check(index)
-    print(f"{index.root}: {len(index)} images in {len(index.classes)} classes ({args.task})")
-    for name, n in report.counts.items():
-        print(f"  {name:<20} {n:>6}")
-    print("image sizes: " + ", ".join(f"{k} ({v})" for k, v in sorted(report.sizes.items(), key=lambda kv: -kv[1])))
-    if report.ok:
-        print("no problems found")
-        return 0
-    print(f"{len(report.problems)} problem(s):")
-    for p in report.problems:
-        print(f"  {p}")
-    return 1
+    from data_pipeline import DataError, check, scan
+    from data_pipeline.checks import render_text
+
+    index = scan(args.dir, args.task, args.layout)
+    sheet_path = args.sheet.expanduser().resolve() if args.sheet else None
+    if sheet_path and sheet_path.is_relative_to(index.root):
+        raise DataError(f"--sheet {sheet_path} is inside the data folder {index.root}, which is never written")
+    if sheet_path and sheet_path.suffix.lower() != ".png":
+        raise DataError(f"--sheet {sheet_path}: the contact sheet is a PNG file; name it FILE.png")
+    report = check(index, args.mask_rule)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else render_text(report))
+    if sheet_path:
+        import cv2
+
+        from data_pipeline.sheet import contact_sheet
+
+        sheet_path.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(sheet_path), cv2.cvtColor(contact_sheet(index, report.mask_rule), cv2.COLOR_RGB2BGR))
+        print(f"contact sheet: {sheet_path}", file=sys.stderr if args.json else sys.stdout)
+    return 0 if report.ok else 1
 
 
 def _parse_set(items: list[str]) -> dict:
@@ -86,7 +104,9 @@ def _add_study_options(run, storage_default: str, storage_help: str) -> None:
     """The options `run` and `submit` share: which study, which data, where, how many resources."""
     run.add_argument("study", help="a built-in study (classification, segmentation) or a study .yaml file")
     run.add_argument("--preset", help="a preset of the study, e.g. smoke (tiny, fast)")
-    run.add_argument("--data-dir", help="dataset folder (ROOT/Original/<class>/...); default: embedded synthetic set")
+    run.add_argument(
+        "--data-dir", help="dataset folder or CSV manifest (layouts: see the README); default: embedded synthetic set"
+    )
     run.add_argument("--storage", default=storage_default, help=storage_help)
     run.add_argument("--name", help="experiment name (default STUDY-DATE-TIME)")
     run.add_argument("--gpus-per-trial", type=float, help="GPUs per trial; 0.25 packs 4 trials on a GPU (default auto)")
@@ -190,7 +210,7 @@ def _bench(args) -> int:
         cpus_per_trial=args.cpus_per_trial,
     )
     print(to_markdown(summaries, extra))
-    print(f"written to {folder}/bench.md and bench.json (both ways' experiments beside them)")
+    print(f"written to {folder}/bench.md and bench.json (each way's experiment beside them)")
     return 0
 
 

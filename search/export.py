@@ -4,7 +4,7 @@ An exported model folder holds:
 - ``model.keras``: the whole model (architecture, weights; preprocessing is a layer inside it), loadable with
   ``keras.saving.load_model(path, safe_mode=True)``;
 - ``export.json``: task, model name, trial and hyperparameters, class names, preprocessing (input size, what the
-  model does to its input, mask threshold), validation and test metrics, and how the trial was selected;
+  model does to its input, mask rule), validation and test metrics, and how the trial was selected;
 - ``study.json``: the resolved study the sweep ran (data settings included, so the test split can be rebuilt);
 - ``README.md``: how to use it.
 """
@@ -100,7 +100,7 @@ def export_manifest(row: pd.Series, sweep: dict, metric: str, family: str | None
             "interpolation",
             "input_size": size,
             "normalisation": info.preprocess,
-            "mask_threshold": study["data"]["mask_threshold"] if task == "segmentation" else None,
+            "mask_rule": data.get("mask_rule") if task == "segmentation" else None,  # how training masks were read
             "prediction_threshold": PREDICTION_THRESHOLD if task == "segmentation" else None,
         },
         "output": "softmax probabilities over classes"

@@ -13,6 +13,7 @@ import math
 import os
 import platform
 import time
+from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -54,7 +55,9 @@ def versions() -> dict[str, str]:
 
 
 def study_from_dict(d: dict[str, Any]) -> Study:
-    data = d["data"]
+    data = dict(d["data"])
+    if "mask_threshold" in data:  # sweeps recorded before data.mask_rule: the same grey-level threshold
+        data["mask_rule"] = f"threshold:{data.pop('mask_threshold')}"
     data = DataConfig(
         **{**data, "fractions": tuple(data["fractions"]), "synthetic_counts": tuple(data["synthetic_counts"])}
     )
@@ -154,7 +157,7 @@ def _settings(study: Study, gpus: float, experiment_dir: str, cache_dir: str | N
     }
 
 
-def _trainable(study: Study, datasets: dict, gpus: float, cpus: float, experiment_dir: str, cache_dir: str | None):
+def _trainable(study: Study, datasets: Mapping, gpus: float, cpus: float, experiment_dir: str, cache_dir: str | None):
     from ray import tune
 
     settings = _settings(study, gpus, experiment_dir, cache_dir)
@@ -190,10 +193,12 @@ def run_study(
     cpus_per_trial: float | None = None,
     cache_dir: str | None = None,
     verbose: int = 1,
+    trial_datasets: Mapping | None = None,
 ) -> str:
     """Run every trial of ``study``; return the experiment folder or URI (results.csv written).
     ``storage``: a local folder or a cloud URI (s3://, gs://, file://). ``cache_dir``: where trials keep cached
-    features and compiled programs (default: each node's SWEEP_CACHE_DIR)."""
+    features and compiled programs (default: each node's SWEEP_CACHE_DIR). ``trial_datasets``: what trials read
+    their data from instead of the arrays prepared here (``sweep bench``'s hand-written rival reads files itself)."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
@@ -221,8 +226,9 @@ def run_study(
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     store.write_text(store.join(experiment_dir, SWEEP_FILE), json.dumps(sweep, indent=2, default=str))
+    for_trials = datasets if trial_datasets is None else trial_datasets
     tuner = tune.Tuner(
-        _trainable(study, datasets, gpus, cpus, experiment_dir, cache_dir),
+        _trainable(study, for_trials, gpus, cpus, experiment_dir, cache_dir),
         param_space={**param_space(study), "seed": study.search.seed},
         tune_config=tune.TuneConfig(
             metric=study.metric,

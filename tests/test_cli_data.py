@@ -20,14 +20,14 @@ def test_synth_then_check_then_break_it(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "wrote 14 images (Benign 3, Early 4, Pre 4, Pro 3)" in proc.stdout and sheet.stat().st_size > 1000
     proc = _sweep("data", "check", str(out), "--task", "segmentation")
-    assert proc.returncode == 0 and "48x48 (14)" in proc.stdout and "no problems found" in proc.stdout
+    assert proc.returncode == 0 and "48x48 to 48x48 (1 distinct)" in proc.stdout and "no problems found" in proc.stdout
     victim = sorted((out / "Original" / "Pro").iterdir())[0]
     victim.write_bytes(b"\x89PNG broken")
     proc = _sweep("data", "check", str(out))
     assert proc.returncode == 1 and "1 problem(s)" in proc.stdout and str(victim) in proc.stdout
     (out / "Segmented" / "Pre" / "WBC-Malignant-Pre-002.png").unlink()
     proc = _sweep("data", "check", str(out), "--task", "segmentation")
-    assert proc.returncode == 2 and "have no mask" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "image without a mask" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_synth_refuses_a_used_folder(tmp_path):

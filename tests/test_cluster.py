@@ -162,7 +162,7 @@ def test_submit_a_study_file_then_export_predict_and_reproduce_its_test_metrics(
     manifest = export_best(exp, model_dir)
     best = frame.loc[frame["val_dice"].idxmax()]
     assert manifest["trial"] == best["trial"] and manifest["selected_by"]["split"] == "validation"
-    assert manifest["preprocessing"]["input_size"] == 32 and manifest["preprocessing"]["mask_threshold"] == 128
+    assert manifest["preprocessing"]["input_size"] == 32 and manifest["preprocessing"]["mask_rule"] == "nonzero"
 
     assert_reproduces_test_metrics(model_dir, best, ("dice", "iou", "accuracy", "study_dice", "loss"))
 

@@ -47,3 +47,28 @@ def test_cache_lives_outside_the_data_folder(synth_root, cache_dir):
     load(scan(synth_root), 64, cache_dir=cache_dir)
     assert any((cache_dir / "decoded").iterdir())
     assert not any("decoded" in p.parts for p in synth_root.rglob("*"))
+
+
+def test_layout_and_mask_rule_are_part_of_the_key(tmp_path, cache_dir):
+    import cv2
+
+    root = tmp_path / "d"
+    rows = ["image,mask"]
+    for i in range(3):
+        (root / "images").mkdir(parents=True, exist_ok=True)
+        (root / "masks").mkdir(exist_ok=True)
+        img = np.full((16, 16, 3), 40 * i, np.uint8)
+        mask = np.zeros((16, 16), np.uint8)
+        mask[4:12, 4:12] = 200
+        cv2.imwrite(str(root / "images" / f"{i}.png"), img)
+        cv2.imwrite(str(root / "masks" / f"{i}.png"), mask)
+        rows.append(f"images/{i}.png,masks/{i}.png")
+    (root / "manifest.csv").write_text("\n".join(rows))  # the same files, listed: a second layout
+    folders = load(scan(root, "segmentation", "images_masks"), 16, cache_dir=cache_dir)
+    listed = load(scan(root, "segmentation"), 16, cache_dir=cache_dir)
+    assert (folders.layout, listed.layout) == ("images_masks", "csv")
+    assert folders.fingerprint != listed.fingerprint and not listed.from_cache
+    strict = load(scan(root, "segmentation"), 16, mask_rule="threshold:220", cache_dir=cache_dir)
+    assert strict.fingerprint != listed.fingerprint and strict.masks.sum() == 0 < listed.masks.sum()
+    again = load(scan(root, "segmentation"), 16, cache_dir=cache_dir)
+    assert again.from_cache and again.mask_rule == listed.mask_rule == "nonzero"  # auto's decision, kept

@@ -13,8 +13,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from data_pipeline import DataConfig, prepare
 from search.bench import (
+    BY_HAND,
+    SERVICE_WAY,
+    SLUGS,
+    STUDY_WAY,
     WAYS,
+    ReadInTrial,
+    by_hand_overrides,
     comparison,
     full_scale,
     scale_overrides,
@@ -212,6 +219,22 @@ def test_the_studys_way_is_sequential_all_epochs_no_caches():
     assert way.space == service.space and way.data == service.data
 
 
+def test_ray_tune_by_hand_drops_the_levers_and_reads_its_own_files(synth_root, tmp_path):
+    service = load_study("segmentation", "smoke")
+    by_hand = load_study("segmentation", "smoke", by_hand_overrides())
+    assert not by_hand.train.feature_cache and not by_hand.train.compile_cache and by_hand.train.mixed_precision is None
+    assert by_hand.space == service.space and by_hand.scheduler == service.scheduler
+    assert by_hand.resources == service.resources  # side by side, as many as fit, like the service
+    cfg = DataConfig(task="segmentation", data_dir=str(synth_root), image_size=32, balance_to=None)
+    shared = prepare(cfg, cache_dir=tmp_path / "cache")
+    read = ReadInTrial({2: cfg})
+    assert list(read) == [2] and len(read) == 1
+    own = read[2]  # decoded again from the files, in a cache of its own that is gone afterwards
+    for split in ("train", "val", "test"):
+        assert np.array_equal(own.split(split).images, shared.split(split).images)
+        assert np.array_equal(own.split(split).masks, shared.split(split).masks)
+
+
 def test_way_summary_counts_images_and_picks_on_validation():
     frame = pd.DataFrame(
         {
@@ -229,11 +252,13 @@ def test_way_summary_counts_images_and_picks_on_validation():
     assert s["train_images_per_second"] == pytest.approx((300 + 50 + 100) / 10)
     assert s["epochs_run"] == 6 and s["first_epoch_overhead_seconds"] == 3.0 and s["compile_cache_hits"] is None
     assert s["best"] == "a opt2 lr=0.001 dropout=0.2" and s["best_val_accuracy"] == 0.9
-    other = {**s, "wall_seconds": 2.5}
-    assert comparison(dict(zip(WAYS, (s, other)))) == {"speedup_wall": 4.0, "same_best": True}
-    assert comparison(dict(zip(WAYS, (s, {**other, "best": "b"}))))["same_best"] is False
-    text = to_markdown(dict(zip(WAYS, (s, other))), {"speedup_wall": 4.0})
+    by_hand, service = {**s, "wall_seconds": 5.0}, {**s, "wall_seconds": 2.5}
+    ways = dict(zip(WAYS, (s, by_hand, service)))
+    assert comparison(ways) == {"speedup_wall": 4.0, "speedup_vs_by_hand": 2.0, "same_best": True}
+    assert comparison({**ways, BY_HAND: {**by_hand, "best": "b"}})["same_best"] is False
+    text = to_markdown(ways, {"speedup_wall": 4.0})
     assert "| wall_seconds" in text and "n/a" in text and "- speedup_wall: 4.00" in text
+    assert [c.strip() for c in text.splitlines()[0].split("|")[2:5]] == list(WAYS)
 
 
 def test_trials_differing_in_learning_rate_share_compiled_programs(tmp_path):
@@ -258,9 +283,10 @@ def test_trials_differing_in_learning_rate_share_compiled_programs(tmp_path):
     assert any((tmp_path / "cache" / "jax-compile").iterdir())
 
 
-def test_sweep_bench_runs_both_ways_side_by_side(tmp_path):
+def test_sweep_bench_runs_three_ways_side_by_side(tmp_path):
     """`sweep bench` for real on a tiny segmentation study: the study's way runs every epoch of every trial one at a
-    time, the service's way runs them side by side with ASHA; the table and bench.json are written."""
+    time; Ray Tune by hand and the service's way run them side by side with ASHA, by hand without the service's
+    levers and with every trial decoding its own images; the table and bench.json are written."""
     args = ["bench", "segmentation", "--preset", "smoke", "--fraction", "0.5", "--epochs", "2"]
     proc = subprocess.run(
         [sys.executable, "-m", "search", *args, "--storage", str(tmp_path), "--name", "b"],
@@ -271,16 +297,20 @@ def test_sweep_bench_runs_both_ways_side_by_side(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     bench = json.loads((tmp_path / "b" / "bench.json").read_text())
-    study_way, service_way = (bench["ways"][w] for w in WAYS)
-    assert study_way["trials"] == service_way["trials"] == 2
+    study_way, by_hand, service_way = (bench["ways"][w] for w in WAYS)
+    assert study_way["trials"] == by_hand["trials"] == service_way["trials"] == 2
     assert study_way["epochs_run"] == 2 * 2  # all epochs, no early stopping
     assert study_way["wall_seconds"] > 0 and service_way["train_images_per_second"] > 0
     assert study_way["compile_cache_hits"] is None  # TensorFlow: no persistent compilation cache
     assert bench["speedup_wall"] == pytest.approx(study_way["wall_seconds"] / service_way["wall_seconds"])
-    assert bench["same_best"] == (study_way["best"] == service_way["best"])
+    assert bench["speedup_vs_by_hand"] == pytest.approx(by_hand["wall_seconds"] / service_way["wall_seconds"])
+    assert bench["same_best"] == (study_way["best"] == by_hand["best"] == service_way["best"])
     assert bench["trials in the full study"] == 4 and bench["backend"] == "tensorflow"
-    assert "| train_images_per_second" in proc.stdout and "study's way" in proc.stdout
-    sweeps = {w: json.loads((tmp_path / "b" / w / "sweep.json").read_text()) for w in ("study-way", "service-way")}
-    assert sweeps["study-way"]["study"]["resources"]["max_concurrent_trials"] == 1
-    assert sweeps["service-way"]["study"]["resources"]["max_concurrent_trials"] == 0
-    assert sweeps["study-way"]["study"]["scheduler"]["grace_period"] == 2
+    assert "| train_images_per_second" in proc.stdout and "Ray Tune by hand" in proc.stdout
+    sweeps = {w: json.loads((tmp_path / "b" / SLUGS[w] / "sweep.json").read_text())["study"] for w in WAYS}
+    assert sweeps[STUDY_WAY]["resources"]["max_concurrent_trials"] == 1
+    assert sweeps[STUDY_WAY]["scheduler"]["grace_period"] == 2
+    for way in (BY_HAND, SERVICE_WAY):  # both in parallel with ASHA's own grace period
+        assert sweeps[way]["resources"]["max_concurrent_trials"] == 0 and sweeps[way]["scheduler"]["grace_period"] == 1
+    assert sweeps[BY_HAND]["train"]["compile_cache"] is False and sweeps[BY_HAND]["train"]["mixed_precision"] is None
+    assert sweeps[SERVICE_WAY]["train"]["compile_cache"] is True

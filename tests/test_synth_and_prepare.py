@@ -2,11 +2,10 @@
 
 import json
 
-import cv2
 import numpy as np
 import pytest
 
-from data_pipeline import DataConfig, DataError, prepare, scan, synth
+from data_pipeline import DataConfig, DataError, load, prepare, scan, synth
 from data_pipeline.io import read_rgb
 
 
@@ -18,16 +17,21 @@ def test_layout_names_and_determinism(tmp_path):
     assert index.counts() == {"Benign": 2, "Early": 3, "Pre": 2, "Pro": 2}
     assert index.images[0].name == "WBC-Benign-001.png"
     assert (a / "Original" / "Early" / "WBC-Malignant-Early-003.png").is_file()
-    for p in index.images + index.masks:
+    for p in index.images + tuple(m for (m,) in index.masks):
         assert p.read_bytes() == (b / p.relative_to(a)).read_bytes()
 
 
-def test_segmented_files_give_back_the_exact_threshold_mask(synth_root):
+def test_segmented_files_keep_cells_in_colour_and_auto_gives_back_the_exact_mask(synth_root, cache_dir):
     index = scan(synth_root, "segmentation")
-    for img_path, mask_path in list(zip(index.images, index.masks))[:10]:
-        mask, _ = synth.segment(read_rgb(img_path))
-        grey = cv2.imread(str(mask_path), cv2.IMREAD_GRAYSCALE)
-        np.testing.assert_array_equal(grey > 128, mask.astype(bool))
+    data = load(index, 64, cache_dir=cache_dir)
+    assert data.mask_rule == "nonzero"  # auto, on lossless cells-in-colour-on-black files
+    truth = np.stack([synth.segment(read_rgb(p))[0] for p in index.images])
+    np.testing.assert_array_equal(data.masks, truth)
+    seg = np.stack([read_rgb(m) for (m,) in index.masks])
+    kept = seg[truth.astype(bool)]
+    assert (kept.max(axis=1) > 0).all() and np.ptp(kept.astype(int), axis=1).mean() > 20  # in colour, never black
+    grey = load(index, 64, mask_rule="threshold:128", cache_dir=cache_dir).masks
+    assert grey.sum() < 0.9 * truth.sum()  # the old grey > 128 rule drops the dark nuclei
 
 
 def test_classes_differ_in_cell_size():

@@ -1,0 +1,204 @@
+"""What ``sweep data check`` reports: layout, classes, counts, sizes, the mask rule and what it makes of the masks,
+the problems that stop a sweep and the warnings a user should read before spending GPU hours."""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from data_pipeline.errors import DataError
+from data_pipeline.io import decode, read_mask, resolve_mask_rule
+from data_pipeline.layout import DatasetIndex
+
+FEW_IMAGES = 10  # a class with fewer images than this gets a warning
+
+
+@dataclass(frozen=True)
+class ImageFacts:
+    """What decoding one image (and its masks) told: None where it could not be read."""
+
+    size: tuple[int, int] | None  # (width, height)
+    channels: int | None  # as stored: 1 grey, 3 colour, 4 with alpha
+    foreground: float | None  # fraction of mask pixels that are foreground (segmentation)
+    problem: str | None = None
+    path: str | None = None  # the file the problem is about
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    """Everything ``sweep data check`` prints; ``to_dict`` is its JSON."""
+
+    root: str
+    layout: str
+    task: str
+    classes: tuple[str, ...]
+    counts: dict[str, int]
+    image_sizes: dict[str, object]
+    mask_rule: str | None  # the rule applied (auto resolved); None for classification
+    mask_rule_configured: str | None
+    foreground_fraction: dict[str, float] | None
+    problems: tuple[dict[str, str], ...]
+    warnings: tuple[dict[str, str], ...] = field(default=())
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict[str, object]:
+        out = dict(self.__dict__)
+        out["classes"] = list(self.classes)
+        out["problems"], out["warnings"] = list(self.problems), list(self.warnings)
+        return out
+
+
+def _facts(index: DatasetIndex, i: int, rule: str | None) -> ImageFacts:
+    try:
+        raw = decode(index.images[i], cv2.IMREAD_UNCHANGED)
+        shape = raw.shape[:2]
+        channels = 1 if raw.ndim == 2 else raw.shape[2]
+        fg = None
+        if index.masks is not None:
+            fg = float(read_mask(index.masks[i], rule, shape, index.images[i]).mean())
+        return ImageFacts((shape[1], shape[0]), channels, fg)
+    except DataError as exc:  # unreadable, truncated, or a mask of another size
+        return ImageFacts(None, None, None, str(exc), str(exc.path or index.images[i]))
+
+
+def _class_folders(index: DatasetIndex) -> dict[int, str]:
+    """Each class's folder: the deepest folder that holds all its images."""
+    paths: dict[int, list[str]] = {}
+    for p, label in zip(index.images, index.labels, strict=True):
+        paths.setdefault(label, []).append(str(p.parent))
+    return {k: os.path.commonpath(sorted(set(v))) for k, v in paths.items()}
+
+
+def dataset_warnings(
+    classes: tuple[str, ...],
+    labels: list[int],
+    sizes: list[tuple[int, int] | None],
+    channels: list[int | None],
+    foreground: list[float | None] | None,
+    folders: dict[int, str],
+    root: str,
+    rule: str | None,
+) -> list[dict[str, str]]:
+    """Warnings over per-image facts (pure): few images in a class, a class whose image sizes or channel counts no
+    other class has (the model could learn the scanner, not the disease), masks all empty or all full."""
+    out = []
+    for k, name in enumerate(classes):
+        n = labels.count(k)
+        if n < FEW_IMAGES:
+            out.append({"path": folders[k], "problem": f"class {name} has {n} image(s) (fewer than {FEW_IMAGES})"})
+    if len(classes) > 1:
+        for what, values in (("image size", sizes), ("channel count", channels)):
+            per_class = [
+                {v for v, lab in zip(values, labels, strict=True) if lab == k and v} for k in range(len(classes))
+            ]
+            for k, mine in enumerate(per_class):
+                others = set().union(*(s for j, s in enumerate(per_class) if j != k))
+                if mine and others and not mine & others:
+                    shown = ", ".join(sorted(_fmt(v) for v in mine)[:3])
+                    out.append(
+                        {
+                            "path": folders[k],
+                            "problem": f"class {classes[k]}: every {what} ({shown}) differs from the other classes' "
+                            f"({', '.join(sorted(_fmt(v) for v in others)[:3])}); a model can learn that instead of "
+                            "the class",
+                        }
+                    )
+    fg = [f for f in foreground or [] if f is not None]
+    if fg and max(fg) == 0:
+        out.append(
+            {
+                "path": root,
+                "problem": f"every mask is empty under mask_rule {rule}: check the masks or "
+                "set data.mask_rule (nonzero, threshold:N, color_on_black)",
+            }
+        )
+    elif fg and min(fg) == 1:
+        out.append(
+            {
+                "path": root,
+                "problem": f"every mask is full (all foreground) under mask_rule {rule}: check "
+                "the masks or set data.mask_rule (e.g. threshold:N with a higher N)",
+            }
+        )
+    return out
+
+
+def _fmt(value) -> str:
+    return f"{value[0]}x{value[1]}" if isinstance(value, tuple) else str(value)
+
+
+def check(index: DatasetIndex, mask_rule: str = "auto", workers: int | None = None) -> CheckReport:
+    """Decode every image and mask once (no cache), report sizes, foreground fractions, problems and warnings."""
+    rule = resolve_mask_rule(index, mask_rule)
+    with ThreadPoolExecutor(max_workers=workers or min(32, (os.cpu_count() or 1) + 2)) as pool:
+        facts = list(pool.map(lambda i: _facts(index, i, rule), range(len(index))))
+    sizes = [f.size for f in facts]
+    good = [s for s in sizes if s]
+    by_area = sorted(good, key=lambda s: (s[0] * s[1], s))
+    image_sizes = {
+        "min": _fmt(by_area[0]) if good else None,
+        "max": _fmt(by_area[-1]) if good else None,
+        "distinct": len(set(good)),
+    }
+    fg = None if index.masks is None else [f.foreground for f in facts]
+    stats = None
+    if fg is not None and any(f is not None for f in fg):
+        arr = np.asarray([f for f in fg if f is not None])
+        stats = {
+            "min": float(arr.min()),
+            "median": float(np.median(arr)),
+            "max": float(arr.max()),
+            "mean": float(arr.mean()),
+            "empty": int((arr == 0).sum()),
+            "full": int((arr == 1).sum()),
+        }
+    folders = _class_folders(index)
+    warnings = dataset_warnings(
+        index.classes, list(index.labels), sizes, [f.channels for f in facts], fg, folders, str(index.root), rule
+    )
+    counts = {**index.counts(), "total": len(index)}
+    return CheckReport(
+        root=str(index.root),
+        layout=index.layout,
+        task=index.task,
+        classes=index.classes,
+        counts=counts,
+        image_sizes=image_sizes,
+        mask_rule=rule,
+        mask_rule_configured=None if rule is None else mask_rule,
+        foreground_fraction=stats,
+        problems=tuple({"path": f.path, "problem": f.problem} for f in facts if f.problem),
+        warnings=tuple(warnings),
+    )
+
+
+def render_text(report: CheckReport) -> str:
+    """The report as a person reads it."""
+    lines = [f"{report.root}: layout {report.layout}, task {report.task}, {report.counts['total']} images"]
+    lines += [f"  {name:<24} {report.counts[name]:>6}" for name in report.classes]
+    sizes = report.image_sizes
+    lines.append(f"image sizes: {sizes['min']} to {sizes['max']} ({sizes['distinct']} distinct)")
+    if report.mask_rule:
+        how = " (decided by auto)" if report.mask_rule_configured == "auto" else ""
+        lines.append(f"mask rule: {report.mask_rule}{how}")
+    if report.foreground_fraction:
+        f = report.foreground_fraction
+        lines.append(
+            f"foreground fraction per image: min {f['min']:.3f}, median {f['median']:.3f}, max {f['max']:.3f}, "
+            f"mean {f['mean']:.3f} ({f['empty']} empty, {f['full']} full)"
+        )
+    for w in report.warnings:
+        lines.append(f"warning: {w['path']}: {w['problem']}")
+    if report.ok:
+        lines.append("no problems found")
+    else:
+        lines.append(f"{len(report.problems)} problem(s):")
+        lines += [f"  {p['problem']}" for p in report.problems]
+    return "\n".join(lines)

@@ -1,0 +1,100 @@
+"""From a mask file, whatever its encoding, to a binary foreground mask.
+
+Every rule works on one *intensity* per pixel (uint8):
+  - a grey mask: its grey level (16-bit files scaled to 8 bits, keeping every non-zero label non-zero);
+  - a colour mask: its brightest channel, so an object kept in its own colours on black (a purple nucleus, a red
+    lesion) counts whatever its hue;
+  - an RGBA mask whose alpha varies: its alpha (objects painted opaque on a transparent background).
+
+Rules (``data.mask_rule``):
+  nonzero         intensity > 0: 0/1 and 0/255 masks, label images (every non-zero label is foreground)
+  threshold:N     intensity > N (0 <= N <= 254): binary masks saved with JPEG noise or anti-aliased edges
+  color_on_black  intensity > COLOR_TOLERANCE: objects in their own colours on black, saved lossy (Kaggle ALL)
+  auto            one of the above, chosen once per dataset from a sample of its masks (``decide``)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from data_pipeline.errors import DataError
+
+RULES = ("auto", "nonzero", "threshold:N", "color_on_black")
+COLOR_TOLERANCE = 32  # JPEG noise on a black background stays below this; dark nuclei stay above it
+AUTO_SAMPLE = 64  # masks read (evenly spread over the dataset) to decide the rule
+
+
+def rule_problem(rule: object) -> str | None:
+    """Why ``rule`` is not a valid mask rule, or None."""
+    if rule in ("auto", "nonzero", "color_on_black"):
+        return None
+    if isinstance(rule, str) and rule.startswith("threshold:"):
+        level = rule.partition(":")[2]
+        if level.isdigit() and 0 <= int(level) <= 254:
+            return None
+        return f"{rule!r}: the level N of threshold:N must be an integer in [0, 254]"
+    return f"{rule!r} is not one of {', '.join(RULES)}"
+
+
+def _level(rule: str) -> int:
+    """The intensity a pixel must exceed to be foreground under a (non-auto) rule."""
+    problem = rule_problem(rule)
+    if problem or rule == "auto":
+        raise DataError(f"mask rule {problem or 'auto must be decided first (decide)'}")
+    if rule == "nonzero":
+        return 0
+    if rule == "color_on_black":
+        return COLOR_TOLERANCE
+    return int(rule.partition(":")[2])
+
+
+def intensity(raw: np.ndarray) -> np.ndarray:
+    """A decoded mask (cv2.IMREAD_UNCHANGED: grey, BGR or BGRA; 8 or 16 bit or float) as uint8 intensity, HxW."""
+    if raw.ndim == 3 and raw.shape[2] == 4:
+        alpha = raw[..., 3]
+        raw = alpha if alpha.min() != alpha.max() else raw[..., :3]
+    if raw.ndim == 3:
+        raw = raw.max(axis=2)
+    if raw.dtype == np.uint8:
+        return raw
+    if raw.dtype.kind == "f":
+        scale = 255.0 if raw.max(initial=0) <= 1.0 else 1.0
+        return np.clip(np.nan_to_num(raw) * scale, 0, 255).astype(np.uint8)
+    raw = raw.astype(np.int64)
+    if raw.max(initial=0) <= 255:  # a 16-bit label image with small labels
+        return raw.astype(np.uint8)
+    return np.maximum(raw >> 8, raw > 0).astype(np.uint8)  # 16-bit grey: keep every non-zero pixel non-zero
+
+
+def binarize(value: np.ndarray, rule: str) -> np.ndarray:
+    """uint8 {0, 1}: intensity above the rule's level."""
+    return (value > _level(rule)).astype(np.uint8)
+
+
+def decide(hist: np.ndarray) -> str:
+    """The rule for a dataset, from the histogram (256 bins) of its masks' intensities pooled over a sample.
+
+    - At most 16 distinct levels: exact masks (0/1, 0/255, label images): ``nonzero``.
+    - Otherwise, when at least 90% of the pixels above the colour tolerance are bright (>= 3/4 of the top level):
+      binary masks blurred by JPEG or anti-aliasing: ``threshold`` at half the top level.
+    - Otherwise objects of many grey levels on black: ``color_on_black`` when faint pixels (JPEG noise on the black)
+      are more than 1% of the non-zero ones, ``nonzero`` when the black is clean (lossless files).
+    """
+    hist = np.asarray(hist, dtype=np.int64)
+    nonzero = int(hist[1:].sum())
+    if nonzero == 0 or np.count_nonzero(hist) <= 16:
+        return "nonzero"
+    above = hist[COLOR_TOLERANCE + 1 :]
+    if above.sum() > 0:
+        cumulative = np.cumsum(above)
+        top = COLOR_TOLERANCE + 1 + int(np.searchsorted(cumulative, 0.99 * cumulative[-1]))
+        bright = int(hist[(3 * top) // 4 :].sum())
+        if bright >= 0.9 * above.sum():
+            return f"threshold:{top // 2}"
+    faint = int(hist[1 : COLOR_TOLERANCE + 1].sum())
+    return "color_on_black" if faint > 0.01 * nonzero else "nonzero"
+
+
+def histogram(value: np.ndarray) -> np.ndarray:
+    """256-bin histogram of a uint8 intensity image (to pool over masks for ``decide``)."""
+    return np.bincount(value.ravel(), minlength=256)
