@@ -5,8 +5,8 @@ from data_pipeline.checks import CheckReport, check
 from data_pipeline.errors import DataError
 from data_pipeline.io import LoadedData, load
 from data_pipeline.layout import LAYOUTS, DatasetIndex, scan
-from data_pipeline.prepare import DataConfig, PreparedData, Split, prepare
-from data_pipeline.splits import SplitPlan, leakage_audit, plan_splits
+from data_pipeline.prepare import DataConfig, PreparedData, Split, folds_summary, prepare, prepare_folds
+from data_pipeline.splits import SplitPlan, fold_plans, leakage_audit, plan_splits
 
 __all__ = [
     "LAYOUTS",
@@ -19,9 +19,12 @@ __all__ = [
     "Split",
     "SplitPlan",
     "check",
+    "fold_plans",
+    "folds_summary",
     "leakage_audit",
     "load",
     "plan_splits",
     "prepare",
+    "prepare_folds",
     "scan",
 ]

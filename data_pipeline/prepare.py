@@ -13,7 +13,7 @@ from data_pipeline.errors import DataError
 from data_pipeline.io import ON_BAD_IMAGE, LoadedData, load
 from data_pipeline.layout import LAYOUTS, TASKS, manifest_path, scan
 from data_pipeline.masks import rule_problem
-from data_pipeline.splits import OPTIONS, PROTOCOLS, SPLITS, SplitPlan, leakage_audit, plan_splits
+from data_pipeline.splits import OPTIONS, PROTOCOLS, SPLITS, SplitPlan, fold_plans, leakage_audit, plan_splits
 
 
 @dataclass(frozen=True)
@@ -146,8 +146,7 @@ def materialise(data: LoadedData, plan: SplitPlan, seed: int) -> dict[str, Split
     return {s: gather(plan.split(s)) for s in SPLITS}
 
 
-def prepare(cfg: DataConfig, cache_dir: str | Path | None = None) -> PreparedData:
-    """Find, decode (through the cache), split, balance and augment; raise DataError naming every bad field."""
+def _load(cfg: DataConfig, cache_dir: str | Path | None):
     problems = cfg.problems()
     if problems:
         raise DataError("invalid data settings:\n  " + "\n  ".join(problems))
@@ -164,6 +163,10 @@ def prepare(cfg: DataConfig, cache_dir: str | Path | None = None) -> PreparedDat
         seed=cfg.seed,
         fractions=cfg.fractions,
     )
+    return data, plan
+
+
+def _prepared(data: LoadedData, plan: SplitPlan, cfg: DataConfig) -> PreparedData:
     splits = materialise(data, plan, cfg.seed)
     return PreparedData(
         classes=data.classes,
@@ -178,3 +181,36 @@ def prepare(cfg: DataConfig, cache_dir: str | Path | None = None) -> PreparedDat
         layout=data.layout,
         mask_rule=data.mask_rule,
     )
+
+
+def prepare(cfg: DataConfig, cache_dir: str | Path | None = None) -> PreparedData:
+    """Find, decode (through the cache), split, balance and augment; raise DataError naming every bad field."""
+    data, plan = _load(cfg, cache_dir)
+    return _prepared(data, plan, cfg)
+
+
+def prepare_folds(cfg: DataConfig, k: int, cache_dir: str | Path | None = None) -> tuple[PreparedData, ...]:
+    """k-fold cross-validation: one PreparedData per fold (its own train/val, audited), all with the test split
+    ``prepare(cfg)`` has (see ``splits.fold_plans``)."""
+    data, plan = _load(cfg, cache_dir)
+    plans = fold_plans(
+        data.labels,
+        plan,
+        k,
+        balance_to=cfg.balance_to,
+        seed=cfg.seed,
+        fractions=cfg.fractions,
+        stratify=cfg.task == "classification",
+    )
+    if any(min(len(p.train), len(p.val)) == 0 for p in plans):
+        raise DataError(f"{k} folds leave a fold without training or validation images: use fewer folds")
+    return tuple(_prepared(data, p, cfg) for p in plans)
+
+
+def folds_summary(folds: tuple[PreparedData, ...]) -> dict[str, object]:
+    """``PreparedData.summary`` for cross-validation: fold 0's, the leakage audit summed over folds, and each
+    fold's split sizes and audit."""
+    out = folds[0].summary()
+    out["leakage_audit"] = {s: sum(f.audit[s] for f in folds) for s in folds[0].audit}
+    out["folds"] = [{"splits": f.summary()["splits"], "leakage_audit": f.audit} for f in folds]
+    return out

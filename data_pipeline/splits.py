@@ -114,3 +114,45 @@ def leakage_audit(plan: SplitPlan) -> dict[str, int]:
     """How many validation/test images share their source image with training (as original or augmented copy)."""
     in_train = set(plan.train[:, 0].tolist())
     return {name: int(sum(s in in_train for s in plan.split(name)[:, 0].tolist())) for name in ("val", "test")}
+
+
+def fold_plans(
+    labels: np.ndarray,
+    base: SplitPlan,
+    k: int,
+    *,
+    balance_to: int | None = None,
+    seed: int = 0,
+    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+    stratify: bool = True,
+) -> list[SplitPlan]:
+    """k-fold cross-validation plans sharing ``base``'s test split: the non-test originals (base's training
+    originals and validation) are cut into k folds (stratified by label when ``stratify``); fold f validates on
+    fold f and trains on the rest, topped up to ``balance_to`` per class as ``plan_splits`` does. Augmented
+    copies are made of a fold's own training sources only, so they never cross folds. Leak-free protocol only."""
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    if base.protocol != "leak_free":
+        raise ValueError("cross-validation needs the leak_free protocol (the study protocol leaks across folds)")
+    labels = np.asarray(labels)
+    pool = np.sort(np.concatenate([base.train[base.train[:, 1] == 0, 0], base.val[:, 0]]))
+    splitter = (StratifiedKFold if stratify else KFold)(n_splits=k, shuffle=True, random_state=seed)
+    rng = np.random.default_rng(seed)
+    per_class_train = split_sizes(balance_to, fractions)[0] if balance_to else None
+    plans = []
+    for train_idx, val_idx in splitter.split(pool, labels[pool]):
+        train = _originals(pool[train_idx])
+        if per_class_train:
+            train = np.concatenate(
+                [top_up(pool[train_idx][labels[pool[train_idx]] == c], per_class_train, rng) for c in np.unique(labels)]
+            )
+        plans.append(
+            SplitPlan(
+                rng.permutation(train),
+                rng.permutation(_originals(pool[val_idx])),
+                base.test,
+                base.option,
+                base.protocol,
+            )
+        )
+    return plans

@@ -14,6 +14,8 @@ from __future__ import annotations
 import numpy as np
 from sklearn import metrics as skm
 
+from models.stats import ece
+
 _EPS = 1e-7
 
 
@@ -38,6 +40,7 @@ def classification_report(y_true: np.ndarray, probs: np.ndarray, class_names: tu
         "f1": float(f.mean()),
         "loss": float(-np.mean(np.log(np.clip(probs[np.arange(len(y_true)), y_true], _EPS, 1.0)))),
         "roc_auc": float(np.mean(finite_auc)) if finite_auc else float("nan"),
+        "ece": ece(probs, y_true),
         "per_class": {
             c: {
                 "precision": float(p[k]),
@@ -56,11 +59,24 @@ def _ratio(num: np.ndarray, den: np.ndarray, empty: float) -> np.ndarray:
     return np.where(den > 0, num / np.maximum(den, 1), empty)
 
 
+def _counts(y: np.ndarray, y_hat: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per image (rows of flattened masks): true positives, false positives, false negatives."""
+    return (y * y_hat).sum(1), ((1 - y) * y_hat).sum(1), (y * (1 - y_hat)).sum(1)
+
+
+def per_image_dice(masks: np.ndarray, probs: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """Thresholded Dice of each image (1 when its mask and prediction are both empty): the paired comparisons'
+    unit."""
+    y = np.asarray(masks, dtype=np.float64).reshape(len(masks), -1)
+    tp, fp, fn = _counts(y, (np.asarray(probs, dtype=np.float64).reshape(len(masks), -1) >= threshold).astype(float))
+    return _ratio(2 * tp, 2 * tp + fp + fn, 1.0).astype(np.float32)
+
+
 def segmentation_report(masks: np.ndarray, probs: np.ndarray, threshold: float = 0.5) -> dict:
     y = np.asarray(masks, dtype=np.float64).reshape(len(masks), -1)
     p = np.asarray(probs, dtype=np.float64).reshape(len(masks), -1)
     y_hat = (p >= threshold).astype(np.float64)
-    tp_i, fp_i, fn_i = (y * y_hat).sum(1), ((1 - y) * y_hat).sum(1), (y * (1 - y_hat)).sum(1)
+    tp_i, fp_i, fn_i = _counts(y, y_hat)
     tp, fp, fn = tp_i.sum(), fp_i.sum(), fn_i.sum()
     soft_inter_i = (y * p).sum(1)
     pc = np.clip(p, _EPS, 1 - _EPS)
@@ -70,7 +86,7 @@ def segmentation_report(masks: np.ndarray, probs: np.ndarray, threshold: float =
         "recall": float(_ratio(tp, tp + fn, 0.0)),
         "dice": float(_ratio(2 * tp, 2 * tp + fp + fn, 1.0)),
         "iou": float(_ratio(tp, tp + fp + fn, 1.0)),
-        "dice_per_image": float(_ratio(2 * tp_i, 2 * tp_i + fp_i + fn_i, 1.0).mean()),
+        "dice_per_image": float(per_image_dice(masks, probs, threshold).mean()),
         "iou_per_image": float(_ratio(tp_i, tp_i + fp_i + fn_i, 1.0).mean()),
         "study_dice": float((2 * soft_inter_i.sum() + 1) / (y.sum() + p.sum() + 1)),
         "study_iou": float(((soft_inter_i + 1) / (y.sum(1) + p.sum(1) - soft_inter_i + 1)).mean()),
@@ -79,9 +95,37 @@ def segmentation_report(masks: np.ndarray, probs: np.ndarray, threshold: float =
     }
 
 
-def predict(model, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
-    """The model's output for uint8 RGB images, batch by batch. Eager calls: for a single pass over a split they
-    cost less than tracing a predict function used only once."""
+def tta_transforms(height: int, width: int) -> list[tuple[int, bool]]:
+    """Test-time augmentation as (quarter turns, then horizontal flip): the 4 flips of any image, and all 8
+    symmetries of the square (90° rotations too) when it is square. The first is the identity."""
+    turns = (0, 1, 2, 3) if height == width else (0, 2)
+    return [(k, flip) for k in turns for flip in (False, True)]
+
+
+def _transform(x: np.ndarray, k: int, flip: bool) -> np.ndarray:
+    x = np.rot90(x, k, axes=(1, 2))
+    return np.ascontiguousarray(x[:, :, ::-1] if flip else x)
+
+
+def _untransform(y: np.ndarray, k: int, flip: bool) -> np.ndarray:
+    y = y[:, :, ::-1] if flip else y
+    return np.rot90(y, -k, axes=(1, 2))
+
+
+def predict(model, images: np.ndarray, batch_size: int = 32, tta: bool = False) -> np.ndarray:
+    """The model's output for uint8 RGB images, batch by batch. With ``tta``, the mean of its outputs over
+    ``tta_transforms`` (masks turned back first), before any threshold."""
+    if not tta:
+        return _predict_once(model, images, batch_size)
+    outs = []
+    for k, flip in tta_transforms(*images.shape[1:3]):
+        out = _predict_once(model, _transform(images, k, flip), batch_size)
+        outs.append(_untransform(out, k, flip) if out.ndim == 4 else out)  # a mask follows its image back
+    return np.mean(outs, axis=0).astype(np.float32)
+
+
+def _predict_once(model, images: np.ndarray, batch_size: int) -> np.ndarray:
+    """Eager calls: for a single pass over a split they cost less than tracing a predict function used once."""
     import keras
 
     return np.concatenate(
@@ -99,6 +143,6 @@ def report_from_probs(split, probs: np.ndarray, task: str, class_names: tuple[st
     return segmentation_report(split.masks, probs[..., 0])
 
 
-def evaluate(model, split, task: str, class_names: tuple[str, ...], batch_size: int = 32) -> dict:
-    """Final metrics of ``model`` on one split (images, labels, masks)."""
-    return report_from_probs(split, predict(model, split.images, batch_size), task, class_names)
+def evaluate(model, split, task: str, class_names: tuple[str, ...], batch_size: int = 32, tta: bool = False) -> dict:
+    """Final metrics of ``model`` on one split (images, labels, masks), optionally with test-time augmentation."""
+    return report_from_probs(split, predict(model, split.images, batch_size, tta), task, class_names)

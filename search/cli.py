@@ -313,10 +313,12 @@ def _add_cluster_commands(sub) -> None:
     predict.add_argument("model_dir", type=Path)
     predict.add_argument("inputs", nargs="+", help="image files or folders of images")
     predict.add_argument("--out", type=Path, help="write predictions.csv (classification) or mask PNGs and overlays")
+    predict.add_argument("--tta", action="store_true", help="test-time augmentation: mean over flips and 90° turns")
 
     evaluate = sub.add_parser("evaluate", help="re-compute an exported model's test metrics on its study's test split")
     evaluate.add_argument("model_dir", type=Path)
     evaluate.add_argument("--data-dir", help="the dataset folder, when it is not where the sweep read it")
+    evaluate.add_argument("--tta", action="store_true", help="with test-time augmentation (flips and 90° turns)")
 
 
 def _submit(args) -> int:
@@ -420,7 +422,7 @@ def _predict(args) -> int:
 
     from search.export import predict_images
 
-    frame = predict_images(args.model_dir, args.inputs, args.out)
+    frame = predict_images(args.model_dir, args.inputs, args.out, tta=args.tta)
     with pd.option_context("display.width", 200, "display.max_colwidth", 60, "display.float_format", "{:.4f}".format):
         print(frame.to_string(index=False))
     if args.out:
@@ -431,7 +433,7 @@ def _predict(args) -> int:
 def _evaluate(args) -> int:
     from search.export import evaluate_export
 
-    now, recorded = evaluate_export(args.model_dir, args.data_dir)
+    now, recorded = evaluate_export(args.model_dir, args.data_dir, tta=args.tta)
     print(f"{'metric':<16}{'now':>10}{'at export':>12}")
     for key, value in now.items():
         if isinstance(value, float):

@@ -23,9 +23,9 @@ import numpy as np
 import pandas as pd
 
 from search import storage as store
-from search.runner import CONFIG_KEYS, SweepError, load_results, load_sweep, study_from_dict
+from search.runner import CONFIG_KEYS, RESULTS_JSON, SweepError, load_results, load_sweep, study_from_dict
 from search.spec import METRIC
-from search.trial import CHECKPOINT_MODEL
+from search.trial import CHECKPOINT_MODEL, checkpoint_model, fold_files
 
 EXPORT_FILE = "export.json"
 STUDY_FILE = "study.json"
@@ -74,8 +74,11 @@ def _clean(d: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def export_manifest(row: pd.Series, sweep: dict, metric: str, family: str | None, experiment: str) -> dict:
-    """What a user of the exported model needs to know, from the results row and the sweep record (pure)."""
+def export_manifest(
+    row: pd.Series, sweep: dict, metric: str, family: str | None, experiment: str, detail: dict | None = None
+) -> dict:
+    """What a user of the exported model needs to know, from the results row, the sweep record and the trial's
+    test report (``detail``, from results.json: its temperature when the study calibrates) (pure)."""
     import models
 
     study = sweep["study"]
@@ -111,6 +114,7 @@ def export_manifest(row: pd.Series, sweep: dict, metric: str, family: str | None
         "validation": _clean({k[4:]: row[k] for k in row.index if k.startswith("val_")}),
         "test": _clean({k[5:]: row[k] for k in row.index if k.startswith("test_")}),
         "data": {"fingerprint": data["fingerprint"], "leakage_audit": data["leakage_audit"], "splits": data["splits"]},
+        "calibration": (detail or {}).get("calibration"),  # {"temperature": T, ...}: `sweep predict` applies it
     }
 
 
@@ -150,7 +154,9 @@ def export_best(experiment: str | Path, to: str | Path, family: str | None = Non
     if to.exists() and (not to.is_dir() or any(to.iterdir())):
         raise SweepError(f"{to} exists and is not empty: export into a new folder")
     to.parent.mkdir(parents=True, exist_ok=True)
-    manifest = export_manifest(row, sweep, metric, family, experiment)
+    details = store.join(experiment, RESULTS_JSON)
+    detail = json.loads(store.read_text(details)).get(row["trial"]) if store.exists(details) else None
+    manifest = export_manifest(row, sweep, metric, family, experiment, detail)
     staging = Path(tempfile.mkdtemp(prefix=f".{to.name}.partial-", dir=to.parent))
     umask = os.umask(0)
     os.umask(umask)
@@ -159,9 +165,13 @@ def export_best(experiment: str | Path, to: str | Path, family: str | None = Non
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = store.download(row["checkpoint"], tmp)
             source = checkpoint / CHECKPOINT_MODEL
-            if not source.is_file():
+            if fold_files(checkpoint):  # cross-validation: the fold models as one ensemble (mean of outputs)
+                checkpoint_model(checkpoint).save(staging / MODEL_FILE)
+                manifest["ensemble"] = {"folds": len(fold_files(checkpoint)), "combine": "mean of outputs"}
+            elif source.is_file():
+                shutil.copyfile(source, staging / MODEL_FILE)
+            else:
                 raise SweepError(f"the best trial's checkpoint {row['checkpoint']} has no {CHECKPOINT_MODEL}")
-            shutil.copyfile(source, staging / MODEL_FILE)
         model = keras.saving.load_model(staging / MODEL_FILE, safe_mode=True, compile=False)  # loadable as shipped
         manifest["parameters"] = int(model.count_params())
         (staging / EXPORT_FILE).write_text(json.dumps(manifest, indent=2))
@@ -211,9 +221,17 @@ def image_paths(inputs: list[str | Path]) -> list[Path]:
     return out
 
 
-def predict_images(model_dir: str | Path, inputs: list[str | Path], out: str | Path | None = None) -> pd.DataFrame:
-    """Predict every image; classification: label and probabilities per image (``out/predictions.csv``);
-    segmentation: foreground fraction per image, and with ``out`` a mask PNG and an overlay PNG per image.
+def temperature(manifest: dict) -> float | None:
+    """The export's calibration temperature, None when its study did not calibrate."""
+    return (manifest.get("calibration") or {}).get("temperature")
+
+
+def predict_images(
+    model_dir: str | Path, inputs: list[str | Path], out: str | Path | None = None, tta: bool = False
+) -> pd.DataFrame:
+    """Predict every image; classification: label and probabilities per image (``out/predictions.csv``; calibrated
+    when the export carries a temperature); segmentation: foreground fraction per image, and with ``out`` a mask
+    PNG and an overlay PNG per image. ``tta``: average over flips and 90° rotations before thresholding.
     All images are read and predicted before anything is written."""
     import cv2
 
@@ -225,8 +243,12 @@ def predict_images(model_dir: str | Path, inputs: list[str | Path], out: str | P
     size = manifest["preprocessing"]["input_size"]
     originals = [read_rgb(p) for p in paths]  # a corrupt file fails here, naming its path, before any output
     batch = np.stack([resize(o, size) for o in originals])  # as the training images were resized
-    probs = predict(model, batch)
+    probs = predict(model, batch, tta=tta)
     if manifest["task"] == "classification":
+        if temperature(manifest) is not None:
+            from models.stats import apply_temperature
+
+            probs = apply_temperature(probs, temperature(manifest))
         classes = manifest["classes"]
         frame = pd.DataFrame(probs, columns=[f"p_{c}" for c in classes])
         frame.insert(0, "label", [classes[i] for i in probs.argmax(1)])
@@ -268,13 +290,16 @@ def overlay(image: np.ndarray, mask: np.ndarray, color=(255, 0, 0), alpha: float
     return out
 
 
-def evaluate_export(model_dir: str | Path, data_dir: str | None = None) -> tuple[dict, dict]:
+def evaluate_export(model_dir: str | Path, data_dir: str | None = None, tta: bool = False) -> tuple[dict, dict]:
     """(metrics now, metrics recorded at export) of an exported model on its study's test split, rebuilt from
-    study.json (or on ``data_dir``'s test split, same split settings)."""
+    study.json (or on ``data_dir``'s test split, same split settings). ``tta``: with test-time augmentation, set
+    against the ``tta_*`` metrics recorded when the study had ``search.tta``. With a temperature, the ECE after
+    it (``ece_calibrated``) too."""
     import dataclasses
 
     from data_pipeline import prepare
-    from models.evaluation import evaluate
+    from models import stats
+    from models.evaluation import predict, report_from_probs
 
     model, manifest = load_export(model_dir)
     study = study_from_dict(json.loads((Path(model_dir) / STUDY_FILE).read_text()))
@@ -282,5 +307,11 @@ def evaluate_export(model_dir: str | Path, data_dir: str | None = None) -> tuple
     if data_dir is not None:
         cfg = dataclasses.replace(cfg, data_dir=str(data_dir))
     data = prepare(cfg)
-    report = evaluate(model, data.test, manifest["task"], data.classes, study.train.batch_size)
-    return report, manifest["test"]
+    probs = predict(model, data.test.images, study.train.batch_size, tta=tta)
+    report = report_from_probs(data.test, probs, manifest["task"], data.classes)
+    if temperature(manifest) is not None and not tta:
+        report["ece_calibrated"] = stats.ece(stats.apply_temperature(probs, temperature(manifest)), data.test.labels)
+    recorded = manifest["test"]
+    if tta:
+        recorded = {k[4:]: v for k, v in recorded.items() if k.startswith("tta_")}
+    return report, recorded

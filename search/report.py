@@ -251,12 +251,17 @@ def trust(agg: pd.DataFrame, task: str, sweep: dict) -> dict[str, Any]:
         out["spread"] = float(healthy[f"{metric}_std"].mean())  # mean std across seeds of one configuration
         out["repeats"] = int(agg["repeats"].max())
     out["leakage_audit"] = {opt: d["leakage_audit"] for opt, d in sweep["data"].items()}
+    out["folds"] = int(sweep["study"].get("search", {}).get("folds", 1))
     return out
 
 
 def _label(row: pd.Series) -> str:
     option = f" option {int(row['option'])}" if "option" in row and pd.notna(row.get("option")) else ""
     return f"{row['model']}{option} lr {row['lr']:g} dropout {row['dropout']:g}"
+
+
+def _spread_of(t: dict[str, Any]) -> str:
+    return f"std across {t['folds']} folds" if t.get("folds", 1) > 1 else f"std over {t['repeats']} seeds"
 
 
 def trust_lines(t: dict[str, Any]) -> list[str]:
@@ -276,15 +281,129 @@ def trust_lines(t: dict[str, Any]) -> list[str]:
         if "spread" in t:
             verdict = "larger" if t["gap"] > 2 * t["spread"] else "not clearly larger"
             line += (
-                f" Run-to-run spread (std over {t['repeats']} seeds, mean over configurations): {t['spread']:.4f}; "
+                f" Run-to-run spread ({_spread_of(t)}, mean over configurations): {t['spread']:.4f}; "
                 f"the gap is {verdict} than twice the spread."
             )
         else:
             line += " Run-to-run spread unknown: set `search.repeats: k` to run each configuration with k seeds."
         lines.append(line)
+    if t.get("folds", 1) > 1:
+        lines.append(
+            f"Cross-validation: {t['folds']} folds. Validation numbers are means over the folds (± their std "
+            f"across folds); test numbers are those of the {t['folds']} fold models' ensemble (mean of outputs)."
+        )
     audit = ", ".join(f"option {k}: {v['val']} val / {v['test']} test" for k, v in t["leakage_audit"].items())
     lines.append(f"Leakage audit (val/test images derived from a training image): {audit}.")
     return lines
+
+
+# ---- is the winner really better? calibration, test-time augmentation ---------------------------------------------
+
+HEADLINE = {"classification": ("accuracy", "f1", "loss"), "segmentation": ("dice", "iou", "dice_per_image")}
+STUDY_HEADLINE = {"classification": "test_acc", "segmentation": "dice"}  # how the study picked its own best
+
+
+def study_pick(ref: pd.DataFrame, task: str) -> dict[str, Any]:
+    """The configuration the study itself presented as best: the highest published test figure (the paper chose on
+    test; here it is only a configuration to compare against)."""
+    row = ref.loc[ref[STUDY_HEADLINE[task]].idxmax()]
+    inverse = {v: k for k, v in STUDY_NAMES.items()}
+    pick = {"model": inverse.get(row["model"], row["model"]), "lr": float(row["lr"]), "dropout": float(row["dropout"])}
+    return pick | ({"option": int(row["loading_option"])} if "loading_option" in row else {})
+
+
+def _matches(frame: pd.DataFrame, config: dict[str, Any]) -> pd.Series:
+    hit = pd.Series(True, index=frame.index)
+    for key, value in config.items():
+        if key in frame:
+            hit &= np.isclose(frame[key], value) if isinstance(value, float) else frame[key] == value
+    return hit
+
+
+def opponents(frame: pd.DataFrame, task: str, pick: dict[str, Any] | None = None) -> list[tuple[str, pd.Series]]:
+    """The winner (best trial by validation) and what it is compared with: the runner-up (the best trial of another
+    configuration), each other family's best, and the study's own pick when this sweep ran it. Validation only."""
+    metric = METRIC[task]
+    scored = frame[frame[metric].notna()].sort_values(metric, ascending=False, kind="stable")
+    if len(scored) < 2:
+        return []
+    winner, keys = scored.iloc[0], config_keys(frame)
+    others = scored[~_matches(scored, {k: winner[k] for k in keys if k != "repeat"})]
+    out = [("winner", winner)]
+    if not others.empty:
+        out.append(("runner-up", others.iloc[0]))
+    for _, row in best_per_family(others, metric).iterrows():
+        if row["model"] != winner["model"]:
+            out.append((f"best {row['model']}", row))
+    if pick is not None:
+        theirs = scored[_matches(scored, pick)]
+        if not theirs.empty and theirs.iloc[0]["trial"] != winner["trial"]:
+            out.append(("the study's pick", theirs.iloc[0]))
+    return out
+
+
+def paired_comparisons(
+    frame: pd.DataFrame, task: str, preds: dict[str, np.ndarray], pick: dict[str, Any] | None = None, **kw
+) -> tuple[pd.DataFrame, list[str]]:
+    """The winner against each opponent on the same test images: a table and one plain sentence per opponent.
+    Trials on another test split (another loading option) cannot be paired and are said to be so."""
+    from models import stats
+
+    pairs = opponents(frame, task, pick)
+    if not pairs:
+        return pd.DataFrame(), []
+    (_, winner), rows, lines = pairs[0], [], []
+    w = winner["trial"]
+    for role, row in pairs[1:]:
+        t, name = row["trial"], f"{role} {row['trial']}"
+        if task == "classification":
+            same = f"{w}/probs" in preds and f"{t}/probs" in preds
+            same = same and np.array_equal(preds[f"{w}/labels"], preds[f"{t}/labels"])
+            same = same and winner.get("option") == row.get("option")
+            if not same:
+                lines.append(f"{name}: another test split (loading option), so no paired comparison.")
+                continue
+            result = stats.compare_classifiers(preds[f"{w}/labels"], preds[f"{w}/probs"], preds[f"{t}/probs"], **kw)
+        elif f"{w}/dice" in preds and f"{t}/dice" in preds:
+            result = stats.compare_segmenters(preds[f"{w}/dice"], preds[f"{t}/dice"], **kw)
+        else:
+            continue
+        lines.append(f"The winner {w} is {stats.sentence(name, result)}.")
+        extra = {"F1 difference": result["f1"]["difference"]} if "f1" in result else {}
+        rows.append(
+            {
+                "against": name,
+                f"{result['metric']} difference": result["difference"],
+                "95% CI low": result["low"],
+                "95% CI high": result["high"],
+                **extra,
+                f"p ({result['test']})": result["p"],
+                "verdict": result["verdict"],
+            }
+        )
+    return pd.DataFrame(rows), lines
+
+
+def calibration_table(row: pd.Series, detail: dict) -> pd.DataFrame:
+    """ECE of the best classifier on the test split, before and (with train.calibrate) after temperature scaling."""
+    out = [{"quantity": "test ECE (15 bins)", "value": row.get("test_ece", np.nan)}]
+    if "calibration" in detail:
+        out += [
+            {"quantity": "temperature (fitted on validation)", "value": detail["calibration"]["temperature"]},
+            {"quantity": "test ECE after temperature scaling", "value": detail.get("ece_calibrated", np.nan)},
+        ]
+    return pd.DataFrame(out)
+
+
+def tta_table(best: pd.DataFrame, task: str) -> pd.DataFrame:
+    """Per family's best trial: test metrics without and with test-time augmentation."""
+    rows = []
+    for _, row in best.iterrows():
+        out = {"trial": row["trial"]}
+        for m in HEADLINE[task]:
+            out[f"{m}"], out[f"{m} (TTA)"] = row.get(f"test_{m}", np.nan), row.get(f"test_tta_{m}", np.nan)
+        rows.append(out)
+    return pd.DataFrame(rows)
 
 
 # ---- figures ------------------------------------------------------------------------------------------------------
@@ -404,6 +523,26 @@ def plot_best_classifier(figs: Figures, report: dict, classes: list[str], probs,
     figs.save(fig, "best_classifier", "Best classifier on the test split: confusion matrix and one-vs-rest ROC curves.")
 
 
+def plot_reliability(figs: Figures, probs, labels, temperature: float | None) -> None:
+    from models import stats
+
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4.5, 4.2))
+    ax.plot([0, 1], [0, 1], "k:", lw=0.8, label="perfectly calibrated")
+    curves = [("model", probs)]
+    if temperature is not None:
+        curves.append((f"temperature {temperature:.2f}", stats.apply_temperature(probs, temperature)))
+    for j, (name, p) in enumerate(curves):
+        r = stats.reliability(p, labels)
+        used = r["count"] > 0
+        label = f"{name} (ECE {stats.ece(p, labels):.3f})"
+        ax.plot(r["confidence"][used], r["accuracy"][used], "o-", color=f"C{j}", label=label)
+    ax.set(xlabel="confidence (top probability)", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1))
+    ax.set_title(f"Reliability, test split ({stats.ECE_BINS} bins)")
+    ax.legend(fontsize=8)
+    figs.save(fig, "reliability", "Best classifier: reliability diagram on the test split (ECE, 15 bins).")
+
+
 def plot_best_segmenter(figs: Figures, images, truth, predicted) -> None:
     plt = _plt()
     n = len(images)
@@ -456,7 +595,8 @@ def build(experiment: str | Path, out: Path) -> dict[str, Any]:
     plot_epochs(figs, frame, max_epochs)
     details, preds = _read_json(experiment, RESULTS_JSON), _predictions(experiment)
     overall = best.head(1)
-    per_class = None
+    per_class = calibration = None
+    comparisons, sentences = paired_comparisons(frame, task, preds, study_pick(reference(task), task))
     if not overall.empty and overall.iloc[0]["trial"] in details:
         trial = overall.iloc[0]["trial"]
         if task == "classification":
@@ -466,6 +606,9 @@ def build(experiment: str | Path, out: Path) -> dict[str, Any]:
             probs, labels = preds.get(f"{trial}/probs"), preds.get(f"{trial}/labels")
             plot_best_classifier(figs, report, classes, probs, labels)
             per_class = pd.DataFrame(report["per_class"]).T.rename_axis("class").reset_index()
+            calibration = calibration_table(overall.iloc[0], report)
+            if probs is not None:
+                plot_reliability(figs, probs, labels, report.get("calibration", {}).get("temperature"))
         elif f"{trial}/masks" in preds:
             plot_best_segmenter(figs, preds["images"], preds["truth"], preds[f"{trial}/masks"])
     return {
@@ -479,6 +622,10 @@ def build(experiment: str | Path, out: Path) -> dict[str, Any]:
         "totals": pd.DataFrame([{"quantity": k, "value": v} for k, v in totals.items()]),
         "trust": checks,
         "per_class": per_class,
+        "comparisons": comparisons,
+        "sentences": sentences,
+        "calibration": calibration,
+        "tta": tta_table(best, task) if study.get("search", {}).get("tta") else None,
         "figures": figs,
         "best_trial": None if overall.empty else overall.iloc[0]["trial"],
     }
@@ -499,6 +646,8 @@ def to_markdown(parts: dict[str, Any], embed: bool = False) -> str:
     lines = [f"# Sweep report: {Path(parts['experiment']).name}", ""]
     lines += [f"Task: {parts['task']}. Selection on validation only; test numbers played no part in choosing.", ""]
     lines += [f"- {line}" for line in trust_lines(parts["trust"])] + [""]
+    for title, frame, text in _trust_sections(parts):
+        lines += [f"## {title}", "", *[f"- {line}" for line in text], "", *([_md(frame), ""] if len(frame) else [])]
     lines += ["## Best per family (chosen on validation)", "", _md(parts["summary"]), ""]
     lines += ["## Compared with the study's published figures (same configuration)", ""]
     lines += [_md(parts["versus"]), "", "Fractions; the study's percentages are divided by 100.", ""]
@@ -517,12 +666,31 @@ def to_markdown(parts: dict[str, Any], embed: bool = False) -> str:
     return "\n".join(lines)
 
 
+def _trust_sections(parts: dict[str, Any]) -> list[tuple[str, pd.DataFrame, list[str]]]:
+    """(title, table, sentences) of the report's trust sections that have something to say."""
+    out = []
+    if parts["sentences"]:
+        how = (
+            "Paired on the same test images; 95% percentile intervals from 10,000 paired bootstrap resamples (seed 0); "
+            "a difference counts when p < 0.05 and the interval excludes 0."
+        )
+        out.append(("Is the winner really better? (test split)", parts["comparisons"], [*parts["sentences"], how]))
+    if parts["calibration"] is not None:
+        out.append(("Calibration of the best classifier", parts["calibration"], []))
+    if parts["tta"] is not None:
+        note = "Mean of the model's outputs over flips and 90° rotations, before thresholding."
+        out.append(("Test-time augmentation (best per family, test split)", parts["tta"], [note]))
+    return out
+
+
 def to_html(parts: dict[str, Any]) -> str:
     def table(frame: pd.DataFrame) -> str:
         return frame.to_html(index=False, float_format=lambda v: f"{v:.4f}", na_rep="–", border=0, classes="t")
 
     body = [f"<h1>Sweep report: {Path(parts['experiment']).name}</h1>"]
     body += [f"<p>{line.replace('**', '')}</p>" for line in trust_lines(parts["trust"])]
+    for title, frame, text in _trust_sections(parts):
+        body += [f"<h2>{title}</h2>", *[f"<p>{line}</p>" for line in text], table(frame) if len(frame) else ""]
     body += ["<h2>Best per family (chosen on validation)</h2>", table(parts["summary"])]
     body += ["<h2>Compared with the study's published figures (same configuration)</h2>", table(parts["versus"])]
     for title, frame in parts["tables"].items():
@@ -549,7 +717,8 @@ def to_html(parts: dict[str, Any]) -> str:
 
 def to_latex(parts: dict[str, Any]) -> str:
     out = []
-    for title, frame in [("Best per family", parts["summary"]), *parts["tables"].items()]:
+    trust = [(title, frame) for title, frame, _ in _trust_sections(parts) if len(frame)]
+    for title, frame in [("Best per family", parts["summary"]), *trust, *parts["tables"].items()]:
         out.append(frame.to_latex(index=False, float_format="%.4f", caption=title, na_rep="--"))
     return "\n".join(out)
 

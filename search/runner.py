@@ -20,16 +20,16 @@ from typing import Any
 
 import pandas as pd
 
-from data_pipeline import DataConfig, prepare
+from data_pipeline import DataConfig, folds_summary, prepare, prepare_folds
 from search import storage as store
 from search.errors import SweepError
 from search.spec import METRIC, TRAIN_AXES, Resources, Scheduler, Search, Study, Train, param_space
-from search.trial import CHECKPOINT_MODEL, train_trial
+from search.trial import checkpoint_model, fold_member, train_trial
 
 SWEEP_FILE = "sweep.json"
 RESULTS_CSV = "results.csv"
 RESULTS_JSON = "results.json"
-PREDICTIONS = "predictions.npz"  # per trial: test probabilities (classification) or a few predicted masks
+PREDICTIONS = "predictions.npz"  # per trial: test probabilities, or per-image Dice and a few predicted masks
 PACKAGES = (
     "ray",
     "keras",
@@ -166,7 +166,14 @@ def _trainable(study: Study, datasets: Mapping, gpus: float, cpus: float, experi
 
 
 def prepare_all(study: Study) -> dict:
-    return {opt: prepare(dataclasses.replace(study.data, option=opt)) for opt in option_values(study)}
+    """Loading option -> PreparedData, or with ``search.folds: k`` a tuple of k (one per fold, one test split)."""
+    k = study.search.folds
+    cfgs = {opt: dataclasses.replace(study.data, option=opt) for opt in option_values(study)}
+    return {opt: prepare(cfg) if k == 1 else prepare_folds(cfg, k) for opt, cfg in cfgs.items()}
+
+
+def _data_summary(data) -> dict:
+    return folds_summary(data) if isinstance(data, tuple) else data.summary()
 
 
 def _search_alg(study: Study):
@@ -221,7 +228,7 @@ def run_study(
         },
         "study": study.to_dict(),
         "resources": {"gpus_per_trial": gpus, "cpus_per_trial": cpus, "cache_dir": cache_dir},
-        "data": {str(opt): d.summary() for opt, d in datasets.items()},
+        "data": {str(opt): _data_summary(d) for opt, d in datasets.items()},
         "versions": versions(),
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
@@ -359,30 +366,66 @@ SHOWN_MASKS = 8  # test images whose predicted masks are kept for the report's f
 
 
 def evaluate_checkpoint(
-    checkpoint_path: str, task: str, batch_size: int, data, compile_cache=None
+    checkpoint_path: str,
+    task: str,
+    batch_size: int,
+    data,
+    compile_cache=None,
+    *,
+    tta: bool = False,
+    calibrate: bool = False,
 ) -> tuple[dict, dict]:
-    """Test-split metrics of one checkpoint (the only place the test split is used), and what the report plots:
-    the test probabilities (classification) or the first predicted masks (segmentation). ``compile_cache``:
-    (backend, wanted, cache_dir) as the trials had it: checkpoints of one model share a compiled program."""
+    """Test-split metrics of one checkpoint (the only place the test split is used), and what the report needs:
+    the test probabilities (classification) or the per-image Dice and the first predicted masks (segmentation).
+    ``compile_cache``: (backend, wanted, cache_dir) as the trials had it: checkpoints of one model share a compiled
+    program. ``tta``: also the metrics with test-time augmentation (``tta_*``). ``calibrate``: fit a temperature
+    on the validation split, ECE before and after (``calibration``)."""
     import tempfile
 
     from search import compile_cache as jax_cache
 
     if compile_cache is not None:
         jax_cache.enable_for(*compile_cache)
-    import keras
     import numpy as np
 
-    from models.evaluation import predict, report_from_probs
+    from models import stats
+    from models.evaluation import per_image_dice, predict, report_from_probs
 
     with tempfile.TemporaryDirectory() as tmp:
-        local = store.download(checkpoint_path, tmp)
-        model = keras.saving.load_model(local / CHECKPOINT_MODEL, compile=False)
+        model = checkpoint_model(store.download(checkpoint_path, tmp))
+    folds = data if isinstance(data, tuple) else (data,)
+    data = folds[0]  # every fold has the same test split
     probs = predict(model, data.test.images, batch_size)
     report = report_from_probs(data.test, probs, task, data.classes)
+    if tta:
+        tta_probs = predict(model, data.test.images, batch_size, tta=True)
+        with_tta = report_from_probs(data.test, tta_probs, task, data.classes)
+        report |= {f"tta_{k}": v for k, v in with_tta.items() if isinstance(v, float)}
+    if task == "classification" and calibrate:
+        val_probs, val_labels = _validation_probs(model, folds, batch_size)
+        temperature = stats.fit_temperature(val_probs, val_labels)
+        report["ece_calibrated"] = stats.ece(stats.apply_temperature(probs, temperature), data.test.labels)
+        fitted_on = "validation" if len(folds) == 1 else "out-of-fold validation (each fold model on its own fold)"
+        report["calibration"] = {"temperature": temperature, "fitted_on": fitted_on}
     if task == "classification":
         return report, {"probs": probs, "labels": data.test.labels.astype(np.int32)}
-    return report, {"masks": (probs[:SHOWN_MASKS, ..., 0] >= 0.5).astype(np.uint8)}
+    return report, {
+        "dice": per_image_dice(data.test.masks, probs[..., 0]),
+        "masks": (probs[:SHOWN_MASKS, ..., 0] >= 0.5).astype(np.uint8),
+    }
+
+
+def _validation_probs(model, folds: tuple, batch_size: int):
+    """Validation probabilities to calibrate on: the model's own, or for an ensemble of fold models each fold
+    model's on its own validation fold (out-of-fold: no image is scored by a model that trained on it)."""
+    import numpy as np
+
+    from models.evaluation import predict
+
+    if len(folds) == 1:
+        return predict(model, folds[0].val.images, batch_size), folds[0].val.labels
+    probs = [predict(fold_member(model, i), f.val.images, batch_size) for i, f in enumerate(folds)]
+    return np.concatenate(probs), np.concatenate([f.val.labels for f in folds])
 
 
 def _evaluate_all(jobs: list[tuple[str, Any]], study: Study, datasets: dict, resources: dict) -> list:
@@ -393,7 +436,10 @@ def _evaluate_all(jobs: list[tuple[str, Any]], study: Study, datasets: dict, res
     cpus, gpus = resources["cpus_per_trial"], resources["gpus_per_trial"]
     task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=1)(evaluate_checkpoint)
     cache = (study.train.backend, study.train.compile_cache, resources.get("cache_dir"))
-    return ray.get([task.remote(path, study.task, study.train.batch_size, refs[opt], cache) for path, opt in jobs])
+    options = {"tta": study.search.tta, "calibrate": study.train.calibrate}
+    return ray.get(
+        [task.remote(path, study.task, study.train.batch_size, refs[opt], cache, **options) for path, opt in jobs]
+    )
 
 
 def checkpoint_location(checkpoint_path: str, experiment_dir: str) -> str:
@@ -443,7 +489,8 @@ def finalize(experiment_dir: str, grid, study: Study, datasets: dict) -> str:
         details[rows[i]["trial"]] = report
         arrays |= {f"{rows[i]['trial']}/{k}": v for k, v in extra.items()}
     if study.task == "segmentation":  # the test images those masks belong to (one loading option for segmentation)
-        test = next(iter(datasets.values())).test
+        first = next(iter(datasets.values()))
+        test = (first[0] if isinstance(first, tuple) else first).test
         arrays |= {"images": test.images[:SHOWN_MASKS], "truth": test.masks[:SHOWN_MASKS]}
     store.write_bytes(store.join(experiment_dir, PREDICTIONS), _npz(arrays))
     frame = pd.DataFrame(rows)

@@ -2,13 +2,13 @@
 
 Schema (every key optional unless marked):
   task        classification | segmentation                                       (required)
-  search      {algorithm: grid | random | optuna, num_samples: int, seed: int}
+  search      {algorithm: grid | random | optuna, num_samples: int, seed: int, repeats: int, folds: int, tta: bool}
   space       axis -> list (a grid; random/optuna sample it) | {loguniform: [lo, hi]} | {uniform: [lo, hi]}
               | {choice: [...]}. Axes: model (required), lr (required), dropout, option (classification), and
               the train settings in TRAIN_AXES (optimizer, weight_decay, batch_size, lr_schedule, ...)
   train       batch_size, epochs, loss, weights, freeze_backbone, base_filters, blocks, dense_units, optimizer,
               weight_decay, lr_schedule, mixed_precision, backend, online_augmentation, fine_tune_*,
-              feature_cache, compile_cache
+              feature_cache, compile_cache, calibrate
   data        the fields of data_pipeline.DataConfig (option and seed come from space/search)
   scheduler   ASHA: {grace_period: int, reduction_factor: number}
   resources   {cpus_per_trial: number, gpus_per_trial: number | auto, max_concurrent_trials: int}
@@ -87,6 +87,9 @@ class Train:
     fine_tune_layers: int = 0
     fine_tune_after: int = 0
     fine_tune_lr_factor: float = 0.1
+    # Temperature scaling (classification): one scalar fitted on the validation split after training; applied by
+    # `sweep predict`, ECE before and after in the report (see models.stats).
+    calibrate: bool = False
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,10 @@ class Search:
     num_samples: int = 1
     seed: int = 0
     repeats: int = 1  # run every configuration with this many seeds (seed, seed+1, ...): tables show mean ± std
+    # k-fold cross-validation: the non-test images in k folds; a trial trains its k fold models in lockstep and
+    # reports their mean validation metric; its test metrics are those of the k models' ensemble.
+    folds: int = 1
+    tta: bool = False  # also score every trial's checkpoint with test-time augmentation (flips, 90° turns)
 
 
 @dataclass(frozen=True)
@@ -271,6 +278,13 @@ def _validate(study: Study, problems: list[str]) -> None:
         problems.append(f"search.repeats: must be >= 1, got {study.search.repeats}")
     elif study.search.repeats > 1 and study.search.algorithm == "optuna":
         problems.append("search.repeats: repeats need grid or random search (Optuna proposes each trial itself)")
+    if study.search.folds < 1:
+        problems.append(f"search.folds: must be >= 1 (1 = one train/validation split), got {study.search.folds}")
+    elif study.search.folds > 1:
+        if study.search.repeats > 1:
+            problems.append("search.folds: choose folds or repeats (folds already give each configuration k scores)")
+        if d.protocol != "leak_free":
+            problems.append("search.folds: cross-validation needs data.protocol leak_free (study leaks across folds)")
     for key in ("optimizer", "lr_schedule", "weight_decay", "batch_size", "dense_units", "base_filters", "blocks"):
         if p := _hp_problem(key, getattr(t, key)):
             problems.append(f"train.{key}: {p}")
@@ -288,6 +302,8 @@ def _validate(study: Study, problems: list[str]) -> None:
             )
         if not 0 < t.fine_tune_lr_factor <= 1:
             problems.append(f"train.fine_tune_lr_factor: must be in (0, 1], got {t.fine_tune_lr_factor}")
+    if t.calibrate and study.task != "classification":
+        problems.append("train.calibrate: temperature scaling calibrates class probabilities: classification only")
     if t.backend not in BACKENDS:
         problems.append(f"train.backend: {t.backend!r} is not one of {', '.join(BACKENDS)}")
     if t.mixed_precision not in (None, "auto", *models.MIXED_PRECISION):

@@ -6,6 +6,7 @@ every framework import happens inside ``train_trial``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -63,14 +64,73 @@ def fine_tune_starts(epoch: int, train: dict[str, Any]) -> bool:
     return train.get("fine_tune_layers", 0) > 0 and epoch == train.get("fine_tune_after", 0)
 
 
+CHECKPOINT_FOLD = "fold{}.keras"  # cross-validation: one model per fold, trained in lockstep
+
+
+def fold_files(folder: Path) -> list[Path]:
+    """A checkpoint's fold models in fold order (empty for a single model)."""
+    out, i = [], 0
+    while (folder / CHECKPOINT_FOLD.format(i)).is_file():
+        out.append(folder / CHECKPOINT_FOLD.format(i))
+        i += 1
+    return out
+
+
+def ensemble(members: list):
+    """One Keras model whose output is the mean of the members' outputs (probabilities or masks), as nnU-Net
+    ensembles its cross-validation folds. Member i is the nested model ``fold_i``; preprocessing stays inside each."""
+    import keras
+
+    for i, m in enumerate(members):
+        m.name = f"fold_{i}"
+    inputs = keras.Input(members[0].input_shape[1:])
+    return keras.Model(inputs, keras.layers.Average()([m(inputs) for m in members]), name="ensemble")
+
+
+def fold_member(model, i: int):
+    """Fold model i of an ensemble built by ``ensemble``."""
+    return model.get_layer(f"fold_{i}")
+
+
+def checkpoint_model(folder: Path):
+    """The model a checkpoint holds, for evaluation and export: its model, or the ensemble of its fold models."""
+    import keras
+
+    folds = fold_files(Path(folder))
+    if not folds:
+        return keras.saving.load_model(Path(folder) / CHECKPOINT_MODEL, compile=False)
+    return ensemble([keras.saving.load_model(f, compile=False) for f in folds])
+
+
+def fold_mean(per_fold: list[dict[str, Any]], metric: str) -> dict[str, Any]:
+    """One report from the folds' epoch metrics: numbers averaged (feature-cache counts and seconds summed),
+    ``diverged`` if any fold diverged, the rest from fold 0; with several folds, the validation metric's standard
+    deviation across folds as ``<metric>_std`` (the configuration's score is mean ± std)."""
+    import statistics
+
+    summed = ("feature_cache_hits", "feature_seconds")
+    out = dict(per_fold[0])
+    for key, value in per_fold[0].items():
+        values = [m[key] for m in per_fold]
+        if key == "diverged":
+            out[key] = any(values)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[key] = sum(values) if key in summed else (sum(values) / len(values))
+    if len(per_fold) > 1 and all(metric in m for m in per_fold):
+        out[f"{metric}_std"] = statistics.stdev(m[metric] for m in per_fold)
+    return out
+
+
 def train_trial(config: dict[str, Any], datasets: dict, settings: dict[str, Any]) -> None:
-    """The Ray Tune trainable. ``datasets``: loading option -> PreparedData (shared through the object store);
-    ``settings``: the study's fixed settings (train section, task, metric)."""
+    """The Ray Tune trainable. ``datasets``: loading option -> PreparedData, or a tuple of them with
+    cross-validation (one per fold: the trial trains one model per fold in lockstep, epoch by epoch, and reports
+    the fold-mean validation metric, so ASHA compares configurations, not folds); ``settings``: the study's fixed
+    settings (train section, task, metric)."""
     from ray import tune
 
-    task = settings["task"]
     # A search axis that names a train setting (optimizer, batch_size, ...) overrides it for this trial.
     train = {**settings["train"], **{k: v for k, v in config.items() if k in settings["train"]}}
+    settings = {**settings, "train": train}
     os.environ["KERAS_BACKEND"] = train["backend"]
     for key, value in limit_gpu_memory(train["backend"], settings["gpus_per_trial"]).items():
         os.environ.setdefault(key, value)
@@ -83,20 +143,67 @@ def train_trial(config: dict[str, Any], datasets: dict, settings: dict[str, Any]
     cache_dir = settings.get("cache_dir") or default_cache_dir()  # node-local: features and compiled programs
     compiled = compile_cache.enable_for(train["backend"], train["compile_cache"], cache_dir)  # None: off
 
-    import keras
-
     if train["backend"] == "torch":
         _limit_torch_memory(settings["gpus_per_trial"])
+
+    data = datasets[config.get("option", 2)]
+    folds = data if isinstance(data, tuple) else (data,)
+    seed = int(config.get("seed", settings["seed"])) + int(config.get("repeat", 0))  # repeats differ by seed only
+    start_epoch, best = 0, -math.inf
+    checkpoint = tune.get_checkpoint()
+    with checkpoint.as_directory() if checkpoint is not None else contextlib.nullcontext() as d:
+        saved = [None] * len(folds)
+        if d is not None:
+            saved = fold_files(Path(d)) or [Path(d) / CHECKPOINT_MODEL]
+            state = json.loads((Path(d) / CHECKPOINT_STATE).read_text())
+            start_epoch, best = state["epoch"], state["best"]
+        learners = [_fold_epochs(config, f, settings, seed, s, start_epoch, cache_dir) for f, s in zip(folds, saved)]
+        models = [next(learner) for learner in learners]  # built or resumed
+    started = time.perf_counter()  # the first epoch's time includes the features: cost tables stay honest
+
+    # ---- epochs: every fold one epoch, then one report (ASHA reads the fold-mean validation metric) --------------
+    metric = settings["metric"]
+    for epoch in range(start_epoch, train["epochs"]):
+        t0 = started if epoch == start_epoch else time.perf_counter()
+        metrics = fold_mean([next(learner) for learner in learners], metric)
+        metrics |= {"epoch": epoch + 1, "epoch_seconds": time.perf_counter() - t0, "diverged": False}
+        metrics["trainable_params"] = sum(int(math.prod(w.shape)) for w in models[0].trainable_weights)
+        if compiled is not None:
+            now = compile_cache.counts()
+            metrics |= {f"compile_cache_{k}": now[k] - compiled[k] for k in now}
+        if "nan" in faults and epoch + 1 > faults["nan"]:
+            metrics["train_loss"] = float("nan")
+        if not all(math.isfinite(metrics[k]) for k in ("train_loss", "val_loss")):
+            # The study's lr = 0.1 rows: not an error. Stop now; the tables keep this trial's last finite epoch.
+            # ASHA gets the best value so far (0 if none) so it can rank the trial without a NaN.
+            tune.report({"epoch": epoch + 1, "diverged": True, metric: best if math.isfinite(best) else 0.0})
+            return
+        if metrics[metric] <= best:  # only the best checkpoint is kept, so only an improvement is saved
+            tune.report(metrics)
+            continue
+        best = metrics[metric]
+        with tempfile.TemporaryDirectory() as d:
+            for i, model in enumerate(models):
+                model.save(Path(d) / (CHECKPOINT_MODEL if len(models) == 1 else CHECKPOINT_FOLD.format(i)))
+            (Path(d) / CHECKPOINT_STATE).write_text(json.dumps({"epoch": epoch + 1, "best": best}))
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+
+
+def _fold_epochs(config, data, settings, seed: int, saved: Path | None, start_epoch: int, cache_dir: str):
+    """One model on one train/validation split: yields the model once it is built (or loaded from ``saved``), then
+    each epoch's train and validation metrics, one epoch per ``next`` (the first also caches the features)."""
+    import keras
+
     import models
     from data_pipeline.augment import augment, epoch_seed
     from models.metrics import get_loss, training_metrics
     from models.optimizers import build_optimizer
     from search.gpu import compute_capability, resolve_mixed_precision
 
-    # ---- data: the object store's arrays as they are (uint8 images; the model casts on the device) ---------------
-    data = datasets[config.get("option", 2)]
+    train, task = dict(settings["train"]), settings["task"]
     seg = task == "segmentation"
 
+    # ---- data: the object store's arrays as they are (uint8 images; the model casts on the device) ---------------
     def xy(split):
         s = data.split(split)
         return s.images, (s.masks[..., None].astype("float32") if seg else s.labels)
@@ -104,9 +211,7 @@ def train_trial(config: dict[str, Any], datasets: dict, settings: dict[str, Any]
     (x_train, y_train), (x_val, y_val) = xy("train"), xy("val")
 
     # ---- model: fresh, or resumed from this trial's last checkpoint ---------------------------------------------
-    seed = int(config.get("seed", settings["seed"])) + int(config.get("repeat", 0))  # repeats differ by seed only
     keras.utils.set_random_seed(seed)
-    start_epoch, best = 0, -math.inf
     policy = resolve_mixed_precision(
         train["mixed_precision"], compute_capability() if settings["gpus_per_trial"] > 0 else None
     )
@@ -127,12 +232,8 @@ def train_trial(config: dict[str, Any], datasets: dict, settings: dict[str, Any]
         )
         model.compile(optimizer=optimizer, loss=get_loss(settings["loss"]), metrics=training_metrics(task))
 
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            model = keras.saving.load_model(Path(d) / CHECKPOINT_MODEL, compile=True)
-            state = json.loads((Path(d) / CHECKPOINT_STATE).read_text())
-        start_epoch, best = state["epoch"], state["best"]
+    if saved is not None:
+        model = keras.saving.load_model(saved, compile=True)
     else:
         size = data.config.image_size
         hp = {"dropout": float(config["dropout"])} | {k: train[k] for k in info.hyperparameters if k in train}
@@ -145,9 +246,10 @@ def train_trial(config: dict[str, Any], datasets: dict, settings: dict[str, Any]
             **hp,
         )
         compile_with_lr(float(config["lr"]))
+    yield model
 
     # ---- frozen backbone: train the head on cached features (exact; see search.features) ------------------------
-    started = time.perf_counter()  # the first epoch's time includes the features: cost tables stay honest
+    started = time.perf_counter()
     net, extra = model, {"mixed_precision": policy or "float32"}
     if feature_cache_off_because(task, train) is None:
         from models.classifiers import backbone_digest, split_at_features
@@ -172,10 +274,8 @@ def train_trial(config: dict[str, Any], datasets: dict, settings: dict[str, Any]
         (x_train, hit_train), (x_val, hit_val) = cached(x_train), cached(x_val)
         extra |= {"feature_cache_hits": hit_train + hit_val, "feature_seconds": time.perf_counter() - started}
 
-    # ---- epochs: fit, validate, report (ASHA reads the validation metric) ---------------------------------------
-    metric = settings["metric"]
+    # ---- epochs: fit, validate ----------------------------------------------------------------------------------
     for epoch in range(start_epoch, train["epochs"]):
-        t0 = started if epoch == start_epoch else time.perf_counter()
         if fine_tune_starts(epoch, train):
             from models.classifiers import unfreeze_top
 
@@ -190,28 +290,9 @@ def train_trial(config: dict[str, Any], datasets: dict, settings: dict[str, Any]
         val = net.evaluate(x_val, y_val, batch_size=train["batch_size"], verbose=0, return_dict=True)
         metrics = {f"train_{k}": float(v[-1]) for k, v in hist.history.items()}
         metrics |= {f"val_{k}": float(v) for k, v in val.items()}
-        metrics |= {"epoch": epoch + 1, "epoch_seconds": time.perf_counter() - t0, "diverged": False, **extra}
-        metrics["trainable_params"] = sum(int(math.prod(w.shape)) for w in model.trainable_weights)
         # What the trial really ran with: the optimizer's class, its step count (epochs × ceil(n / batch size)) and
         # the learning rate its schedule gives now.
         opt = model.optimizer
         metrics |= {"optimizer_class": type(opt).__name__, "optimizer_steps": int(opt.iterations)}
         metrics |= {"batch_size": train["batch_size"], "lr_now": float(keras.ops.convert_to_numpy(opt.learning_rate))}
-        if compiled is not None:
-            now = compile_cache.counts()
-            metrics |= {f"compile_cache_{k}": now[k] - compiled[k] for k in now}
-        if "nan" in faults and epoch + 1 > faults["nan"]:
-            metrics["train_loss"] = float("nan")
-        if not all(math.isfinite(metrics[k]) for k in ("train_loss", "val_loss")):
-            # The study's lr = 0.1 rows: not an error. Stop now; the tables keep this trial's last finite epoch.
-            # ASHA gets the best value so far (0 if none) so it can rank the trial without a NaN.
-            tune.report({"epoch": epoch + 1, "diverged": True, metric: best if math.isfinite(best) else 0.0})
-            return
-        if metrics[metric] <= best:  # only the best checkpoint is kept, so only an improvement is saved
-            tune.report(metrics)
-            continue
-        best = metrics[metric]
-        with tempfile.TemporaryDirectory() as d:
-            model.save(Path(d) / CHECKPOINT_MODEL)
-            (Path(d) / CHECKPOINT_STATE).write_text(json.dumps({"epoch": epoch + 1, "best": best}))
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+        yield metrics | extra

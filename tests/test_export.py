@@ -37,7 +37,14 @@ def experiment(tmp_path_factory):
         "task": "classification",
         "space": {"model": ["inception_resnet_v2"], "option": [2], "lr": [0.01, 0.001], "dropout": [0.2]},
         # epoch 1 trains the head, epoch 2 also the top 20 backbone layers (the fine-tuning stage)
-        "train": {"batch_size": 16, "epochs": 2, "weights": None, "fine_tune_layers": 20, "fine_tune_after": 1},
+        "train": {
+            "batch_size": 16,
+            "epochs": 2,
+            "weights": None,
+            "fine_tune_layers": 20,
+            "fine_tune_after": 1,
+            "calibrate": True,  # temperature scaling on validation: stored in the export, applied by predict
+        },
         "data": {"image_size": 75, "synthetic_counts": [8, 10, 9, 8], "synthetic_size": 75, "balance_to": None},
         "scheduler": {"grace_period": 2, "reduction_factor": 2},
         "resources": {"cpus_per_trial": 1, "gpus_per_trial": 0},
@@ -71,6 +78,10 @@ def test_report_of_a_classification_sweep_in_uri_storage(experiment, tmp_path, c
     html = (report / "report.html").read_text()
     assert "Best classifier per class" in html and "inception_resnet_v2 / option 2" in html
     assert (report / "figures" / "best_classifier.png").stat().st_size > 5000
+    # trust: the winner against the runner-up on the same test images, and its calibration before and after
+    assert "Is the winner really better? (test split)" in html and "McNemar p = " in html and "95% CI" in html
+    assert "test ECE after temperature scaling" in html
+    assert (report / "figures" / "reliability.png").stat().st_size > 5000
     versus = pd.read_csv(report / "versus_study.csv")
     assert set(versus["metric"]) >= {"test_accuracy", "test_f1"} and versus["study"].notna().all()  # in the grid
 
@@ -125,7 +136,10 @@ def test_export_then_evaluate_and_predict_in_fresh_processes(experiment, tmp_pat
     assert manifest["preprocessing"]["input_size"] == 75 and "127.5" in manifest["preprocessing"]["normalisation"]
 
     # the whole model, loaded with safe_mode=True in a fresh process, reproduces the sweep's test metrics
-    assert_reproduces_test_metrics(model_dir, best, ("accuracy", "loss", "precision", "recall", "f1"))
+    metrics = ("accuracy", "loss", "precision", "recall", "f1", "ece", "ece_calibrated")
+    assert_reproduces_test_metrics(model_dir, best, metrics)
+    temperature = manifest["calibration"]["temperature"]
+    assert 0.05 <= temperature <= 20 and manifest["calibration"]["fitted_on"] == "validation"
 
     from data_pipeline import synth
 
@@ -137,6 +151,16 @@ def test_export_then_evaluate_and_predict_in_fresh_processes(experiment, tmp_pat
     probs = table[[f"p_{c}" for c in manifest["classes"]]].to_numpy()
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-4)
     assert (np.array(manifest["classes"])[probs.argmax(1)] == table["label"]).all()
+    # the probabilities are the model's, calibrated by the export's temperature
+    import keras
+
+    from data_pipeline.io import read_rgb, resize
+    from models.evaluation import predict
+    from models.stats import apply_temperature
+
+    model = keras.saving.load_model(model_dir / "model.keras", safe_mode=True, compile=False)
+    raw = predict(model, np.stack([resize(read_rgb(p), 75) for p in table["image"]]))
+    np.testing.assert_allclose(probs, apply_temperature(raw, temperature), atol=1e-5)
 
 
 def test_bad_requests_say_what_is_wrong_and_write_nothing(experiment, tmp_path, capsys):

@@ -1,0 +1,70 @@
+"""Trust end to end: a real 2-fold cross-validated segmentation sweep at smoke scale with test-time augmentation;
+its export (the fold models' ensemble) reproduces the sweep's test metrics, with and without TTA, in fresh
+processes; the report says whether the winner is really better."""
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from conftest import assert_reproduces_test_metrics, export_best, run_sweep
+
+COUNTS = [6, 8, 8, 6]
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cv")
+    spec = {
+        "task": "segmentation",
+        "search": {"folds": 2, "tta": True},
+        "space": {"model": ["unet"], "lr": [0.01, 0.001], "dropout": [0.1]},
+        "train": {"batch_size": 8, "epochs": 2, "base_filters": 4},
+        "data": {"image_size": 32, "synthetic_counts": COUNTS, "synthetic_size": 32, "balance_to": 8},
+        "scheduler": {"grace_period": 2, "reduction_factor": 2},
+        "resources": {"cpus_per_trial": 1, "gpus_per_trial": 0},
+    }
+    (tmp / "cv.yaml").write_text(yaml.safe_dump(spec))
+    out = run_sweep("run", tmp / "cv.yaml", "--storage", tmp / "runs", "--name", "cv")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return tmp / "runs" / "cv"
+
+
+def test_folds_are_leak_free_and_each_trial_keeps_one_model_per_fold(experiment):
+    data = json.loads((experiment / "sweep.json").read_text())["data"]["2"]
+    assert len(data["folds"]) == 2 and data["leakage_audit"] == {"val": 0, "test": 0}
+    val_sizes = [f["splits"]["val"]["n"] for f in data["folds"]]
+    assert sum(val_sizes) == sum(COUNTS) - data["splits"]["test"]["n"]  # the non-test originals, validated once
+    for fold in data["folds"]:  # validation holds untouched originals, none derived from the fold's training images
+        assert fold["splits"]["val"]["augmented"] == 0 and fold["leakage_audit"] == {"val": 0, "test": 0}
+        assert fold["splits"]["test"] == data["splits"]["test"]  # one fixed test split
+    frame = pd.read_csv(experiment / "results.csv")
+    assert len(frame) == 2 and (frame["val_dice_std"] >= 0).all()  # the fold-mean score and its spread
+    for checkpoint in frame["checkpoint"]:
+        assert sorted(p.name for p in Path(checkpoint).glob("*.keras")) == ["fold0.keras", "fold1.keras"]
+    for column in ("test_dice", "test_tta_dice", "test_tta_iou"):
+        assert frame[column].between(0, 1).all(), column
+
+
+def test_ensemble_export_reproduces_test_metrics_with_and_without_tta_in_fresh_processes(experiment, tmp_path):
+    frame = pd.read_csv(experiment / "results.csv")
+    best = frame.loc[frame["val_dice"].idxmax()]
+    model_dir = tmp_path / "ensemble"
+    manifest = export_best(experiment, model_dir)
+    assert manifest["ensemble"] == {"folds": 2, "combine": "mean of outputs"} and manifest["trial"] == best["trial"]
+    assert_reproduces_test_metrics(model_dir, best, ["dice", "iou", "dice_per_image", "loss"])
+    from search.export import evaluate_export  # `sweep evaluate --tta`, here: one fresh interpreter is enough
+
+    now, recorded = evaluate_export(model_dir, tta=True)
+    for metric in ("dice", "iou", "loss"):
+        assert now[metric] == pytest.approx(best[f"test_tta_{metric}"], abs=1e-4) == recorded[metric], metric
+
+
+def test_report_says_whether_the_winner_is_really_better(experiment):
+    md = (experiment / "report" / "report.md").read_text()
+    assert "## Is the winner really better? (test split)" in md
+    assert "runner-up unet-lr0.0" in md and "per-image Dice difference" in md and "Wilcoxon p = " in md
+    assert ("not distinguishable from" in md) or (" better than " in md) or (" worse than " in md)
+    assert "## Test-time augmentation" in md and "Cross-validation: 2 folds" in md
+    assert "std across 2 folds" in md
