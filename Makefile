@@ -1,12 +1,12 @@
 # Two commands on a fresh machine (Python 3.11 or 3.12):
-#   make demo   - create .venv, install, run the smoke classification study on the embedded synthetic dataset
+#   make demo   - create .venv, install, run the quickstart classification search on the embedded synthetic dataset
 #   make test   - create .venv, install with the dev and jax extras, run the test suite
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 
-.PHONY: demo test test-slow lint bench-data clean browser
+.PHONY: demo test test-slow lint bench-data bench-quality clean browser
 
 $(VENV)/bin/python:
 	@echo ">> creating virtual environment in $(VENV)"
@@ -25,8 +25,8 @@ $(VENV)/.installed-dev: pyproject.toml | $(VENV)/bin/python
 	@touch $@ $(VENV)/.installed
 
 demo: $(VENV)/.installed
-	@echo ">> running the smoke classification study on the embedded synthetic dataset"
-	$(VENV)/bin/sweep run classification --preset smoke
+	@echo ">> running the quickstart classification search on the embedded synthetic dataset"
+	$(VENV)/bin/sweep run classification --preset quickstart
 
 # The browser tests (tests/test_serve.py) drive Debian's headless Chromium through its chromedriver. Installed with
 # apt when missing (CI runs as root; elsewhere through sudo); nothing is downloaded at test time.
@@ -52,6 +52,9 @@ lint: $(VENV)/.installed-dev
 
 bench-data: $(VENV)/.installed
 	$(PY) benchmarks/bench_data.py
+
+bench-quality: $(VENV)/.installed
+	$(PY) benchmarks/bench_quality.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,12 +1,13 @@
-"""The study's classifiers: a Keras Applications backbone plus the study's head.
+"""Classifiers: a Keras Applications backbone plus the study's head, and a small CNN that trains from scratch.
 
-RGB [0, 255] -> Rescaling to [-1, 1] (the backbones' preprocess_input) -> backbone (frozen by default)
--> global average pooling -> Dense(256, relu) -> Dropout(dropout) -> Dense(num_classes, softmax, float32)
+RGB [0, 255] -> the backbone's own input scaling (a layer inside the model) -> backbone (frozen by default)
+-> global average pooling -> Dense(dense_units, relu) -> Dropout(dropout) -> Dense(num_classes, softmax, float32)
 """
 
 from __future__ import annotations
 
 import keras
+import numpy as np
 from keras import layers
 
 from models.registry import register
@@ -14,19 +15,53 @@ from models.registry import register
 BACKBONE = "backbone"  # the nested backbone model's name inside every classifier
 FEATURES = "pool"  # the layer whose output the head reads: what a frozen backbone's feature cache holds
 _HP = ("dropout", "freeze_backbone", "dense_units")
+CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)  # ImageNet channel means, BGR (keras imagenet_utils, mode "caffe")
 
 
-def _classifier(app, *, name, num_classes, input_shape, weights, dropout=0.0, freeze_backbone=True, dense_units=256):
-    inputs = keras.Input(input_shape, name="image")
-    x = layers.Rescaling(1 / 127.5, offset=-1.0, name="preprocess")(inputs)
-    backbone = app(include_top=False, weights=weights, input_shape=input_shape, name=BACKBONE)
-    backbone.trainable = not freeze_backbone
-    # A frozen backbone runs in inference mode so its BatchNorm statistics stay ImageNet's (transfer learning).
-    x = backbone(x, training=False) if freeze_backbone else backbone(x)
+def _inception_scaling(x):
+    return layers.Rescaling(1 / 127.5, offset=-1.0, name="preprocess")(x)
+
+
+def _caffe_scaling(x):
+    """RGB -> BGR, minus the ImageNet channel means (ResNet50's and VGG16's preprocess_input), as a fixed 1×1
+    convolution: a built-in layer, so a saved model loads anywhere with safe_mode, and exact in float32."""
+    layer = layers.Conv2D(3, 1, name="preprocess", trainable=False, dtype="float32")
+    y = layer(x)
+    layer.set_weights([np.eye(3, dtype="float32")[::-1].reshape(1, 1, 3, 3), -np.array(CAFFE_MEAN_BGR, "float32")])
+    return y
+
+
+def _head(x, *, num_classes, dropout, dense_units):
     x = layers.GlobalAveragePooling2D(name=FEATURES)(x)
     x = layers.Dense(dense_units, activation="relu", name="fc")(x)
     x = layers.Dropout(dropout, name="dropout")(x)
-    outputs = layers.Dense(num_classes, activation="softmax", dtype="float32", name="probabilities")(x)
+    return layers.Dense(num_classes, activation="softmax", dtype="float32", name="probabilities")(x)
+
+
+def _classifier(
+    app,
+    *,
+    name,
+    num_classes,
+    input_shape,
+    weights,
+    scaling=_inception_scaling,
+    app_kwargs=None,
+    dropout=0.0,
+    freeze_backbone=True,
+    dense_units=256,
+):
+    inputs = keras.Input(input_shape, name="image")
+    x = scaling(inputs) if scaling else inputs  # None: the backbone normalises its [0, 255] input itself
+    backbone = app(include_top=False, weights=weights, input_shape=input_shape, **(app_kwargs or {}))
+    # Renamed after construction: EfficientNetV2 and ConvNeXt read their block layout from the name they are built
+    # with. Every classifier's backbone is then found under one name (fine-tuning, the feature cache).
+    backbone.name = BACKBONE
+    backbone.trainable = not freeze_backbone
+    # A frozen backbone runs in inference mode so its BatchNorm statistics stay ImageNet's (transfer learning); a
+    # trained one (from scratch or fine-tuned whole) learns its batch statistics like any other layer.
+    x = backbone(x, training=False) if freeze_backbone else backbone(x)
+    outputs = _head(x, num_classes=num_classes, dropout=dropout, dense_units=dense_units)
     return keras.Model(inputs, outputs, name=name)
 
 
@@ -60,6 +95,115 @@ def inception_resnet_v2(**kw) -> keras.Model:
 )
 def nasnet_large(**kw) -> keras.Model:
     return _classifier(keras.applications.NASNetLarge, name="nasnet_large", **kw)
+
+
+_CAFFE = dict(
+    preprocess="RGB -> BGR minus the ImageNet channel means (caffe mode), inside the model",
+    min_input_size=32,
+    **_FACTS,
+)
+_SELF_NORMALISING = dict(min_input_size=32, **_FACTS)
+
+
+@register(
+    "resnet50",
+    preprocess_input=keras.applications.resnet50.preprocess_input,
+    imagenet_weights="resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    keras_application="ResNet50",
+    description="ResNet50 (keras.applications) with the study's head",
+    **_CAFFE,
+)
+def resnet50(**kw) -> keras.Model:
+    return _classifier(keras.applications.ResNet50, name="resnet50", scaling=_caffe_scaling, **kw)
+
+
+@register(
+    "vgg16",
+    preprocess_input=keras.applications.vgg16.preprocess_input,
+    imagenet_weights="vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    keras_application="VGG16",
+    description="VGG16 (keras.applications) with the study's head; no BatchNorm",
+    **_CAFFE,
+)
+def vgg16(**kw) -> keras.Model:
+    return _classifier(keras.applications.VGG16, name="vgg16", scaling=_caffe_scaling, **kw)
+
+
+def _register_self_normalising(name: str, app: str, weights_file: str, preprocess: str, module) -> None:
+    """A backbone whose first layers scale its [0, 255] input (keras.applications' include_preprocessing=True)."""
+
+    def builder(**kw) -> keras.Model:
+        application = getattr(keras.applications, app)
+        return _classifier(application, name=name, scaling=None, app_kwargs={"include_preprocessing": True}, **kw)
+
+    register(
+        name,
+        preprocess=preprocess,
+        preprocess_input=module.preprocess_input,
+        imagenet_weights=weights_file,
+        keras_application=app,
+        description=f"{app} (keras.applications) with the study's head",
+        **_SELF_NORMALISING,
+    )(builder)
+
+
+_EFFNET_B = "x / 255, then ImageNet mean/std normalisation, inside the backbone (include_preprocessing)"
+_EFFNET = "x / 128 - 1, inside the backbone (include_preprocessing)"
+_CONVNEXT = "x / 255, then ImageNet mean/std normalisation, inside the backbone (include_preprocessing)"
+for _name, _app, _file, _pre, _module in (
+    (
+        "efficientnetv2_b0",
+        "EfficientNetV2B0",
+        "efficientnetv2-b0_notop.h5",
+        _EFFNET_B,
+        keras.applications.efficientnet_v2,
+    ),
+    ("efficientnetv2_s", "EfficientNetV2S", "efficientnetv2-s_notop.h5", _EFFNET, keras.applications.efficientnet_v2),
+    ("efficientnetv2_l", "EfficientNetV2L", "efficientnetv2-l_notop.h5", _EFFNET, keras.applications.efficientnet_v2),
+    ("convnext_tiny", "ConvNeXtTiny", "convnext_tiny_notop.h5", _CONVNEXT, keras.applications.convnext),
+    ("convnext_base", "ConvNeXtBase", "convnext_base_notop.h5", _CONVNEXT, keras.applications.convnext),
+):
+    _register_self_normalising(_name, _app, _file, _pre, _module)
+
+
+CUSTOM_CNN_MAX_BLOCKS = 6
+# Keras's default 0.99 needs hundreds of steps before the moving statistics that validation uses are the data's;
+# a from-scratch model on a small set takes ~10 steps an epoch.
+BN_MOMENTUM = 0.9
+
+
+@register(
+    "custom_cnn",
+    task="classification",
+    default_input_size=64,
+    min_input_size=16,
+    size_multiple=1,
+    hyperparameters=("dropout", "dense_units", "base_filters", "blocks"),
+    preprocess="x / 255, inside the model",
+    preprocess_input=lambda x: x / 255.0,
+    description="small CNN from scratch: blocks × (Conv 3×3 - BatchNorm - ReLU - MaxPool 2), GAP, the study's head",
+)
+def custom_cnn(
+    *, num_classes, input_shape, weights, dropout=0.0, dense_units=256, base_filters=32, blocks=4
+) -> keras.Model:
+    """Seed 003's custom CNN, sized for CPUs: block k has base_filters × 2^k filters (width: base_filters, depth:
+    blocks). It has no pretrained weights and trains whole, BatchNorm in training mode."""
+    del weights  # none exist
+    from models.registry import ModelError
+
+    if not 1 <= blocks <= CUSTOM_CNN_MAX_BLOCKS or base_filters < 1:
+        raise ModelError(f"custom_cnn needs blocks in [1, {CUSTOM_CNN_MAX_BLOCKS}] and base_filters >= 1")
+    if input_shape[0] < 2**blocks:
+        raise ModelError(f"custom_cnn with blocks={blocks} needs input_size >= {2**blocks}, got {input_shape[0]}")
+    inputs = keras.Input(input_shape, name="image")
+    x = layers.Rescaling(1 / 255.0, name="preprocess")(inputs)
+    for k in range(blocks):
+        x = layers.Conv2D(base_filters * 2**k, 3, padding="same", use_bias=False, name=f"block{k}_conv")(x)
+        x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"block{k}_bn")(x)
+        x = layers.Activation("relu", name=f"block{k}_relu")(x)
+        x = layers.MaxPooling2D(2, name=f"block{k}_pool")(x)
+    outputs = _head(x, num_classes=num_classes, dropout=dropout, dense_units=dense_units)
+    return keras.Model(inputs, outputs, name="custom_cnn")
 
 
 def unfreeze_top(model: keras.Model, n_layers: int) -> int:

@@ -91,6 +91,7 @@ def segmentation_report(masks: np.ndarray, probs: np.ndarray, threshold: float =
         "study_dice": float((2 * soft_inter_i.sum() + 1) / (y.sum() + p.sum() + 1)),
         "study_iou": float(((soft_inter_i + 1) / (y.sum(1) + p.sum(1) - soft_inter_i + 1)).mean()),
         "loss": float(-np.mean(y * np.log(pc) + (1 - y) * np.log(1 - pc))),
+        "foreground_fraction": float(y.mean()),  # an all-background mask scores accuracy 1 - this, Dice and IoU 0
     }
 
 

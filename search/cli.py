@@ -224,9 +224,19 @@ def _auto_report(experiment: str) -> int:
         where = publish_report(experiment)
     except Exception as exc:
         print(f"error: the report could not be written ({exc}); the results are saved: `sweep report {experiment}`")
+        _print_headline(experiment, None)
         return 1
     print(f"report: {where}/report.html (and report.md, tables as CSV and LaTeX, figures/)")
+    _print_headline(experiment, f"{where}/report.html")
     return 0
+
+
+def _print_headline(experiment: str, report: str | None) -> None:
+    """The last lines of a run: the winner's test metrics next to a no-skill baseline, what ASHA saved, the report."""
+    from search.headline import lines, outcome
+    from search.runner import load_results, load_sweep
+
+    print("\n" + "\n".join(lines(outcome(load_results(experiment), load_sweep(experiment)), report)))
 
 
 def _resume(args) -> int:

@@ -26,7 +26,7 @@ import pandas as pd
 
 from search import storage as store
 from search.checkpoints import CHECKPOINT_MODEL
-from search.runner import RESULTS_JSON, SweepError, load_results, load_sweep, study_from_dict
+from search.runner import CONFIG_KEYS, RESULTS_JSON, SweepError, load_results, load_sweep, study_from_dict
 from search.spec import METRIC
 from search.trial import checkpoint_model, fold_files
 
@@ -92,7 +92,7 @@ def export_manifest(
     )
     data = sweep["data"][option]
     size = study["data"]["image_size"]
-    hp = {k: row[k] for k in ("lr", "dropout", "option") if k in row and pd.notna(row[k])}
+    hp = {k: row[k] for k in CONFIG_KEYS if k not in ("model", "repeat") and k in row and pd.notna(row[k])}
     return {
         "task": task,
         "model": row["model"],

@@ -21,11 +21,20 @@ import pandas as pd
 
 from search import storage as store
 from search.errors import SweepError
-from search.runner import PREDICTIONS, RESULTS_JSON, best_per_family, load_results, load_sweep, study_order
+from search.runner import (
+    CONFIG_KEYS,
+    EXTRA_AXES,
+    PREDICTIONS,
+    RESULTS_JSON,
+    best_per_family,
+    load_results,
+    load_sweep,
+    study_order,
+)
 from search.spec import METRIC
 
 FORMATS = ("md", "html", "csv", "tex")
-CONFIG = ["model", "option", "lr", "dropout"]
+CONFIG = [k for k in CONFIG_KEYS if k != "repeat"]  # a configuration: the study's four axes and any other
 STUDY_NAMES = {"inception_resnet_v2": "InceptionResNetV2", "nasnet_large": "NASNetLarge"}  # others: same name
 # The study's columns, in its order: (heading, results column)
 COLUMNS = {
@@ -137,6 +146,9 @@ def family_table(agg: pd.DataFrame, task: str, family: tuple, max_epochs: int) -
     rows = family_rows(agg, family)
     chosen = chosen_index(rows, METRIC[task])
     out = pd.DataFrame({"lr": rows["lr"].map(lambda v: f"{v:g}"), "dropout": rows["dropout"].map(lambda v: f"{v:g}")})
+    for axis in EXTRA_AXES:  # the study's other axes, when this sweep searched them
+        if axis in rows:
+            out[axis] = rows[axis].map(lambda v: f"{v:g}" if isinstance(v, (int, float)) else str(v))
     for heading, col in COLUMNS[task]:
         std = rows[f"{col}_std"] if f"{col}_std" in rows else pd.Series(np.nan, index=rows.index)
         out[heading] = [_cell(m, s) for m, s in zip(rows.get(col, pd.Series(np.nan, index=rows.index)), std)]

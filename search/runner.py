@@ -24,7 +24,7 @@ from data_pipeline import DataConfig, folds_summary, prepare, prepare_folds
 from search import storage as store
 from search.checkpoints import SCORE
 from search.errors import SweepError
-from search.spec import METRIC, Resources, Scheduler, Search, Study, Train, param_space
+from search.spec import METRIC, TRAIN_AXES, Resources, Scheduler, Search, Study, Train, param_space
 from search.trial import checkpoint_model, fold_member, train_trial
 
 SWEEP_FILE = "sweep.json"
@@ -82,11 +82,30 @@ def option_values(study: Study) -> list[int]:
     return sorted(axis if isinstance(axis, list) else axis["choice"])
 
 
+# Search axes beyond the study's four, in table order, with their short label in trial names ("" = the value alone).
+EXTRA_AXES = {
+    "optimizer": "",
+    "lr_schedule": "",
+    "weight_decay": "wd",
+    "batch_size": "bs",
+    "dense_units": "du",
+    "base_filters": "f",
+    "blocks": "b",
+}
+assert set(EXTRA_AXES) == set(TRAIN_AXES["classification"]) | set(TRAIN_AXES["segmentation"])
+CONFIG_KEYS = ("model", "option", "lr", "dropout", *EXTRA_AXES, "repeat")  # a results row's configuration
+
+
 def trial_name(config: dict[str, Any]) -> str:
-    """Run name in TensorBoard and on disk: model, option, lr and dropout, readable."""
+    """Run name in TensorBoard and on disk: model, option, lr, dropout and any other axis, readable."""
     option = f"-opt{config['option']}" if "option" in config else ""
     repeat = f"-r{config['repeat']}" if "repeat" in config else ""
-    return f"{config['model']}{option}-lr{float(config['lr']):g}-do{float(config['dropout']):g}{repeat}"
+    extra = "".join(
+        f"-{label}{config[k]:g}" if isinstance(config[k], (int, float)) else f"-{label}{config[k]}"
+        for k, label in EXTRA_AXES.items()
+        if k in config
+    )
+    return f"{config['model']}{option}-lr{float(config['lr']):g}-do{float(config['dropout']):g}{extra}{repeat}"
 
 
 def _trial_dirname(trial) -> str:
@@ -472,7 +491,7 @@ def finalize(experiment_dir: str, grid, study: Study, datasets: dict) -> str:
     # How often Ray restarted each trial after a failure (a lost node, a crashed worker): not in Result's public API
     failures = {t.trial_id: t.num_failures for t in grid._experiment_analysis.trials}
     for result in grid:
-        config = {k: result.config[k] for k in ("model", "option", "lr", "dropout", "repeat") if k in result.config}
+        config = {k: result.config[k] for k in CONFIG_KEYS if k in result.config}
         history = result.metrics_dataframe
         last = result.metrics or {}
         best = _best_row(history, study.metric)
@@ -530,9 +549,12 @@ def _npz(arrays: dict) -> bytes:
 
 
 def study_order(frame: pd.DataFrame) -> tuple[list[str], list[bool]]:
-    """Sort keys of the study's tables: model, option, lr descending, dropout descending (0.4, 0.2, 0), repeat."""
+    """Sort keys of the study's tables: model, option, lr descending, dropout descending (0.4, 0.2, 0), any other
+    axis, repeat."""
     keys = ["model", *(["option"] if "option" in frame else []), "lr", "dropout"]
     ascending = [True] * (len(keys) - 2) + [False, False]
+    extra = [k for k in EXTRA_AXES if k in frame]
+    keys, ascending = [*keys, *extra], [*ascending, *[True] * len(extra)]
     if "repeat" in frame:
         keys, ascending = [*keys, "repeat"], [*ascending, True]
     return keys, ascending

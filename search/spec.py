@@ -4,9 +4,11 @@ Schema (every key optional unless marked):
   task        classification | segmentation                                       (required)
   search      {algorithm: grid | random | optuna, num_samples: int, seed: int, repeats: int, folds: int, tta: bool}
   space       axis -> list (a grid; random/optuna sample it) | {loguniform: [lo, hi]} | {uniform: [lo, hi]}
-              | {choice: [...]}. Axes: model (required), lr (required), dropout, option (classification).
-  train       batch_size, epochs, loss, weights, freeze_backbone, base_filters, mixed_precision, backend,
-              online_augmentation, fine_tune_*, feature_cache, compile_cache, calibrate
+              | {choice: [...]}. Axes: model (required), lr (required), dropout, option (classification), and
+              the train settings in TRAIN_AXES (optimizer, weight_decay, batch_size, lr_schedule, ...)
+  train       batch_size, epochs, loss, weights, freeze_backbone, base_filters, blocks, dense_units, optimizer,
+              weight_decay, lr_schedule, mixed_precision, backend, online_augmentation, fine_tune_*,
+              feature_cache, compile_cache, calibrate
   data        the fields of data_pipeline.DataConfig (option and seed come from space/search)
   scheduler   ASHA: {grace_period: int, reduction_factor: number}
   resources   {cpus_per_trial: number, gpus_per_trial: number | auto, max_concurrent_trials: int}
@@ -28,7 +30,26 @@ from data_pipeline import DataConfig
 TASKS = ("classification", "segmentation")
 ALGORITHMS = ("grid", "random", "optuna")
 DISTRIBUTIONS = ("loguniform", "uniform", "choice")
-AXES = {"classification": ("model", "option", "lr", "dropout"), "segmentation": ("model", "lr", "dropout")}
+# Train settings a study may also search over: a trial's value overrides the train section's.
+TRAIN_AXES = {
+    "classification": (
+        "optimizer",
+        "weight_decay",
+        "lr_schedule",
+        "batch_size",
+        "dense_units",
+        "base_filters",
+        "blocks",
+    ),
+    "segmentation": ("optimizer", "weight_decay", "lr_schedule", "batch_size", "base_filters"),
+}
+AXES = {
+    "classification": ("model", "option", "lr", "dropout", *TRAIN_AXES["classification"]),
+    "segmentation": ("model", "lr", "dropout", *TRAIN_AXES["segmentation"]),
+}
+# Names and integers: a list or a choice, never a range (nobody would round a sampled batch size).
+DISCRETE_AXES = ("model", "option", "optimizer", "lr_schedule", "batch_size", "dense_units", "base_filters", "blocks")
+MODEL_HYPERPARAMETERS = ("dense_units", "base_filters", "blocks")  # taken by some models only (the registry says)
 BACKENDS = ("tensorflow", "jax", "torch")
 TOP_KEYS = ("task", "search", "space", "train", "data", "scheduler", "resources", "presets")
 METRIC = {"classification": "val_accuracy", "segmentation": "val_dice"}
@@ -47,7 +68,12 @@ class Train:
     loss: str = ""  # empty: the task's default
     weights: str | None = None
     freeze_backbone: bool = True
-    base_filters: int = 32
+    base_filters: int = 32  # U-Nets, custom_cnn: filters of the first stage (doubling at each stage)
+    blocks: int = 4  # custom_cnn: conv-BN-ReLU-pool blocks
+    dense_units: int = 256  # classifiers: the head's dense layer
+    optimizer: str = "adam"  # adam | rmsprop | sgd (momentum 0.9) | adamw
+    weight_decay: float = 0.0  # decoupled weight decay, any optimizer
+    lr_schedule: str = "constant"  # constant | cosine | exponential (× 0.9 per epoch)
     mixed_precision: str | None = (
         None  # null (float32), mixed_bfloat16, mixed_float16, or auto (bf16 where the GPU has it)
     )
@@ -180,6 +206,30 @@ def _section(cls, raw: Any, where: str, problems: list[str]):
     return cls(**kwargs)
 
 
+def _hp_problem(key: str, v: Any) -> str | None:
+    """What is wrong with value ``v`` of a train setting that can also be an axis, or None."""
+    from models.classifiers import CUSTOM_CNN_MAX_BLOCKS
+    from models.optimizers import LR_SCHEDULES, OPTIMIZERS
+
+    def positive_int(x):
+        return isinstance(x, int) and not isinstance(x, bool) and x >= 1
+
+    checks = {
+        "optimizer": (lambda x: x in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}"),
+        "lr_schedule": (lambda x: x in LR_SCHEDULES, f"one of {', '.join(LR_SCHEDULES)}"),
+        "weight_decay": (lambda x: isinstance(x, (int, float)) and 0 <= x < 1, "a number in [0, 1)"),
+        "batch_size": (positive_int, "an integer >= 1"),
+        "dense_units": (positive_int, "an integer >= 1"),
+        "base_filters": (positive_int, "an integer >= 1"),
+        "blocks": (
+            lambda x: positive_int(x) and x <= CUSTOM_CNN_MAX_BLOCKS,
+            f"an integer in [1, {CUSTOM_CNN_MAX_BLOCKS}]",
+        ),
+    }
+    ok, allowed = checks[key]
+    return None if ok(v) else f"{v!r} must be {allowed}"
+
+
 def _check_axis(task: str, axis: str, values: Any, problems: list[str]) -> None:
     import models
 
@@ -193,7 +243,7 @@ def _check_axis(task: str, axis: str, values: Any, problems: list[str]) -> None:
             if not (isinstance(arg, list) and len(arg) == 2 and all(isinstance(a, (int, float)) for a in arg)):
                 problems.append(f"{where}.{kind}: needs [low, high], got {arg!r}")
                 return
-            if axis == "model" or axis == "option":
+            if axis in DISCRETE_AXES:
                 problems.append(f"{where}: {axis} takes a list or choice, not {kind}")
                 return
             values = arg
@@ -218,6 +268,8 @@ def _check_axis(task: str, axis: str, values: Any, problems: list[str]) -> None:
             problems.append(f"{where}: dropout {v!r} must be in [0, 1)")
         elif axis == "option" and v not in (1, 2):
             problems.append(f"{where}: loading option {v!r} must be 1 or 2")
+        elif axis in TRAIN_AXES[task] and (p := _hp_problem(axis, v)):
+            problems.append(f"{where}: {p}")
 
 
 def _validate(study: Study, problems: list[str]) -> None:
@@ -239,8 +291,9 @@ def _validate(study: Study, problems: list[str]) -> None:
             problems.append("search.folds: choose folds or repeats (folds already give each configuration k scores)")
         if d.protocol != "leak_free":
             problems.append("search.folds: cross-validation needs data.protocol leak_free (study leaks across folds)")
-    if t.batch_size < 1:
-        problems.append(f"train.batch_size: must be >= 1, got {t.batch_size}")
+    for key in ("optimizer", "lr_schedule", "weight_decay", "batch_size", "dense_units", "base_filters", "blocks"):
+        if p := _hp_problem(key, getattr(t, key)):
+            problems.append(f"train.{key}: {p}")
     if t.epochs < 1:
         problems.append(f"train.epochs: must be >= 1, got {t.epochs}")
     if t.fine_tune_layers < 0:
@@ -287,6 +340,15 @@ def _validate(study: Study, problems: list[str]) -> None:
         if name in models.list_models(study.task):
             for p in models.get(name).input_size_problems(d.image_size, t.weights):
                 problems.append(f"data.image_size / train.weights: {p}")
+    known = [n for n in (names if isinstance(names, list) else []) if n in models.list_models(study.task)]
+    for axis in MODEL_HYPERPARAMETERS:
+        if axis in study.space and known and not any(axis in models.get(n).hyperparameters for n in known):
+            takers = [n for n in models.list_models(study.task) if axis in models.get(n).hyperparameters]
+            problems.append(f"space.{axis}: none of the study's models takes {axis}; {', '.join(takers)} do")
+    blocks = study.space.get("blocks", [t.blocks])
+    deepest = max((b for b in blocks if isinstance(b, int)), default=t.blocks) if isinstance(blocks, list) else 0
+    if "custom_cnn" in known and d.image_size < 2**deepest:
+        problems.append(f"data.image_size: custom_cnn with blocks={deepest} needs >= {2**deepest}, got {d.image_size}")
     for name in names if isinstance(names, list) else []:
         if name in models.list_models(study.task) and t.weights is not None:
             try:  # fail at load, not hours into a sweep; never downloads

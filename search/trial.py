@@ -108,7 +108,9 @@ def train_trial(config: dict[str, Any], datasets: dict, settings: dict[str, Any]
     settings (train section, task, metric)."""
     from ray import tune
 
-    train = settings["train"]
+    # A search axis that names a train setting (optimizer, batch_size, ...) overrides it for this trial.
+    train = {**settings["train"], **{k: v for k, v in config.items() if k in settings["train"]}}
+    settings = {**settings, "train": train}
     os.environ["KERAS_BACKEND"] = train["backend"]
     for key, value in limit_gpu_memory(train["backend"], settings["gpus_per_trial"]).items():
         os.environ.setdefault(key, value)
@@ -181,9 +183,10 @@ def _fold_epochs(config, data, settings, seed: int, saved: Path | None, start_ep
     import models
     from data_pipeline.augment import augment, epoch_seed
     from models.metrics import get_loss, training_metrics
+    from models.optimizers import build_optimizer
     from search.gpu import compute_capability, resolve_mixed_precision
 
-    train, task = settings["train"], settings["task"]
+    train, task = dict(settings["train"]), settings["task"]
     seg = task == "segmentation"
 
     # ---- data: the object store's arrays as they are (uint8 images; the model casts on the device) ---------------
@@ -199,20 +202,27 @@ def _fold_epochs(config, data, settings, seed: int, saved: Path | None, start_ep
         train["mixed_precision"], compute_capability() if settings["gpus_per_trial"] > 0 else None
     )
 
+    info = models.get(config["model"])
+    if "freeze_backbone" not in info.hyperparameters:  # no pretrained backbone (custom_cnn): nothing to freeze
+        train["freeze_backbone"] = False
+    steps_per_epoch = math.ceil(len(x_train) / train["batch_size"])
+
     def compile_with_lr(lr: float) -> None:  # at the start, and again when the fine-tuning stage begins
-        model.compile(
-            optimizer=keras.optimizers.Adam(lr), loss=get_loss(settings["loss"]), metrics=training_metrics(task)
+        optimizer = build_optimizer(
+            train["optimizer"],
+            lr,
+            weight_decay=train["weight_decay"],
+            schedule=train["lr_schedule"],
+            steps_per_epoch=steps_per_epoch,
+            epochs=train["epochs"],
         )
+        model.compile(optimizer=optimizer, loss=get_loss(settings["loss"]), metrics=training_metrics(task))
 
     if saved is not None:
         model = keras.saving.load_model(saved, compile=True)
     else:
         size = data.config.image_size
-        hp = {"dropout": float(config["dropout"])}
-        if seg:
-            hp["base_filters"] = train["base_filters"]
-        else:
-            hp["freeze_backbone"] = train["freeze_backbone"]
+        hp = {"dropout": float(config["dropout"])} | {k: train[k] for k in info.hyperparameters if k in train}
         model = models.build(
             config["model"],
             num_classes=1 if seg else len(data.classes),
@@ -269,4 +279,9 @@ def _fold_epochs(config, data, settings, seed: int, saved: Path | None, start_ep
         val = net.evaluate(x_val, y_val, batch_size=train["batch_size"], verbose=0, return_dict=True)
         metrics = {f"train_{k}": float(v[-1]) for k, v in hist.history.items()}
         metrics |= {f"val_{k}": float(v) for k, v in val.items()}
+        # What the trial really ran with: the optimizer's class, its step count (epochs × ceil(n / batch size)) and
+        # the learning rate its schedule gives now.
+        opt = model.optimizer
+        metrics |= {"optimizer_class": type(opt).__name__, "optimizer_steps": int(opt.iterations)}
+        metrics |= {"batch_size": train["batch_size"], "lr_now": float(keras.ops.convert_to_numpy(opt.learning_rate))}
         yield metrics | extra

@@ -17,7 +17,18 @@ ROOT = Path(__file__).parent.parent
 
 
 def test_registry_lists_the_studys_models():
-    assert models.list_models("classification") == ["inception_resnet_v2", "nasnet_large"]
+    assert models.list_models("classification") == [
+        "convnext_base",
+        "convnext_tiny",
+        "custom_cnn",
+        "efficientnetv2_b0",
+        "efficientnetv2_l",
+        "efficientnetv2_s",
+        "inception_resnet_v2",
+        "nasnet_large",
+        "resnet50",
+        "vgg16",
+    ]
     assert models.list_models("segmentation") == ["unet", "unet_fpn", "unet_fpn_gelu"]
     assert models.list_models() == sorted(models.list_models("classification") + models.list_models("segmentation"))
 
@@ -38,8 +49,8 @@ def test_preprocess_input_is_what_the_model_does_inside():
 
 
 def test_unknown_model_lists_valid_names():
-    with pytest.raises(models.ModelError, match=r"unknown model 'resnet50'.*inception_resnet_v2, nasnet_large"):
-        models.build("resnet50", num_classes=4, input_shape=(224, 224, 3))
+    with pytest.raises(models.ModelError, match=r"unknown model 'resnet18'.*inception_resnet_v2, nasnet_large"):
+        models.build("resnet18", num_classes=4, input_shape=(224, 224, 3))
 
 
 @pytest.mark.parametrize(
@@ -128,15 +139,87 @@ def _check(proc: subprocess.Popen, backend: str, names: list[str]) -> None:
             assert r["pred_shape"] == [2, 3] and np.allclose(r["row_sums"], 1.0, atol=1e-4)
         else:
             assert r["pred_shape"][0] == 2 and r["pred_shape"][-1] == 1
+        # From scratch, every BatchNorm learns its batch statistics; a frozen backbone's keep ImageNet's.
+        moved = 0 if r["model"].endswith(":frozen") else r["batchnorm_layers"]
+        assert r["batchnorm_moved"] == moved, r
+    has_batchnorm = {"custom_cnn", "resnet50", "efficientnetv2_b0"}  # from scratch: their BatchNorm really learned
+    assert all(r["batchnorm_moved"] > 0 for r in results if r["model"] in has_batchnorm)
+
+
+# Which classifiers take their step with the backbone frozen (forward only, BatchNorm in inference mode) rather than
+# whole, from scratch. The study's two: their setting. EfficientNetV2-S/-L and ConvNeXt-Base: their from-scratch path
+# is the same code as their small siblings', and a whole-network step of EfficientNetV2-L alone takes minutes of
+# tracing on 2 cores. On JAX every pretrained-family backbone steps frozen: XLA compiling a whole-network gradient
+# (EfficientNetV2-B0: about 7 minutes on a loaded 2-core machine) would cost CI minutes per model; TensorFlow steps
+# ResNet50, VGG16, EfficientNetV2-B0 and ConvNeXt-Tiny whole, and custom_cnn trains whole on both.
+STEP_FROZEN = {
+    "tensorflow": {"inception_resnet_v2", "nasnet_large", "efficientnetv2_s", "efficientnetv2_l", "convnext_base"},
+    "jax": set(models.list_models("classification")) - {"custom_cnn", "vgg16"},
+}
+
+
+def _step_names(backend: str) -> list[str]:
+    return [f"{n}:frozen" if n in STEP_FROZEN[backend] else n for n in models.list_models()]
 
 
 def test_every_model_trains_one_step_on_tensorflow_and_jax():
     """Each backend in a fresh process (the backend is fixed per process), both at once on the two cores.
     Mixed precision rides along: its outputs must stay float32."""
     runs = {
-        "tensorflow": [*models.list_models(), "unet@mixed_float16"],
-        "jax": [*models.list_models(), "unet_fpn_gelu@mixed_bfloat16", "inception_resnet_v2@mixed_bfloat16"],
+        "tensorflow": [*_step_names("tensorflow"), "unet@mixed_float16"],
+        "jax": [*_step_names("jax"), "unet_fpn_gelu@mixed_bfloat16", "inception_resnet_v2@mixed_bfloat16:frozen"],
     }
     procs = {backend: _start(backend, names) for backend, names in runs.items()}
     for backend, proc in procs.items():
         _check(proc, backend, runs[backend])
+
+
+@pytest.mark.parametrize("name", ["resnet50", "vgg16"])
+def test_caffe_scaling_inside_the_model_is_keras_preprocess_input(name):
+    info = models.get(name)
+    model = models.build(name, num_classes=2, input_shape=(32, 32, 3), freeze_backbone=False)
+    x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    inside = np.asarray(model.get_layer("preprocess")(x))
+    np.testing.assert_allclose(inside, info.preprocess_input(x.copy()), atol=1e-4)
+    assert not model.get_layer("preprocess").trainable_weights  # fixed, never learned
+
+
+def test_self_normalising_backbones_take_raw_pixels():
+    """EfficientNetV2 and ConvNeXt normalise inside (include_preprocessing): nothing of ours scales before them."""
+    import keras
+
+    for name in ("efficientnetv2_b0", "efficientnetv2_s", "efficientnetv2_l", "convnext_tiny", "convnext_base"):
+        info = models.get(name)
+        x = np.array([[0.0, 127.5, 255.0]])
+        np.testing.assert_array_equal(info.preprocess_input(x.copy()), x)  # keras's placeholder: identity
+        assert "inside the backbone" in info.preprocess
+    model = models.build("efficientnetv2_b0", num_classes=2, input_shape=(32, 32, 3))
+    assert model.layers[1].name == "backbone"  # straight from the input
+    assert any(isinstance(layer, keras.layers.Rescaling) for layer in model.get_layer("backbone").layers)
+
+
+@pytest.mark.parametrize(
+    "name, app",
+    [
+        ("resnet50", "ResNet50"),
+        ("vgg16", "VGG16"),
+        ("efficientnetv2_b0", "EfficientNetV2B0"),
+        ("convnext_tiny", "ConvNeXtTiny"),
+    ],
+)
+def test_imagenet_weights_file_is_the_one_keras_applications_asks_for(name, app, monkeypatch):
+    """The registry's file name against keras.applications' own: Keras asks its downloader for that name."""
+    import keras
+    from keras.src.utils import file_utils
+
+    asked = []
+
+    def no_download(fname, *args, **kwargs):
+        asked.append(fname)
+        raise RuntimeError("no network in tests")
+
+    monkeypatch.setattr(file_utils, "get_file", no_download)
+    with pytest.raises(RuntimeError, match="no network"):
+        getattr(keras.applications, app)(include_top=False, weights="imagenet", input_shape=(32, 32, 3))
+    info = models.get(name)
+    assert asked == [info.imagenet_weights] and info.keras_application == app

@@ -1,0 +1,69 @@
+"""The end of a sweep in a few lines: the winner (chosen on validation), its test metrics next to what a model
+that learned nothing scores, what ASHA stopped and saved, and where the report is. Pure functions of the results
+frame and the sweep record; ``sweep run`` prints them and ``benchmarks/bench_quality.py`` tabulates them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from search.report import cost_table
+from search.runner import best_per_family
+from search.spec import METRIC
+
+
+def outcome(frame: pd.DataFrame, sweep: dict[str, Any]) -> dict[str, Any]:
+    """The sweep's outcome as numbers: winner, its validation and test metrics, the no-skill baseline,
+    trials run and stopped by ASHA, trial seconds and the seconds ASHA saved."""
+    task = sweep["study"]["task"]
+    metric = METRIC[task]
+    best = best_per_family(frame, metric)
+    _, totals = cost_table(frame, 0.0, int(sweep["study"]["train"]["epochs"]))
+    out: dict[str, Any] = {
+        "task": task,
+        "trials": len(frame),
+        "stopped": int((frame["status"] == "stopped").sum()),
+        "trial_seconds": totals["trial seconds"],
+        "saved_seconds": totals["saved by ASHA (seconds)"],
+        "saved_percent": totals["saved by ASHA (%)"],
+        "winner": None,
+    }
+    if best.empty:
+        return out
+    row = best.iloc[0]
+    out |= {"winner": row["trial"], "validation": {metric: float(row[metric])}}
+    if task == "classification":
+        option = str(int(row["option"])) if "option" in row and pd.notna(row["option"]) else next(iter(sweep["data"]))
+        per_class = sweep["data"][option]["splits"]["test"]["per_class"]
+        out["test"] = {k: float(row.get(f"test_{k}", float("nan"))) for k in ("accuracy", "f1")}
+        # A model that learned nothing predicts the most frequent class: its accuracy; macro F1 = F1 of that class.
+        majority = max(per_class) / sum(per_class)
+        out["baseline"] = {"accuracy": majority, "f1": 2 * majority / (1 + majority) / len(per_class)}
+        out["baseline_name"] = "always the most frequent class"
+    else:
+        out["test"] = {k: float(row.get(f"test_{k}", float("nan"))) for k in ("dice", "iou", "accuracy")}
+        background = 1.0 - float(row.get("test_foreground_fraction", float("nan")))
+        out["baseline"] = {"dice": 0.0, "iou": 0.0, "accuracy": background}
+        out["baseline_name"] = "an all-background mask"
+    return out
+
+
+def lines(o: dict[str, Any], report: str | None) -> list[str]:
+    """``outcome`` as the lines ``sweep run`` ends with."""
+    out = []
+    if o["winner"] is None:
+        out.append(f"no trial finished an epoch ({o['trials']} trials)")
+    else:
+        ((metric, value),) = o["validation"].items()
+        out.append(f"winner (chosen on {metric} = {value:.4f}): {o['winner']}")
+        test = ", ".join(f"{k} {v:.4f}" for k, v in o["test"].items())
+        base = ", ".join(f"{k} {v:.4f}" for k, v in o["baseline"].items())
+        out.append(f"  test: {test}   ({o['baseline_name']}: {base})")
+    out.append(
+        f"ASHA stopped {o['stopped']} of {o['trials']} trials early, saving {o['saved_seconds']:.0f} s of "
+        f"{o['trial_seconds'] + o['saved_seconds']:.0f} s of training ({o['saved_percent']:.0f}%)"
+    )
+    if report:
+        out.append(f"report: {report}")
+    return out

@@ -1,0 +1,232 @@
+"""Issue 15: the search axes (optimizer, weight_decay, lr_schedule, batch_size, dense_units, base_filters, blocks),
+their validation, optimizers and schedules that survive a checkpoint, a CNN that learns from scratch, the quickstart
+presets, and a real sweep whose axis values reach the trial."""
+
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from conftest import run_sweep
+
+from search.spec import SpecError, load_study
+
+
+def _write(tmp_path, spec, name="study.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(spec))
+    return str(path)
+
+
+# ---- the spec ---------------------------------------------------------------------------------------------------
+
+
+def test_quickstart_presets_are_small_searches_that_train_from_scratch():
+    cls = load_study("classification", "quickstart")
+    assert cls.space["model"] == ["custom_cnn"] and cls.train.weights is None and not cls.train.freeze_backbone
+    trials = math.prod(len(v) for v in cls.space.values())
+    assert trials >= 6 and set(cls.space["optimizer"]) == {"adam", "sgd"} and cls.data.image_size <= 64
+    assert cls.scheduler.grace_period < cls.train.epochs  # ASHA has room to stop the poor ones
+    seg = load_study("segmentation", "quickstart")
+    assert set(seg.space["model"]) <= {"unet", "unet_fpn", "unet_fpn_gelu"} and seg.data.image_size <= 64
+
+
+def test_new_axes_are_validated_with_their_field(tmp_path):
+    spec = {
+        "task": "classification",
+        "space": {
+            "model": ["custom_cnn"],
+            "lr": [0.01],
+            "optimizer": ["adam", "nadam"],
+            "batch_size": {"uniform": [8, 64]},
+            "weight_decay": [-0.1],
+            "lr_schedule": ["cosine", "step"],
+            "blocks": [9],
+        },
+        "train": {"optimizer": "lbfgs", "dense_units": 0, "weights": None},
+        "data": {"image_size": 48},
+    }
+    with pytest.raises(SpecError) as err:
+        load_study(_write(tmp_path, spec))
+    text = str(err.value)
+    assert "space.optimizer: 'nadam' must be one of adam, rmsprop, sgd, adamw" in text
+    assert "space.batch_size: batch_size takes a list or choice, not uniform" in text
+    assert "space.weight_decay: -0.1 must be a number in [0, 1)" in text
+    assert "space.lr_schedule: 'step' must be one of constant, cosine, exponential" in text
+    assert "space.blocks: 9 must be an integer in [1, 6]" in text
+    assert "train.optimizer: 'lbfgs' must be one of" in text and "train.dense_units: 0 must be an integer >= 1" in text
+
+
+def test_a_model_hyperparameter_axis_needs_a_model_that_takes_it(tmp_path):
+    spec = {"task": "segmentation", "space": {"model": ["unet"], "lr": [0.01], "blocks": [2]}}
+    with pytest.raises(SpecError, match=re.escape("space.blocks: unknown axis for segmentation")):
+        load_study(_write(tmp_path, spec))
+    spec = {
+        "task": "classification",
+        "space": {"model": ["resnet50"], "lr": [0.01], "blocks": [2, 3]},
+        "train": {"weights": None},
+        "data": {"image_size": 32},
+    }
+    with pytest.raises(
+        SpecError, match=re.escape("space.blocks: none of the study's models takes blocks; custom_cnn do")
+    ):
+        load_study(_write(tmp_path, spec))
+
+
+def test_new_axes_become_grid_axes_and_trial_names():
+    from search.runner import trial_name
+    from search.spec import param_space
+
+    study = load_study("classification", "quickstart")
+    space = param_space(study)
+    assert space["optimizer"] == {"grid_search": ["adam", "sgd"]}
+    names = {
+        trial_name({"model": "custom_cnn", "lr": lr, "dropout": 0.2, "optimizer": opt, "batch_size": 16})
+        for lr in (0.01, 0.001)
+        for opt in ("adam", "sgd")
+    }
+    assert len(names) == 4 and "custom_cnn-lr0.01-do0.2-adam-bs16" in names
+
+
+# ---- optimizers and schedules -----------------------------------------------------------------------------------
+
+
+def test_optimizers_by_name():
+    import keras
+
+    from models.optimizers import build_optimizer
+
+    sgd = build_optimizer("sgd", 0.1, weight_decay=1e-4)
+    assert isinstance(sgd, keras.optimizers.SGD) and sgd.momentum == 0.9 and sgd.weight_decay == 1e-4
+    assert isinstance(build_optimizer("adamw", 0.1, weight_decay=0.01), keras.optimizers.AdamW)
+    assert isinstance(build_optimizer("rmsprop", 0.1), keras.optimizers.RMSprop)
+    assert build_optimizer("adam", 0.1).weight_decay is None
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        build_optimizer("nadam", 0.1)
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "exponential"])
+def test_schedule_step_lives_in_the_checkpoint(tmp_path, schedule):
+    """A resumed trial continues its schedule: the step counter and the schedule are saved in the .keras file."""
+    import keras
+
+    import models
+    from models.metrics import get_loss
+    from models.optimizers import build_optimizer
+
+    model = models.build("custom_cnn", num_classes=2, input_shape=(16, 16, 3), base_filters=2, blocks=1)
+    model.compile(
+        optimizer=build_optimizer("adam", 0.1, schedule=schedule, steps_per_epoch=2, epochs=4),
+        loss=get_loss("categorical_crossentropy"),
+    )
+    x, y = np.random.default_rng(0).uniform(0, 255, (8, 16, 16, 3)).astype("float32"), np.arange(8) % 2
+    model.fit(x, y, batch_size=4, epochs=2, verbose=0)  # 4 steps: half the cosine, two exponential decays
+    lr = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+    expected = 0.1 * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * 0.5))) if schedule == "cosine" else 0.1 * 0.9**2
+    assert lr == pytest.approx(expected, rel=1e-5)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras", compile=True)
+    assert int(loaded.optimizer.iterations) == 4
+    assert float(keras.ops.convert_to_numpy(loaded.optimizer.learning_rate)) == pytest.approx(lr, rel=1e-6)
+
+
+# ---- a model that learns ----------------------------------------------------------------------------------------
+
+
+def test_custom_cnn_learns_the_synthetic_classes_from_scratch():
+    """Fixed seed, fixed epochs: validation accuracy far above chance (0.25). A model that cannot learn (frozen
+    BatchNorm in inference mode, a broken head, wrong scaling) stays near chance."""
+    import keras
+
+    import models
+    from data_pipeline import DataConfig, prepare
+    from models.metrics import get_loss, training_metrics
+    from models.optimizers import build_optimizer
+
+    data = prepare(DataConfig(image_size=32, balance_to=None, synthetic_counts=(40, 40, 40, 40), synthetic_size=64))
+    keras.utils.set_random_seed(0)
+    model = models.build("custom_cnn", num_classes=4, input_shape=(32, 32, 3), base_filters=8, blocks=3, dense_units=32)
+    epochs, batch = 12, 16
+    steps = math.ceil(len(data.train) / batch)
+    model.compile(
+        optimizer=build_optimizer("adam", 0.01, schedule="cosine", steps_per_epoch=steps, epochs=epochs),
+        loss=get_loss("categorical_crossentropy"),
+        metrics=training_metrics("classification"),
+    )
+    model.fit(data.train.images, data.train.labels, batch_size=batch, epochs=epochs, verbose=0)
+    val = model.evaluate(data.val.images, data.val.labels, verbose=0, return_dict=True)
+    assert val["accuracy"] >= 0.6, val
+
+
+# ---- a real sweep over optimizer × batch_size -------------------------------------------------------------------
+
+
+def test_sweep_over_optimizer_and_batch_size_reaches_the_trial(tmp_path):
+    spec = {
+        "task": "classification",
+        "space": {"model": ["custom_cnn"], "lr": [0.01], "optimizer": ["adam", "sgd"], "batch_size": [4, 16]},
+        "train": {
+            "epochs": 1,
+            "weights": None,
+            "freeze_backbone": False,
+            "base_filters": 4,
+            "blocks": 2,
+            "dense_units": 8,
+            "lr_schedule": "exponential",
+        },
+        "data": {"image_size": 32, "synthetic_counts": [6, 8, 8, 6], "synthetic_size": 32, "balance_to": None},
+        "scheduler": {"grace_period": 1, "reduction_factor": 2},
+        "resources": {"cpus_per_trial": 1, "gpus_per_trial": 0},
+    }
+    storage = tmp_path / "runs"
+    proc = run_sweep("run", _write(tmp_path, spec), "--storage", storage, "--name", "axes")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    exp = storage / "axes"
+    frame = pd.read_csv(exp / "results.csv")
+    assert sorted(zip(frame["optimizer"], frame["batch_size"])) == [("adam", 4), ("adam", 16), ("sgd", 4), ("sgd", 16)]
+    n_train = json.loads((exp / "sweep.json").read_text())["data"]["2"]["splits"]["train"]["n"]
+    for trial_dir in (d for d in exp.iterdir() if d.is_dir() and d.name.startswith("custom_cnn")):
+        config = json.loads((trial_dir / "params.json").read_text())
+        last = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()][-1]
+        # What the trial itself reports: its optimizer's class, its steps (batch size) and its scheduled rate.
+        assert last["optimizer_class"] == {"adam": "Adam", "sgd": "SGD"}[config["optimizer"]]
+        assert last["batch_size"] == config["batch_size"]
+        assert last["optimizer_steps"] == math.ceil(n_train / config["batch_size"])
+        assert last["lr_now"] == pytest.approx(0.01 * 0.9, rel=1e-5)  # exponential: × 0.9 after one epoch
+        assert f"-{config['optimizer']}-bs{config['batch_size']}-" in trial_dir.name
+        hparams = _hparams(trial_dir)
+        assert hparams["optimizer"].string_value == config["optimizer"]
+        assert hparams["batch_size"].number_value == config["batch_size"]
+    table = pd.read_csv(exp / "report" / "table_custom_cnn_option_2.csv")
+    assert {"optimizer", "batch_size"} <= set(table.columns)
+    out = proc.stdout
+    assert "winner (chosen on val_accuracy = " in out and "always the most frequent class" in out
+    assert "ASHA stopped " in out and "report: " in out.splitlines()[-1]
+
+
+def _hparams(trial_dir: Path) -> dict:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    acc = EventAccumulator(str(trial_dir))
+    acc.Reload()
+    for content in acc.PluginTagToContent("hparams").values():
+        data = plugin_data_pb2.HParamsPluginData.FromString(content)
+        if data.HasField("session_start_info"):
+            return dict(data.session_start_info.hparams)
+    raise AssertionError(f"no HParams in {trial_dir}")
+
+
+def test_custom_cnn_depth_must_fit_the_image(tmp_path):
+    spec = {
+        "task": "classification",
+        "space": {"model": ["custom_cnn"], "lr": [0.01], "blocks": [2, 6]},
+        "train": {"weights": None},
+        "data": {"image_size": 48},
+    }
+    with pytest.raises(SpecError, match=re.escape("data.image_size: custom_cnn with blocks=6 needs >= 64, got 48")):
+        load_study(_write(tmp_path, spec))
