@@ -119,3 +119,17 @@ def classification_experiment(tmp_path_factory):
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert f"experiment: file://{tmp}/runs/cls" in out.stdout
     return tmp / "runs" / "cls"
+
+
+def read_hparams(trial_dir) -> dict:
+    """A trial's HParams as TensorBoard's own reader finds them in its event files."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    acc = EventAccumulator(str(trial_dir))
+    acc.Reload()
+    for content in acc.PluginTagToContent("hparams").values():
+        data = plugin_data_pb2.HParamsPluginData.FromString(content)
+        if data.HasField("session_start_info"):
+            return dict(data.session_start_info.hparams)
+    raise AssertionError(f"no HParams in {trial_dir}")

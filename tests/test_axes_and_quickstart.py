@@ -5,13 +5,12 @@ presets, and a real sweep whose axis values reach the trial."""
 import json
 import math
 import re
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import run_sweep
+from conftest import read_hparams, run_sweep
 
 from search.spec import SpecError, load_study
 
@@ -198,7 +197,7 @@ def test_sweep_over_optimizer_and_batch_size_reaches_the_trial(tmp_path):
         assert last["optimizer_steps"] == math.ceil(n_train / config["batch_size"])
         assert last["lr_now"] == pytest.approx(0.01 * 0.9, rel=1e-5)  # exponential: × 0.9 after one epoch
         assert f"-{config['optimizer']}-bs{config['batch_size']}-" in trial_dir.name
-        hparams = _hparams(trial_dir)
+        hparams = read_hparams(trial_dir)
         assert hparams["optimizer"].string_value == config["optimizer"]
         assert hparams["batch_size"].number_value == config["batch_size"]
     table = pd.read_csv(exp / "report" / "table_custom_cnn_option_2.csv")
@@ -206,19 +205,6 @@ def test_sweep_over_optimizer_and_batch_size_reaches_the_trial(tmp_path):
     out = proc.stdout
     assert "winner (chosen on val_accuracy = " in out and "always the most frequent class" in out
     assert "ASHA stopped " in out and "report: " in out.splitlines()[-1]
-
-
-def _hparams(trial_dir: Path) -> dict:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    from tensorboard.plugins.hparams import plugin_data_pb2
-
-    acc = EventAccumulator(str(trial_dir))
-    acc.Reload()
-    for content in acc.PluginTagToContent("hparams").values():
-        data = plugin_data_pb2.HParamsPluginData.FromString(content)
-        if data.HasField("session_start_info"):
-            return dict(data.session_start_info.hparams)
-    raise AssertionError(f"no HParams in {trial_dir}")
 
 
 def test_custom_cnn_depth_must_fit_the_image(tmp_path):

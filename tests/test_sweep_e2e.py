@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import run_sweep
+from conftest import read_hparams, run_sweep
 
 ROOT = Path(__file__).parent.parent
 
@@ -49,19 +49,6 @@ def _event_scalars(trial_dir: Path) -> dict[str, list[float]]:
     acc = EventAccumulator(str(trial_dir))
     acc.Reload()
     return {tag: [e.value for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
-
-
-def _hparams(trial_dir: Path) -> dict:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    from tensorboard.plugins.hparams import plugin_data_pb2
-
-    acc = EventAccumulator(str(trial_dir))
-    acc.Reload()
-    for content in acc.PluginTagToContent("hparams").values():
-        data = plugin_data_pb2.HParamsPluginData.FromString(content)
-        if data.HasField("session_start_info"):
-            return dict(data.session_start_info.hparams)
-    raise AssertionError(f"no HParams in {trial_dir}")
 
 
 FAULTY_SWEEP = ROOT / "tests" / "scripts" / "faulty_sweep.py"  # `sweep` with test-only faults around the trainable
@@ -127,7 +114,7 @@ def test_sweep_survives_real_faults_asha_stops_the_worse_logs_and_evaluates(tmp_
     for tag in ("ray/tune/val_dice", "ray/tune/train_loss", "ray/tune/val_study_dice"):
         assert len(scalars[tag]) == epochs, tag
     assert all(0.0 <= v <= 1.0 for v in scalars["ray/tune/val_dice"])
-    hparams = _hparams(trial_dirs["unet-lr1e-06-do0.1"])  # TensorBoard's HParams table view
+    hparams = read_hparams(trial_dirs["unet-lr1e-06-do0.1"])  # TensorBoard's HParams table view
     assert hparams["model"].string_value == "unet" and hparams["lr"].number_value == pytest.approx(1e-6)
 
     # the report, written at the end of the run: the study's table with the choice, divergence and failure marked
