@@ -1,9 +1,9 @@
 """Decode images and masks with OpenCV, in parallel, with an on-disk cache of the decoded arrays.
 
 The cache key is a fingerprint of the layout, the file list, sizes, modification times and every preprocessing
-parameter (the mask rule included), so a changed, added or removed file (or another image size, layout or mask rule)
-is a cache miss. Cache entries live
-under the cache folder (``$SWEEP_CACHE_DIR`` or ``~/.cache/leukemia-sweep``), never in the user's data folder.
+parameter (the mask rule and the ``data_pipeline.preprocess`` steps included), so a changed, added or removed file
+(or another image size, layout, mask rule or preprocessing step) is a cache miss. Cache entries live under the cache
+folder (``$SWEEP_CACHE_DIR`` or ``~/.cache/leukemia-sweep``), never in the user's data folder.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 
 from data_pipeline import masks as mask_rules
+from data_pipeline import preprocess
 from data_pipeline.errors import DataError
 from data_pipeline.layout import DatasetIndex
 
@@ -133,11 +134,12 @@ def resolve_mask_rule(index: DatasetIndex, rule: str) -> str | None:
     return mask_rules.decide(hist)
 
 
-def _read_pair(image: Path, masks: tuple[Path, ...] | None, size: int, rule: str | None):
+def _read_pair(image: Path, masks: tuple[Path, ...] | None, size: int, rule: str | None, steps=()):
     rgb = read_rgb(image)
-    if masks is None:
-        return resize(rgb, size), None
-    return resize(rgb, size), resize(read_mask(masks, rule, rgb.shape[:2], image), size, nearest=True)
+    mask = None if masks is None else read_mask(masks, rule, rgb.shape[:2], image)
+    if steps:  # at the file's own resolution, before resizing (data_pipeline.preprocess)
+        rgb, mask = preprocess.apply(steps, rgb, mask)
+    return resize(rgb, size), None if mask is None else resize(mask, size, nearest=True)
 
 
 @dataclass(frozen=True)
@@ -182,27 +184,40 @@ def load(
     cache_dir: str | Path | None = None,
     use_cache: bool = True,
     workers: int | None = None,
+    preprocess_steps: tuple = (),
 ) -> LoadedData:
     """Decode every image of ``index`` at image_size×image_size (and its mask), through the on-disk cache.
 
     mask_rule: see ``data_pipeline.masks`` (``auto`` decides once per dataset; the decision is in ``mask_rule``).
     on_bad_image: "skip" leaves unreadable or truncated files out and lists them in ``skipped``; "fail" raises a
     DataError naming every one of them.
+    preprocess_steps: ``data_pipeline.preprocess`` steps run on each image (and mask) before resizing.
     """
     if on_bad_image not in ON_BAD_IMAGE:
         raise DataError(f"on_bad_image must be one of {', '.join(ON_BAD_IMAGE)}, not {on_bad_image!r}")
     problem = mask_rules.rule_problem(mask_rule)
     if problem:
         raise DataError(f"mask_rule: {problem}")
+    bad_steps = preprocess.problems(preprocess_steps)
+    if bad_steps:
+        raise DataError("; ".join(bad_steps))
+    steps = preprocess.resolve(preprocess_steps)
     rule = mask_rule if index.masks is not None else None
-    fp = fingerprint(index, size=image_size, mask_rule=rule, masks=index.masks is not None)
+    # Every step's parameters, defaults written out, are part of the key (absent without steps: older keys hold).
+    fp = fingerprint(
+        index,
+        size=image_size,
+        mask_rule=rule,
+        masks=index.masks is not None,
+        **({"preprocess": steps} if steps else {}),
+    )
     entry = Path(cache_dir or default_cache_dir()) / "decoded" / fp
     if use_cache and (entry / "meta.json").is_file():
         data = _read_cache(entry, index, fp)
         if data.skipped and on_bad_image == "fail":  # cached by a load that skipped them: "fail" still fails
             _refuse_unreadable([reason for _, reason in data.skipped])
         return data
-    data = _decode_all(index, image_size, resolve_mask_rule(index, mask_rule), on_bad_image, fp, workers)
+    data = _decode_all(index, image_size, resolve_mask_rule(index, mask_rule), on_bad_image, fp, workers, steps)
     if use_cache:
         _write_cache(entry, data)
     return data
@@ -216,12 +231,12 @@ def _refuse_unreadable(reasons: list[str]) -> None:
     )
 
 
-def _decode_all(index, size, rule, on_bad_image, fp, workers) -> LoadedData:
+def _decode_all(index, size, rule, on_bad_image, fp, workers, steps=()) -> LoadedData:
     masks = index.masks or (None,) * len(index)
 
     def work(i: int):
         try:
-            return _read_pair(index.images[i], masks[i], size, rule)
+            return _read_pair(index.images[i], masks[i], size, rule, steps)
         except BadImageError as exc:
             return exc
 
