@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from data_pipeline import synth
+from data_pipeline import preprocess as preprocess_steps
+from data_pipeline import synth, synth_mri
 from data_pipeline.augment import augment
 from data_pipeline.errors import DataError
 from data_pipeline.io import ON_BAD_IMAGE, LoadedData, load
@@ -15,13 +16,18 @@ from data_pipeline.layout import LAYOUTS, TASKS, manifest_path, scan
 from data_pipeline.masks import rule_problem
 from data_pipeline.splits import OPTIONS, PROTOCOLS, SPLITS, SplitPlan, fold_plans, leakage_audit, plan_splits
 
+SYNTHETIC = {"leukemia": synth, "brain_mri": synth_mri}  # the embedded sets: blood smears, brain-MRI slices
+
 
 @dataclass(frozen=True)
 class DataConfig:
     """How a study's data is read, split and balanced. ``data_dir: None`` means the embedded synthetic set.
 
     ``layout``: auto (detected) or one of data_pipeline.layout.LAYOUTS; ``mask_rule``: auto, nonzero, threshold:N or
-    color_on_black (data_pipeline.masks)."""
+    color_on_black (data_pipeline.masks). ``preprocess``: ordered steps of data_pipeline.preprocess, each a name or
+    ``{name: {param: value}}``, run on every image (and mask) before resizing. ``synthetic``: which embedded set
+    (SYNTHETIC) a study reads when ``data_dir`` is null; ``synthetic_counts``: its images per class (empty: that
+    set's default)."""
 
     task: str = "classification"
     data_dir: str | None = None  # a dataset folder, or a CSV manifest
@@ -35,8 +41,15 @@ class DataConfig:
     on_bad_image: str = "skip"
     online_augmentation: bool = False
     seed: int = 0
-    synthetic_counts: tuple[int, ...] = synth.DEFAULT_COUNTS
+    synthetic: str = "leukemia"
+    synthetic_counts: tuple[int, ...] = ()
     synthetic_size: int = 224
+    preprocess: tuple = ()
+
+    def __post_init__(self):
+        for name in ("preprocess", "synthetic_counts"):  # a list from YAML or JSON, kept as a tuple
+            if isinstance(getattr(self, name), list):
+                object.__setattr__(self, name, tuple(getattr(self, name)))
 
     def problems(self) -> list[str]:
         """Every invalid field, as 'field: what is wrong (allowed values)'."""
@@ -57,6 +70,17 @@ class DataConfig:
             out.append(f"fractions: {self.fractions!r} must be three positive numbers summing to 1")
         if rule_problem(self.mask_rule):
             out.append(f"mask_rule: {rule_problem(self.mask_rule)}")
+        out += preprocess_steps.problems(self.preprocess)
+        if self.synthetic not in SYNTHETIC:
+            out.append(f"synthetic: {self.synthetic!r} is not one of {', '.join(SYNTHETIC)}")
+        elif self.synthetic_counts:
+            classes = SYNTHETIC[self.synthetic].CLASSES
+            counts = self.synthetic_counts
+            if len(counts) != len(classes) or not all(isinstance(n, int) and n >= 1 for n in counts):
+                out.append(
+                    f"synthetic_counts: {list(counts)} must be {len(classes)} positive integers (images of "
+                    f"{', '.join(classes)} in the {self.synthetic} set), or empty for its default"
+                )
         if self.layout != "auto" and self.layout not in LAYOUTS:
             out.append(f"layout: {self.layout!r} is not auto or one of {', '.join(LAYOUTS)}")
         if self.data_dir is not None:
@@ -120,7 +144,9 @@ def resolve_root(cfg: DataConfig, cache_dir: str | Path | None = None) -> Path:
     """The dataset folder: the user's, or the embedded synthetic set (generated once into the cache)."""
     if cfg.data_dir is not None:
         return Path(cfg.data_dir).expanduser()
-    return synth.embedded_dataset(cfg.synthetic_counts, cfg.synthetic_size, seed=0, cache_dir=cache_dir)
+    module = SYNTHETIC[cfg.synthetic]
+    counts = tuple(cfg.synthetic_counts) or module.DEFAULT_COUNTS
+    return module.embedded_dataset(counts, cfg.synthetic_size, seed=0, cache_dir=cache_dir)
 
 
 def materialise(data: LoadedData, plan: SplitPlan, seed: int) -> dict[str, Split]:
@@ -151,7 +177,14 @@ def _load(cfg: DataConfig, cache_dir: str | Path | None):
     if problems:
         raise DataError("invalid data settings:\n  " + "\n  ".join(problems))
     index = scan(resolve_root(cfg, cache_dir), cfg.task, cfg.layout)
-    data = load(index, cfg.image_size, mask_rule=cfg.mask_rule, on_bad_image=cfg.on_bad_image, cache_dir=cache_dir)
+    data = load(
+        index,
+        cfg.image_size,
+        mask_rule=cfg.mask_rule,
+        on_bad_image=cfg.on_bad_image,
+        cache_dir=cache_dir,
+        preprocess_steps=cfg.preprocess,
+    )
     present = np.unique(data.labels)
     if len(present) < 2 and cfg.task == "classification":
         raise DataError(f"after skipping unreadable images only {len(present)} class is left under {index.root}")

@@ -1,0 +1,210 @@
+"""Issue 18's building blocks on arrays and tiny images: preprocessing steps, the synthetic brain-MRI set,
+segmentation and binary metrics, classical baselines, Grad-CAM."""
+
+import re
+
+import cv2
+import numpy as np
+import pytest
+from conftest import tree_state
+
+from data_pipeline import DataConfig, load, prepare, scan, synth_mri
+from data_pipeline import preprocess as pp
+
+# ---------------------------------------------------------------------------------------------------------------
+# preprocessing steps
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _disc_image(size=96, box=(20, 30, 60, 70), value=180):
+    """Black image with one bright rectangle filling ``box`` (x0, y0, x1, y1, exclusive) and a 2-pixel speck."""
+    img = np.zeros((size, size, 3), np.uint8)
+    x0, y0, x1, y1 = box
+    img[y0:y1, x0:x1] = value
+    img[90:92, 5:7] = value  # a speck: not the largest contour
+    return img
+
+
+def test_crop_hard_keeps_the_largest_object_with_padding_and_cuts_the_mask_alike():
+    img = _disc_image()
+    mask = np.zeros(img.shape[:2], np.uint8)
+    mask[45:50, 35:40] = 1
+    assert pp.bounding_box(img, "hard", padding=0.0) == (20, 30, 60, 70)
+    x0, y0, x1, y1 = pp.bounding_box(img, "hard", padding=0.1)
+    assert (x0, y0, x1, y1) == (16, 26, 64, 74)  # 10% of the 40-pixel side on each edge
+    out, cut = pp.crop(img, mask, mode="hard", padding=0.1)
+    assert out.shape == (48, 48, 3) and cut.shape == (48, 48)
+    np.testing.assert_array_equal(out, img[26:74, 16:64])
+    np.testing.assert_array_equal(np.argwhere(cut), np.argwhere(mask) - [26, 16])  # the mask moved with its image
+    blank = np.zeros((40, 40, 3), np.uint8)
+    assert pp.crop(blank)[0] is blank  # nothing found: unchanged
+
+
+def test_crop_soft_finds_an_object_under_uneven_lighting_where_otsu_does_not():
+    size = 128
+    ramp = np.tile(np.linspace(0, 170, size, dtype=np.float32), (size, 1))  # light rising to the right
+    obj = np.zeros((size, size), np.uint8)
+    cv2.circle(obj, (30, 64), 18, 1, -1)
+    grey = np.clip(ramp + 60 * obj, 0, 255).astype(np.uint8)
+    img = np.repeat(grey[..., None], 3, axis=2)
+    truth = (12, 46, 49, 83)
+    soft = pp.bounding_box(img, "soft", padding=0.0)
+    hard = pp.bounding_box(img, "hard", padding=0.0)
+    assert np.abs(np.subtract(soft, truth)).max() <= 3, soft
+    assert np.abs(np.subtract(hard, truth)).max() > 20, hard  # Otsu takes the bright half of the ramp
+
+
+def test_clean_background_blackens_white_backgrounds_and_frames_but_not_bright_tissue():
+    img, _ = synth_mri.render("yes", 0, 96)
+    head = img > 0
+    rgb = np.repeat(img[..., None], 3, axis=2)
+    white = rgb.copy()
+    white[~head] = 250
+    white[40:44, 40:44] = 250  # bright tissue inside the head: must stay
+    out, _ = pp.clean_background(white)
+    outside = ~cv2.dilate(head.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+    assert (out[outside] == 0).all()
+    np.testing.assert_array_equal(out[40:44, 40:44], 250)
+    framed = rgb.copy()
+    framed[:3], framed[-3:], framed[:, :3], framed[:, -3:] = 245, 245, 245, 245
+    out, _ = pp.clean_background(framed)
+    assert out[:4].max() == 0 and out[:, -4:].max() == 0
+    np.testing.assert_array_equal(out[10:-10, 10:-10], rgb[10:-10, 10:-10])  # the scan itself untouched
+
+
+def _detail_energy(img: np.ndarray) -> float:
+    grey = img[..., 0].astype(np.float32)
+    return float(np.mean((grey - cv2.GaussianBlur(grey, (0, 0), 2)) ** 2))
+
+
+def test_musica_is_the_identity_at_amplification_1_and_amplifies_details_above():
+    rng = np.random.default_rng(0)
+    grey, _ = synth_mri.render("yes", 3, 96)
+    img = np.repeat(grey[..., None], 3, axis=2)
+    colour = rng.integers(0, 256, (50, 70, 3), dtype=np.uint8)  # odd sizes, colour
+    for x in (img, colour):
+        np.testing.assert_array_equal(pp.musica(x, amplification=1.0)[0], x)
+        np.testing.assert_array_equal(pp.musica(x, amplification=[1, 1, 1], levels=3)[0], x)
+    energies = [_detail_energy(pp.musica(img, amplification=a)[0]) for a in (1.0, 1.5, 2.5)]
+    assert energies[0] < energies[1] < energies[2], energies
+    out = pp.musica(img, amplification=3.0, p=0.5)[0]
+    assert out.min() >= img.min() and out.max() <= img.max()  # the input's range kept
+    assert (out[..., 0] == out[..., 1]).all() and (out[..., 1] == out[..., 2]).all()  # grey stays grey
+    pyramid = pp.laplacian_pyramid(grey, 4)
+    np.testing.assert_allclose(pp.reconstruct(pyramid), grey, atol=1e-3)
+    assert len(pyramid) == 5 and pyramid[-1].shape == (6, 6)
+
+
+def test_grayscale_repeats_the_luminance():
+    img = np.zeros((4, 4, 3), np.uint8)
+    img[..., 0] = 200
+    out, _ = pp.grayscale(img)
+    assert out.shape == (4, 4, 3) and (out == round(0.299 * 200)).all()
+
+
+@pytest.mark.parametrize(
+    "steps, message",
+    [
+        ("crop", "preprocess: must be a list of steps"),
+        (["blur"], r"preprocess\[0\]: 'blur' is not one of crop, clean_background, musica, grayscale"),
+        ([{"crop": {"mode": "medium"}}], r"preprocess\[0\].crop.mode: 'medium' must be one of hard, soft"),
+        (["crop", {"musica": {"alpha": 2}}], r"preprocess\[1\].musica.alpha: unknown parameter; allowed: levels"),
+        ([{"musica": {"amplification": 0.5}}], "must be a number >= 1"),
+        ([{"musica": {"levels": 2, "amplification": [2, 2, 2]}}], "3 values for 2 levels"),
+        ([{"crop": {"padding": 0.1}, "musica": {}}], r"must be a step name or \{name: \{param: value\}\}"),
+    ],
+)
+def test_bad_steps_are_named_with_their_allowed_values(steps, message):
+    problems = DataConfig(preprocess=steps).problems()
+    assert len(problems) == 1 and re.search(message, problems[0]), problems
+
+
+def test_resolve_writes_every_default_out():
+    steps = pp.resolve(["crop", {"musica": {"levels": 3}}])
+    assert steps == (
+        {"crop": {"mode": "hard", "padding": 0.05}},
+        {"musica": {"levels": 3, "amplification": 1.5, "p": 0.7}},
+    )
+    assert pp.resolve(steps) == steps
+    assert DataConfig(preprocess=["crop"]).preprocess == ("crop",)  # a YAML list kept as a tuple
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the synthetic MRI set, and preprocessing where images are decoded
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mri_root(tmp_path_factory):
+    return synth_mri.write_dataset(tmp_path_factory.mktemp("mri") / "brain", (6, 8), size=64, seed=2)
+
+
+def test_synthetic_mri_layout_classes_and_exact_masks(mri_root, tmp_path):
+    index = scan(mri_root, "classification")
+    assert index.layout == "class_folders" and index.classes == ("no", "yes")
+    assert index.counts() == {"no": 6, "yes": 8} and index.images[0].name == "N1.png"
+    seg = scan(mri_root, "segmentation")
+    assert len(seg) == 14 and all(m[0].name == f"{i.stem}_mask.png" for i, m in zip(seg.images, seg.masks))
+    again = synth_mri.write_dataset(tmp_path / "again", (6, 8), size=64, seed=2)
+    for p in sorted(mri_root.rglob("*.png")):
+        assert p.read_bytes() == (again / p.relative_to(mri_root)).read_bytes()  # deterministic
+    image, mask = synth_mri.render("yes", 1, 64, seed=2)
+    np.testing.assert_array_equal(cv2.imread(str(mri_root / "yes" / "Y2_mask.png"), 0), mask * 255)
+    np.testing.assert_array_equal(cv2.imread(str(mri_root / "yes" / "Y2.png"), 0), image)
+    inside, around = image[mask > 0].mean(), image[cv2.dilate(mask, np.ones((7, 7), np.uint8)) > mask].mean()
+    assert inside > around + 20  # the tumour is brighter than the tissue around it
+
+
+def test_synthetic_mri_variety():
+    renders = [synth_mri.render(c, i, 64) for c in synth_mri.CLASSES for i in range(60)]
+    yes = [m for (_, m), c in zip(renders, ["no"] * 60 + ["yes"] * 60) if c == "yes"]
+    assert all(m.sum() == 0 for _, m in renders[:60]) and all(m.sum() > 0 for m in yes)
+    regions = [cv2.connectedComponents(m)[0] - 1 for m in yes]
+    sizes = [m.sum() for m in yes]
+    assert 2 in regions and max(sizes) > 4 * min(sizes)  # two-region slices; varied sizes
+    white = [img for img, _ in renders if img[0, 0] >= 220]
+    assert 1 <= len(white) <= 20  # occasional white backgrounds or frames
+    assert all((pp.clean_background(np.repeat(w[..., None], 3, 2))[0][:2] == 0).all() for w in white)
+
+
+def test_load_applies_steps_before_resizing_keys_the_cache_and_never_writes_the_data(mri_root, cache_dir):
+    before = tree_state(mri_root)
+    index = scan(mri_root, "segmentation")
+    plain = load(index, 32, cache_dir=cache_dir)
+    steps = ["clean_background", {"crop": {"mode": "hard", "padding": 0.02}}, "musica"]
+    cropped = load(index, 32, cache_dir=cache_dir, preprocess_steps=steps)
+    assert cropped.fingerprint != plain.fingerprint and not cropped.from_cache
+    assert load(index, 32, cache_dir=cache_dir, preprocess_steps=steps).from_cache
+    other = load(index, 32, cache_dir=cache_dir, preprocess_steps=[{"crop": {"padding": 0.2}}])
+    assert other.fingerprint not in (plain.fingerprint, cropped.fingerprint)
+    # cropped to the head, then resized: the head fills the frame, and the tumour mask grows with it
+    assert (cropped.images[:, :, :, 0] > 20).mean() > (plain.images[:, :, :, 0] > 20).mean() + 0.1
+    assert cropped.masks.sum() > plain.masks.sum()
+    image, mask = synth_mri.render("yes", 0, 64, seed=2)
+    rgb, cut = pp.apply(steps, np.repeat(image[..., None], 3, 2), mask)
+    np.testing.assert_array_equal(cropped.masks[6], cv2.resize(cut, (32, 32), interpolation=cv2.INTER_NEAREST))
+    np.testing.assert_array_equal(cropped.images[6], cv2.resize(rgb, (32, 32), interpolation=cv2.INTER_AREA))
+    assert tree_state(mri_root) == before
+
+
+@pytest.mark.parametrize("task", ["classification", "segmentation"])
+def test_prepare_reads_the_embedded_brain_mri_set(task, cache_dir):
+    cfg = DataConfig(
+        task=task, synthetic="brain_mri", synthetic_counts=(10, 14), synthetic_size=64, image_size=32, balance_to=None
+    )
+    data = prepare(cfg, cache_dir=cache_dir)
+    assert data.classes == ("no", "yes") and data.layout == "class_folders"
+    n = sum(len(data.split(s)) for s in ("train", "val", "test"))
+    assert n == 24
+    if task == "segmentation":
+        has_tumour = data.train.masks.reshape(len(data.train), -1).max(1) > 0
+        np.testing.assert_array_equal(has_tumour, data.train.labels == 1)
+    else:
+        assert data.train.masks is None
+
+
+def test_synthetic_settings_are_validated():
+    assert DataConfig(synthetic="brain").problems() == ["synthetic: 'brain' is not one of leukemia, brain_mri"]
+    (problem,) = DataConfig(synthetic="brain_mri", synthetic_counts=(1, 2, 3)).problems()
+    assert problem.startswith("synthetic_counts: [1, 2, 3] must be 2 positive integers (images of no, yes")
+    assert DataConfig(synthetic_counts=(3, 4, 4, 3)).problems() == []
