@@ -22,7 +22,7 @@ def _inception_scaling(x):
     return layers.Rescaling(1 / 127.5, offset=-1.0, name="preprocess")(x)
 
 
-def _caffe_scaling(x):
+def caffe_scaling(x):
     """RGB -> BGR, minus the ImageNet channel means (ResNet50's and VGG16's preprocess_input), as a fixed 1×1
     convolution: a built-in layer, so a saved model loads anywhere with safe_mode, and exact in float32."""
     layer = layers.Conv2D(3, 1, name="preprocess", trainable=False, dtype="float32")
@@ -114,7 +114,7 @@ _SELF_NORMALISING = dict(min_input_size=32, **_FACTS)
     **_CAFFE,
 )
 def resnet50(**kw) -> keras.Model:
-    return _classifier(keras.applications.ResNet50, name="resnet50", scaling=_caffe_scaling, **kw)
+    return _classifier(keras.applications.ResNet50, name="resnet50", scaling=caffe_scaling, **kw)
 
 
 @register(
@@ -126,7 +126,7 @@ def resnet50(**kw) -> keras.Model:
     **_CAFFE,
 )
 def vgg16(**kw) -> keras.Model:
-    return _classifier(keras.applications.VGG16, name="vgg16", scaling=_caffe_scaling, **kw)
+    return _classifier(keras.applications.VGG16, name="vgg16", scaling=caffe_scaling, **kw)
 
 
 def _register_self_normalising(name: str, app: str, weights_file: str, preprocess: str, module) -> None:

@@ -15,7 +15,7 @@ import keras
 from keras import ops
 
 CLASSIFICATION_LOSSES = ("categorical_crossentropy",)
-SEGMENTATION_LOSSES = ("binary_crossentropy", "dice", "bce_dice")
+SEGMENTATION_LOSSES = ("binary_crossentropy", "bce", "dice", "focal", "bce_dice")
 
 
 @keras.saving.register_keras_serializable(package="leukemia_sweep")
@@ -87,10 +87,14 @@ class PixelScore(keras.metrics.Metric):
 
 
 def get_loss(name: str):
-    """A loss by study-spec name. ``categorical_crossentropy`` takes integer labels (sparse form, same value)."""
+    """A loss by study-spec name. ``categorical_crossentropy`` takes integer labels (sparse form, same value);
+    ``bce`` is ``binary_crossentropy``; ``focal`` is Keras' binary focal cross-entropy (gamma 2, no class
+    balancing), which down-weights the many easy background pixels."""
     losses = {
         "categorical_crossentropy": keras.losses.SparseCategoricalCrossentropy(name="categorical_crossentropy"),
         "binary_crossentropy": keras.losses.BinaryCrossentropy(name="binary_crossentropy"),
+        "bce": keras.losses.BinaryCrossentropy(name="bce"),
+        "focal": keras.losses.BinaryFocalCrossentropy(name="focal"),
         "dice": dice_loss,
         "bce_dice": bce_dice_loss,
     }

@@ -29,7 +29,14 @@ def test_registry_lists_the_studys_models():
         "resnet50",
         "vgg16",
     ]
-    assert models.list_models("segmentation") == ["unet", "unet_fpn", "unet_fpn_gelu"]
+    assert models.list_models("segmentation") == [
+        "deeplabv3_plus",
+        "fcn8",
+        "unet",
+        "unet_fpn",
+        "unet_fpn_gelu",
+        "unet_xception",
+    ]
     assert models.list_models() == sorted(models.list_models("classification") + models.list_models("segmentation"))
 
 
