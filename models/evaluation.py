@@ -6,17 +6,25 @@ one-vs-rest ROC AUC per class and its macro mean; mean categorical cross-entropy
 
 Segmentation: see ``models.metrics`` for dice/iou/study_dice/study_iou. Also pixel accuracy, precision and recall
 (dataset-level, thresholded at 0.5), per-image means of thresholded dice and iou (an image whose mask and
-prediction are both empty scores 1), and mean binary cross-entropy.
+prediction are both empty scores 1), and mean binary cross-entropy. ``boundary_f1``: the per-image mean of the
+boundary F1 score (outlines matched within BOUNDARY_TOLERANCE pixels). ``dice_multi_region``: the per-image mean
+Dice over the images whose true mask has two or more regions (8-connected components; NaN when none has), and
+``multi_region_images`` how many those are.
+
+Binary classification (``binary_report``): for a named positive class, ROC AUC, sensitivity, specificity,
+precision and F1 at 0.5, and at the operating threshold chosen on validation by Youden's J.
 """
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 from sklearn import metrics as skm
 
 from models.stats import ece
 
 _EPS = 1e-7
+BOUNDARY_TOLERANCE = 2  # pixels
 
 
 def classification_report(y_true: np.ndarray, probs: np.ndarray, class_names: tuple[str, ...]) -> dict:
@@ -92,6 +100,110 @@ def segmentation_report(masks: np.ndarray, probs: np.ndarray, threshold: float =
         "study_iou": float(((soft_inter_i + 1) / (y.sum(1) + p.sum(1) - soft_inter_i + 1)).mean()),
         "loss": float(-np.mean(y * np.log(pc) + (1 - y) * np.log(1 - pc))),
         "foreground_fraction": float(y.mean()),  # an all-background mask scores accuracy 1 - this, Dice and IoU 0
+        "boundary_f1": float(boundary_f1(masks, probs >= threshold).mean()),
+        **multi_region_dice(masks, probs, threshold),
+    }
+
+
+def _outline(mask: np.ndarray) -> np.ndarray:
+    """The mask's boundary pixels: in the mask, with a neighbour (8-connected) outside it."""
+    m = mask.astype(np.uint8)
+    return (m - cv2.erode(m, np.ones((3, 3), np.uint8))).astype(bool)
+
+
+def _matched(outline: np.ndarray, other: np.ndarray, tolerance: float) -> int:
+    """How many pixels of ``outline`` lie within ``tolerance`` (Euclidean) of a pixel of ``other``."""
+    if not other.any():
+        return 0
+    distance = cv2.distanceTransform((~other).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    return int((distance[outline] <= tolerance).sum())
+
+
+def boundary_f1(masks: np.ndarray, predicted: np.ndarray, tolerance: float = BOUNDARY_TOLERANCE) -> np.ndarray:
+    """Per image: the boundary F1 score (Csurka et al. 2013). Precision = the share of the predicted outline
+    within ``tolerance`` pixels of the true outline, recall = the share of the true outline within ``tolerance`` of
+    the predicted one. 1 when both masks are empty, 0 when exactly one is."""
+    out = np.empty(len(masks), np.float64)
+    for i, (y, p) in enumerate(zip(np.asarray(masks) > 0, np.asarray(predicted) > 0, strict=True)):
+        ty, tp = _outline(y), _outline(p)
+        if not ty.any() and not tp.any():
+            out[i] = 1.0
+            continue
+        precision = _matched(tp, ty, tolerance) / max(tp.sum(), 1)
+        recall = _matched(ty, tp, tolerance) / max(ty.sum(), 1)
+        out[i] = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return out
+
+
+def regions(mask: np.ndarray) -> int:
+    """The number of separate regions (8-connected components) of a binary mask."""
+    return cv2.connectedComponents((np.asarray(mask) > 0).astype(np.uint8), connectivity=8)[0] - 1
+
+
+def multi_region_dice(masks: np.ndarray, probs: np.ndarray, threshold: float = 0.5) -> dict:
+    """Per-image mean Dice over the images whose true mask has two or more regions, and how many there are."""
+    multi = np.asarray([regions(m) >= 2 for m in masks], bool)
+    if not multi.any():
+        return {"dice_multi_region": float("nan"), "multi_region_images": 0}
+    dice = per_image_dice(np.asarray(masks)[multi], np.asarray(probs)[multi], threshold)
+    return {"dice_multi_region": float(dice.mean()), "multi_region_images": int(multi.sum())}
+
+
+def _scores(probs: np.ndarray, positive: int) -> np.ndarray:
+    """The positive class's probability: ``probs`` itself (n,), or its column of (n, classes)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    return probs[:, positive] if probs.ndim == 2 else probs
+
+
+def binary_metrics(labels: np.ndarray, probs: np.ndarray, positive: int = 1, threshold: float = 0.5) -> dict:
+    """Sensitivity (recall of the positive class), specificity, precision, F1 and accuracy when an image is called
+    positive at probability >= ``threshold``; ROC AUC (threshold-free; NaN with one class only)."""
+    y = np.asarray(labels) == positive
+    s = _scores(probs, positive)
+    hat = s >= threshold
+    tp, fp = int((y & hat).sum()), int((~y & hat).sum())
+    fn, tn = int((y & ~hat).sum()), int((~y & ~hat).sum())
+    sensitivity = tp / (tp + fn) if tp + fn else float("nan")
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    return {
+        "threshold": float(threshold),
+        "roc_auc": float(skm.roc_auc_score(y, s)) if 0 < y.sum() < len(y) else float("nan"),
+        "sensitivity": float(sensitivity),
+        "specificity": float(tn / (tn + fp)) if tn + fp else float("nan"),
+        "precision": float(precision),
+        "f1": float(2 * tp / (2 * tp + fp + fn)) if tp + fp + fn else 0.0,
+        "accuracy": float((tp + tn) / len(y)) if len(y) else float("nan"),
+        "confusion": {"tp": tp, "fp": fp, "fn": fn, "tn": tn},
+    }
+
+
+def youden_threshold(labels: np.ndarray, probs: np.ndarray, positive: int = 1) -> float:
+    """The probability threshold that maximises Youden's J = sensitivity + specificity - 1 on these (validation)
+    predictions; of tied thresholds the highest. 0.5 when the labels hold one class only."""
+    y = np.asarray(labels) == positive
+    if not 0 < y.sum() < len(y):
+        return 0.5
+    fpr, tpr, thresholds = skm.roc_curve(y, _scores(probs, positive), drop_intermediate=False)
+    finite = np.isfinite(thresholds)  # the first is +inf (nothing called positive)
+    j = (tpr - fpr)[finite]
+    return float(thresholds[finite][int(np.argmax(j))])
+
+
+def binary_report(
+    val_labels: np.ndarray,
+    val_probs: np.ndarray,
+    test_labels: np.ndarray,
+    test_probs: np.ndarray,
+    positive: int = 1,
+    positive_name: str | None = None,
+) -> dict:
+    """Test metrics for the positive class at 0.5 and at the threshold Youden's J picks on validation."""
+    t = youden_threshold(val_labels, val_probs, positive)
+    return {
+        "positive_class": positive_name if positive_name is not None else positive,
+        **binary_metrics(test_labels, test_probs, positive),
+        "youden_threshold": t,
+        "at_youden": binary_metrics(test_labels, test_probs, positive, t),
     }
 
 

@@ -208,3 +208,86 @@ def test_synthetic_settings_are_validated():
     (problem,) = DataConfig(synthetic="brain_mri", synthetic_counts=(1, 2, 3)).problems()
     assert problem.startswith("synthetic_counts: [1, 2, 3] must be 2 positive integers (images of no, yes")
     assert DataConfig(synthetic_counts=(3, 4, 4, 3)).problems() == []
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# segmentation metrics, binary classification metrics, losses
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _square(top, left, side=10, size=32):
+    m = np.zeros((size, size), np.uint8)
+    m[top : top + side, left : left + side] = 1
+    return m
+
+
+def test_boundary_f1_known_answers():
+    from models.evaluation import boundary_f1
+
+    truth = _square(10, 10)
+    shifted = _square(10, 13)  # 3 pixels to the right
+    # Of the true outline's 36 pixels, 22 lie within 2 pixels of the shifted outline (worked out by hand: none of
+    # the left side, 6 of the right side, 8 of the top and 8 of the bottom); by symmetry precision is 22/36 too.
+    np.testing.assert_allclose(boundary_f1(truth[None], shifted[None]), [22 / 36])
+    np.testing.assert_allclose(boundary_f1(truth[None], _square(10, 11)[None]), [1.0])  # 1 px off: within tolerance
+    assert boundary_f1(truth[None], _square(10, 11)[None], tolerance=0)[0] < 1
+    empty = np.zeros_like(truth)
+    np.testing.assert_array_equal(
+        boundary_f1(np.stack([empty, truth, empty]), np.stack([empty, empty, truth])), [1, 0, 0]
+    )
+
+
+def test_multi_region_dice_counts_components_and_scores_only_those_images():
+    from models.evaluation import multi_region_dice, regions, segmentation_report
+
+    two = np.maximum(_square(2, 2, 6), _square(20, 20, 6))
+    touching_diagonally = np.maximum(_square(2, 2, 4), _square(6, 6, 4))  # corner to corner: one 8-connected region
+    assert regions(two) == 2 and regions(touching_diagonally) == 1 and regions(np.zeros((4, 4))) == 0
+    masks = np.stack([two, _square(5, 5), two])
+    probs = np.stack([two, np.zeros((32, 32)), _square(2, 2, 6)]).astype(
+        np.float32
+    )  # perfect, missed, one of two found
+    out = multi_region_dice(masks, probs)
+    assert out == {"dice_multi_region": pytest.approx((1 + 2 * 36 / (72 + 36)) / 2), "multi_region_images": 2}
+    assert np.isnan(multi_region_dice(masks[1:2], probs[1:2])["dice_multi_region"])
+    report = segmentation_report(masks, probs)
+    # boundary F1: 1, 0, and for one of two squares found precision 1, recall 1/2, so F1 2/3
+    assert report["multi_region_images"] == 2 and report["boundary_f1"] == pytest.approx((1 + 0 + 2 / 3) / 3)
+
+
+def test_binary_metrics_and_youden_threshold_known_answers():
+    from models.evaluation import binary_metrics, binary_report, youden_threshold
+
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    scores = np.array([0.1, 0.2, 0.3, 0.6, 0.4, 0.7, 0.8, 0.9])
+    m = binary_metrics(labels, scores)
+    assert m["roc_auc"] == pytest.approx(15 / 16)  # 0.4 beats 3 of 4 negatives, the others all 4
+    assert (m["sensitivity"], m["specificity"], m["precision"], m["f1"]) == pytest.approx((0.75, 0.75, 0.75, 0.75))
+    assert m["confusion"] == {"tp": 3, "fp": 1, "fn": 1, "tn": 3}
+    probs2 = np.stack([1 - scores, scores], 1)  # softmax columns: the positive class's column is used
+    assert binary_metrics(labels, probs2, positive=1) == m
+    flipped = binary_metrics(1 - labels, probs2[:, ::-1], positive=0)
+    assert flipped["sensitivity"] == m["sensitivity"] and flipped["roc_auc"] == m["roc_auc"]
+    val_labels, val_scores = np.array([0, 0, 0, 1, 1, 1]), np.array([0.1, 0.2, 0.35, 0.4, 0.6, 0.9])
+    assert youden_threshold(val_labels, val_scores) == pytest.approx(0.4)  # J = 1 there
+    report = binary_report(val_labels, val_scores, labels, scores, positive_name="yes")
+    assert report["positive_class"] == "yes" and report["youden_threshold"] == pytest.approx(0.4)
+    at = report["at_youden"]  # test scores >= 0.4: 0.6 (a negative) and all four positives
+    assert (at["sensitivity"], at["specificity"], at["precision"]) == pytest.approx((1.0, 0.75, 0.8))
+    assert at["f1"] == pytest.approx(8 / 9) and report["f1"] == pytest.approx(0.75)
+    assert youden_threshold(np.ones(3), np.array([0.2, 0.5, 0.9])) == 0.5  # one class: no choice to make
+
+
+def test_segmentation_losses_by_name():
+    import keras
+
+    from models.metrics import SEGMENTATION_LOSSES, get_loss
+
+    y = np.array([[1.0, 0.0, 1.0, 0.0]], "float32")
+    p = np.array([[0.9, 0.2, 0.6, 0.1]], "float32")
+    values = {name: float(keras.ops.convert_to_numpy(get_loss(name)(y, p))) for name in SEGMENTATION_LOSSES}
+    assert values["bce"] == pytest.approx(values["binary_crossentropy"])
+    bce = -np.mean(np.log([0.9, 0.8, 0.6, 0.9]))
+    assert values["bce"] == pytest.approx(bce, rel=1e-4)
+    focal = -np.mean([(1 - q) ** 2 * np.log(q) for q in (0.9, 0.8, 0.6, 0.9)])  # gamma 2 on the true class's prob
+    assert values["focal"] == pytest.approx(focal, rel=1e-4) and values["focal"] < values["bce"]
