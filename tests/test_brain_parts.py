@@ -291,3 +291,41 @@ def test_segmentation_losses_by_name():
     assert values["bce"] == pytest.approx(bce, rel=1e-4)
     focal = -np.mean([(1 - q) ** 2 * np.log(q) for q in (0.9, 0.8, 0.6, 0.9)])  # gamma 2 on the true class's prob
     assert values["focal"] == pytest.approx(focal, rel=1e-4) and values["focal"] < values["bce"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# classical baselines
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_hsv_threshold_recovers_the_smear_sets_own_window():
+    from data_pipeline import synth
+    from models import baselines
+    from models.evaluation import segmentation_report
+
+    images = np.stack([synth.render(c, i, 64) for c in synth.CLASSES for i in range(3)])
+    masks = np.stack([synth.segment(img)[0] for img in images])
+    params = baselines.fit("hsv_threshold", images[::2], masks[::2])
+    assert (np.array(params["low"]) >= synth.HSV_LOW).all() and (np.array(params["high"]) <= synth.HSV_HIGH).all()
+    predicted = baselines.predict("hsv_threshold", params, images[1::2])
+    assert predicted.shape == masks[1::2].shape and predicted.dtype == np.uint8
+    assert segmentation_report(masks[1::2], predicted)["dice"] > 0.95  # the masks were made by such a window
+
+
+def test_kmeans_picks_k_by_silhouette_and_the_brightest_cluster():
+    from models import baselines
+
+    rng = np.random.default_rng(0)
+    truth = np.zeros((6, 32, 32), np.uint8)
+    grey = np.zeros((6, 32, 32), np.float32)
+    for i in range(6):
+        cv2.circle(grey[i], (16, 16), 13, 100, -1)  # tissue
+        cv2.circle(truth[i], (10 + i, 14), 3 + i % 3, 1, -1)  # tumour of varying size and place
+    grey[truth > 0] = 220
+    images = np.repeat(np.clip(grey + rng.normal(0, 4, grey.shape), 0, 255).astype(np.uint8)[..., None], 3, 3)
+    params = baselines.fit("kmeans", images[:4], truth[:4])
+    assert params["k"] == 3 and max(params["silhouette"], key=params["silhouette"].get) == 3
+    np.testing.assert_allclose(params["centres"], [0, 100, 220], atol=6)
+    np.testing.assert_array_equal(baselines.predict("kmeans", params, images[4:]), truth[4:])
+    with pytest.raises(ValueError, match="unknown baseline 'otsu'; one of hsv_threshold, kmeans"):
+        baselines.fit("otsu", images, truth)
