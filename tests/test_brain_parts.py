@@ -329,3 +329,50 @@ def test_kmeans_picks_k_by_silhouette_and_the_brightest_cluster():
     np.testing.assert_array_equal(baselines.predict("kmeans", params, images[4:]), truth[4:])
     with pytest.raises(ValueError, match="unknown baseline 'otsu'; one of hsv_threshold, kmeans"):
         baselines.fit("otsu", images, truth)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Grad-CAM
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_gradcam_peaks_where_the_evidence_is_on_tensorflow_and_jax():
+    """tests/scripts/gradcam_check.py in a fresh process per backend (the backend is fixed per process)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parent / "scripts" / "gradcam_check.py"
+    procs = {
+        b: subprocess.Popen(
+            [sys.executable, str(script)],
+            env={**os.environ, "KERAS_BACKEND": b, "PYTHONPATH": str(script.parents[2])},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for b in ("tensorflow", "jax")
+    }
+    for backend, proc in procs.items():
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-3000:]
+        r = json.loads(next(line for line in out.splitlines() if line.startswith("{")))
+        assert r["backend"] == backend
+        assert r["1"]["peak"] == [2, 3] and r["1"]["in_red"] == 1.0 and r["1"]["in_green"] == 0.0  # red: class 1
+        assert r["0"]["peak"] == [20, 22] and r["0"]["in_green"] == 1.0 and r["0"]["in_red"] == 0.0
+        assert r["predicted_is_class_1"] and r["overlay"] == [[32, 32, 3], "uint8", 0, 51]
+
+
+@pytest.mark.parametrize("name", ["custom_cnn", "resnet50"])
+def test_gradcam_runs_on_registered_classifiers(name):
+    import models
+    from models.gradcam import gradcam, split_at_map
+
+    model = models.build(name, num_classes=2, input_shape=(32, 32, 3), dense_units=8)
+    extractor, head = split_at_map(model)
+    images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    np.testing.assert_allclose(head(extractor(images.astype("float32"))), model(images.astype("float32")), atol=1e-5)
+    heat = gradcam(model, images)
+    assert heat.shape == (2, 32, 32) and heat.dtype == np.float32 and heat.min() >= 0 and heat.max() <= 1
