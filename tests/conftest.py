@@ -44,6 +44,15 @@ def cache_dir(tmp_path):
     return tmp_path / "cache"
 
 
+def save_legacy_h5(model, path):
+    """Write weights in the legacy HDF5 layout of Keras's ImageNet files (what keras.applications loads)."""
+    import h5py
+    from keras.src.legacy.saving import legacy_h5_format
+
+    with h5py.File(path, "w") as f:
+        legacy_h5_format.save_weights_to_hdf5_group(f, model)
+
+
 def tree_state(root) -> dict:
     """Every file under root with its size and mtime: to assert a user's folder was left untouched."""
     return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(Path(root).rglob("*"))}

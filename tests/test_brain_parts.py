@@ -376,3 +376,28 @@ def test_gradcam_runs_on_registered_classifiers(name):
     np.testing.assert_allclose(head(extractor(images.astype("float32"))), model(images.astype("float32")), atol=1e-5)
     heat = gradcam(model, images)
     assert heat.shape == (2, 32, 32) and heat.dtype == np.float32 and heat.min() >= 0 and heat.max() <= 1
+
+
+@pytest.mark.parametrize("name, backbone", [("deeplabv3_plus", "resnet50"), ("fcn8", "vgg16")])
+def test_segmenter_encoders_load_the_classifiers_imagenet_file(name, backbone, tmp_path, monkeypatch):
+    """The encoder's no-top weights file (what keras.applications caches) loads into the segmenter's encoder."""
+    from conftest import save_legacy_h5
+
+    import models
+
+    source = models.build(backbone, num_classes=2, input_shape=(32, 32, 3)).get_layer("backbone")
+    rng = np.random.default_rng(1)
+    for w in source.weights:  # weights no fresh build could have by chance
+        w.assign(rng.normal(0, 1, w.shape).astype("float32"))
+    info = models.get(name)
+    assert info.imagenet_weights == models.get(backbone).imagenet_weights
+    cached = tmp_path / "models" / info.imagenet_weights
+    cached.parent.mkdir()
+    save_legacy_h5(source, cached)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    model = models.build(name, num_classes=1, input_shape=(32, 32, 3), weights="imagenet", base_filters=4)
+    by_path = {w.path: w for w in source.weights}
+    loaded = model.get_layer("encoder").weights  # the layers up to the deepest tap (DeepLabV3+ stops in conv4)
+    assert len(loaded) > 0.75 * len(by_path)
+    for w in loaded:
+        np.testing.assert_array_equal(np.asarray(w), np.asarray(by_path[w.path]))

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import save_legacy_h5
 
 import models
 from models.classifiers import unfreeze_top
@@ -96,21 +97,12 @@ def test_imagenet_offline_fails_fast_with_instructions(tmp_path, monkeypatch):
         models.build("unet", num_classes=1, input_shape=(32, 32, 3), weights="imagenet")
 
 
-def _save_legacy_h5(model, path):
-    """Write weights in the legacy HDF5 layout of Keras's ImageNet files (what keras.applications loads)."""
-    import h5py
-    from keras.src.legacy.saving import legacy_h5_format
-
-    with h5py.File(path, "w") as f:
-        legacy_h5_format.save_weights_to_hdf5_group(f, model)
-
-
 def test_weights_from_a_file_and_from_the_keras_cache(tmp_path, monkeypatch):
     source = models.build("inception_resnet_v2", num_classes=2, input_shape=(75, 75, 3))
     backbone = source.get_layer("backbone")
     cached = tmp_path / "models" / models.get("inception_resnet_v2").imagenet_weights
     cached.parent.mkdir()
-    _save_legacy_h5(backbone, cached)
+    save_legacy_h5(backbone, cached)
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
     for weights in ("imagenet", str(cached)):
         loaded = models.build("inception_resnet_v2", num_classes=2, input_shape=(75, 75, 3), weights=weights)
