@@ -19,19 +19,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from models.tasks import TASK_TABLE
 from search import storage as store
 from search.errors import SweepError
-from search.runner import (
-    CONFIG_KEYS,
-    EXTRA_AXES,
-    PREDICTIONS,
-    RESULTS_JSON,
-    best_per_family,
-    load_results,
-    load_sweep,
-    study_order,
-)
-from search.spec import METRIC
+from search.experiment import PREDICTIONS, RESULTS_JSON, load_results, load_sweep
+from search.results import CONFIG_KEYS, EXTRA_AXES, best_by, study_order
+
+METRIC = {name: info.metric for name, info in TASK_TABLE.items()}
+
+
+def best_per_family(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
+    return best_by(frame, metric, "max", by="model")
+
 
 FORMATS = ("md", "html", "csv", "tex")
 CONFIG = [k for k in CONFIG_KEYS if k != "repeat"]  # a configuration: the study's four axes and any other
