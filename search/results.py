@@ -7,6 +7,7 @@ Selection is on validation metrics only: the test split is for reporting. Import
 from __future__ import annotations
 
 import math
+import re
 import statistics
 from typing import Any
 
@@ -65,10 +66,16 @@ def trial_status(error: bool, last: dict[str, Any], max_epochs: int) -> str:
     return "completed" if int(last.get("epoch", 0)) >= max_epochs else "stopped"
 
 
+# "module.Name: message" as a traceback ends: the raised exception's own line.
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Warning)(\(\w+\))?: ")
+
+
 def error_line(error: BaseException | None) -> str:
-    """The exception's own last line (Ray wraps it in a header and a remote traceback)."""
-    lines = [line for line in str(error or "").splitlines() if line.strip()]
-    return lines[-1].strip()[:300] if lines else ""
+    """The raised exception's own line: Ray wraps it in a header and a remote traceback, and notes may follow it
+    (JAX adds "For simplicity, JAX has removed its internal frames ..."). The last line if none looks like one."""
+    lines = [line.strip() for line in str(error or "").splitlines() if line.strip()]
+    own = [line for line in lines if _EXCEPTION_LINE.match(line)]
+    return (own or lines or [""])[-1][:300]
 
 
 def first_epoch_overhead(epoch_seconds: list[float]) -> float | None:

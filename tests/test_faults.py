@@ -169,3 +169,26 @@ def test_every_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, caps
     (taken / "sweep.json").write_text(json.dumps({"study": study.to_dict(), "resources": {}}, default=str))
     run("segmentation", "--preset", "smoke", "--name", "taken", says=("exists already", "pick another --name"))
     refused("resume", taken, says=("no Ray Tune state", "sweep run"))
+
+
+def test_a_failed_trial_keeps_its_exception_line_not_the_notes_after_it():
+    from search.results import error_line
+
+    jax_oom = RuntimeError(  # as Ray Tune hands back a JAX trial that ran out of memory (abridged)
+        "Failure # 1 (occurred at 2026-11-23_04-04-10)\n"
+        "ray::ImplicitFunc.train() (pid=1, ip=127.0.0.1, actor_id=ab, repr=func)\n"
+        '  File "jax/_src/dispatch.py", line 90, in apply_primitive\n'
+        "    config.disable_jit.set_local(prev)\n"
+        "jax.errors.JaxRuntimeError: RESOURCE_EXHAUSTED: Out of memory allocating 8589934592 bytes.\n"
+        "--------------------\n"
+        "For simplicity, JAX has removed its internal frames from the traceback of the following exception.\n"
+    )
+    assert (
+        error_line(jax_oom)
+        == "jax.errors.JaxRuntimeError: RESOURCE_EXHAUSTED: Out of memory allocating 8589934592 bytes."
+    )
+    wrapped = RuntimeError(
+        "ray.exceptions.RayTaskError(RuntimeError): ray::train()\nRuntimeError: injected failure 2 of 2"
+    )
+    assert error_line(wrapped) == "RuntimeError: injected failure 2 of 2"
+    assert error_line(ValueError("a message alone")) == "a message alone" and error_line(None) == ""
