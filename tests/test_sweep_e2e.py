@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import read_hparams, run_sweep
+from conftest import read_hparams, run_sweep, tree_state
 
 ROOT = Path(__file__).parent.parent
 
@@ -235,6 +235,54 @@ def test_classification_sweep_trains_heads_on_cached_features(tmp_path):
     # The first trial computes the backbone's features of the train and val images; the second reads both.
     assert sorted(frame["feature_cache_hits"]) == [0, 2]
     assert frame["test_accuracy"].map(np.isfinite).all()
+
+
+def test_jax_sweep_leaves_out_a_corrupt_image_and_records_a_trial_out_of_memory(tmp_path):
+    from data_pipeline import synth
+
+    data = synth.write_dataset(tmp_path / "smears", (6, 8, 7, 6), size=32, seed=2)
+    bad = sorted((data / "Original").rglob("*.png"))[0]
+    bad.write_bytes(bad.read_bytes()[:60])  # a truncated PNG
+    before = tree_state(data)
+    spec = {
+        "task": "classification",
+        # du 2^28: a head of 12 GiB of weights (8 x 2^28 and 2^28 x 4 float32), in a trial allowed 4 GiB more
+        "space": {"model": ["custom_cnn"], "lr": [0.01], "dropout": [0.1], "dense_units": [16, 2**28]},
+        "train": {"batch_size": 8, "epochs": 2, "blocks": 2, "base_filters": 4, "backend": "tensorflow"},
+        "data": {"image_size": 32, "balance_to": None},
+        "scheduler": {"grace_period": 2, "reduction_factor": 2},
+        "resources": {"cpus_per_trial": 1, "gpus_per_trial": 0},
+    }
+    (tmp_path / "jax.yaml").write_text(yaml.safe_dump(spec))
+    run = ("run", tmp_path / "jax.yaml", "--data-dir", data, "--storage", tmp_path / "runs", "--backend", "jax")
+
+    # Asked to fail on it: one line that names the file, what is wrong with it and what to do; exit 2, nothing written.
+    proc = _sweep(*run, "--set", "data.on_bad_image=fail")
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr[-2000:]
+    for words in ("error: 1 unreadable image", str(bad), "truncated PNG", "fix or delete", "on_bad_image: skip"):
+        assert words in proc.stderr, (words, proc.stderr)
+    assert not (tmp_path / "runs").exists() and tree_state(data) == before
+
+    # By default it is left out and listed in sweep.json. The trials run on JAX (--backend over the study's
+    # tensorflow), each under a real memory limit: the small one learns; the big one runs out of memory (XLA's
+    # RESOURCE_EXHAUSTED), is retried once, then recorded as failed with that error, and the sweep goes on.
+    proc = _faulty_sweep(*run, "--name", "jax", faults={"memory_gb": 4})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    exp = tmp_path / "runs" / "jax"
+    skipped = json.loads((exp / "sweep.json").read_text())["data"]["2"]["skipped"]
+    assert [name for name, _ in skipped] == [str(bad.relative_to(data / "Original"))], skipped
+    assert "truncated PNG" in skipped[0][1] and tree_state(data) == before
+    frame = pd.read_csv(exp / "results.csv").set_index("dense_units")
+    assert len(frame) == 2
+    small, big = frame.loc[16], frame.loc[2**28]
+    assert big["status"] == "failed" and big["retries"] == 1, big.to_dict()
+    assert "RESOURCE_EXHAUSTED: Out of memory allocating" in big["error"], big["error"]
+    assert small["status"] == "completed" and small["epochs"] == 2 and small["retries"] == 0
+    assert small["backend"] == "jax"  # what Keras ran on, recorded by the trial
+    for col in ("train_loss", "val_loss", "val_accuracy", "test_accuracy", "test_loss"):
+        assert np.isfinite(small[col]), col
+    loss = pd.read_csv(next(exp.glob("custom_cnn-*-du16-*/progress.csv")))["train_loss"]
+    assert loss.iloc[-1] < loss.iloc[0], loss.tolist()  # it learned: the training loss fell
 
 
 def test_optuna_search_samples_distributions(tmp_path):
