@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 
-from search.report import cost_table
+from search.report.tables import cost_table
 from search.runner import best_per_family
 from search.spec import METRIC
 

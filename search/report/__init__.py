@@ -1,0 +1,145 @@
+"""The study's comparison tables and a visual report from a finished sweep.
+
+``tables`` computes the tables (pure functions of ``results.csv`` and ``sweep.json``), ``figures`` draws the figures
+(also reading each trial's ``progress.csv`` and ``predictions.npz``), ``document`` lays both out as one list of
+sections rendered to Markdown, HTML and LaTeX. ``write_report`` puts everything in one folder: report.md,
+report.html (figures embedded), report.tex, one CSV per table, figures/.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from search import storage as store
+from search.errors import SweepError
+from search.report import figures as fig
+from search.report import tables as tab
+from search.report.document import render, sections
+from search.runner import PREDICTIONS, RESULTS_JSON, best_per_family, load_results, load_sweep
+from search.spec import METRIC
+
+FORMATS = ("md", "html", "csv", "tex")
+
+__all__ = ["FORMATS", "build", "publish_report", "write_report"]
+
+
+def build(experiment: str | Path, out: Path) -> dict[str, Any]:
+    """Compute every table and write every figure of the report into ``out/figures``; return the parts."""
+    experiment = store.normalize(experiment)
+    sweep = load_sweep(experiment)
+    frame = load_results(experiment)
+    study = sweep["study"]
+    task, max_epochs = study["task"], study["train"]["epochs"]
+    agg = tab.aggregate(frame)
+    families = tab.families(agg)
+    per_trial, totals = tab.cost_table(frame, float(sweep["resources"]["gpus_per_trial"]), max_epochs)
+    figs = fig.Figures(out / "figures")
+    best = best_per_family(frame, METRIC[task])  # sorted best first
+    fig.plot_learning_curves(figs, experiment, best, task)
+    fig.plot_heatmaps(figs, agg, task)
+    fig.plot_epochs(figs, frame, max_epochs)
+    preds = _predictions(experiment)
+    comparisons, sentences = tab.paired_comparisons(frame, task, preds, tab.study_pick(tab.reference(task), task))
+    return {
+        "experiment": experiment,
+        "task": task,
+        "study": study,
+        "tables": {" / option ".join(map(str, f)): tab.family_table(agg, task, f, max_epochs) for f in families},
+        "summary": tab.summary_table(agg, task),
+        "versus": tab.versus_study(agg, task, tab.reference(task)),
+        "cost": per_trial,
+        "totals": pd.DataFrame([{"quantity": k, "value": v} for k, v in totals.items()]),
+        "trust": tab.trust(agg, task, sweep),
+        "comparisons": comparisons,
+        "sentences": sentences,
+        "tta": tab.tta_table(best, task) if study.get("search", {}).get("tta") else None,
+        "figures": figs,
+        "best_trial": None if best.empty else best.iloc[0]["trial"],
+        **_best_trial(experiment, sweep, best.head(1), preds, figs),
+    }
+
+
+def _best_trial(experiment: str, sweep: dict, overall: pd.DataFrame, preds: dict, figs: fig.Figures) -> dict:
+    """The best trial's own figures (confusion matrix, ROC, reliability; or its predicted masks) and, for a
+    classifier, its per-class and calibration tables."""
+    details = _read_json(experiment, RESULTS_JSON)
+    out: dict[str, Any] = {"per_class": None, "calibration": None}
+    if overall.empty or overall.iloc[0]["trial"] not in details:
+        return out
+    row = overall.iloc[0]
+    trial = row["trial"]
+    if sweep["study"]["task"] != "classification":
+        if f"{trial}/masks" in preds:
+            fig.plot_best_segmenter(figs, preds["images"], preds["truth"], preds[f"{trial}/masks"])
+        return out
+    report = details[trial]
+    option = str(int(row["option"])) if "option" in overall else next(iter(sweep["data"]))
+    probs, labels = preds.get(f"{trial}/probs"), preds.get(f"{trial}/labels")
+    fig.plot_best_classifier(figs, report, sweep["data"][option]["classes"], probs, labels)
+    if probs is not None:
+        fig.plot_reliability(figs, probs, labels, report.get("calibration", {}).get("temperature"))
+    return {
+        "per_class": pd.DataFrame(report["per_class"]).T.rename_axis("class").reset_index(),
+        "calibration": tab.calibration_table(row, report),
+    }
+
+
+def _read_json(experiment: str, name: str) -> dict:
+    path = store.join(experiment, name)
+    return json.loads(store.read_text(path)) if store.exists(path) else {}
+
+
+def _predictions(experiment: str) -> dict[str, np.ndarray]:
+    path = store.join(experiment, PREDICTIONS)
+    if not store.exists(path):
+        return {}
+    with np.load(io.BytesIO(store.read_bytes(path))) as z:
+        return {k: z[k] for k in z.files}
+
+
+def _slug(text: str) -> str:
+    return "_".join("".join(c if c.isalnum() else " " for c in text).split())
+
+
+def publish_report(experiment: str | Path, out: str | Path | None = None, formats: tuple[str, ...] = FORMATS) -> str:
+    """Write the report into ``out``, by default EXPERIMENT/report (for an experiment in cloud storage: built in a
+    temporary folder, then uploaded there); return where it is."""
+    experiment = store.normalize(experiment)
+    if out is not None or not store.is_uri(experiment):
+        return str(write_report(experiment, out, formats))
+    target = store.join(experiment, "report")
+    with tempfile.TemporaryDirectory() as tmp:
+        write_report(experiment, tmp, formats)
+        store.upload(tmp, target)
+    return target
+
+
+def write_report(experiment: str | Path, out: str | Path | None = None, formats: tuple[str, ...] = FORMATS) -> Path:
+    """Write the report in ``formats`` into ``out`` (default EXPERIMENT/report, local experiments only); return it."""
+    unknown = sorted(set(formats) - set(FORMATS))
+    if unknown:
+        raise SweepError(f"--format {','.join(unknown)}: unknown; choose from {','.join(FORMATS)}")
+    experiment = store.normalize(experiment)
+    if out is None and store.is_uri(experiment):
+        raise SweepError(f"{experiment} is in cloud storage: write its report locally with --out DIR")
+    out = Path(out) if out is not None else Path(experiment) / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    parts = build(experiment, out)
+    doc = sections(parts)
+    for fmt in ("md", "html", "tex"):
+        if fmt in formats:
+            (out / f"report.{fmt}").write_text(render(doc, fmt))
+    if "csv" in formats:
+        parts["summary"].to_csv(out / "summary.csv", index=False)
+        parts["versus"].to_csv(out / "versus_study.csv", index=False)
+        parts["cost"].to_csv(out / "cost.csv", index=False)
+        for title, frame in parts["tables"].items():
+            frame.to_csv(out / f"table_{_slug(title)}.csv", index=False)
+    return out
