@@ -245,7 +245,22 @@ def _spread_of(t: dict[str, Any]) -> str:
     return f"std across {t['folds']} folds" if t.get("folds", 1) > 1 else f"std over {t['repeats']} seeds"
 
 
+def _runner_up_line(t: dict[str, Any]) -> str:
+    """The runner-up and its gap to the winner, weighed against the run-to-run spread when it is known."""
+    line = f"Runner-up: {t['runner_up']}; gap {t['gap']:.4f}."
+    if t["gap"] == 0:
+        line += " A tie: validation cannot tell these two apart."
+    if "spread" not in t:
+        return line + " Run-to-run spread unknown: set `search.repeats: k` to run each configuration with k seeds."
+    verdict = "larger" if t["gap"] > 2 * t["spread"] else "not clearly larger"
+    return line + (
+        f" Run-to-run spread ({_spread_of(t)}, mean over configurations): {t['spread']:.4f}; "
+        f"the gap is {verdict} than twice the spread."
+    )
+
+
 def trust_lines(t: dict[str, Any]) -> list[str]:
+    """``trust`` as the report's opening sentences (Markdown marks: **bold**, `code`)."""
     lines = []
     if t["protocol"] == "study":
         lines.append(
@@ -256,18 +271,7 @@ def trust_lines(t: dict[str, Any]) -> list[str]:
     if "winner" in t:
         lines.append(f"Winner (by validation {t['metric']}): {t['winner']} = {t['winner_value']:.4f}.")
     if "gap" in t:
-        line = f"Runner-up: {t['runner_up']}; gap {t['gap']:.4f}."
-        if t["gap"] == 0:
-            line += " A tie: validation cannot tell these two apart."
-        if "spread" in t:
-            verdict = "larger" if t["gap"] > 2 * t["spread"] else "not clearly larger"
-            line += (
-                f" Run-to-run spread ({_spread_of(t)}, mean over configurations): {t['spread']:.4f}; "
-                f"the gap is {verdict} than twice the spread."
-            )
-        else:
-            line += " Run-to-run spread unknown: set `search.repeats: k` to run each configuration with k seeds."
-        lines.append(line)
+        lines.append(_runner_up_line(t))
     if t.get("folds", 1) > 1:
         lines.append(
             f"Cross-validation: {t['folds']} folds. Validation numbers are means over the folds (± their std "
@@ -350,19 +354,21 @@ def paired_comparisons(
         else:
             continue
         lines.append(f"The winner {w} is {stats.sentence(name, result)}.")
-        extra = {"F1 difference": result["f1"]["difference"]} if "f1" in result else {}
-        rows.append(
-            {
-                "against": name,
-                f"{result['metric']} difference": result["difference"],
-                "95% CI low": result["low"],
-                "95% CI high": result["high"],
-                **extra,
-                f"p ({result['test']})": result["p"],
-                "verdict": result["verdict"],
-            }
-        )
+        rows.append(_comparison_row(name, result))
     return pd.DataFrame(rows), lines
+
+
+def _comparison_row(name: str, result: dict[str, Any]) -> dict[str, Any]:
+    extra = {"F1 difference": result["f1"]["difference"]} if "f1" in result else {}
+    return {
+        "against": name,
+        f"{result['metric']} difference": result["difference"],
+        "95% CI low": result["low"],
+        "95% CI high": result["high"],
+        **extra,
+        f"p ({result['test']})": result["p"],
+        "verdict": result["verdict"],
+    }
 
 
 def calibration_table(row: pd.Series, detail: dict) -> pd.DataFrame:
