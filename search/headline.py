@@ -8,17 +8,17 @@ from typing import Any
 
 import pandas as pd
 
+from models.tasks import task_info
 from search.report.tables import cost_table
-from search.runner import best_per_family
-from search.spec import METRIC
+from search.results import best_by
 
 
 def outcome(frame: pd.DataFrame, sweep: dict[str, Any]) -> dict[str, Any]:
     """The sweep's outcome as numbers: winner, its validation and test metrics, the no-skill baseline,
     trials run and stopped by ASHA, trial seconds and the seconds ASHA saved."""
     task = sweep["study"]["task"]
-    metric = METRIC[task]
-    best = best_per_family(frame, metric)
+    metric, mode = task_info(task).metric, task_info(task).mode
+    best = best_by(frame, metric, mode, by="model")
     _, totals = cost_table(frame, 0.0, int(sweep["study"]["train"]["epochs"]))
     out: dict[str, Any] = {
         "task": task,

@@ -26,8 +26,8 @@ from typing import Any
 import yaml
 
 from data_pipeline import DataConfig
+from models.tasks import TASKS, task_info
 
-TASKS = ("classification", "segmentation")
 ALGORITHMS = ("grid", "random", "optuna")
 DISTRIBUTIONS = ("loguniform", "uniform", "choice")
 # Train settings a study may also search over: a trial's value overrides the train section's.
@@ -52,7 +52,6 @@ DISCRETE_AXES = ("model", "option", "optimizer", "lr_schedule", "batch_size", "d
 MODEL_HYPERPARAMETERS = ("dense_units", "base_filters", "blocks")  # taken by some models only (the registry says)
 BACKENDS = ("tensorflow", "jax", "torch")
 TOP_KEYS = ("task", "search", "space", "train", "data", "scheduler", "resources", "presets")
-METRIC = {"classification": "val_accuracy", "segmentation": "val_dice"}
 
 
 class SpecError(ValueError):
@@ -130,11 +129,22 @@ class Study:
 
     @property
     def metric(self) -> str:
-        return METRIC[self.task]
+        """The validation metric trials are ranked and chosen by (the task table's)."""
+        return task_info(self.task).metric
+
+    @property
+    def mode(self) -> str:
+        return task_info(self.task).mode
 
     @property
     def loss(self) -> str:
-        return self.train.loss or ("categorical_crossentropy" if self.task == "classification" else "bce_dice")
+        return self.train.loss or task_info(self.task).default_loss
+
+    def trial_train(self, config: dict[str, Any]) -> Train:
+        """The train settings of one trial: a search axis that names a train setting (optimizer, batch_size, ...)
+        overrides the train section's value."""
+        names = {f.name for f in dataclasses.fields(Train)}
+        return dataclasses.replace(self.train, **{k: v for k, v in config.items() if k in names})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -272,7 +282,8 @@ def _check_axis(task: str, axis: str, values: Any, problems: list[str]) -> None:
             problems.append(f"{where}: {p}")
 
 
-def _validate(study: Study, problems: list[str]) -> None:
+def _validate(study: Study, problems: list[str], here: bool = True) -> None:
+    """Every problem of ``study``; ``here``: also what must exist on this machine to train (data folder, weights)."""
     import models
 
     t, d = study.train, study.data
@@ -315,9 +326,7 @@ def _validate(study: Study, problems: list[str]) -> None:
     if t.mixed_precision not in (None, "auto", *models.MIXED_PRECISION):
         allowed = ", ".join(("auto", *models.MIXED_PRECISION))
         problems.append(f"train.mixed_precision: {t.mixed_precision!r} is not null or one of {allowed}")
-    from models.metrics import CLASSIFICATION_LOSSES, SEGMENTATION_LOSSES
-
-    allowed = CLASSIFICATION_LOSSES if study.task == "classification" else SEGMENTATION_LOSSES
+    allowed = task_info(study.task).losses
     if study.loss not in allowed:
         problems.append(f"train.loss: {study.loss!r} is not one of {', '.join(allowed)} for {study.task}")
     if study.scheduler.grace_period < 1 or study.scheduler.reduction_factor <= 1:
@@ -333,7 +342,7 @@ def _validate(study: Study, problems: list[str]) -> None:
         problems.append(
             f"resources.max_concurrent_trials: must be >= 0 (0 = no limit), got {study.resources.max_concurrent_trials}"
         )
-    problems += [f"data.{p}" for p in d.problems()]
+    problems += [f"data.{p}" for p in (d if here else dataclasses.replace(d, data_dir=None)).problems()]
     model_axis = study.space.get("model")
     names = model_axis if isinstance(model_axis, list) else (model_axis or {}).get("choice", [])
     for name in names if isinstance(names, list) else []:
@@ -349,7 +358,7 @@ def _validate(study: Study, problems: list[str]) -> None:
     deepest = max((b for b in blocks if isinstance(b, int)), default=t.blocks) if isinstance(blocks, list) else 0
     if "custom_cnn" in known and d.image_size < 2**deepest:
         problems.append(f"data.image_size: custom_cnn with blocks={deepest} needs >= {2**deepest}, got {d.image_size}")
-    for name in names if isinstance(names, list) else []:
+    for name in names if isinstance(names, list) and here else []:
         if name in models.list_models(study.task) and t.weights is not None:
             try:  # fail at load, not hours into a sweep; never downloads
                 models.registry.resolve_weights(models.get(name), t.weights)
@@ -366,7 +375,29 @@ def load_study(name_or_path: str, preset: str | None = None, overrides: dict[str
             raise SpecError(f"{name} has no preset {preset!r}; presets: {', '.join(presets) or 'none'}")
         raw = merge(raw, presets[preset])
         name = f"{name}-{preset}"
-    raw = merge(raw, overrides or {})
+    return _study(name, merge(raw, overrides or {}))
+
+
+def study_from_record(record: dict[str, Any], where: str = "the recorded study", here: bool = False) -> Study:
+    """The ``Study`` a sweep recorded (``Study.to_dict``: sweep.json, an export's study.json), validated again by the
+    same schema as a study file. ``here``: also check the data folder and weights files exist on this machine."""
+    if not isinstance(record, dict) or "name" not in record:
+        raise SpecError(f"{where}: not a recorded study (a mapping with name, task, space, ...): re-export the sweep")
+    raw = {k: v for k, v in record.items() if k != "name"}
+    data = dict(raw.get("data") or {})
+    if "mask_threshold" in data:  # sweeps recorded before data.mask_rule: the same grey-level threshold
+        data["mask_rule"] = f"threshold:{data.pop('mask_threshold')}"
+    # Derived when the study loaded: the task (the study's), the seed (search.seed), the option (space.option).
+    for key in ("task", "seed", *(("option",) if "option" in (raw.get("space") or {}) else ())):
+        data.pop(key, None)
+    try:
+        return _study(record["name"], {**raw, "data": data}, here=here)
+    except SpecError as exc:
+        raise SpecError(f"{where}: {exc}") from None
+
+
+def _study(name: str, raw: dict[str, Any], here: bool = True) -> Study:
+    """A validated ``Study`` from its raw sections (presets and overrides merged already)."""
     problems: list[str] = []
     for key in raw:
         if key not in TOP_KEYS:
@@ -402,7 +433,7 @@ def load_study(name_or_path: str, preset: str | None = None, overrides: dict[str
         scheduler=_section(Scheduler, raw.get("scheduler"), "scheduler", problems),
         resources=_section(Resources, raw.get("resources"), "resources", problems),
     )
-    _validate(study, problems)
+    _validate(study, problems, here)
     if problems:
         raise SpecError(f"study {name} has {len(problems)} problem(s):\n  " + "\n  ".join(problems))
     return study

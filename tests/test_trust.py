@@ -205,7 +205,7 @@ def test_ensemble_averages_its_fold_models_survives_saving_and_calibrates_out_of
     import keras
 
     from models.evaluation import predict
-    from search.runner import _validation_probs
+    from search.scoring import _validation_probs
     from search.trial import ensemble, fold_member
 
     def tiny(seed):

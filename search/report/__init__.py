@@ -19,11 +19,11 @@ import pandas as pd
 
 from search import storage as store
 from search.errors import SweepError
+from search.experiment import PREDICTIONS, RESULTS_JSON, load_results, load_sweep
 from search.report import figures as fig
 from search.report import tables as tab
 from search.report.document import render, sections
-from search.runner import PREDICTIONS, RESULTS_JSON, best_per_family, load_results, load_sweep
-from search.spec import METRIC
+from search.report.tables import METRIC, best_per_family
 
 FORMATS = ("md", "html", "csv", "tex")
 

@@ -11,8 +11,7 @@ import numpy as np
 import pandas as pd
 
 from search import storage as store
-from search.report.tables import families, family_rows
-from search.spec import METRIC
+from search.report.tables import METRIC, families, family_rows
 
 
 @dataclass

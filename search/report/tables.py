@@ -15,8 +15,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from search.runner import CONFIG_KEYS, EXTRA_AXES, best_per_family, study_order
-from search.spec import METRIC
+from models.tasks import TASK_TABLE
+from search.results import CONFIG_KEYS, EXTRA_AXES, best_by, study_order
+
+METRIC = {name: info.metric for name, info in TASK_TABLE.items()}
+
+
+def best_per_family(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
+    return best_by(frame, metric, "max", by="model")
+
 
 CONFIG = [k for k in CONFIG_KEYS if k != "repeat"]  # a configuration: the study's four axes and any other
 STUDY_NAMES = {"inception_resnet_v2": "InceptionResNetV2", "nasnet_large": "NASNetLarge"}  # others: same name

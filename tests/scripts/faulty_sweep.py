@@ -48,7 +48,7 @@ def _log_attempt(folder: str, config) -> None:
         f.write(json.dumps(line) + "\n")
 
 
-def faulty_trial(config, datasets, settings):
+def faulty_trial(config, datasets, context):
     from ray import tune
 
     from search.trial import train_trial
@@ -58,7 +58,7 @@ def faulty_trial(config, datasets, settings):
         _log_attempt(faults["log"], config)
     for lr, times in faults.get("raise", {}).items():
         if _matches(config, [lr]):
-            marker = Path(settings["experiment_dir"]) / f"injected-{tune.get_context().get_trial_id()}"
+            marker = Path(context.experiment_dir) / f"injected-{tune.get_context().get_trial_id()}"
             count = int(marker.read_text()) if marker.exists() else 0
             if count < times:
                 marker.write_text(str(count + 1))
@@ -73,7 +73,7 @@ def faulty_trial(config, datasets, settings):
     try:
         if delay:
             tune.report = slow_report
-        train_trial(config, datasets, settings)
+        train_trial(config, datasets, context)
     finally:  # the worker is reused by later trials: give it back as it was
         tune.report = report
 
