@@ -1,6 +1,7 @@
 """The end of a sweep in a few lines: the winner (chosen on validation), its test metrics next to what a model
 that learned nothing scores, what ASHA stopped and saved, and where the report is. Pure functions of the results
-frame and the sweep record; ``sweep run`` prints them and ``benchmarks/bench_quality.py`` tabulates them."""
+frame, the typed study and the sweep's record of its data; ``sweep run`` prints them and
+``benchmarks/bench_quality.py`` tabulates them."""
 
 from __future__ import annotations
 
@@ -8,20 +9,20 @@ from typing import Any
 
 import pandas as pd
 
-from models.tasks import task_info
 from search.report.tables import cost_table
-from search.results import best_by
+from search.results import best_row
+from search.spec import Study
 
 
-def outcome(frame: pd.DataFrame, sweep: dict[str, Any]) -> dict[str, Any]:
+def outcome(frame: pd.DataFrame, study: Study, data: dict[str, Any]) -> dict[str, Any]:
     """The sweep's outcome as numbers: winner, its validation and test metrics, the no-skill baseline,
-    trials run and stopped by ASHA, trial seconds and the seconds ASHA saved."""
-    task = sweep["study"]["task"]
-    metric, mode = task_info(task).metric, task_info(task).mode
-    best = best_by(frame, metric, mode, by="model")
-    _, totals = cost_table(frame, 0.0, int(sweep["study"]["train"]["epochs"]))
+    trials run and stopped by ASHA, trial seconds and the seconds ASHA saved. ``data``: sweep.json's record of the
+    prepared data (the test split's class counts)."""
+    metric = study.metric
+    row = best_row(frame, metric, study.mode)
+    _, totals = cost_table(frame, 0.0, study.train.epochs)
     out: dict[str, Any] = {
-        "task": task,
+        "task": study.task,
         "trials": len(frame),
         "stopped": int((frame["status"] == "stopped").sum()),
         "trial_seconds": totals["trial seconds"],
@@ -29,13 +30,12 @@ def outcome(frame: pd.DataFrame, sweep: dict[str, Any]) -> dict[str, Any]:
         "saved_percent": totals["saved by ASHA (%)"],
         "winner": None,
     }
-    if best.empty:
+    if row is None:
         return out
-    row = best.iloc[0]
     out |= {"winner": row["trial"], "validation": {metric: float(row[metric])}}
-    if task == "classification":
-        option = str(int(row["option"])) if "option" in row and pd.notna(row["option"]) else next(iter(sweep["data"]))
-        per_class = sweep["data"][option]["splits"]["test"]["per_class"]
+    if study.task == "classification":
+        option = str(int(row["option"])) if "option" in row and pd.notna(row["option"]) else next(iter(data))
+        per_class = data[option]["splits"]["test"]["per_class"]
         out["test"] = {k: float(row.get(f"test_{k}", float("nan"))) for k in ("accuracy", "f1")}
         # A model that learned nothing predicts the most frequent class: its accuracy; macro F1 = F1 of that class.
         majority = max(per_class) / sum(per_class)

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from models.tasks import task_info
 from search.report import figures, tables
 
 
@@ -47,12 +48,14 @@ def _frame(repeats=1):
     return pd.DataFrame(rows)
 
 
-def _sweep(protocol="leak_free"):
-    return {
-        "study": {"task": "classification", "train": {"epochs": 6}, "data": {"protocol": protocol}},
-        "resources": {"gpus_per_trial": 0.5},
-        "data": {"2": {"leakage_audit": {"val": 0, "test": 0}, "classes": ["Benign", "Early", "Pre", "Pro"]}},
-    }
+# sweep.json's record of the prepared data: one loading option, its leakage audit and classes
+DATA = {"2": {"leakage_audit": {"val": 0, "test": 0}, "classes": ["Benign", "Early", "Pre", "Pro"]}}
+
+
+def _study(protocol="leak_free"):
+    from search.spec import load_study
+
+    return load_study("classification", "smoke", {"train": {"epochs": 6}, "data": {"protocol": protocol}})
 
 
 def test_family_tables_follow_the_study_and_mark_choice_divergence_and_early_stops():
@@ -61,7 +64,7 @@ def test_family_tables_follow_the_study_and_mark_choice_divergence_and_early_sto
     table = tables.family_table(agg, "classification", ("inception_resnet_v2", 2), max_epochs=6)
     assert list(table["lr"]) == ["0.1"] * 3 + ["0.01"] * 3 + ["0.001"] * 3 + ["0.0001"] * 3  # lr descending
     assert list(table["dropout"][:3]) == ["0.4", "0.2", "0"]  # dropout 0.4, 0.2, 0 as in the study
-    assert list(table.columns[2:11]) == [h for h, _ in tables.COLUMNS["classification"]]
+    assert list(table.columns[2:11]) == [h for h, _ in task_info("classification").report_columns]
     chosen = table[table["note"].str.contains("chosen")]
     assert len(chosen) == 1 and (chosen["lr"].item(), chosen["dropout"].item()) == ("0.01", "0.4")
     assert table["note"][:3].str.startswith("diverged").all()
@@ -76,9 +79,9 @@ def test_repeats_become_mean_and_std():
     assert row["val_accuracy_std"] == pytest.approx(0.01)
     table = tables.family_table(agg, "classification", ("nasnet_large", 2), max_epochs=6)
     assert table.loc[4, "val acc"] == "0.6800 ± 0.0100"
-    checks = tables.trust(agg, "classification", _sweep())
+    checks = tables.trust(agg, _study(), DATA)
     assert checks["repeats"] == 3 and checks["spread"] == pytest.approx(0.01, abs=1e-9)
-    assert checks["winner"] == "nasnet_large option 2 lr 0.01 dropout 0.4"
+    assert checks["winner"] == "nasnet_large option 2, lr 0.01, dropout 0.4"
     assert checks["gap"] == pytest.approx(0.02)
     assert any("larger than twice the spread" in line for line in tables.trust_lines(checks))
 
@@ -114,8 +117,8 @@ def test_cost_counts_what_asha_saved():
 
 def test_the_leaky_protocol_gets_a_banner():
     agg = tables.aggregate(_frame())
-    assert not any("WARNING" in line for line in tables.trust_lines(tables.trust(agg, "classification", _sweep())))
-    leaky = tables.trust_lines(tables.trust(agg, "classification", _sweep("study")))
+    assert not any("WARNING" in line for line in tables.trust_lines(tables.trust(agg, _study(), DATA)))
+    leaky = tables.trust_lines(tables.trust(agg, _study("study"), DATA))
     assert "WARNING" in leaky[0] and "optimistic" in leaky[0]
 
 
@@ -147,7 +150,7 @@ def test_plots_write_real_pngs(tmp_path):
 def test_a_tie_is_called_a_tie_and_table_files_get_plain_names():
     frame = _frame()
     frame["val_accuracy"] = 0.25  # every configuration collapsed to one class: nothing to choose between
-    lines = tables.trust_lines(tables.trust(tables.aggregate(frame), "classification", _sweep()))
+    lines = tables.trust_lines(tables.trust(tables.aggregate(frame), _study(), DATA))
     assert any("A tie" in line for line in lines)
     from search.report import _slug
 
@@ -157,21 +160,25 @@ def test_a_tie_is_called_a_tie_and_table_files_get_plain_names():
 def _experiment(folder):
     """A finished classification sweep on disk, by hand: its record, results, the winner's test details and the
     test predictions of every trial (so that the report has every section a classifier gets)."""
-    from search.spec import load_study
-
     frame = _frame()
-    study = load_study("classification", "smoke", {"train": {"epochs": 6}}).to_dict()
     folder.mkdir()
-    (folder / "sweep.json").write_text(json.dumps(_sweep() | {"study": study}))
+    record = {"study": _study().to_dict(), "resources": {"gpus_per_trial": 0.5}, "data": DATA}
+    (folder / "sweep.json").write_text(json.dumps(record))
     frame.to_csv(folder / "results.csv", index=False)
-    classes, rng = _sweep()["data"]["2"]["classes"], np.random.default_rng(0)
+    classes, rng = DATA["2"]["classes"], np.random.default_rng(0)
     labels = np.repeat(np.arange(4), 10)
     preds = {"labels": labels}
     for trial, val in zip(frame["trial"], frame["val_accuracy"]):  # better on validation, better on test
         right = rng.random(len(labels)) < val
         pred = np.where(right, labels, (labels + 1) % 4)
         preds |= {f"{trial}/labels": labels, f"{trial}/probs": 0.1 + 0.6 * np.eye(4)[pred]}
-    winner = frame.loc[frame["val_accuracy"].idxmax(), "trial"]
+    best = frame.loc[frame["val_accuracy"].idxmax()]
+    winner, history = best["trial"], (folder / f"{best['trial']}-{best['trial_id']}")
+    history.mkdir()
+    curve = {"epoch": range(1, 7), "train_accuracy": np.linspace(0.3, 0.7, 6), "val_accuracy": np.linspace(0.3, 0.6, 6)}
+    pd.DataFrame(curve | {"train_loss": np.linspace(1.3, 0.4, 6), "val_loss": np.linspace(1.3, 0.6, 6)}).to_csv(
+        history / "progress.csv", index=False
+    )
     cm = np.zeros((4, 4), int)
     np.add.at(cm, (labels, preds[f"{winner}/probs"].argmax(1)), 1)
     per_class = {c: {"precision": 0.9, "recall": 0.9, "f1": 0.9, "support": 10, "roc_auc": 0.95} for c in classes}

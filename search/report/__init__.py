@@ -8,22 +8,20 @@ report.html (figures embedded), report.tex, one CSV per table, figures/.
 
 from __future__ import annotations
 
-import io
-import json
 import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from search import storage as store
 from search.errors import SweepError
-from search.experiment import PREDICTIONS, RESULTS_JSON, load_results, load_sweep
+from search.experiment import load_details, load_predictions, load_results, load_study, load_sweep
 from search.report import figures as fig
 from search.report import tables as tab
 from search.report.document import render, sections
-from search.report.tables import METRIC, best_per_family
+from search.results import best_by
+from search.spec import Study
 
 FORMATS = ("md", "html", "csv", "tex")
 
@@ -33,19 +31,18 @@ __all__ = ["FORMATS", "build", "publish_report", "write_report"]
 def build(experiment: str | Path, out: Path) -> dict[str, Any]:
     """Compute every table and write every figure of the report into ``out/figures``; return the parts."""
     experiment = store.normalize(experiment)
-    sweep = load_sweep(experiment)
     frame = load_results(experiment)
-    study = sweep["study"]
-    task, max_epochs = study["task"], study["train"]["epochs"]
+    sweep, study = load_sweep(experiment), load_study(experiment)  # the record (data, resources) and its study
+    task, max_epochs = study.task, study.train.epochs
     agg = tab.aggregate(frame)
     families = tab.families(agg)
     per_trial, totals = tab.cost_table(frame, float(sweep["resources"]["gpus_per_trial"]), max_epochs)
     figs = fig.Figures(out / "figures")
-    best = best_per_family(frame, METRIC[task])  # sorted best first
+    best = best_by(frame, study.metric, study.mode, by="model")  # each model's best trial, best first
     fig.plot_learning_curves(figs, experiment, best, task)
     fig.plot_heatmaps(figs, agg, task)
     fig.plot_epochs(figs, frame, max_epochs)
-    preds = _predictions(experiment)
+    preds = load_predictions(experiment)
     comparisons, sentences = tab.paired_comparisons(frame, task, preds, tab.study_pick(tab.reference(task), task))
     return {
         "experiment": experiment,
@@ -56,52 +53,41 @@ def build(experiment: str | Path, out: Path) -> dict[str, Any]:
         "versus": tab.versus_study(agg, task, tab.reference(task)),
         "cost": per_trial,
         "totals": pd.DataFrame([{"quantity": k, "value": v} for k, v in totals.items()]),
-        "trust": tab.trust(agg, task, sweep),
+        "trust": tab.trust(agg, study, sweep["data"]),
         "comparisons": comparisons,
         "sentences": sentences,
-        "tta": tab.tta_table(best, task) if study.get("search", {}).get("tta") else None,
+        "tta": tab.tta_table(best, task) if study.search.tta else None,
         "figures": figs,
         "best_trial": None if best.empty else best.iloc[0]["trial"],
-        **_best_trial(experiment, sweep, best.head(1), preds, figs),
+        **_best_trial(experiment, study, sweep["data"], best.head(1), preds, figs),
     }
 
 
-def _best_trial(experiment: str, sweep: dict, overall: pd.DataFrame, preds: dict, figs: fig.Figures) -> dict:
+def _best_trial(
+    experiment: str, study: Study, data: dict, overall: pd.DataFrame, preds: dict, figs: fig.Figures
+) -> dict[str, Any]:
     """The best trial's own figures (confusion matrix, ROC, reliability; or its predicted masks) and, for a
     classifier, its per-class and calibration tables."""
-    details = _read_json(experiment, RESULTS_JSON)
+    details = load_details(experiment)
     out: dict[str, Any] = {"per_class": None, "calibration": None}
     if overall.empty or overall.iloc[0]["trial"] not in details:
         return out
     row = overall.iloc[0]
     trial = row["trial"]
-    if sweep["study"]["task"] != "classification":
+    if study.task != "classification":
         if f"{trial}/masks" in preds:
             fig.plot_best_segmenter(figs, preds["images"], preds["truth"], preds[f"{trial}/masks"])
         return out
     report = details[trial]
-    option = str(int(row["option"])) if "option" in overall else next(iter(sweep["data"]))
+    option = str(int(row["option"])) if "option" in overall else next(iter(data))
     probs, labels = preds.get(f"{trial}/probs"), preds.get(f"{trial}/labels")
-    fig.plot_best_classifier(figs, report, sweep["data"][option]["classes"], probs, labels)
+    fig.plot_best_classifier(figs, report, data[option]["classes"], probs, labels)
     if probs is not None:
         fig.plot_reliability(figs, probs, labels, report.get("calibration", {}).get("temperature"))
     return {
         "per_class": pd.DataFrame(report["per_class"]).T.rename_axis("class").reset_index(),
         "calibration": tab.calibration_table(row, report),
     }
-
-
-def _read_json(experiment: str, name: str) -> dict:
-    path = store.join(experiment, name)
-    return json.loads(store.read_text(path)) if store.exists(path) else {}
-
-
-def _predictions(experiment: str) -> dict[str, np.ndarray]:
-    path = store.join(experiment, PREDICTIONS)
-    if not store.exists(path):
-        return {}
-    with np.load(io.BytesIO(store.read_bytes(path))) as z:
-        return {k: z[k] for k in z.files}
 
 
 def _slug(text: str) -> str:

@@ -3,15 +3,15 @@ collected in order by ``Figures``. Learning curves read each trial's ``progress.
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from search import storage as store
-from search.report.tables import METRIC, families, family_rows
+from models.tasks import task_info
+from search.experiment import load_history
+from search.report.tables import families, family_rows
 
 
 @dataclass
@@ -39,19 +39,12 @@ def _plt():
     return plt
 
 
-def _history(experiment: str, row: pd.Series) -> pd.DataFrame | None:
-    path = store.join(experiment, f"{row['trial']}-{row['trial_id']}", "progress.csv")
-    if not isinstance(row.get("trial_id"), str) or not store.exists(path):
-        return None
-    return pd.read_csv(io.StringIO(store.read_text(path)))
-
-
 def plot_learning_curves(figs: Figures, experiment: str, best: pd.DataFrame, task: str) -> None:
     plt = _plt()
-    key = "accuracy" if task == "classification" else "dice"
+    key = task_info(task).metric_name
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for j, (_, row) in enumerate(best.iterrows()):
-        h = _history(experiment, row)
+        h = load_history(experiment, row)
         if h is None or h.empty:
             continue
         for ax, m in zip(axes, (key, "loss")):
@@ -69,7 +62,7 @@ def plot_learning_curves(figs: Figures, experiment: str, best: pd.DataFrame, tas
 
 def plot_heatmaps(figs: Figures, agg: pd.DataFrame, task: str) -> None:
     plt = _plt()
-    metric = METRIC[task]
+    metric = task_info(task).metric
     fams = families(agg)
     fig, axes = plt.subplots(1, len(fams), figsize=(3.6 * len(fams), 3.2), squeeze=False)
     for ax, family in zip(axes[0], fams):

@@ -15,43 +15,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from models.tasks import TASK_TABLE
-from search.results import CONFIG_KEYS, EXTRA_AXES, best_by, study_order
-
-METRIC = {name: info.metric for name, info in TASK_TABLE.items()}
-
-
-def best_per_family(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
-    return best_by(frame, metric, "max", by="model")
-
+from models.tasks import task_info
+from search.results import CONFIG_KEYS, EXTRA_AXES, STATUSES, best_by, config_label, study_order
+from search.spec import Study
 
 CONFIG = [k for k in CONFIG_KEYS if k != "repeat"]  # a configuration: the study's four axes and any other
 STUDY_NAMES = {"inception_resnet_v2": "InceptionResNetV2", "nasnet_large": "NASNetLarge"}  # others: same name
-# The study's columns, in its order: (heading, results column)
-COLUMNS = {
-    "classification": [
-        ("precision", "test_precision"),
-        ("recall", "test_recall"),
-        ("F1", "test_f1"),
-        ("train acc", "train_accuracy"),
-        ("train loss", "train_loss"),
-        ("val acc", "val_accuracy"),
-        ("val loss", "val_loss"),
-        ("test acc", "test_accuracy"),
-        ("test loss", "test_loss"),
-    ],
-    "segmentation": [
-        ("accuracy", "test_accuracy"),
-        ("loss", "test_loss"),
-        ("precision", "test_precision"),
-        ("recall", "test_recall"),
-        ("IoU", "test_iou"),
-        ("Dice", "test_dice"),
-        ("IoU (study def.)", "test_study_iou"),
-        ("Dice (study def.)", "test_study_dice"),
-        ("val Dice", "val_dice"),
-    ],
-}
 # The study's reference columns for the side-by-side: ours -> (its column, scale to a fraction)
 REFERENCE_COLUMNS = {
     "classification": {
@@ -82,7 +51,7 @@ def aggregate(frame: pd.DataFrame) -> pd.DataFrame:
     status of the worst repeat (failed > diverged > stopped > completed), epochs and wall time summed."""
     keys = config_keys(frame)
     metrics = [c for c in frame if c.startswith(("train_", "val_", "test_"))]
-    rank = {"failed": 3, "diverged": 2, "stopped": 1, "completed": 0}
+    rank = {status: i for i, status in enumerate(STATUSES)}  # the worst status is the last
     groups = frame.groupby(keys, sort=False, dropna=False)
     out = groups[metrics].mean()
     if "repeat" in frame and frame["repeat"].nunique() > 1:
@@ -111,15 +80,23 @@ def family_rows(agg: pd.DataFrame, family: tuple) -> pd.DataFrame:
 def chosen_rows(agg: pd.DataFrame, task: str):
     """(family, row) of the configuration chosen on validation, for every family that has one."""
     for family in families(agg):
-        i = chosen_index(family_rows(agg, family), METRIC[task])
+        i = chosen_index(family_rows(agg, family), task)
         if i is not None:
             yield family, agg.loc[i]
 
 
-def chosen_index(rows: pd.DataFrame, metric: str) -> Any:
-    """The row chosen by validation (highest mean ``metric``), or None when no row has one."""
-    scored = rows[metric].dropna() if metric in rows else pd.Series(dtype=float)
-    return None if scored.empty else scored.idxmax()
+def chosen_index(rows: pd.DataFrame, task: str) -> Any:
+    """The index of the row chosen on validation (the task's metric, mean over repeats), or None when no row has
+    a value."""
+    info = task_info(task)
+    ranked = best_by(rows, info.metric, info.mode)
+    return None if ranked.empty else ranked.index[0]
+
+
+def best_per_family(frame: pd.DataFrame, task: str) -> pd.DataFrame:
+    """Each model's best trial on validation, best first."""
+    info = task_info(task)
+    return best_by(frame, info.metric, info.mode, by="model")
 
 
 def _cell(mean: float, std: float | None) -> str:
@@ -132,12 +109,12 @@ def family_table(agg: pd.DataFrame, task: str, family: tuple, max_epochs: int) -
     """The study's table for one family: lr, dropout, its metric columns, the chosen row marked, diverged trials
     marked, ASHA-stopped trials with the epochs they ran."""
     rows = family_rows(agg, family)
-    chosen = chosen_index(rows, METRIC[task])
+    chosen = chosen_index(rows, task)
     out = pd.DataFrame({"lr": rows["lr"].map(lambda v: f"{v:g}"), "dropout": rows["dropout"].map(lambda v: f"{v:g}")})
     for axis in EXTRA_AXES:  # the study's other axes, when this sweep searched them
         if axis in rows:
             out[axis] = rows[axis].map(lambda v: f"{v:g}" if isinstance(v, (int, float)) else str(v))
-    for heading, col in COLUMNS[task]:
+    for heading, col in task_info(task).report_columns:
         std = rows[f"{col}_std"] if f"{col}_std" in rows else pd.Series(np.nan, index=rows.index)
         out[heading] = [_cell(m, s) for m, s in zip(rows.get(col, pd.Series(np.nan, index=rows.index)), std)]
     out["epochs"] = [_epochs(s, e, max_epochs) for s, e in zip(rows["status"], rows["epochs"])]
@@ -161,7 +138,7 @@ def summary_table(agg: pd.DataFrame, task: str) -> pd.DataFrame:
     rows = []
     for _, row in chosen_rows(agg, task):
         config = {k: f"{row[k]:g}" if k in ("lr", "dropout") else row[k] for k in config_keys(agg)}
-        rows.append({**config, **{heading: row.get(col, np.nan) for heading, col in COLUMNS[task]}})
+        rows.append({**config, **{heading: row.get(col, np.nan) for heading, col in task_info(task).report_columns}})
     return pd.DataFrame(rows)
 
 
@@ -222,30 +199,25 @@ def cost_table(frame: pd.DataFrame, gpus_per_trial: float, max_epochs: int) -> t
     return t, totals
 
 
-def trust(agg: pd.DataFrame, task: str, sweep: dict) -> dict[str, Any]:
-    """The winner's margin over the runner-up (validation), the run-to-run spread when there are repeats, the
-    leakage audit and the protocol."""
-    metric = METRIC[task]
-    ranked = agg[agg[metric].notna()].sort_values(metric, ascending=False)
-    out: dict[str, Any] = {"metric": metric, "protocol": sweep["study"]["data"]["protocol"]}
+def trust(agg: pd.DataFrame, study: Study, data: dict[str, Any]) -> dict[str, Any]:
+    """The winner's margin over the runner-up (validation), the run-to-run spread when there are repeats or folds,
+    the leakage audit of each loading option (``data``: sweep.json's record of the prepared data) and the protocol."""
+    metric = study.metric
+    ranked = best_by(agg, metric, study.mode)
+    out: dict[str, Any] = {"metric": metric, "protocol": study.data.protocol}
     if len(ranked) >= 1:
-        out["winner"] = _label(ranked.iloc[0])
+        out["winner"] = config_label(ranked.iloc[0])
         out["winner_value"] = float(ranked.iloc[0][metric])
     if len(ranked) >= 2:
-        out["runner_up"] = _label(ranked.iloc[1])
-        out["gap"] = float(ranked.iloc[0][metric] - ranked.iloc[1][metric])
+        out["runner_up"] = config_label(ranked.iloc[1])
+        out["gap"] = abs(float(ranked.iloc[0][metric] - ranked.iloc[1][metric]))
     if f"{metric}_std" in agg:
         healthy = agg[agg["status"].isin(["completed", "stopped"])]  # diverged runs all sit at chance: no spread
         out["spread"] = float(healthy[f"{metric}_std"].mean())  # mean std across seeds of one configuration
         out["repeats"] = int(agg["repeats"].max())
-    out["leakage_audit"] = {opt: d["leakage_audit"] for opt, d in sweep["data"].items()}
-    out["folds"] = int(sweep["study"].get("search", {}).get("folds", 1))
+    out["leakage_audit"] = {opt: d["leakage_audit"] for opt, d in data.items()}
+    out["folds"] = study.search.folds
     return out
-
-
-def _label(row: pd.Series) -> str:
-    option = f" option {int(row['option'])}" if "option" in row and pd.notna(row.get("option")) else ""
-    return f"{row['model']}{option} lr {row['lr']:g} dropout {row['dropout']:g}"
 
 
 def _spread_of(t: dict[str, Any]) -> str:
@@ -291,14 +263,13 @@ def trust_lines(t: dict[str, Any]) -> list[str]:
 
 # ---- is the winner really better? calibration, test-time augmentation ---------------------------------------------
 
-HEADLINE = {"classification": ("accuracy", "f1", "loss"), "segmentation": ("dice", "iou", "dice_per_image")}
 STUDY_HEADLINE = {"classification": "test_acc", "segmentation": "dice"}  # how the study picked its own best
 
 
 def study_pick(ref: pd.DataFrame, task: str) -> dict[str, Any]:
     """The configuration the study itself presented as best: the highest published test figure (the paper chose on
     test; here it is only a configuration to compare against)."""
-    row = ref.loc[ref[STUDY_HEADLINE[task]].idxmax()]
+    row = best_by(ref, STUDY_HEADLINE[task], "max").iloc[0]
     inverse = {v: k for k, v in STUDY_NAMES.items()}
     pick = {"model": inverse.get(row["model"], row["model"]), "lr": float(row["lr"]), "dropout": float(row["dropout"])}
     return pick | ({"option": int(row["loading_option"])} if "loading_option" in row else {})
@@ -315,8 +286,7 @@ def _matches(frame: pd.DataFrame, config: dict[str, Any]) -> pd.Series:
 def opponents(frame: pd.DataFrame, task: str, pick: dict[str, Any] | None = None) -> list[tuple[str, pd.Series]]:
     """The winner (best trial by validation) and what it is compared with: the runner-up (the best trial of another
     configuration), each other family's best, and the study's own pick when this sweep ran it. Validation only."""
-    metric = METRIC[task]
-    scored = frame[frame[metric].notna()].sort_values(metric, ascending=False, kind="stable")
+    scored = best_by(frame, task_info(task).metric, task_info(task).mode)
     if len(scored) < 2:
         return []
     winner, keys = scored.iloc[0], config_keys(frame)
@@ -324,7 +294,7 @@ def opponents(frame: pd.DataFrame, task: str, pick: dict[str, Any] | None = None
     out = [("winner", winner)]
     if not others.empty:
         out.append(("runner-up", others.iloc[0]))
-    for _, row in best_per_family(others, metric).iterrows():
+    for _, row in best_per_family(others, task).iterrows():
         if row["model"] != winner["model"]:
             out.append((f"best {row['model']}", row))
     if pick is not None:
@@ -394,7 +364,7 @@ def tta_table(best: pd.DataFrame, task: str) -> pd.DataFrame:
     rows = []
     for _, row in best.iterrows():
         out = {"trial": row["trial"]}
-        for m in HEADLINE[task]:
+        for m in task_info(task).headline:
             out[f"{m}"], out[f"{m} (TTA)"] = row.get(f"test_{m}", np.nan), row.get(f"test_tta_{m}", np.nan)
         rows.append(out)
     return pd.DataFrame(rows)
