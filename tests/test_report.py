@@ -247,3 +247,13 @@ def test_markdown_html_and_latex_carry_the_same_sections_tables_and_figures(tmp_
     for fmt, t in text.items():  # what the HTML once lacked: the task line and the note on fractions
         assert "Task: classification." in t and "percentages are divided by 100" in t, fmt
     assert "<strong>" not in text["html"] and "**" not in text["html"]  # a leak-free sweep: no warning in bold
+
+
+def test_the_report_imports_neither_ray_nor_a_deep_learning_framework():
+    import subprocess
+    import sys
+
+    heavy = ("ray", "ray.tune", "keras", "tensorflow", "jax", "torch")
+    code = f"import sys, search.report, search.headline; print([m for m in {heavy!r} if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr[-2000:]
