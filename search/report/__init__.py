@@ -34,8 +34,7 @@ def build(experiment: str | Path, out: Path) -> dict[str, Any]:
     frame = load_results(experiment)
     sweep, study = load_sweep(experiment), load_study(experiment)  # the record (data, resources) and its study
     task, max_epochs = study.task, study.train.epochs
-    agg = tab.aggregate(frame)
-    families = tab.families(agg)
+    agg, ref = tab.aggregate(frame), tab.reference(task)
     per_trial, totals = tab.cost_table(frame, float(sweep["resources"]["gpus_per_trial"]), max_epochs)
     figs = fig.Figures(out / "figures")
     best = best_by(frame, study.metric, study.mode, by="model")  # each model's best trial, best first
@@ -43,14 +42,13 @@ def build(experiment: str | Path, out: Path) -> dict[str, Any]:
     fig.plot_heatmaps(figs, agg, task)
     fig.plot_epochs(figs, frame, max_epochs)
     preds = load_predictions(experiment)
-    comparisons, sentences = tab.paired_comparisons(frame, task, preds, tab.study_pick(tab.reference(task), task))
+    comparisons, sentences = tab.paired_comparisons(frame, task, preds, tab.study_pick(ref, task))
     return {
         "experiment": experiment,
         "task": task,
-        "study": study,
-        "tables": {" / option ".join(map(str, f)): tab.family_table(agg, task, f, max_epochs) for f in families},
+        "tables": {tab.family_title(f): tab.family_table(agg, task, f, max_epochs) for f in tab.families(agg)},
         "summary": tab.summary_table(agg, task),
-        "versus": tab.versus_study(agg, task, tab.reference(task)),
+        "versus": tab.versus_study(agg, task, ref),
         "cost": per_trial,
         "totals": pd.DataFrame([{"quantity": k, "value": v} for k, v in totals.items()]),
         "trust": tab.trust(agg, study, sweep["data"]),

@@ -71,6 +71,11 @@ def families(frame: pd.DataFrame) -> list[tuple]:
     return [k if isinstance(k, tuple) else (k,) for k in frame.groupby(keys, sort=True).groups]
 
 
+def family_title(family: tuple) -> str:
+    """A family as the report names it: "unet", "inception_resnet_v2 / option 2"."""
+    return " / option ".join(map(str, family))
+
+
 def family_rows(agg: pd.DataFrame, family: tuple) -> pd.DataFrame:
     """The rows of one family: (model,) or (model, option)."""
     rows = agg[agg["model"] == family[0]]
@@ -164,7 +169,7 @@ def versus_study(agg: pd.DataFrame, task: str, ref: pd.DataFrame) -> pd.DataFram
             published = float(theirs[ref_col]) * scale if theirs is not None else np.nan
             rows.append(
                 {
-                    "family": " / option ".join(map(str, family)),
+                    "family": family_title(family),
                     "configuration": f"lr {ours['lr']:g}, dropout {ours['dropout']:g}"
                     + ("" if theirs is not None else " (not in the study's grid)"),
                     "metric": col,
