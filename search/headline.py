@@ -32,21 +32,31 @@ def outcome(frame: pd.DataFrame, study: Study, data: dict[str, Any]) -> dict[str
     }
     if row is None:
         return out
-    out |= {"winner": row["trial"], "validation": {metric: float(row[metric])}}
+    return out | {
+        "winner": row["trial"],
+        "validation": {metric: float(row[metric])},
+        **_against_no_skill(row, study, data),
+    }
+
+
+def _against_no_skill(row: pd.Series, study: Study, data: dict[str, Any]) -> dict[str, Any]:
+    """The winner's test metrics next to those of a model that learned nothing."""
     if study.task == "classification":
         option = str(int(row["option"])) if "option" in row and pd.notna(row["option"]) else next(iter(data))
         per_class = data[option]["splits"]["test"]["per_class"]
-        out["test"] = {k: float(row.get(f"test_{k}", float("nan"))) for k in ("accuracy", "f1")}
         # A model that learned nothing predicts the most frequent class: its accuracy; macro F1 = F1 of that class.
         majority = max(per_class) / sum(per_class)
-        out["baseline"] = {"accuracy": majority, "f1": 2 * majority / (1 + majority) / len(per_class)}
-        out["baseline_name"] = "always the most frequent class"
-    else:
-        out["test"] = {k: float(row.get(f"test_{k}", float("nan"))) for k in ("dice", "iou", "accuracy")}
-        background = 1.0 - float(row.get("test_foreground_fraction", float("nan")))
-        out["baseline"] = {"dice": 0.0, "iou": 0.0, "accuracy": background}
-        out["baseline_name"] = "an all-background mask"
-    return out
+        return {
+            "test": {k: float(row.get(f"test_{k}", float("nan"))) for k in ("accuracy", "f1")},
+            "baseline": {"accuracy": majority, "f1": 2 * majority / (1 + majority) / len(per_class)},
+            "baseline_name": "always the most frequent class",
+        }
+    background = 1.0 - float(row.get("test_foreground_fraction", float("nan")))
+    return {
+        "test": {k: float(row.get(f"test_{k}", float("nan"))) for k in ("dice", "iou", "accuracy")},
+        "baseline": {"dice": 0.0, "iou": 0.0, "accuracy": background},
+        "baseline_name": "an all-background mask",
+    }
 
 
 def lines(o: dict[str, Any], report: str | None) -> list[str]:

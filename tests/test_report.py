@@ -257,3 +257,19 @@ def test_the_report_imports_neither_ray_nor_a_deep_learning_framework():
     code = f"import sys, search.report, search.headline; print([m for m in {heavy!r} if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr[-2000:]
+
+
+def test_the_headline_puts_the_winner_next_to_a_model_that_learned_nothing():
+    from search.headline import lines, outcome
+
+    frame = _frame()
+    data = {"2": DATA["2"] | {"splits": {"test": {"per_class": [10, 20, 30, 40]}}}}
+    o = outcome(frame, _study(), data)
+    assert o["winner"] == "nasnet_large-opt2-lr0.01-do0.4" and o["validation"] == {"val_accuracy": pytest.approx(0.69)}
+    assert o["test"]["accuracy"] == pytest.approx(0.67)
+    assert o["baseline"] == {"accuracy": pytest.approx(0.4), "f1": pytest.approx(2 * 0.4 / 1.4 / 4)}
+    assert (o["trials"], o["stopped"]) == (24, 6)
+    assert o["saved_seconds"] == pytest.approx(24 * 60.0 - frame["wall_seconds"].sum())
+    text = lines(o, "r/report.html")
+    assert text[0] == "winner (chosen on val_accuracy = 0.6900): nasnet_large-opt2-lr0.01-do0.4"
+    assert "always the most frequent class: accuracy 0.4000" in text[1] and text[-1] == "report: r/report.html"
