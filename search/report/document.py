@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import jinja2
 import pandas as pd
@@ -33,7 +33,7 @@ class Table:
 
     frame: pd.DataFrame
     highlight: bool = False
-    kind: str = "table"
+    kind: ClassVar[str] = "table"
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class Figure:
 
     path: Path
     caption: str
-    kind: str = "figure"
+    kind: ClassVar[str] = "figure"
 
     @property
     def name(self) -> str:
@@ -54,7 +54,7 @@ class Note:
     """A sentence below a section's tables."""
 
     text: str
-    kind: str = "note"
+    kind: ClassVar[str] = "note"
 
 
 @dataclass(frozen=True)
