@@ -93,6 +93,23 @@ def _data_summary(data) -> dict:
     return folds_summary(data) if isinstance(data, tuple) else data.summary()
 
 
+def _sweep_record(study: Study, datasets: dict, gpus: float, cpus: float, cache_dir: str | None) -> dict:
+    """What sweep.json records: the cluster, the resolved study, resources, data summaries, package versions."""
+    import ray
+
+    return {
+        "cluster": {
+            "nodes": sorted(n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]),
+            "resources": ray.cluster_resources(),
+        },
+        "study": study.to_dict(),
+        "resources": {"gpus_per_trial": gpus, "cpus_per_trial": cpus, "cache_dir": cache_dir},
+        "data": {str(opt): _data_summary(d) for opt, d in datasets.items()},
+        "versions": exp.versions(),
+        "started": exp.started_now(),
+    }
+
+
 def _search_alg(study: Study):
     if study.search.algorithm != "optuna":
         return None
@@ -153,23 +170,8 @@ def run_study(
     init_ray(address, study.train.backend)
     gpus = _gpus_per_trial(study, gpus_per_trial)
     cpus = cpus_per_trial if cpus_per_trial is not None else study.resources.cpus_per_trial
-    import ray
-
     store.makedirs(experiment_dir)
-    exp.save_sweep(
-        experiment_dir,
-        {
-            "cluster": {
-                "nodes": sorted(n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]),
-                "resources": ray.cluster_resources(),
-            },
-            "study": study.to_dict(),
-            "resources": {"gpus_per_trial": gpus, "cpus_per_trial": cpus, "cache_dir": cache_dir},
-            "data": {str(opt): _data_summary(d) for opt, d in datasets.items()},
-            "versions": exp.versions(),
-            "started": exp.started_now(),
-        },
-    )
+    exp.save_sweep(experiment_dir, _sweep_record(study, datasets, gpus, cpus, cache_dir))
     _record_state_often()
     for_trials = datasets if trial_datasets is None else trial_datasets
     tuner = tune.Tuner(

@@ -284,24 +284,37 @@ def _check_axis(task: str, axis: str, values: Any, problems: list[str]) -> None:
 
 def _validate(study: Study, problems: list[str], here: bool = True) -> None:
     """Every problem of ``study``; ``here``: also what must exist on this machine to train (data folder, weights)."""
+    problems += _search_problems(study) + _train_problems(study) + _run_problems(study)
+    problems += [
+        f"data.{p}" for p in (study.data if here else dataclasses.replace(study.data, data_dir=None)).problems()
+    ]
+    problems += _model_problems(study, here)
+
+
+def _search_problems(study: Study) -> list[str]:
+    problems, s = [], study.search
+    if s.algorithm not in ALGORITHMS:
+        problems.append(f"search.algorithm: {s.algorithm!r} is not one of {', '.join(ALGORITHMS)}")
+    if s.num_samples < 1:
+        problems.append(f"search.num_samples: must be >= 1, got {s.num_samples}")
+    if s.repeats < 1:
+        problems.append(f"search.repeats: must be >= 1, got {s.repeats}")
+    elif s.repeats > 1 and s.algorithm == "optuna":
+        problems.append("search.repeats: repeats need grid or random search (Optuna proposes each trial itself)")
+    if s.folds < 1:
+        problems.append(f"search.folds: must be >= 1 (1 = one train/validation split), got {s.folds}")
+    elif s.folds > 1:
+        if s.repeats > 1:
+            problems.append("search.folds: choose folds or repeats (folds already give each configuration k scores)")
+        if study.data.protocol != "leak_free":
+            problems.append("search.folds: cross-validation needs data.protocol leak_free (study leaks across folds)")
+    return problems
+
+
+def _train_problems(study: Study) -> list[str]:
     import models
 
-    t, d = study.train, study.data
-    if study.search.algorithm not in ALGORITHMS:
-        problems.append(f"search.algorithm: {study.search.algorithm!r} is not one of {', '.join(ALGORITHMS)}")
-    if study.search.num_samples < 1:
-        problems.append(f"search.num_samples: must be >= 1, got {study.search.num_samples}")
-    if study.search.repeats < 1:
-        problems.append(f"search.repeats: must be >= 1, got {study.search.repeats}")
-    elif study.search.repeats > 1 and study.search.algorithm == "optuna":
-        problems.append("search.repeats: repeats need grid or random search (Optuna proposes each trial itself)")
-    if study.search.folds < 1:
-        problems.append(f"search.folds: must be >= 1 (1 = one train/validation split), got {study.search.folds}")
-    elif study.search.folds > 1:
-        if study.search.repeats > 1:
-            problems.append("search.folds: choose folds or repeats (folds already give each configuration k scores)")
-        if d.protocol != "leak_free":
-            problems.append("search.folds: cross-validation needs data.protocol leak_free (study leaks across folds)")
+    problems, t = [], study.train
     for key in ("optimizer", "lr_schedule", "weight_decay", "batch_size", "dense_units", "base_filters", "blocks"):
         if p := _hp_problem(key, getattr(t, key)):
             problems.append(f"train.{key}: {p}")
@@ -329,27 +342,38 @@ def _validate(study: Study, problems: list[str], here: bool = True) -> None:
     allowed = task_info(study.task).losses
     if study.loss not in allowed:
         problems.append(f"train.loss: {study.loss!r} is not one of {', '.join(allowed)} for {study.task}")
+    return problems
+
+
+def _run_problems(study: Study) -> list[str]:
+    """The scheduler's and the resources' problems."""
+    problems, r = [], study.resources
     if study.scheduler.grace_period < 1 or study.scheduler.reduction_factor <= 1:
         problems.append("scheduler: grace_period must be >= 1 and reduction_factor > 1")
-    if study.scheduler.grace_period > t.epochs:
-        problems.append(f"scheduler.grace_period: {study.scheduler.grace_period} exceeds train.epochs {t.epochs}")
-    g = study.resources.gpus_per_trial
-    if not (g == "auto" or (isinstance(g, (int, float)) and g >= 0)):
-        problems.append(f"resources.gpus_per_trial: must be 'auto' or a number >= 0, got {g!r}")
-    if study.resources.cpus_per_trial <= 0:
-        problems.append(f"resources.cpus_per_trial: must be > 0, got {study.resources.cpus_per_trial}")
-    if study.resources.max_concurrent_trials < 0:
+    if study.scheduler.grace_period > study.train.epochs:
         problems.append(
-            f"resources.max_concurrent_trials: must be >= 0 (0 = no limit), got {study.resources.max_concurrent_trials}"
+            f"scheduler.grace_period: {study.scheduler.grace_period} exceeds train.epochs {study.train.epochs}"
         )
-    problems += [f"data.{p}" for p in (d if here else dataclasses.replace(d, data_dir=None)).problems()]
+    if not (r.gpus_per_trial == "auto" or (isinstance(r.gpus_per_trial, (int, float)) and r.gpus_per_trial >= 0)):
+        problems.append(f"resources.gpus_per_trial: must be 'auto' or a number >= 0, got {r.gpus_per_trial!r}")
+    if r.cpus_per_trial <= 0:
+        problems.append(f"resources.cpus_per_trial: must be > 0, got {r.cpus_per_trial}")
+    if r.max_concurrent_trials < 0:
+        problems.append(f"resources.max_concurrent_trials: must be >= 0 (0 = no limit), got {r.max_concurrent_trials}")
+    return problems
+
+
+def _model_problems(study: Study, here: bool) -> list[str]:
+    """What the study's models say about its input size, axes and weights (their registry entries)."""
+    import models
+
+    problems, t, d = [], study.train, study.data
     model_axis = study.space.get("model")
     names = model_axis if isinstance(model_axis, list) else (model_axis or {}).get("choice", [])
-    for name in names if isinstance(names, list) else []:
-        if name in models.list_models(study.task):
-            for p in models.get(name).input_size_problems(d.image_size, t.weights):
-                problems.append(f"data.image_size / train.weights: {p}")
     known = [n for n in (names if isinstance(names, list) else []) if n in models.list_models(study.task)]
+    for name in known:
+        for p in models.get(name).input_size_problems(d.image_size, t.weights):
+            problems.append(f"data.image_size / train.weights: {p}")
     for axis in MODEL_HYPERPARAMETERS:
         if axis in study.space and known and not any(axis in models.get(n).hyperparameters for n in known):
             takers = [n for n in models.list_models(study.task) if axis in models.get(n).hyperparameters]
@@ -358,12 +382,12 @@ def _validate(study: Study, problems: list[str], here: bool = True) -> None:
     deepest = max((b for b in blocks if isinstance(b, int)), default=t.blocks) if isinstance(blocks, list) else 0
     if "custom_cnn" in known and d.image_size < 2**deepest:
         problems.append(f"data.image_size: custom_cnn with blocks={deepest} needs >= {2**deepest}, got {d.image_size}")
-    for name in names if isinstance(names, list) and here else []:
-        if name in models.list_models(study.task) and t.weights is not None:
-            try:  # fail at load, not hours into a sweep; never downloads
-                models.registry.resolve_weights(models.get(name), t.weights)
-            except models.ModelError as exc:
-                problems.append(f"train.weights: {exc}")
+    for name in known if here and t.weights is not None else []:
+        try:  # fail at load, not hours into a sweep; never downloads
+            models.registry.resolve_weights(models.get(name), t.weights)
+        except models.ModelError as exc:
+            problems.append(f"train.weights: {exc}")
+    return problems
 
 
 def load_study(name_or_path: str, preset: str | None = None, overrides: dict[str, Any] | None = None) -> Study:
