@@ -273,3 +273,14 @@ def test_the_headline_puts_the_winner_next_to_a_model_that_learned_nothing():
     text = lines(o, "r/report.html")
     assert text[0] == "winner (chosen on val_accuracy = 0.6900): nasnet_large-opt2-lr0.01-do0.4"
     assert "always the most frequent class: accuracy 0.4000" in text[1] and text[-1] == "report: r/report.html"
+
+
+def test_sentences_keep_their_marks_and_are_escaped_in_every_format():
+    from search.report.document import Note, Section, render
+
+    doc = [Section("a_b", level=1, bullets=("**WARNING: the `study` protocol** <5% & a_b",), blocks=(Note("x~y"),))]
+    md, html, tex = (render(doc, fmt) for fmt in ("md", "html", "tex"))
+    assert "- **WARNING: the `study` protocol** <5% & a_b" in md
+    assert "<li><strong>WARNING: the <code>study</code> protocol</strong> &lt;5% &amp; a_b</li>" in html
+    assert r"\item \textbf{WARNING: the \texttt{study} protocol} <5\% \& a\_b" in tex
+    assert r"\title{a\_b}" in tex and r"x\textasciitilde{}y" in tex
