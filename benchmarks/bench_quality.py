@@ -38,7 +38,7 @@ def main() -> None:
         started = time.perf_counter()
         experiment = run_study(study, storage=storage, name=f"{name}-quickstart-{time.strftime('%H%M%S')}", verbose=0)
         wall = time.perf_counter() - started
-        o = outcome(load_results(experiment), load_sweep(experiment))
+        o = outcome(load_results(experiment), study, load_sweep(experiment)["data"])
         report = publish_report(experiment)
         ray.shutdown()  # the next study starts its own cluster, as `sweep run` would
         metric, target = TARGETS[name]

@@ -254,10 +254,11 @@ def _auto_report(experiment: str) -> int:
 
 def _print_headline(experiment: str, report: str | None) -> None:
     """The last lines of a run: the winner's test metrics next to a no-skill baseline, what ASHA saved, the report."""
-    from search.experiment import load_results, load_sweep
+    from search.experiment import load_results, load_study, load_sweep
     from search.headline import lines, outcome
 
-    print("\n" + "\n".join(lines(outcome(load_results(experiment), load_sweep(experiment)), report)))
+    o = outcome(load_results(experiment), load_study(experiment), load_sweep(experiment)["data"])
+    print("\n" + "\n".join(lines(o, report)))
 
 
 def _resume(args) -> int:

@@ -177,7 +177,8 @@ def test_a_recorded_study_is_validated_again_when_it_is_read(tmp_path):
     import json
 
     from search.experiment import SWEEP_FILE, load_study
-    from search.spec import SpecError, load_study as load_spec, study_from_record
+    from search.spec import SpecError, study_from_record
+    from search.spec import load_study as load_spec
 
     study = load_spec("classification", "smoke", {"train": {"weights": None}})
     assert study_from_record(study.to_dict()) == study  # the round trip is exact
@@ -193,5 +194,5 @@ def test_a_recorded_study_is_validated_again_when_it_is_read(tmp_path):
     # What only matters for training on this machine is checked when resuming, not when reading results.
     gone = {**study.to_dict(), "data": {**study.to_dict()["data"], "data_dir": str(tmp_path / "moved")}}
     assert study_from_record(gone).data.data_dir == str(tmp_path / "moved")
-    with pytest.raises(SpecError, match="data.data_dir"):
+    with pytest.raises(SpecError, match=r"data\.data_dir"):
         study_from_record(gone, here=True)
