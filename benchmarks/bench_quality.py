@@ -25,9 +25,10 @@ def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import ray
 
+    from search.experiment import load_results, load_sweep
     from search.headline import lines, outcome
     from search.report import publish_report
-    from search.runner import load_results, load_sweep, run_study
+    from search.runner import run_study
     from search.spec import load_study
 
     storage = args.storage or tempfile.mkdtemp(prefix="bench-quality-")
@@ -37,7 +38,7 @@ def main() -> None:
         started = time.perf_counter()
         experiment = run_study(study, storage=storage, name=f"{name}-quickstart-{time.strftime('%H%M%S')}", verbose=0)
         wall = time.perf_counter() - started
-        o = outcome(load_results(experiment), load_sweep(experiment))
+        o = outcome(load_results(experiment), study, load_sweep(experiment)["data"])
         report = publish_report(experiment)
         ray.shutdown()  # the next study starts its own cluster, as `sweep run` would
         metric, target = TARGETS[name]

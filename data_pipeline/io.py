@@ -224,10 +224,11 @@ def load(
 
 
 def _refuse_unreadable(reasons: list[str]) -> None:
-    listed = "\n  ".join(reasons[:10])
+    """One line, as every refusal: each file with what is wrong with it (the first 10), then what to do."""
+    more = f"; and {len(reasons) - 10} more" if len(reasons) > 10 else ""
     raise DataError(
-        f"{len(reasons)} unreadable image(s):\n  {listed}\n"
-        "Replace or delete them, or set on_bad_image: skip to leave them out (they are counted and listed)."
+        f"{len(reasons)} unreadable image(s) ({'; '.join(reasons[:10])}{more}): fix or delete them, "
+        "or set data.on_bad_image: skip to leave them out (they are counted and listed)"
     )
 
 

@@ -10,7 +10,7 @@ import keras
 import numpy as np
 from keras import layers
 
-from models.registry import register
+from models.registry import FrozenBackbone, register
 
 BACKBONE = "backbone"  # the nested backbone model's name inside every classifier
 FEATURES = "pool"  # the layer whose output the head reads: what a frozen backbone's feature cache holds
@@ -65,7 +65,59 @@ def _classifier(
     return keras.Model(inputs, outputs, name=name)
 
 
-_FACTS = dict(task="classification", default_input_size=224, size_multiple=1, hyperparameters=_HP)
+def unfreeze_top(model: keras.Model, n_layers: int) -> int:
+    """Fine-tuning stage: make the top ``n_layers`` backbone layers trainable (BatchNorm stays frozen).
+
+    Returns how many layers were unfrozen. Recompile the model afterwards, at a lower learning rate.
+    """
+    backbone = model.get_layer(BACKBONE)
+    backbone.trainable = True
+    layers_ = backbone.layers
+    for i, layer in enumerate(layers_):
+        top = i >= len(layers_) - n_layers
+        layer.trainable = top and not isinstance(layer, layers.BatchNormalization)
+    return sum(layer.trainable for layer in layers_)
+
+
+def split_at_features(model: keras.Model) -> tuple[keras.Model, keras.Model]:
+    """(extractor, head) of a classifier: image -> pooled backbone features, and features -> probabilities.
+
+    The head reuses the classifier's own head layers (shared weights), so training the head on cached features
+    trains ``model``: checkpoints and exports stay the whole classifier. Exact only while the backbone is frozen.
+    """
+    features = model.get_layer(FEATURES).output
+    extractor = keras.Model(model.input, features, name=f"{model.name}_features")
+    x = inputs = keras.Input(features.shape[1:], dtype=features.dtype, name="features")
+    for layer in model.layers[model.layers.index(model.get_layer(FEATURES)) + 1 :]:
+        x = layer(x)
+    return extractor, keras.Model(inputs, x, name=f"{model.name}_head")
+
+
+def backbone_digest(model: keras.Model) -> str:
+    """A digest of the backbone's weight values in order (not their names, which Keras numbers per process): features
+    computed with equal weights are interchangeable, and a rebuilt backbone is the same one."""
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=16)
+    for w in model.get_layer(BACKBONE).weights:
+        value = np.ascontiguousarray(keras.ops.convert_to_numpy(w.value))
+        h.update(f"{value.shape}{value.dtype}".encode())
+        h.update(value.data)
+    return h.hexdigest()
+
+
+def head_weights(model: keras.Model) -> list:
+    """The classifier's weights outside its backbone, in layer order."""
+    return [w for layer in model.layers if layer.name != BACKBONE for w in layer.weights]
+
+
+_FACTS = dict(
+    task="classification",
+    default_input_size=224,
+    size_multiple=1,
+    hyperparameters=_HP,
+    backbone=FrozenBackbone(split_at_features, backbone_digest, head_weights, unfreeze_top),
+)
 
 
 @register(
@@ -204,45 +256,3 @@ def custom_cnn(
         x = layers.MaxPooling2D(2, name=f"block{k}_pool")(x)
     outputs = _head(x, num_classes=num_classes, dropout=dropout, dense_units=dense_units)
     return keras.Model(inputs, outputs, name="custom_cnn")
-
-
-def unfreeze_top(model: keras.Model, n_layers: int) -> int:
-    """Fine-tuning stage: make the top ``n_layers`` backbone layers trainable (BatchNorm stays frozen).
-
-    Returns how many layers were unfrozen. Recompile the model afterwards, at a lower learning rate.
-    """
-    backbone = model.get_layer(BACKBONE)
-    backbone.trainable = True
-    layers_ = backbone.layers
-    for i, layer in enumerate(layers_):
-        top = i >= len(layers_) - n_layers
-        layer.trainable = top and not isinstance(layer, layers.BatchNormalization)
-    return sum(layer.trainable for layer in layers_)
-
-
-def split_at_features(model: keras.Model) -> tuple[keras.Model, keras.Model]:
-    """(extractor, head) of a classifier: image -> pooled backbone features, and features -> probabilities.
-
-    The head reuses the classifier's own head layers (shared weights), so training the head on cached features
-    trains ``model``: checkpoints and exports stay the whole classifier. Exact only while the backbone is frozen.
-    """
-    features = model.get_layer(FEATURES).output
-    extractor = keras.Model(model.input, features, name=f"{model.name}_features")
-    x = inputs = keras.Input(features.shape[1:], dtype=features.dtype, name="features")
-    for layer in model.layers[model.layers.index(model.get_layer(FEATURES)) + 1 :]:
-        x = layer(x)
-    return extractor, keras.Model(inputs, x, name=f"{model.name}_head")
-
-
-def backbone_digest(model: keras.Model) -> str:
-    """A digest of the backbone's weights: features computed with equal weights are interchangeable."""
-    import hashlib
-
-    import numpy as np
-
-    h = hashlib.blake2b(digest_size=16)
-    for w in model.get_layer(BACKBONE).weights:
-        value = np.ascontiguousarray(keras.ops.convert_to_numpy(w.value))
-        h.update(f"{w.path}{value.shape}{value.dtype}".encode())
-        h.update(value.data)
-    return h.hexdigest()

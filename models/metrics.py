@@ -14,9 +14,6 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-CLASSIFICATION_LOSSES = ("categorical_crossentropy",)
-SEGMENTATION_LOSSES = ("binary_crossentropy", "bce", "dice", "focal", "bce_dice")
-
 
 @keras.saving.register_keras_serializable(package="leukemia_sweep")
 def study_dice(y_true, y_pred, smooth: float = 1.0):

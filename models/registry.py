@@ -15,7 +15,8 @@ from pathlib import Path
 
 import keras
 
-TASKS = ("classification", "segmentation")
+from models.tasks import TASKS
+
 MIXED_PRECISION = ("mixed_bfloat16", "mixed_float16")
 
 
@@ -27,6 +28,17 @@ class ModelError(ValueError):
 
 class WeightsUnavailableError(ModelError):
     """ImageNet weights were asked for but are not on this machine (no network at run time)."""
+
+
+@dataclass(frozen=True)
+class FrozenBackbone:
+    """What a model built around a pretrained backbone can do for a sweep (timm's forward_features/forward_head):
+    the sweep asks its registry entry, never a model family's internals."""
+
+    split_at_features: Callable  # model -> (extractor: image -> features, head: features -> output), layers shared
+    digest: Callable  # model -> str: a digest of the backbone's weights; equal digests give equal features
+    head_weights: Callable  # model -> the weights outside the backbone (a head checkpoint holds these)
+    unfreeze_top: Callable  # (model, n_layers) -> layers made trainable (the fine-tuning stage)
 
 
 @dataclass(frozen=True)
@@ -44,6 +56,7 @@ class ModelInfo:
     imagenet_input_size: int | None = None  # the only input size ImageNet weights support (None: any legal size)
     keras_application: str | None = None  # keras.applications constructor that downloads those weights
     description: str = ""
+    backbone: FrozenBackbone | None = None  # a pretrained backbone that can be frozen; None: the model trains whole
 
     def input_size_problems(self, size: int, weights: str | None = None) -> list[str]:
         out = []

@@ -24,6 +24,7 @@ from typing import Any
 
 import pandas as pd
 
+from search.results import best_row, config_label
 from search.spec import SpecError, Study, load_study, merge
 
 STUDY_WAY, BY_HAND, SERVICE_WAY = "study's way", "Ray Tune by hand", "service's way"
@@ -119,18 +120,14 @@ def full_scale(full: Study, scaled: Study) -> float:
     )  # fmt: skip
 
 
-def _config(row: pd.Series) -> str:
-    parts = [row["model"], *([f"opt{int(row['option'])}"] if "option" in row else [])]
-    return " ".join([*parts, f"lr={row['lr']:g}", f"dropout={row['dropout']:g}"])
-
-
-def way_summary(frame: pd.DataFrame, wall: float, train_sizes: dict[int, int], busy: float | None, metric: str):
+def way_summary(
+    frame: pd.DataFrame, wall: float, train_sizes: dict[int, int], busy: float | None, metric: str, mode: str = "max"
+):
     """One way's row: wall time, epochs, training images per second of wall time, first-epoch overheads, cache
     hits, GPU busy %, and the configuration it picks (highest validation metric: never test)."""
     options = frame["option"] if "option" in frame else pd.Series([next(iter(train_sizes))] * len(frame))
     images = float((frame["epochs"] * options.map(lambda o: train_sizes[int(o)]).to_numpy()).sum())
-    scored = frame[frame[metric].notna()] if metric in frame else frame.iloc[0:0]
-    best = None if scored.empty else scored.loc[scored[metric].idxmax()]
+    best = best_row(frame, metric, mode)
 
     def total(col: str, kind=float):
         return kind(frame[col].sum()) if col in frame and frame[col].notna().any() else None
@@ -145,7 +142,7 @@ def way_summary(frame: pd.DataFrame, wall: float, train_sizes: dict[int, int], b
         "compile_cache_misses": total("compile_cache_misses", int),
         "feature_cache_hits": total("feature_cache_hits", int),
         "gpu_busy_percent": busy,
-        "best": None if best is None else _config(best),
+        "best": None if best is None else config_label(best),
         f"best_{metric}": None if best is None else float(best[metric]),
     }
 
@@ -190,8 +187,9 @@ def run_bench(
 ) -> tuple[dict[str, dict[str, Any]], dict[str, Any], Path]:
     """Run the three ways; return the per-way summaries, the comparison and the folder with bench.md/bench.json."""
     from data_pipeline.prepare import resolve_root
+    from search.experiment import load_results, load_sweep
     from search.gpu import BusySampler
-    from search.runner import init_ray, load_results, load_sweep, prepare_all, run_study
+    from search.runner import init_ray, prepare_all, run_study
 
     full = load_study(study_name, preset, overrides)
     scaled_over = merge(overrides or {}, scale_overrides(full, fraction=fraction, epochs=epochs, image_size=image_size))
@@ -227,7 +225,7 @@ def run_bench(
             wall = time.perf_counter() - t0
         sweep = load_sweep(exp)
         sizes = {int(opt): d["splits"]["train"]["n"] for opt, d in sweep["data"].items()}
-        summaries[way] = way_summary(load_results(exp), wall, sizes, busy.mean, study.metric)
+        summaries[way] = way_summary(load_results(exp), wall, sizes, busy.mean, study.metric, study.mode)
     extra = comparison(summaries) | {
         "trials in the full study": trial_count(full),
         "study's way, full study, estimated seconds": summaries[STUDY_WAY]["wall_seconds"] * full_scale(full, service),

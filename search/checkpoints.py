@@ -28,44 +28,26 @@ CHECKPOINT_STATE = "state.json"
 SCORE = "checkpoint_score"  # what Ray ranks checkpoints by: the validation metric where it improved, else -inf
 
 
-def head_suffices(task: str, train: dict[str, Any], epochs_done: int) -> bool:
-    """Whether the checkpoint after ``epochs_done`` epochs may hold the head alone: a classifier whose backbone is
-    pretrained (a weights file rebuilds it exactly; a random one may not be rebuilt alike in a reused worker),
-    frozen, and not yet in the fine-tuning stage (that starts after ``fine_tune_after`` epochs)."""
-    fine_tuning = train.get("fine_tune_layers", 0) > 0 and epochs_done > train.get("fine_tune_after", 0)
-    frozen = bool(train.get("freeze_backbone", True)) and not fine_tuning
-    return task == "classification" and train.get("weights") is not None and frozen
+def head_suffices(info, train, epochs_done: int) -> bool:
+    """Whether the checkpoint after ``epochs_done`` epochs may hold the head alone: model ``info`` (its registry
+    entry) has a backbone that is pretrained (a weights file rebuilds it exactly; a random one may not be rebuilt
+    alike in a reused worker), frozen, and not yet in the fine-tuning stage (after ``fine_tune_after`` epochs).
+    ``train``: the trial's ``spec.Train``."""
+    fine_tuning = train.fine_tune_layers > 0 and epochs_done > train.fine_tune_after
+    frozen = train.freeze_backbone and not fine_tuning
+    return info.backbone is not None and train.weights is not None and frozen
 
 
-def _backbone_fingerprint(model) -> str:
-    """A digest of the backbone's weight values in order (not their names, which Keras numbers per process)."""
-    import hashlib
-
-    from models.classifiers import BACKBONE
-
-    h = hashlib.blake2b(digest_size=16)
-    for w in model.get_layer(BACKBONE).weights:
-        value = np.ascontiguousarray(w.numpy())
-        h.update(f"{value.shape}{value.dtype}".encode())
-        h.update(value.data)
-    return h.hexdigest()
-
-
-def _head_weights(model) -> list:
-    from models.classifiers import BACKBONE
-
-    return [w for layer in model.layers if layer.name != BACKBONE for w in layer.weights]
-
-
-def write(folder: Path, model, state: dict[str, Any], *, whole: bool) -> None:
-    """Write one checkpoint into ``folder``: the whole model, or (``whole=False``) the head and optimizer state."""
+def write(folder: Path, model, state: dict[str, Any], *, whole: bool, info=None) -> None:
+    """Write one checkpoint into ``folder``: the whole model, or (``whole=False``) the head and optimizer state of
+    model ``info`` (its registry entry, whose backbone facts say what the head is)."""
     if whole:
         model.save(folder / CHECKPOINT_MODEL)
     else:
-        head = {f"w{i}": np.asarray(w.numpy()) for i, w in enumerate(_head_weights(model))}
+        head = {f"w{i}": np.asarray(w.numpy()) for i, w in enumerate(info.backbone.head_weights(model))}
         opt = {f"o{i}": np.asarray(v.numpy()) for i, v in enumerate(model.optimizer.variables)}
         np.savez(folder / CHECKPOINT_HEAD, **head, **opt)
-        state = {**state, "backbone": _backbone_fingerprint(model)}
+        state = {**state, "backbone": info.backbone.digest(model)}
     (folder / CHECKPOINT_STATE).write_text(json.dumps(state))
 
 
@@ -80,15 +62,15 @@ def read(folder: Path) -> tuple[Any, dict[str, Any], dict | None]:
         return None, state, {k: f[k] for k in f.files}
 
 
-def restore_head(model, trained, head: dict, state: dict[str, Any]) -> None:
-    """Put a head checkpoint back into a freshly built ``model`` whose ``trained`` part (the model itself, or its head
-    on cached features, sharing the optimizer) is what the epochs fit."""
-    if _backbone_fingerprint(model) != state["backbone"]:
+def restore_head(info, model, trained, head: dict, state: dict[str, Any]) -> None:
+    """Put a head checkpoint back into a freshly built ``model`` (registry entry ``info``) whose ``trained`` part
+    (the model itself, or its head on cached features, sharing the optimizer) is what the epochs fit."""
+    if info.backbone.digest(model) != state["backbone"]:
         raise RuntimeError(
             "the rebuilt backbone differs from the one this trial's checkpoint was trained on "
             "(its weights file changed?): start the sweep again rather than mix the two"
         )
-    weights = _head_weights(model)
+    weights = info.backbone.head_weights(model)
     for i, w in enumerate(weights):
         w.assign(head[f"w{i}"])
     model.optimizer.build(trained.trainable_variables)

@@ -3,11 +3,31 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before any TensorFlow import: keep the terminal readable
+
+# Commands that validate a study, which loads the model registry and with it Keras, TensorFlow and JAX.
+_STUDY_COMMANDS = ("run", "resume", "bench", "submit")
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """File descriptor 2 sent to /dev/null. TensorFlow and XLA log from C++ straight to it while they load ("All log
+    messages before absl::InitializeLog() is called ...", "Could not find cuda drivers ..."), which
+    TF_CPP_MIN_LOG_LEVEL no longer holds back (TensorFlow 2.21): a refused input must stay one line."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _add_data_commands(sub) -> None:
@@ -157,16 +177,17 @@ def _overrides(args) -> dict:
 def _print_summary(experiment: str) -> None:
     import pandas as pd
 
+    from models.tasks import task_info
     from search import storage as store
-    from search.runner import RESULTS_CSV, best_per_family, load_results, load_sweep
-    from search.spec import METRIC
+    from search.experiment import RESULTS_CSV, load_results, load_sweep
+    from search.results import best_by
 
     sweep = load_sweep(experiment)
-    metric = METRIC[sweep["study"]["task"]]
+    task = task_info(sweep["study"]["task"])
+    metric, test = task.metric, f"test_{task.headline[0]}"
     frame = load_results(experiment)
-    test = "test_accuracy" if metric == "val_accuracy" else "test_dice"
     print(f"\n{len(frame)} trials: " + ", ".join(f"{v} {k}" for k, v in frame["status"].value_counts().items()))
-    best = best_per_family(frame, metric)
+    best = best_by(frame, metric, task.mode, by="model")
     cols = [c for c in ("trial", "status", "epochs", metric, test) if c in best]
     with pd.option_context("display.width", 160, "display.float_format", "{:.4f}".format):
         print("best trial per model family (chosen on validation; test shown, never used to choose):")
@@ -233,10 +254,11 @@ def _auto_report(experiment: str) -> int:
 
 def _print_headline(experiment: str, report: str | None) -> None:
     """The last lines of a run: the winner's test metrics next to a no-skill baseline, what ASHA saved, the report."""
+    from search.experiment import load_results, load_study, load_sweep
     from search.headline import lines, outcome
-    from search.runner import load_results, load_sweep
 
-    print("\n" + "\n".join(lines(outcome(load_results(experiment), load_sweep(experiment)), report)))
+    o = outcome(load_results(experiment), load_study(experiment), load_sweep(experiment)["data"])
+    print("\n" + "\n".join(lines(o, report)))
 
 
 def _resume(args) -> int:
@@ -260,7 +282,7 @@ def _ls(args) -> int:
     import pandas as pd
 
     from search import storage as store
-    from search.runner import list_experiments
+    from search.experiment import list_experiments
 
     frame = list_experiments(args.storage)
     if frame.empty:
@@ -394,7 +416,7 @@ def _stop(args) -> int:
 
 def _tensorboard(args) -> int:
     from search import storage as store
-    from search.runner import load_sweep
+    from search.experiment import load_sweep
 
     load_sweep(args.experiment)  # a clear error when it is not an experiment
     logdir = store.normalize(args.experiment)
@@ -424,7 +446,9 @@ def _export(args) -> int:
     manifest = json.loads((out / EXPORT_FILE).read_text())
     metric = manifest["selected_by"]["metric"]
     print(f"exported {manifest['trial']} (best {metric} = {manifest['validation'][metric[4:]]:.4f}) to {out}")
-    headline = "accuracy" if manifest["task"] == "classification" else "dice"
+    from models.tasks import task_info
+
+    headline = task_info(manifest["task"]).headline[0]
     print(f"  test {headline}: {manifest['test'][headline]:.4f} (not used to choose)")
     print(f"  use it: sweep predict {out} IMAGES...    (or keras.saving.load_model('{out / 'model.keras'}'))")
     return 0
@@ -505,6 +529,9 @@ def main(argv: list[str] | None = None) -> int:
         ("evaluate", None): _evaluate,
         ("serve", None): _serve,
     }
+    if args.cmd in _STUDY_COMMANDS:
+        with _native_stderr_silenced():  # an exception raised inside still prints, after fd 2 is back
+            import keras  # noqa: F401  (the frameworks behind it: their load-time logs)
     try:
         return handlers[(args.cmd, getattr(args, "data_cmd", None))](args)
     except Exception as exc:

@@ -24,10 +24,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from models.tasks import TASKS, task_info
 from search import storage as store
 from search.checkpoints import CHECKPOINT_MODEL
-from search.runner import CONFIG_KEYS, RESULTS_JSON, SweepError, load_results, load_sweep, study_from_dict
-from search.spec import METRIC
+from search.errors import SweepError
+from search.experiment import load_details, load_results, load_study, load_sweep
+from search.results import CONFIG_KEYS, best_row
+from search.spec import Study, study_from_record
 from search.trial import checkpoint_model, fold_files
 
 EXPORT_FILE = "export.json"
@@ -39,13 +42,14 @@ PREDICTION_THRESHOLD = 0.5
 
 def selection_metric(task: str, metric: str | None) -> tuple[str, str]:
     """(column, mode) a trial is chosen by: a validation metric only, never a test one."""
-    metric = metric or METRIC[task]
+    info = task_info(task)
+    metric = metric or info.metric
     if not metric.startswith("val_"):
         raise SweepError(
             f"--metric {metric}: the best trial is chosen on validation metrics only (val_...); the test split "
             "is for reporting, choosing on it would make its numbers optimistic"
         )
-    return metric, "min" if metric.endswith("loss") else "max"
+    return metric, info.mode if metric == info.metric else "min" if metric.endswith("loss") else "max"
 
 
 def select_best(frame: pd.DataFrame, metric: str, mode: str, family: str | None = None) -> pd.Series:
@@ -60,12 +64,12 @@ def select_best(frame: pd.DataFrame, metric: str, mode: str, family: str | None 
         allowed = ", ".join(c for c in frame.columns if c.startswith("val_"))
         raise SweepError(f"--metric {metric} is not in this sweep's results; validation metrics: {allowed}")
     has_ckpt = frame["checkpoint"].fillna("").astype(str).str.len() > 0
-    scored = frame[has_ckpt & frame[metric].notna()]
-    if scored.empty:
+    best = best_row(frame[has_ckpt], metric, mode)
+    if best is None:
         raise SweepError(
             "no trial finished an epoch with a checkpoint (all failed or diverged at once): nothing to export"
         )
-    return scored.loc[scored[metric].idxmax() if mode == "max" else scored[metric].idxmin()]
+    return best
 
 
 def _clean(d: dict[str, Any]) -> dict[str, Any]:
@@ -78,20 +82,24 @@ def _clean(d: dict[str, Any]) -> dict[str, Any]:
 
 
 def export_manifest(
-    row: pd.Series, sweep: dict, metric: str, family: str | None, experiment: str, detail: dict | None = None
+    row: pd.Series,
+    study: Study,
+    sweep: dict,
+    metric: str,
+    family: str | None,
+    experiment: str,
+    detail: dict | None = None,
 ) -> dict:
-    """What a user of the exported model needs to know, from the results row, the sweep record and the trial's
-    test report (``detail``, from results.json: its temperature when the study calibrates) (pure)."""
+    """What a user of the exported model needs to know, from the results row, the study, the sweep record (its data
+    summaries) and the trial's test report (``detail``, from results.json: its temperature when the study
+    calibrates) (pure)."""
     import models
 
-    study = sweep["study"]
-    task = study["task"]
+    task = study.task
     info = models.get(row["model"])
-    option = (
-        str(int(row["option"])) if "option" in row and pd.notna(row.get("option")) else str(study["data"]["option"])
-    )
+    option = str(int(row["option"])) if "option" in row and pd.notna(row.get("option")) else str(study.data.option)
     data = sweep["data"][option]
-    size = study["data"]["image_size"]
+    size = study.data.image_size
     hp = {k: row[k] for k in CONFIG_KEYS if k not in ("model", "repeat") and k in row and pd.notna(row[k])}
     return {
         "task": task,
@@ -109,9 +117,7 @@ def export_manifest(
             "mask_rule": data.get("mask_rule") if task == "segmentation" else None,  # how training masks were read
             "prediction_threshold": PREDICTION_THRESHOLD if task == "segmentation" else None,
         },
-        "output": "softmax probabilities over classes"
-        if task == "classification"
-        else "per-pixel foreground probability (sigmoid), one channel",
+        "output": task_info(task).output,
         "epochs": int(row["epochs"]),
         "best_epoch": None if pd.isna(row.get("best_epoch")) else int(row["best_epoch"]),
         "validation": _clean({k[4:]: row[k] for k in row.index if k.startswith("val_")}),
@@ -122,7 +128,7 @@ def export_manifest(
 
 
 def _readme(m: dict) -> str:
-    headline = "accuracy" if m["task"] == "classification" else "dice"
+    headline = task_info(m["task"]).headline[0]
     return f"""# {m["model"]} ({m["task"]}), exported from a sweep
 
 Trial `{m["trial"]}` of `{m["experiment"]}`, chosen by validation `{m["selected_by"]["metric"]}`
@@ -150,16 +156,15 @@ def export_best(experiment: str | Path, to: str | Path, family: str | None = Non
     import keras
 
     experiment = store.normalize(experiment)
-    sweep = load_sweep(experiment)
-    metric, mode = selection_metric(sweep["study"]["task"], metric)
+    sweep, study = load_sweep(experiment), load_study(experiment)
+    metric, mode = selection_metric(study.task, metric)
     row = select_best(load_results(experiment), metric, mode, family)
     to = Path(to).expanduser().resolve()
     if to.exists() and (not to.is_dir() or any(to.iterdir())):
         raise SweepError(f"{to} exists and is not empty: export into a new folder")
     to.parent.mkdir(parents=True, exist_ok=True)
-    details = store.join(experiment, RESULTS_JSON)
-    detail = json.loads(store.read_text(details)).get(row["trial"]) if store.exists(details) else None
-    manifest = export_manifest(row, sweep, metric, family, experiment, detail)
+    detail = load_details(experiment).get(row["trial"])
+    manifest = export_manifest(row, study, sweep, metric, family, experiment, detail)
     staging = Path(tempfile.mkdtemp(prefix=f".{to.name}.partial-", dir=to.parent))
     umask = os.umask(0)
     os.umask(umask)
@@ -178,7 +183,7 @@ def export_best(experiment: str | Path, to: str | Path, family: str | None = Non
         model = keras.saving.load_model(staging / MODEL_FILE, safe_mode=True, compile=False)  # loadable as shipped
         manifest["parameters"] = int(model.count_params())
         (staging / EXPORT_FILE).write_text(json.dumps(manifest, indent=2))
-        (staging / STUDY_FILE).write_text(json.dumps(sweep["study"], indent=2))
+        (staging / STUDY_FILE).write_text(json.dumps(study.to_dict(), indent=2))
         (staging / "README.md").write_text(_readme(manifest))
         if to.exists():
             to.rmdir()
@@ -209,7 +214,7 @@ def check_export(model_dir: str | Path) -> dict:
         size = manifest["preprocessing"]["input_size"]
     except (ValueError, KeyError, TypeError) as exc:
         raise SweepError(f"{model_dir / EXPORT_FILE} is malformed ({type(exc).__name__}: {exc}); {again}") from None
-    if not (task in METRIC and isinstance(name, str) and isinstance(classes, list) and isinstance(size, int)):
+    if not (task in TASKS and isinstance(name, str) and isinstance(classes, list) and isinstance(size, int)):
         raise SweepError(f"{model_dir / EXPORT_FILE} is malformed (task, model, classes or input size); {again}")
     try:
         with zipfile.ZipFile(model_dir / MODEL_FILE) as archive:
@@ -355,7 +360,8 @@ def evaluate_export(model_dir: str | Path, data_dir: str | None = None, tta: boo
     from models.evaluation import predict, report_from_probs
 
     model, manifest = load_export(model_dir)
-    study = study_from_dict(json.loads((Path(model_dir) / STUDY_FILE).read_text()))
+    path = Path(model_dir).expanduser() / STUDY_FILE
+    study = study_from_record(json.loads(path.read_text()), where=str(path))
     cfg = dataclasses.replace(study.data, option=int(manifest["hyperparameters"].get("option", study.data.option)))
     if data_dir is not None:
         cfg = dataclasses.replace(cfg, data_dir=str(data_dir))

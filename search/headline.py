@@ -1,6 +1,7 @@
 """The end of a sweep in a few lines: the winner (chosen on validation), its test metrics next to what a model
 that learned nothing scores, what ASHA stopped and saved, and where the report is. Pure functions of the results
-frame and the sweep record; ``sweep run`` prints them and ``benchmarks/bench_quality.py`` tabulates them."""
+frame, the typed study and the sweep's record of its data; ``sweep run`` prints them and
+``benchmarks/bench_quality.py`` tabulates them."""
 
 from __future__ import annotations
 
@@ -8,20 +9,20 @@ from typing import Any
 
 import pandas as pd
 
-from search.report import cost_table
-from search.runner import best_per_family
-from search.spec import METRIC
+from search.report.tables import cost_table
+from search.results import best_row
+from search.spec import Study
 
 
-def outcome(frame: pd.DataFrame, sweep: dict[str, Any]) -> dict[str, Any]:
+def outcome(frame: pd.DataFrame, study: Study, data: dict[str, Any]) -> dict[str, Any]:
     """The sweep's outcome as numbers: winner, its validation and test metrics, the no-skill baseline,
-    trials run and stopped by ASHA, trial seconds and the seconds ASHA saved."""
-    task = sweep["study"]["task"]
-    metric = METRIC[task]
-    best = best_per_family(frame, metric)
-    _, totals = cost_table(frame, 0.0, int(sweep["study"]["train"]["epochs"]))
+    trials run and stopped by ASHA, trial seconds and the seconds ASHA saved. ``data``: sweep.json's record of the
+    prepared data (the test split's class counts)."""
+    metric = study.metric
+    row = best_row(frame, metric, study.mode)
+    _, totals = cost_table(frame, 0.0, study.train.epochs)
     out: dict[str, Any] = {
-        "task": task,
+        "task": study.task,
         "trials": len(frame),
         "stopped": int((frame["status"] == "stopped").sum()),
         "trial_seconds": totals["trial seconds"],
@@ -29,24 +30,33 @@ def outcome(frame: pd.DataFrame, sweep: dict[str, Any]) -> dict[str, Any]:
         "saved_percent": totals["saved by ASHA (%)"],
         "winner": None,
     }
-    if best.empty:
+    if row is None:
         return out
-    row = best.iloc[0]
-    out |= {"winner": row["trial"], "validation": {metric: float(row[metric])}}
-    if task == "classification":
-        option = str(int(row["option"])) if "option" in row and pd.notna(row["option"]) else next(iter(sweep["data"]))
-        per_class = sweep["data"][option]["splits"]["test"]["per_class"]
-        out["test"] = {k: float(row.get(f"test_{k}", float("nan"))) for k in ("accuracy", "f1")}
+    return out | {
+        "winner": row["trial"],
+        "validation": {metric: float(row[metric])},
+        **_against_no_skill(row, study, data),
+    }
+
+
+def _against_no_skill(row: pd.Series, study: Study, data: dict[str, Any]) -> dict[str, Any]:
+    """The winner's test metrics next to those of a model that learned nothing."""
+    if study.task == "classification":
+        option = str(int(row["option"])) if "option" in row and pd.notna(row["option"]) else next(iter(data))
+        per_class = data[option]["splits"]["test"]["per_class"]
         # A model that learned nothing predicts the most frequent class: its accuracy; macro F1 = F1 of that class.
         majority = max(per_class) / sum(per_class)
-        out["baseline"] = {"accuracy": majority, "f1": 2 * majority / (1 + majority) / len(per_class)}
-        out["baseline_name"] = "always the most frequent class"
-    else:
-        out["test"] = {k: float(row.get(f"test_{k}", float("nan"))) for k in ("dice", "iou", "accuracy")}
-        background = 1.0 - float(row.get("test_foreground_fraction", float("nan")))
-        out["baseline"] = {"dice": 0.0, "iou": 0.0, "accuracy": background}
-        out["baseline_name"] = "an all-background mask"
-    return out
+        return {
+            "test": {k: float(row.get(f"test_{k}", float("nan"))) for k in ("accuracy", "f1")},
+            "baseline": {"accuracy": majority, "f1": 2 * majority / (1 + majority) / len(per_class)},
+            "baseline_name": "always the most frequent class",
+        }
+    background = 1.0 - float(row.get("test_foreground_fraction", float("nan")))
+    return {
+        "test": {k: float(row.get(f"test_{k}", float("nan"))) for k in ("dice", "iou", "accuracy")},
+        "baseline": {"dice": 0.0, "iou": 0.0, "accuracy": background},
+        "baseline_name": "an all-background mask",
+    }
 
 
 def lines(o: dict[str, Any], report: str | None) -> list[str]:

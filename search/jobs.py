@@ -6,6 +6,7 @@ entrypoint is the same ``sweep run`` a user types locally, with ``--address auto
 
 from __future__ import annotations
 
+import os
 import shlex
 import time
 from pathlib import Path
@@ -19,15 +20,13 @@ UPLOAD_EXCLUDES = ["runs", "*.whl", "__pycache__", ".pytest_cache", ".ruff_cache
 
 
 def _use_token_if_present() -> None:
-    """Ray's own rule (as `ray` commands apply it): with RAY_AUTH_MODE unset, a token in $RAY_AUTH_TOKEN,
-    $RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token turns token authentication on for this client."""
-    try:
-        from ray._private.authentication.authentication_token_setup import (
-            maybe_enable_token_auth_if_token_available,
-        )
-    except ImportError:  # an older or newer Ray without token auth: nothing to do
+    """Ray's own rule (as `ray` commands apply it), with public settings only: with RAY_AUTH_MODE unset, a token in
+    $RAY_AUTH_TOKEN, $RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token turns token authentication on for this client."""
+    if "RAY_AUTH_MODE" in os.environ:  # set explicitly: respected as it is
         return
-    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token")).expanduser()
+    if os.environ.get("RAY_AUTH_TOKEN") or path.is_file():
+        os.environ["RAY_AUTH_MODE"] = "token"  # read by Ray when the client connects
 
 
 def client(address: str):

@@ -26,8 +26,8 @@ from typing import Any
 import yaml
 
 from data_pipeline import DataConfig
+from models.tasks import TASKS, task_info
 
-TASKS = ("classification", "segmentation")
 ALGORITHMS = ("grid", "random", "optuna")
 DISTRIBUTIONS = ("loguniform", "uniform", "choice")
 # Train settings a study may also search over: a trial's value overrides the train section's.
@@ -52,7 +52,6 @@ DISCRETE_AXES = ("model", "option", "optimizer", "lr_schedule", "batch_size", "d
 MODEL_HYPERPARAMETERS = ("dense_units", "base_filters", "blocks")  # taken by some models only (the registry says)
 BACKENDS = ("tensorflow", "jax", "torch")
 TOP_KEYS = ("task", "search", "space", "train", "data", "scheduler", "resources", "presets")
-METRIC = {"classification": "val_accuracy", "segmentation": "val_dice"}
 
 
 class SpecError(ValueError):
@@ -130,11 +129,22 @@ class Study:
 
     @property
     def metric(self) -> str:
-        return METRIC[self.task]
+        """The validation metric trials are ranked and chosen by (the task table's)."""
+        return task_info(self.task).metric
+
+    @property
+    def mode(self) -> str:
+        return task_info(self.task).mode
 
     @property
     def loss(self) -> str:
-        return self.train.loss or ("categorical_crossentropy" if self.task == "classification" else "bce_dice")
+        return self.train.loss or task_info(self.task).default_loss
+
+    def trial_train(self, config: dict[str, Any]) -> Train:
+        """The train settings of one trial: a search axis that names a train setting (optimizer, batch_size, ...)
+        overrides the train section's value."""
+        names = {f.name for f in dataclasses.fields(Train)}
+        return dataclasses.replace(self.train, **{k: v for k, v in config.items() if k in names})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -272,25 +282,39 @@ def _check_axis(task: str, axis: str, values: Any, problems: list[str]) -> None:
             problems.append(f"{where}: {p}")
 
 
-def _validate(study: Study, problems: list[str]) -> None:
+def _validate(study: Study, problems: list[str], here: bool = True) -> None:
+    """Every problem of ``study``; ``here``: also what must exist on this machine to train (data folder, weights)."""
+    problems += _search_problems(study) + _train_problems(study) + _run_problems(study)
+    problems += [
+        f"data.{p}" for p in (study.data if here else dataclasses.replace(study.data, data_dir=None)).problems()
+    ]
+    problems += _model_problems(study, here)
+
+
+def _search_problems(study: Study) -> list[str]:
+    problems, s = [], study.search
+    if s.algorithm not in ALGORITHMS:
+        problems.append(f"search.algorithm: {s.algorithm!r} is not one of {', '.join(ALGORITHMS)}")
+    if s.num_samples < 1:
+        problems.append(f"search.num_samples: must be >= 1, got {s.num_samples}")
+    if s.repeats < 1:
+        problems.append(f"search.repeats: must be >= 1, got {s.repeats}")
+    elif s.repeats > 1 and s.algorithm == "optuna":
+        problems.append("search.repeats: repeats need grid or random search (Optuna proposes each trial itself)")
+    if s.folds < 1:
+        problems.append(f"search.folds: must be >= 1 (1 = one train/validation split), got {s.folds}")
+    elif s.folds > 1:
+        if s.repeats > 1:
+            problems.append("search.folds: choose folds or repeats (folds already give each configuration k scores)")
+        if study.data.protocol != "leak_free":
+            problems.append("search.folds: cross-validation needs data.protocol leak_free (study leaks across folds)")
+    return problems
+
+
+def _train_problems(study: Study) -> list[str]:
     import models
 
-    t, d = study.train, study.data
-    if study.search.algorithm not in ALGORITHMS:
-        problems.append(f"search.algorithm: {study.search.algorithm!r} is not one of {', '.join(ALGORITHMS)}")
-    if study.search.num_samples < 1:
-        problems.append(f"search.num_samples: must be >= 1, got {study.search.num_samples}")
-    if study.search.repeats < 1:
-        problems.append(f"search.repeats: must be >= 1, got {study.search.repeats}")
-    elif study.search.repeats > 1 and study.search.algorithm == "optuna":
-        problems.append("search.repeats: repeats need grid or random search (Optuna proposes each trial itself)")
-    if study.search.folds < 1:
-        problems.append(f"search.folds: must be >= 1 (1 = one train/validation split), got {study.search.folds}")
-    elif study.search.folds > 1:
-        if study.search.repeats > 1:
-            problems.append("search.folds: choose folds or repeats (folds already give each configuration k scores)")
-        if d.protocol != "leak_free":
-            problems.append("search.folds: cross-validation needs data.protocol leak_free (study leaks across folds)")
+    problems, t = [], study.train
     for key in ("optimizer", "lr_schedule", "weight_decay", "batch_size", "dense_units", "base_filters", "blocks"):
         if p := _hp_problem(key, getattr(t, key)):
             problems.append(f"train.{key}: {p}")
@@ -315,32 +339,41 @@ def _validate(study: Study, problems: list[str]) -> None:
     if t.mixed_precision not in (None, "auto", *models.MIXED_PRECISION):
         allowed = ", ".join(("auto", *models.MIXED_PRECISION))
         problems.append(f"train.mixed_precision: {t.mixed_precision!r} is not null or one of {allowed}")
-    from models.metrics import CLASSIFICATION_LOSSES, SEGMENTATION_LOSSES
-
-    allowed = CLASSIFICATION_LOSSES if study.task == "classification" else SEGMENTATION_LOSSES
+    allowed = task_info(study.task).losses
     if study.loss not in allowed:
         problems.append(f"train.loss: {study.loss!r} is not one of {', '.join(allowed)} for {study.task}")
+    return problems
+
+
+def _run_problems(study: Study) -> list[str]:
+    """The scheduler's and the resources' problems."""
+    problems, r = [], study.resources
     if study.scheduler.grace_period < 1 or study.scheduler.reduction_factor <= 1:
         problems.append("scheduler: grace_period must be >= 1 and reduction_factor > 1")
-    if study.scheduler.grace_period > t.epochs:
-        problems.append(f"scheduler.grace_period: {study.scheduler.grace_period} exceeds train.epochs {t.epochs}")
-    g = study.resources.gpus_per_trial
-    if not (g == "auto" or (isinstance(g, (int, float)) and g >= 0)):
-        problems.append(f"resources.gpus_per_trial: must be 'auto' or a number >= 0, got {g!r}")
-    if study.resources.cpus_per_trial <= 0:
-        problems.append(f"resources.cpus_per_trial: must be > 0, got {study.resources.cpus_per_trial}")
-    if study.resources.max_concurrent_trials < 0:
+    if study.scheduler.grace_period > study.train.epochs:
         problems.append(
-            f"resources.max_concurrent_trials: must be >= 0 (0 = no limit), got {study.resources.max_concurrent_trials}"
+            f"scheduler.grace_period: {study.scheduler.grace_period} exceeds train.epochs {study.train.epochs}"
         )
-    problems += [f"data.{p}" for p in d.problems()]
+    if not (r.gpus_per_trial == "auto" or (isinstance(r.gpus_per_trial, (int, float)) and r.gpus_per_trial >= 0)):
+        problems.append(f"resources.gpus_per_trial: must be 'auto' or a number >= 0, got {r.gpus_per_trial!r}")
+    if r.cpus_per_trial <= 0:
+        problems.append(f"resources.cpus_per_trial: must be > 0, got {r.cpus_per_trial}")
+    if r.max_concurrent_trials < 0:
+        problems.append(f"resources.max_concurrent_trials: must be >= 0 (0 = no limit), got {r.max_concurrent_trials}")
+    return problems
+
+
+def _model_problems(study: Study, here: bool) -> list[str]:
+    """What the study's models say about its input size, axes and weights (their registry entries)."""
+    import models
+
+    problems, t, d = [], study.train, study.data
     model_axis = study.space.get("model")
     names = model_axis if isinstance(model_axis, list) else (model_axis or {}).get("choice", [])
-    for name in names if isinstance(names, list) else []:
-        if name in models.list_models(study.task):
-            for p in models.get(name).input_size_problems(d.image_size, t.weights):
-                problems.append(f"data.image_size / train.weights: {p}")
     known = [n for n in (names if isinstance(names, list) else []) if n in models.list_models(study.task)]
+    for name in known:
+        for p in models.get(name).input_size_problems(d.image_size, t.weights):
+            problems.append(f"data.image_size / train.weights: {p}")
     for axis in MODEL_HYPERPARAMETERS:
         if axis in study.space and known and not any(axis in models.get(n).hyperparameters for n in known):
             takers = [n for n in models.list_models(study.task) if axis in models.get(n).hyperparameters]
@@ -349,12 +382,12 @@ def _validate(study: Study, problems: list[str]) -> None:
     deepest = max((b for b in blocks if isinstance(b, int)), default=t.blocks) if isinstance(blocks, list) else 0
     if "custom_cnn" in known and d.image_size < 2**deepest:
         problems.append(f"data.image_size: custom_cnn with blocks={deepest} needs >= {2**deepest}, got {d.image_size}")
-    for name in names if isinstance(names, list) else []:
-        if name in models.list_models(study.task) and t.weights is not None:
-            try:  # fail at load, not hours into a sweep; never downloads
-                models.registry.resolve_weights(models.get(name), t.weights)
-            except models.ModelError as exc:
-                problems.append(f"train.weights: {exc}")
+    for name in known if here and t.weights is not None else []:
+        try:  # fail at load, not hours into a sweep; never downloads
+            models.registry.resolve_weights(models.get(name), t.weights)
+        except models.ModelError as exc:
+            problems.append(f"train.weights: {exc}")
+    return problems
 
 
 def load_study(name_or_path: str, preset: str | None = None, overrides: dict[str, Any] | None = None) -> Study:
@@ -366,7 +399,29 @@ def load_study(name_or_path: str, preset: str | None = None, overrides: dict[str
             raise SpecError(f"{name} has no preset {preset!r}; presets: {', '.join(presets) or 'none'}")
         raw = merge(raw, presets[preset])
         name = f"{name}-{preset}"
-    raw = merge(raw, overrides or {})
+    return _study(name, merge(raw, overrides or {}))
+
+
+def study_from_record(record: dict[str, Any], where: str = "the recorded study", here: bool = False) -> Study:
+    """The ``Study`` a sweep recorded (``Study.to_dict``: sweep.json, an export's study.json), validated again by the
+    same schema as a study file. ``here``: also check the data folder and weights files exist on this machine."""
+    if not isinstance(record, dict) or "name" not in record:
+        raise SpecError(f"{where}: not a recorded study (a mapping with name, task, space, ...): re-export the sweep")
+    raw = {k: v for k, v in record.items() if k != "name"}
+    data = dict(raw.get("data") or {})
+    if "mask_threshold" in data:  # sweeps recorded before data.mask_rule: the same grey-level threshold
+        data["mask_rule"] = f"threshold:{data.pop('mask_threshold')}"
+    # Derived when the study loaded: the task (the study's), the seed (search.seed), the option (space.option).
+    for key in ("task", "seed", *(("option",) if "option" in (raw.get("space") or {}) else ())):
+        data.pop(key, None)
+    try:
+        return _study(record["name"], {**raw, "data": data}, here=here)
+    except SpecError as exc:
+        raise SpecError(f"{where}: {exc}") from None
+
+
+def _study(name: str, raw: dict[str, Any], here: bool = True) -> Study:
+    """A validated ``Study`` from its raw sections (presets and overrides merged already)."""
     problems: list[str] = []
     for key in raw:
         if key not in TOP_KEYS:
@@ -402,7 +457,7 @@ def load_study(name_or_path: str, preset: str | None = None, overrides: dict[str
         scheduler=_section(Scheduler, raw.get("scheduler"), "scheduler", problems),
         resources=_section(Resources, raw.get("resources"), "resources", problems),
     )
-    _validate(study, problems)
+    _validate(study, problems, here)
     if problems:
         raise SpecError(f"study {name} has {len(problems)} problem(s):\n  " + "\n  ".join(problems))
     return study

@@ -12,14 +12,24 @@ import math
 import os
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from search import checkpoints
 from search.checkpoints import CHECKPOINT_MODEL
-from search.features import cached_features, feature_cache_off_because, feature_key
+from search.features import feature_cache_off_because, head_on_features
+from search.spec import Study, Train
 
-FEATURE_BATCH = 128  # forward-only batches for the feature cache: no gradients, so larger than training's
+
+@dataclass(frozen=True)
+class TrialContext:
+    """What every trial of a sweep shares besides its data: the validated study and where the sweep runs."""
+
+    study: Study
+    gpus_per_trial: float
+    experiment_dir: str
+    cache_dir: str | None = None  # features and compiled programs; None: each node's own SWEEP_CACHE_DIR
 
 
 def limit_gpu_memory(backend: str, gpu_share: float) -> dict[str, str]:
@@ -38,10 +48,10 @@ def _limit_torch_memory(gpu_share: float) -> None:
         torch.cuda.set_per_process_memory_fraction(0.9 * gpu_share)
 
 
-def fine_tune_starts(epoch: int, train: dict[str, Any]) -> bool:
+def fine_tune_starts(epoch: int, train: Train) -> bool:
     """Whether the fine-tuning stage begins before this (0-based) epoch: once, after `fine_tune_after` epochs.
     A trial resumed later keeps the stage: the checkpoint holds the unfrozen layers and the lower learning rate."""
-    return train.get("fine_tune_layers", 0) > 0 and epoch == train.get("fine_tune_after", 0)
+    return train.fine_tune_layers > 0 and epoch == train.fine_tune_after
 
 
 CHECKPOINT_FOLD = "fold{}.keras"  # cross-validation: one model per fold, trained in lockstep
@@ -101,31 +111,32 @@ def fold_mean(per_fold: list[dict[str, Any]], metric: str) -> dict[str, Any]:
     return out
 
 
-def train_trial(config: dict[str, Any], datasets: dict, settings: dict[str, Any]) -> None:
+def train_trial(config: dict[str, Any], datasets: dict, context: TrialContext) -> None:
     """The Ray Tune trainable. ``datasets``: loading option -> PreparedData, or a tuple of them with
     cross-validation (one per fold: the trial trains one model per fold in lockstep, epoch by epoch, and reports
-    the fold-mean validation metric, so ASHA compares configurations, not folds); ``settings``: the study's fixed
-    settings (train section, task, metric)."""
+    the fold-mean validation metric, so ASHA compares configurations, not folds); ``context``: the study and where
+    the sweep runs."""
     from ray import tune
 
-    # A search axis that names a train setting (optimizer, batch_size, ...) overrides it for this trial.
-    train = {**settings["train"], **{k: v for k, v in config.items() if k in settings["train"]}}
-    settings = {**settings, "train": train}
-    os.environ["KERAS_BACKEND"] = train["backend"]
-    for key, value in limit_gpu_memory(train["backend"], settings["gpus_per_trial"]).items():
+    study = context.study
+    train = study.trial_train(config)  # a search axis that names a train setting overrides it for this trial
+    os.environ["KERAS_BACKEND"] = train.backend
+    for key, value in limit_gpu_memory(train.backend, context.gpus_per_trial).items():
         os.environ.setdefault(key, value)
+    import models
     from data_pipeline.io import default_cache_dir
     from search import compile_cache
 
-    cache_dir = settings.get("cache_dir") or default_cache_dir()  # node-local: features and compiled programs
-    compiled = compile_cache.enable_for(train["backend"], train["compile_cache"], cache_dir)  # None: off
+    cache_dir = context.cache_dir or default_cache_dir()  # node-local: features and compiled programs
+    compiled = compile_cache.enable_for(train.backend, train.compile_cache, cache_dir)  # None: off
+    if train.backend == "torch":
+        _limit_torch_memory(context.gpus_per_trial)
 
-    if train["backend"] == "torch":
-        _limit_torch_memory(settings["gpus_per_trial"])
-
-    data = datasets[config.get("option", settings["option"])]  # segmentation: one option, the study's
+    # ---- data and start: the trial's loading option (segmentation: the study's), its checkpoint if resumed ---------
+    info = models.get(config["model"])
+    data = datasets[config.get("option", study.data.option)]
     folds = data if isinstance(data, tuple) else (data,)
-    seed = int(config.get("seed", settings["seed"])) + int(config.get("repeat", 0))  # repeats differ by seed only
+    seed = int(config.get("seed", study.search.seed)) + int(config.get("repeat", 0))  # repeats differ by seed only
     start_epoch, best = 0, -math.inf
     checkpoint = tune.get_checkpoint()  # the latest: resume after the last finished epoch
     with checkpoint.as_directory() if checkpoint is not None else contextlib.nullcontext() as d:
@@ -138,18 +149,19 @@ def train_trial(config: dict[str, Any], datasets: dict, settings: dict[str, Any]
             else:
                 saved = fold_files(Path(d)) or [Path(d) / CHECKPOINT_MODEL]
         learners = [
-            _fold_epochs(config, f, settings, seed, s, start_epoch, cache_dir, head) for f, s in zip(folds, saved)
+            _fold_epochs(config, info, train, f, context, seed, s, start_epoch, cache_dir, head)
+            for f, s in zip(folds, saved)
         ]
-        models = [next(learner) for learner in learners]  # built or resumed
+        models_ = [next(learner) for learner in learners]  # built or resumed
     started = time.perf_counter()  # the first epoch's time includes the features: cost tables stay honest
 
     # ---- epochs: every fold one epoch, then one report (ASHA reads the fold-mean validation metric) --------------
-    metric = settings["metric"]
-    for epoch in range(start_epoch, train["epochs"]):
+    metric = study.metric
+    for epoch in range(start_epoch, train.epochs):
         t0 = started if epoch == start_epoch else time.perf_counter()
         metrics = fold_mean([next(learner) for learner in learners], metric)
         metrics |= {"epoch": epoch + 1, "epoch_seconds": time.perf_counter() - t0, "diverged": False}
-        metrics["trainable_params"] = sum(int(math.prod(w.shape)) for w in models[0].trainable_weights)
+        metrics["trainable_params"] = sum(int(math.prod(w.shape)) for w in models_[0].trainable_weights)
         if compiled is not None:
             now = compile_cache.counts()
             metrics |= {f"compile_cache_{k}": now[k] - compiled[k] for k in now}
@@ -165,17 +177,17 @@ def train_trial(config: dict[str, Any], datasets: dict, settings: dict[str, Any]
         metrics[checkpoints.SCORE] = metrics[metric] if improved else -math.inf  # a tie never displaces the best
         state = {"epoch": epoch + 1, "best": best}
         with tempfile.TemporaryDirectory() as d:
-            if len(models) == 1:
-                whole = improved or not checkpoints.head_suffices(settings["task"], train, epoch + 1)
-                checkpoints.write(Path(d), models[0], state, whole=whole)
+            if len(models_) == 1:
+                whole = improved or not checkpoints.head_suffices(info, train, epoch + 1)
+                checkpoints.write(Path(d), models_[0], state, whole=whole, info=info)
             else:
-                for i, model in enumerate(models):
+                for i, model in enumerate(models_):
                     model.save(Path(d) / CHECKPOINT_FOLD.format(i))
                 (Path(d) / checkpoints.CHECKPOINT_STATE).write_text(json.dumps(state))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
 
-def _fold_epochs(config, data, settings, seed: int, saved: Path | None, start_epoch: int, cache_dir: str, head=None):
+def _fold_epochs(config, info, train: Train, data, context: TrialContext, seed, saved, start_epoch, cache_dir, head):
     """One model on one train/validation split: yields the model once it is built (or loaded from ``saved``), then
     each epoch's train and validation metrics, one epoch per ``next`` (the first also caches the features)."""
     import keras
@@ -186,8 +198,8 @@ def _fold_epochs(config, data, settings, seed: int, saved: Path | None, start_ep
     from models.optimizers import build_optimizer
     from search.gpu import compute_capability, resolve_mixed_precision
 
-    train, task = dict(settings["train"]), settings["task"]
-    seg = task == "segmentation"
+    study = context.study
+    task, seg = study.task, study.task == "segmentation"
 
     # ---- data: the object store's arrays as they are (uint8 images; the model casts on the device) ---------------
     def xy(split):
@@ -198,37 +210,34 @@ def _fold_epochs(config, data, settings, seed: int, saved: Path | None, start_ep
 
     # ---- model: fresh, or resumed from this trial's last checkpoint ---------------------------------------------
     keras.utils.set_random_seed(seed)
-    policy = resolve_mixed_precision(
-        train["mixed_precision"], compute_capability() if settings["gpus_per_trial"] > 0 else None
-    )
-
-    info = models.get(config["model"])
-    if "freeze_backbone" not in info.hyperparameters:  # no pretrained backbone (custom_cnn): nothing to freeze
-        train["freeze_backbone"] = False
-    steps_per_epoch = math.ceil(len(x_train) / train["batch_size"])
+    gpu = compute_capability() if context.gpus_per_trial > 0 else None
+    policy = resolve_mixed_precision(train.mixed_precision, gpu)
+    steps_per_epoch = math.ceil(len(x_train) / train.batch_size)
 
     def compile_with_lr(lr: float) -> None:  # at the start, and again when the fine-tuning stage begins
         optimizer = build_optimizer(
-            train["optimizer"],
+            train.optimizer,
             lr,
-            weight_decay=train["weight_decay"],
-            schedule=train["lr_schedule"],
+            weight_decay=train.weight_decay,
+            schedule=train.lr_schedule,
             steps_per_epoch=steps_per_epoch,
-            epochs=train["epochs"],
+            epochs=train.epochs,
         )
-        model.compile(optimizer=optimizer, loss=get_loss(settings["loss"]), metrics=training_metrics(task))
+        model.compile(optimizer=optimizer, loss=get_loss(study.loss), metrics=training_metrics(task))
 
     if saved is not None:
         model = keras.saving.load_model(saved, compile=True)
     else:
         size = data.config.image_size
-        hp = {"dropout": float(config["dropout"])} | {k: train[k] for k in info.hyperparameters if k in train}
+        # The hyperparameters this model takes, by its registry entry: dropout from the trial, the rest from train.
+        hp = {k: getattr(train, k) for k in info.hyperparameters if k != "dropout"}
         model = models.build(
-            config["model"],
+            info.name,
             num_classes=1 if seg else len(data.classes),
             input_shape=(size, size, 3),
-            weights=train["weights"],
+            weights=train.weights,
             mixed_precision=policy,
+            dropout=float(config["dropout"]),
             **hp,
         )
         compile_with_lr(float(config["lr"]))
@@ -237,51 +246,35 @@ def _fold_epochs(config, data, settings, seed: int, saved: Path | None, start_ep
     # ---- frozen backbone: train the head on cached features (exact; see search.features) ------------------------
     started = time.perf_counter()
     net, extra = model, {"mixed_precision": policy or "float32", "backend": keras.backend.backend()}
-    if feature_cache_off_because(task, train) is None:
-        from models.classifiers import backbone_digest, split_at_features
-
-        extractor, net = split_at_features(model)  # net shares the head's layers and optimizer with model
-        net.compile(optimizer=model.optimizer, loss=get_loss(settings["loss"]), metrics=training_metrics(task))
-        digest = backbone_digest(model)
-
-        def cached(images):
-            key = feature_key(
-                model=config["model"],
-                backbone=digest,
-                input_shape=model.input_shape[1:],
-                backend=train["backend"],
-                policy=str(policy),
-                images=images,
-            )
-            return cached_features(
-                lambda x: extractor.predict(x, batch_size=FEATURE_BATCH, verbose=0), key, images, cache_dir
-            )
-
-        (x_train, hit_train), (x_val, hit_val) = cached(x_train), cached(x_val)
-        extra |= {"feature_cache_hits": hit_train + hit_val, "feature_seconds": time.perf_counter() - started}
+    if feature_cache_off_because(info, train) is None:
+        splits = {"train": x_train, "val": x_val}
+        net, features, hits = head_on_features(
+            model, info, splits, backend=train.backend, policy=str(policy), cache_dir=cache_dir
+        )
+        net.compile(optimizer=model.optimizer, loss=get_loss(study.loss), metrics=training_metrics(task))
+        x_train, x_val = features["train"], features["val"]
+        extra |= {"feature_cache_hits": hits, "feature_seconds": time.perf_counter() - started}
 
     if head is not None:  # (head arrays, state) of a head checkpoint: onto this rebuilt model
-        checkpoints.restore_head(model, net, *head)
+        checkpoints.restore_head(info, model, net, *head)
 
     # ---- epochs: fit, validate ----------------------------------------------------------------------------------
-    for epoch in range(start_epoch, train["epochs"]):
+    for epoch in range(start_epoch, train.epochs):
         if fine_tune_starts(epoch, train):
-            from models.classifiers import unfreeze_top
-
-            unfreeze_top(model, train["fine_tune_layers"])
-            compile_with_lr(float(config["lr"]) * train["fine_tune_lr_factor"])
+            info.backbone.unfreeze_top(model, train.fine_tune_layers)
+            compile_with_lr(float(config["lr"]) * train.fine_tune_lr_factor)
         xs, ys = x_train, y_train
-        if train["online_augmentation"]:
+        if train.online_augmentation:
             masks = data.train.masks if seg else None
             xs, masks = augment(data.train.images, masks, seed=epoch_seed(seed, epoch))
             ys = masks[..., None].astype("float32") if seg else y_train
-        hist = net.fit(xs, ys, batch_size=train["batch_size"], epochs=1, verbose=0, shuffle=True)
-        val = net.evaluate(x_val, y_val, batch_size=train["batch_size"], verbose=0, return_dict=True)
+        hist = net.fit(xs, ys, batch_size=train.batch_size, epochs=1, verbose=0, shuffle=True)
+        val = net.evaluate(x_val, y_val, batch_size=train.batch_size, verbose=0, return_dict=True)
         metrics = {f"train_{k}": float(v[-1]) for k, v in hist.history.items()}
         metrics |= {f"val_{k}": float(v) for k, v in val.items()}
         # What the trial really ran with: the optimizer's class, its step count (epochs × ceil(n / batch size)) and
         # the learning rate its schedule gives now.
         opt = model.optimizer
         metrics |= {"optimizer_class": type(opt).__name__, "optimizer_steps": int(opt.iterations)}
-        metrics |= {"batch_size": train["batch_size"], "lr_now": float(keras.ops.convert_to_numpy(opt.learning_rate))}
+        metrics |= {"batch_size": train.batch_size, "lr_now": float(keras.ops.convert_to_numpy(opt.learning_rate))}
         yield metrics | extra

@@ -77,7 +77,7 @@ def test_a_model_hyperparameter_axis_needs_a_model_that_takes_it(tmp_path):
 
 
 def test_new_axes_become_grid_axes_and_trial_names():
-    from search.runner import trial_name
+    from search.results import trial_name
     from search.spec import param_space
 
     study = load_study("classification", "quickstart")

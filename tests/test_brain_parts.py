@@ -281,11 +281,14 @@ def test_binary_metrics_and_youden_threshold_known_answers():
 def test_segmentation_losses_by_name():
     import keras
 
-    from models.metrics import SEGMENTATION_LOSSES, get_loss
+    from models.metrics import get_loss
+    from models.tasks import task_info
 
     y = np.array([[1.0, 0.0, 1.0, 0.0]], "float32")
     p = np.array([[0.9, 0.2, 0.6, 0.1]], "float32")
-    values = {name: float(keras.ops.convert_to_numpy(get_loss(name)(y, p))) for name in SEGMENTATION_LOSSES}
+    values = {
+        name: float(keras.ops.convert_to_numpy(get_loss(name)(y, p))) for name in task_info("segmentation").losses
+    }
     assert values["bce"] == pytest.approx(values["binary_crossentropy"])
     bce = -np.mean(np.log([0.9, 0.8, 0.6, 0.9]))
     assert values["bce"] == pytest.approx(bce, rel=1e-4)
@@ -336,33 +339,45 @@ def test_kmeans_picks_k_by_silhouette_and_the_brightest_cluster():
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def _check_gradcam(r: dict) -> None:
+    assert r["1"]["peak"] == [2, 3] and r["1"]["in_red"] == 1.0 and r["1"]["in_green"] == 0.0  # red: class 1
+    assert r["0"]["peak"] == [20, 22] and r["0"]["in_green"] == 1.0 and r["0"]["in_red"] == 0.0
+    assert r["predicted_is_class_1"] and r["overlay"] == [[32, 32, 3], "uint8", 0, 51]
+
+
 def test_gradcam_peaks_where_the_evidence_is_on_tensorflow_and_jax():
-    """tests/scripts/gradcam_check.py in a fresh process per backend (the backend is fixed per process)."""
+    """tests/scripts/gradcam_check.py here (the session's backend, TensorFlow by default) and in a fresh JAX
+    process (the backend is fixed per process)."""
     import json
     import os
     import subprocess
     import sys
     from pathlib import Path
 
+    import keras
+
     script = Path(__file__).parent / "scripts" / "gradcam_check.py"
-    procs = {
-        b: subprocess.Popen(
-            [sys.executable, str(script)],
-            env={**os.environ, "KERAS_BACKEND": b, "PYTHONPATH": str(script.parents[2])},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for b in ("tensorflow", "jax")
-    }
-    for backend, proc in procs.items():
-        out, err = proc.communicate(timeout=300)
-        assert proc.returncode == 0, err[-3000:]
-        r = json.loads(next(line for line in out.splitlines() if line.startswith("{")))
-        assert r["backend"] == backend
-        assert r["1"]["peak"] == [2, 3] and r["1"]["in_red"] == 1.0 and r["1"]["in_green"] == 0.0  # red: class 1
-        assert r["0"]["peak"] == [20, 22] and r["0"]["in_green"] == 1.0 and r["0"]["in_red"] == 0.0
-        assert r["predicted_is_class_1"] and r["overlay"] == [[32, 32, 3], "uint8", 0, 51]
+    other = "jax" if keras.backend.backend() != "jax" else "tensorflow"
+    proc = subprocess.Popen(
+        [sys.executable, str(script)],
+        env={**os.environ, "KERAS_BACKEND": other, "PYTHONPATH": str(script.parents[2])},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    sys.path.insert(0, str(script.parent))
+    try:
+        from gradcam_check import check
+    finally:
+        sys.path.remove(str(script.parent))
+    here = check()
+    assert here["backend"] == keras.backend.backend()
+    _check_gradcam(here)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    there = json.loads(next(line for line in out.splitlines() if line.startswith("{")))
+    assert there["backend"] == other
+    _check_gradcam(there)
 
 
 @pytest.mark.parametrize("name", ["custom_cnn", "resnet50"])

@@ -2,8 +2,12 @@
 a rebuilt model it has the same weights and optimizer state (Adam's moments, step count) as when it was written, and
 a different backbone is refused rather than mixed."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
+
+from search.spec import Train
 
 
 def _build(seed: int):
@@ -21,6 +25,7 @@ def _build(seed: int):
 
 
 def test_head_checkpoint_resumes_exactly_and_refuses_another_backbone(tmp_path):
+    import models
     from search import checkpoints
 
     rng = np.random.default_rng(0)
@@ -28,16 +33,16 @@ def test_head_checkpoint_resumes_exactly_and_refuses_another_backbone(tmp_path):
     y = rng.integers(0, 4, 8)
     model = _build(seed=7)
     model.fit(x, y, batch_size=4, epochs=1, verbose=0)
-    pretrained = {"weights": "imagenet", "freeze_backbone": True}
-    assert checkpoints.head_suffices("classification", pretrained, 1)
-    assert not checkpoints.head_suffices("classification", {**pretrained, "weights": None}, 1)  # random backbone
-    assert not checkpoints.head_suffices("classification", {**pretrained, "freeze_backbone": False}, 1)
-    assert checkpoints.head_suffices("classification", {**pretrained, "fine_tune_layers": 5, "fine_tune_after": 1}, 1)
-    assert not checkpoints.head_suffices(
-        "classification", {**pretrained, "fine_tune_layers": 5, "fine_tune_after": 1}, 2
-    )
-    assert not checkpoints.head_suffices("segmentation", pretrained, 1)
-    checkpoints.write(tmp_path, model, {"epoch": 1, "best": 0.5}, whole=False)
+    irv2, unet = models.get("inception_resnet_v2"), models.get("unet")
+    pretrained = Train(weights="imagenet", freeze_backbone=True)
+    fine_tuned = replace(pretrained, fine_tune_layers=5, fine_tune_after=1)
+    assert checkpoints.head_suffices(irv2, pretrained, 1)
+    assert not checkpoints.head_suffices(irv2, replace(pretrained, weights=None), 1)  # random backbone
+    assert not checkpoints.head_suffices(irv2, replace(pretrained, freeze_backbone=False), 1)
+    assert checkpoints.head_suffices(irv2, fine_tuned, 1)
+    assert not checkpoints.head_suffices(irv2, fine_tuned, 2)
+    assert not checkpoints.head_suffices(unet, pretrained, 1)
+    checkpoints.write(tmp_path, model, {"epoch": 1, "best": 0.5}, whole=False, info=irv2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["head.npz", "state.json"]  # no backbone weights
     assert (tmp_path / "head.npz").stat().st_size < 0.2 * sum(w.numpy().nbytes for w in model.weights)
 
@@ -46,7 +51,7 @@ def test_head_checkpoint_resumes_exactly_and_refuses_another_backbone(tmp_path):
     again = _build(seed=7)
     backbone = again.get_layer("backbone")  # as a pretrained backbone is: the same weights file, the same weights
     backbone.set_weights(model.get_layer("backbone").get_weights())
-    checkpoints.restore_head(again, again, head, state)
+    checkpoints.restore_head(irv2, again, again, head, state)
     np.testing.assert_array_equal(again.predict(x, verbose=0), model.predict(x, verbose=0))
     for a, b in zip(again.optimizer.variables, model.optimizer.variables, strict=True):
         np.testing.assert_array_equal(a.numpy(), b.numpy())  # Adam's moments and step count too
@@ -55,4 +60,4 @@ def test_head_checkpoint_resumes_exactly_and_refuses_another_backbone(tmp_path):
     first = backbone.weights[0]
     first.assign(first.numpy() + 1e-3)  # another backbone (a changed weights file)
     with pytest.raises(RuntimeError, match="rebuilt backbone differs"):
-        checkpoints.restore_head(again, again, head, state)
+        checkpoints.restore_head(irv2, again, again, head, state)

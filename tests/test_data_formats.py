@@ -517,13 +517,12 @@ def test_study_rejects_an_unknown_layout_or_mask_rule_at_load():
 
 
 def test_sweeps_recorded_before_mask_rule_still_load():
-    from search.runner import study_from_dict
-    from search.spec import load_study
+    from search.spec import load_study, study_from_record
 
     old = load_study("segmentation", "smoke").to_dict()
     del old["data"]["mask_rule"], old["data"]["layout"]
     old["data"]["mask_threshold"] = 128  # a sweep.json written before data.mask_rule existed
-    study = study_from_dict(old)
+    study = study_from_record(old)
     assert (study.data.mask_rule, study.data.layout) == ("threshold:128", "auto")
 
 

@@ -148,7 +148,7 @@ def test_every_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, caps
     shutil.copytree(data / "Original", no_masks / "Original")
     run("segmentation", "--preset", "smoke", "--data-dir", no_masks, says=("Segmented is missing",), untouched=no_masks)
 
-    # Corrupt files: asked to, they stop the sweep before it starts, naming each file (one line each) and the fix;
+    # Corrupt files: asked to, they stop the sweep before it starts, naming each file and the fix in one line;
     # by default the pair is left out, counted and listed (sweep.json holds this summary).
     image = sorted((data / "Original").rglob("*.*"))[0]
     mask = sorted((data / "Segmented").rglob("*.*"))[-1]
@@ -156,11 +156,11 @@ def test_every_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, caps
     mask.write_bytes(b"not a png at all")  # a corrupt mask
     strict = ("--preset", "smoke", "--data-dir", data, "--set", "data.on_bad_image=fail")
     says = ("2 unreadable", image.name, mask.name, "on_bad_image: skip")
-    run("segmentation", *strict, says=says, lines=4, untouched=data)
+    run("segmentation", *strict, says=says, untouched=data)
     cfg = DataConfig(task="segmentation", data_dir=str(data), image_size=32, balance_to=None)
     skipped = [name for name, _ in prepare(cfg).summary()["skipped"]]
     assert len(skipped) == 2 and image.name in " ".join(skipped) and mask.stem in " ".join(skipped), skipped
-    run("segmentation", *strict, says=says, lines=4, untouched=data)  # still refused once the skip is cached
+    run("segmentation", *strict, says=says, untouched=data)  # still refused once the skip is cached
 
     # An experiment name that is taken; a folder with no Ray Tune state to resume.
     taken = storage / "taken"
@@ -169,3 +169,26 @@ def test_every_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, caps
     (taken / "sweep.json").write_text(json.dumps({"study": study.to_dict(), "resources": {}}, default=str))
     run("segmentation", "--preset", "smoke", "--name", "taken", says=("exists already", "pick another --name"))
     refused("resume", taken, says=("no Ray Tune state", "sweep run"))
+
+
+def test_a_failed_trial_keeps_its_exception_line_not_the_notes_after_it():
+    from search.results import error_line
+
+    jax_oom = RuntimeError(  # as Ray Tune hands back a JAX trial that ran out of memory (abridged)
+        "Failure # 1 (occurred at 2026-11-23_04-04-10)\n"
+        "ray::ImplicitFunc.train() (pid=1, ip=127.0.0.1, actor_id=ab, repr=func)\n"
+        '  File "jax/_src/dispatch.py", line 90, in apply_primitive\n'
+        "    config.disable_jit.set_local(prev)\n"
+        "jax.errors.JaxRuntimeError: RESOURCE_EXHAUSTED: Out of memory allocating 8589934592 bytes.\n"
+        "--------------------\n"
+        "For simplicity, JAX has removed its internal frames from the traceback of the following exception.\n"
+    )
+    assert (
+        error_line(jax_oom)
+        == "jax.errors.JaxRuntimeError: RESOURCE_EXHAUSTED: Out of memory allocating 8589934592 bytes."
+    )
+    wrapped = RuntimeError(
+        "ray.exceptions.RayTaskError(RuntimeError): ray::train()\nRuntimeError: injected failure 2 of 2"
+    )
+    assert error_line(wrapped) == "RuntimeError: injected failure 2 of 2"
+    assert error_line(ValueError("a message alone")) == "a message alone" and error_line(None) == ""

@@ -1,12 +1,15 @@
 """The report's table builders and plots on hand-made result frames (pure functions, real PNG files)."""
 
 import json
+import re
+from html.parser import HTMLParser
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from search import report
+from models.tasks import task_info
+from search.report import figures, tables
 
 
 def _frame(repeats=1):
@@ -45,21 +48,23 @@ def _frame(repeats=1):
     return pd.DataFrame(rows)
 
 
-def _sweep(protocol="leak_free"):
-    return {
-        "study": {"task": "classification", "train": {"epochs": 6}, "data": {"protocol": protocol}},
-        "resources": {"gpus_per_trial": 0.5},
-        "data": {"2": {"leakage_audit": {"val": 0, "test": 0}, "classes": ["Benign", "Early", "Pre", "Pro"]}},
-    }
+# sweep.json's record of the prepared data: one loading option, its leakage audit and classes
+DATA = {"2": {"leakage_audit": {"val": 0, "test": 0}, "classes": ["Benign", "Early", "Pre", "Pro"]}}
+
+
+def _study(protocol="leak_free"):
+    from search.spec import load_study
+
+    return load_study("classification", "smoke", {"train": {"epochs": 6}, "data": {"protocol": protocol}})
 
 
 def test_family_tables_follow_the_study_and_mark_choice_divergence_and_early_stops():
-    agg = report.aggregate(_frame())
-    assert report.families(agg) == [("inception_resnet_v2", 2), ("nasnet_large", 2)]
-    table = report.family_table(agg, "classification", ("inception_resnet_v2", 2), max_epochs=6)
+    agg = tables.aggregate(_frame())
+    assert tables.families(agg) == [("inception_resnet_v2", 2), ("nasnet_large", 2)]
+    table = tables.family_table(agg, "classification", ("inception_resnet_v2", 2), max_epochs=6)
     assert list(table["lr"]) == ["0.1"] * 3 + ["0.01"] * 3 + ["0.001"] * 3 + ["0.0001"] * 3  # lr descending
     assert list(table["dropout"][:3]) == ["0.4", "0.2", "0"]  # dropout 0.4, 0.2, 0 as in the study
-    assert list(table.columns[2:11]) == [h for h, _ in report.COLUMNS["classification"]]
+    assert list(table.columns[2:11]) == [h for h, _ in task_info("classification").report_columns]
     chosen = table[table["note"].str.contains("chosen")]
     assert len(chosen) == 1 and (chosen["lr"].item(), chosen["dropout"].item()) == ("0.01", "0.4")
     assert table["note"][:3].str.startswith("diverged").all()
@@ -67,28 +72,28 @@ def test_family_tables_follow_the_study_and_mark_choice_divergence_and_early_sto
 
 
 def test_repeats_become_mean_and_std():
-    agg = report.aggregate(_frame(repeats=3))
+    agg = tables.aggregate(_frame(repeats=3))
     assert len(agg) == 24 and (agg["repeats"] == 3).all()
     row = agg[(agg["model"] == "nasnet_large") & (agg["lr"] == 0.01) & (agg["dropout"] == 0.2)].iloc[0]
     assert row["val_accuracy"] == pytest.approx(0.5 + 0.1 + 0.02 + 0.05 + 0.01)  # mean of +0, +0.01, +0.02
     assert row["val_accuracy_std"] == pytest.approx(0.01)
-    table = report.family_table(agg, "classification", ("nasnet_large", 2), max_epochs=6)
+    table = tables.family_table(agg, "classification", ("nasnet_large", 2), max_epochs=6)
     assert table.loc[4, "val acc"] == "0.6800 ± 0.0100"
-    checks = report.trust(agg, "classification", _sweep())
+    checks = tables.trust(agg, _study(), DATA)
     assert checks["repeats"] == 3 and checks["spread"] == pytest.approx(0.01, abs=1e-9)
-    assert checks["winner"] == "nasnet_large option 2 lr 0.01 dropout 0.4"
+    assert checks["winner"] == "nasnet_large option 2, lr 0.01, dropout 0.4"
     assert checks["gap"] == pytest.approx(0.02)
-    assert any("larger than twice the spread" in line for line in report.trust_lines(checks))
+    assert any("larger than twice the spread" in line for line in tables.trust_lines(checks))
 
 
 def test_summary_and_side_by_side_with_the_published_study():
-    agg = report.aggregate(_frame())
-    summary = report.summary_table(agg, "classification")
+    agg = tables.aggregate(_frame())
+    summary = tables.summary_table(agg, "classification")
     assert list(summary["model"]) == ["inception_resnet_v2", "nasnet_large"]
     assert list(summary["lr"]) == ["0.01", "0.01"] and list(summary["dropout"]) == ["0.4", "0.4"]
-    ref = report.reference("classification")
-    assert len(ref) == 48 and len(report.reference("segmentation")) == 36
-    versus = report.versus_study(agg, "classification", ref)
+    ref = tables.reference("classification")
+    assert len(ref) == 48 and len(tables.reference("segmentation")) == 36
+    versus = tables.versus_study(agg, "classification", ref)
     row = versus[(versus["family"] == "inception_resnet_v2 / option 2") & (versus["metric"] == "test_accuracy")]
     published = ref[
         (ref["model"] == "InceptionResNetV2")
@@ -102,7 +107,7 @@ def test_summary_and_side_by_side_with_the_published_study():
 
 def test_cost_counts_what_asha_saved():
     frame = _frame()
-    per_trial, totals = report.cost_table(frame, gpus_per_trial=0.5, max_epochs=6)
+    per_trial, totals = tables.cost_table(frame, gpus_per_trial=0.5, max_epochs=6)
     assert totals["trials"] == 24 and totals["trial seconds"] == pytest.approx(frame["wall_seconds"].sum())
     assert totals["GPU-seconds"] == pytest.approx(0.5 * frame["wall_seconds"].sum())
     assert totals["trial seconds without early stopping"] == pytest.approx(24 * 60.0)  # 10 s/epoch × 6 epochs
@@ -111,19 +116,19 @@ def test_cost_counts_what_asha_saved():
 
 
 def test_the_leaky_protocol_gets_a_banner():
-    agg = report.aggregate(_frame())
-    assert not any("WARNING" in line for line in report.trust_lines(report.trust(agg, "classification", _sweep())))
-    leaky = report.trust_lines(report.trust(agg, "classification", _sweep("study")))
+    agg = tables.aggregate(_frame())
+    assert not any("WARNING" in line for line in tables.trust_lines(tables.trust(agg, _study(), DATA)))
+    leaky = tables.trust_lines(tables.trust(agg, _study("study"), DATA))
     assert "WARNING" in leaky[0] and "optimistic" in leaky[0]
 
 
 def test_plots_write_real_pngs(tmp_path):
     import matplotlib.image
 
-    frame, agg = _frame(), report.aggregate(_frame())
-    figs = report.Figures(tmp_path)
-    report.plot_heatmaps(figs, agg, "classification")
-    report.plot_epochs(figs, frame, 6)
+    frame, agg = _frame(), tables.aggregate(_frame())
+    figs = figures.Figures(tmp_path)
+    figures.plot_heatmaps(figs, agg, "classification")
+    figures.plot_epochs(figs, frame, 6)
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(4), 5)
     probs = rng.dirichlet(np.ones(4), 20)
@@ -131,10 +136,10 @@ def test_plots_write_real_pngs(tmp_path):
     np.add.at(cm, (labels, probs.argmax(1)), 1)
     classes = ["Benign", "Early", "Pre", "Pro"]
     rep = {"confusion_matrix": cm.tolist(), "per_class": {c: {"roc_auc": 0.5} for c in classes}}
-    report.plot_best_classifier(figs, rep, classes, probs, labels)
+    figures.plot_best_classifier(figs, rep, classes, probs, labels)
     images = rng.integers(0, 255, (3, 32, 32, 3), dtype=np.uint8)
     masks = (rng.random((2, 3, 32, 32)) > 0.5).astype(np.uint8)
-    report.plot_best_segmenter(figs, images, masks[0], masks[1])
+    figures.plot_best_segmenter(figs, images, masks[0], masks[1])
     assert [n for n, _ in figs.items] == ["heatmap", "asha_epochs", "best_classifier", "best_segmenter"]
     for name, _ in figs.items:
         img = matplotlib.image.imread(tmp_path / f"{name}.png")
@@ -145,6 +150,137 @@ def test_plots_write_real_pngs(tmp_path):
 def test_a_tie_is_called_a_tie_and_table_files_get_plain_names():
     frame = _frame()
     frame["val_accuracy"] = 0.25  # every configuration collapsed to one class: nothing to choose between
-    lines = report.trust_lines(report.trust(report.aggregate(frame), "classification", _sweep()))
+    lines = tables.trust_lines(tables.trust(tables.aggregate(frame), _study(), DATA))
     assert any("A tie" in line for line in lines)
-    assert report._slug("inception_resnet_v2 / option 1") == "inception_resnet_v2_option_1"
+    from search.report import _slug
+
+    assert _slug("inception_resnet_v2 / option 1") == "inception_resnet_v2_option_1"
+
+
+def _experiment(folder):
+    """A finished classification sweep on disk, by hand: its record, results, the winner's test details and the
+    test predictions of every trial (so that the report has every section a classifier gets)."""
+    frame = _frame()
+    folder.mkdir()
+    record = {"study": _study().to_dict(), "resources": {"gpus_per_trial": 0.5}, "data": DATA}
+    (folder / "sweep.json").write_text(json.dumps(record))
+    frame.to_csv(folder / "results.csv", index=False)
+    classes, rng = DATA["2"]["classes"], np.random.default_rng(0)
+    labels = np.repeat(np.arange(4), 10)
+    preds = {"labels": labels}
+    for trial, val in zip(frame["trial"], frame["val_accuracy"]):  # better on validation, better on test
+        right = rng.random(len(labels)) < val
+        pred = np.where(right, labels, (labels + 1) % 4)
+        preds |= {f"{trial}/labels": labels, f"{trial}/probs": 0.1 + 0.6 * np.eye(4)[pred]}
+    best = frame.loc[frame["val_accuracy"].idxmax()]
+    winner, history = best["trial"], (folder / f"{best['trial']}-{best['trial_id']}")
+    history.mkdir()
+    curve = {"epoch": range(1, 7), "train_accuracy": np.linspace(0.3, 0.7, 6), "val_accuracy": np.linspace(0.3, 0.6, 6)}
+    pd.DataFrame(curve | {"train_loss": np.linspace(1.3, 0.4, 6), "val_loss": np.linspace(1.3, 0.6, 6)}).to_csv(
+        history / "progress.csv", index=False
+    )
+    cm = np.zeros((4, 4), int)
+    np.add.at(cm, (labels, preds[f"{winner}/probs"].argmax(1)), 1)
+    per_class = {c: {"precision": 0.9, "recall": 0.9, "f1": 0.9, "support": 10, "roc_auc": 0.95} for c in classes}
+    details = {winner: {"per_class": per_class, "confusion_matrix": cm.tolist(), "ece": 0.05}}
+    (folder / "results.json").write_text(json.dumps(details))
+    np.savez(folder / "predictions.npz", **preds)
+    return folder
+
+
+class _Headings(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.titles, self._open = [], False
+
+    def handle_starttag(self, tag, attrs):
+        self._open = tag in ("h1", "h2")
+        if self._open:
+            self.titles.append("")
+
+    def handle_endtag(self, tag):
+        self._open = False
+
+    def handle_data(self, data):
+        if self._open:
+            self.titles[-1] += data
+
+
+def _titles(text: str, fmt: str) -> list[str]:
+    """Section titles, in order, read back from one rendering."""
+    if fmt == "md":
+        return [m.group(2) for m in re.finditer(r"^(#{1,2}) (.+)$", text, re.M)]
+    if fmt == "html":
+        parser = _Headings()
+        parser.feed(text)
+        return parser.titles
+    found = re.findall(r"^\\(?:title|section)\{(.+)\}$", text, re.M)
+    return [re.sub(r"\\([_&%$#{}])", r"\1", t) for t in found]
+
+
+def test_markdown_html_and_latex_carry_the_same_sections_tables_and_figures(tmp_path):
+    from search.report import write_report
+
+    out = write_report(_experiment(tmp_path / "exp"), tmp_path / "report")
+    text = {fmt: (out / f"report.{fmt}").read_text() for fmt in ("md", "html", "tex")}
+    titles = {fmt: _titles(t, fmt) for fmt, t in text.items()}
+    assert titles["md"] == titles["html"] == titles["tex"]
+    winner = _frame().sort_values("val_accuracy").iloc[-1]["trial"]
+    assert titles["md"][0] == "Sweep report: exp" and titles["md"][-2:] == ["Cost", "Figures"]
+    for title in (
+        "Is the winner really better? (test split)",
+        "Calibration of the best classifier",
+        "Compared with the study's published figures (same configuration)",
+        "inception_resnet_v2 / option 2",
+        f"Best classifier per class (test split): {winner}",
+    ):
+        assert title in titles["md"], title
+    tables = {
+        "md": len(re.findall(r"^\|:?-", text["md"], re.M)),
+        "html": text["html"].count("<table"),
+        "tex": text["tex"].count("\\begin{tabular}"),
+    }
+    figures = {"md": text["md"].count("!["), "html": text["html"].count("<img "), "tex": text["tex"].count("graphics")}
+    assert tables["md"] == tables["html"] == tables["tex"] == 9  # 2 trust, summary, versus, 2 families, class, 2 cost
+    names = sorted(p.stem for p in (out / "figures").glob("*.png"))
+    assert figures["md"] == figures["html"] == figures["tex"] == len(names) == 5, names
+    for fmt, t in text.items():  # what the HTML once lacked: the task line and the note on fractions
+        assert "Task: classification." in t and "percentages are divided by 100" in t, fmt
+    assert "<strong>" not in text["html"] and "**" not in text["html"]  # a leak-free sweep: no warning in bold
+
+
+def test_the_report_imports_neither_ray_nor_a_deep_learning_framework():
+    import subprocess
+    import sys
+
+    heavy = ("ray", "ray.tune", "keras", "tensorflow", "jax", "torch")
+    code = f"import sys, search.report, search.headline; print([m for m in {heavy!r} if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr[-2000:]
+
+
+def test_the_headline_puts_the_winner_next_to_a_model_that_learned_nothing():
+    from search.headline import lines, outcome
+
+    frame = _frame()
+    data = {"2": DATA["2"] | {"splits": {"test": {"per_class": [10, 20, 30, 40]}}}}
+    o = outcome(frame, _study(), data)
+    assert o["winner"] == "nasnet_large-opt2-lr0.01-do0.4" and o["validation"] == {"val_accuracy": pytest.approx(0.69)}
+    assert o["test"]["accuracy"] == pytest.approx(0.67)
+    assert o["baseline"] == {"accuracy": pytest.approx(0.4), "f1": pytest.approx(2 * 0.4 / 1.4 / 4)}
+    assert (o["trials"], o["stopped"]) == (24, 6)
+    assert o["saved_seconds"] == pytest.approx(24 * 60.0 - frame["wall_seconds"].sum())
+    text = lines(o, "r/report.html")
+    assert text[0] == "winner (chosen on val_accuracy = 0.6900): nasnet_large-opt2-lr0.01-do0.4"
+    assert "always the most frequent class: accuracy 0.4000" in text[1] and text[-1] == "report: r/report.html"
+
+
+def test_sentences_keep_their_marks_and_are_escaped_in_every_format():
+    from search.report.document import Note, Section, render
+
+    doc = [Section("a_b", level=1, bullets=("**WARNING: the `study` protocol** <5% & a_b",), blocks=(Note("x~y"),))]
+    md, html, tex = (render(doc, fmt) for fmt in ("md", "html", "tex"))
+    assert "- **WARNING: the `study` protocol** <5% & a_b" in md
+    assert "<li><strong>WARNING: the <code>study</code> protocol</strong> &lt;5% &amp; a_b</li>" in html
+    assert r"\item \textbf{WARNING: the \texttt{study} protocol} <5\% \& a\_b" in tex
+    assert r"\title{a\_b}" in tex and r"x\textasciitilde{}y" in tex

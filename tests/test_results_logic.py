@@ -6,7 +6,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from search.runner import SweepError, _best_row, best_per_family, trial_name, trial_status
+from search.errors import SweepError
+from search.results import best_by, best_epoch, trial_name, trial_status
 
 
 def test_trial_status():
@@ -26,8 +27,8 @@ def test_best_row_is_chosen_on_validation_and_skips_diverged_epochs():
             "test_dice": [0.0, 0.1, 0.99, 0.0],  # never looked at
         }
     )
-    assert _best_row(history, "val_dice")["epoch"] == 2
-    assert _best_row(pd.DataFrame(), "val_dice") == {}
+    assert best_epoch(history, "val_dice")["epoch"] == 2
+    assert best_epoch(pd.DataFrame(), "val_dice") == {}
 
 
 def test_best_per_family_uses_validation_not_test():
@@ -38,7 +39,7 @@ def test_best_per_family_uses_validation_not_test():
             "test_dice": [0.95, 0.5, 0.9],
         }
     )
-    best = best_per_family(frame, "val_dice")
+    best = best_by(frame, "val_dice", "max", by="model")
     assert best["model"].tolist() == ["unet", "unet_fpn"] and best["val_dice"].tolist() == [0.8, 0.6]
 
 
@@ -116,3 +117,82 @@ def test_prediction_file_names_stay_unique():
 
     names = _output_names([Path("a/x.png"), Path("b/x.jpg"), Path("b/y.png")])
     assert names == ["x-0", "x-1", "y"]
+
+
+def test_best_by_ranks_by_mode_skips_missing_values_and_keeps_one_row_per_group():
+    frame = pd.DataFrame(
+        {
+            "model": ["unet", "unet", "unet_fpn", "unet_fpn"],
+            "val_loss": [0.3, 0.2, math.nan, 0.25],
+            "val_dice": [0.7, 0.8, 0.9, 0.6],
+        }
+    )
+    assert best_by(frame, "val_dice")["val_dice"].tolist() == [0.9, 0.8, 0.7, 0.6]
+    assert best_by(frame, "val_loss", "min")["val_loss"].tolist() == [0.2, 0.25, 0.3]  # NaN left out
+    per_model = best_by(frame, "val_loss", "min", by="model")
+    assert per_model["model"].tolist() == ["unet", "unet_fpn"] and per_model.index.tolist() == [1, 3]
+    assert best_by(frame, "val_iou").empty  # a metric the frame lacks: nothing to choose
+    with pytest.raises(ValueError, match="mode must be"):
+        best_by(frame, "val_dice", "maximum")
+
+
+def test_one_label_and_one_folder_name_per_configuration():
+    from search.experiment import trial_dir
+    from search.results import config_label, trial_dirname
+
+    row = {"model": "resnet50", "option": 2.0, "lr": 0.001, "dropout": 0.2, "optimizer": "adam", "batch_size": 16}
+    assert config_label(row) == "resnet50 option 2, lr 0.001, dropout 0.2, optimizer adam, batch size 16"
+    assert config_label({"model": "unet", "lr": 0.01, "dropout": 0.0, "option": math.nan}) == "unet, lr 0.01, dropout 0"
+    assert trial_dirname("unet-lr0.01-do0", "ab12") == "unet-lr0.01-do0-ab12"
+    assert trial_dir("/e", {"trial": "unet-lr0.01-do0", "trial_id": "ab12"}) == "/e/unet-lr0.01-do0-ab12"
+    assert trial_dir("/e", {"trial": "unet-lr0.01-do0", "trial_id": math.nan}) is None  # never reported
+
+
+def test_task_table_is_the_one_source_of_task_facts():
+    import dataclasses
+
+    import models
+    from data_pipeline.layout import TASKS as DATA_TASKS
+    from models.metrics import get_loss
+    from models.tasks import TASK_TABLE, TASKS, task_info
+    from search.spec import Train
+
+    assert set(DATA_TASKS) == set(TASKS)  # the data pipeline reads masks by the same task names
+    for info in TASK_TABLE.values():
+        assert info.metric.startswith("val_") and info.mode in ("max", "min")
+        assert info.default_loss in info.losses
+        for loss in info.losses:
+            get_loss(loss)  # every loss a study may name exists
+    with pytest.raises(ValueError, match="task must be one of classification, segmentation"):
+        task_info("detection")
+    # What a trial passes a model comes from its registry entry: every hyperparameter is a train setting.
+    settings = {f.name for f in dataclasses.fields(Train)} | {"dropout"}
+    for name in models.list_models():
+        assert set(models.get(name).hyperparameters) <= settings, name
+        info = models.get(name)
+        assert (info.backbone is not None) == ("freeze_backbone" in info.hyperparameters), name
+
+
+def test_a_recorded_study_is_validated_again_when_it_is_read(tmp_path):
+    import json
+
+    from search.experiment import SWEEP_FILE, load_study
+    from search.spec import SpecError, study_from_record
+    from search.spec import load_study as load_spec
+
+    study = load_spec("classification", "smoke", {"train": {"weights": None}})
+    assert study_from_record(study.to_dict()) == study  # the round trip is exact
+    (tmp_path / SWEEP_FILE).write_text(json.dumps({"study": study.to_dict()}))
+    assert load_study(tmp_path) == study
+    broken = study.to_dict()
+    broken["train"]["epochs"], broken["space"]["dropout"] = 0, [1.5]
+    (tmp_path / SWEEP_FILE).write_text(json.dumps({"study": broken}))
+    with pytest.raises(SpecError) as err:
+        load_study(tmp_path)
+    assert f"{tmp_path}/{SWEEP_FILE}" in str(err.value) and "train.epochs" in str(err.value)
+    assert "space.dropout" in str(err.value)  # every bad field named together
+    # What only matters for training on this machine is checked when resuming, not when reading results.
+    gone = {**study.to_dict(), "data": {**study.to_dict()["data"], "data_dir": str(tmp_path / "moved")}}
+    assert study_from_record(gone).data.data_dir == str(tmp_path / "moved")
+    with pytest.raises(SpecError, match=r"data\.data_dir"):
+        study_from_record(gone, here=True)

@@ -105,9 +105,8 @@ def test_fine_tuning_stage_is_validated_and_starts_once():
     from search.trial import fine_tune_starts
 
     study = load_study("classification", "smoke", {"train": {"fine_tune_layers": 20, "fine_tune_after": 2}})
-    train = study.to_dict()["train"]
-    assert [e for e in range(study.train.epochs) if fine_tune_starts(e, train)] == [2]
-    assert not any(fine_tune_starts(e, load_study("classification", "smoke").to_dict()["train"]) for e in range(3))
+    assert [e for e in range(study.train.epochs) if fine_tune_starts(e, study.train)] == [2]
+    assert not any(fine_tune_starts(e, load_study("classification", "smoke").train) for e in range(3))
     with pytest.raises(SpecError) as err:
         load_study("classification", "smoke", {"train": {"fine_tune_layers": 20, "fine_tune_after": 3}})
     assert "train.fine_tune_after: must be in [1, train.epochs - 1] = [1, 2]" in str(err.value)

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,7 @@ from search.bench import (
 )
 from search.features import cached_features, feature_cache_off_because, feature_key
 from search.gpu import BusySampler, resolve_mixed_precision
-from search.spec import SpecError, load_study, merge
+from search.spec import SpecError, Train, load_study, merge
 
 ROOT = Path(__file__).parent.parent
 CLASSIFICATION = {"train": {"weights": None}}  # the built-in grid without the (absent) ImageNet weights
@@ -157,7 +158,10 @@ def test_feature_cache_computes_once_under_concurrency_and_keys_on_what_features
     ],
 )
 def test_feature_cache_switches_off_where_it_would_not_be_exact(train, task, reason):
-    got = feature_cache_off_because(task, {"feature_cache": True, "freeze_backbone": True, **train})
+    import models
+
+    info = models.get("inception_resnet_v2" if task == "classification" else "unet")
+    got = feature_cache_off_because(info, replace(Train(feature_cache=True, freeze_backbone=True), **train))
     assert got == reason if reason is None else reason in got
 
 
@@ -251,7 +255,7 @@ def test_way_summary_counts_images_and_picks_on_validation():
     s = way_summary(frame, 10.0, {1: 100, 2: 50}, None, "val_accuracy")
     assert s["train_images_per_second"] == pytest.approx((300 + 50 + 100) / 10)
     assert s["epochs_run"] == 6 and s["first_epoch_overhead_seconds"] == 3.0 and s["compile_cache_hits"] is None
-    assert s["best"] == "a opt2 lr=0.001 dropout=0.2" and s["best_val_accuracy"] == 0.9
+    assert s["best"] == "a option 2, lr 0.001, dropout 0.2" and s["best_val_accuracy"] == 0.9
     by_hand, service = {**s, "wall_seconds": 5.0}, {**s, "wall_seconds": 2.5}
     ways = dict(zip(WAYS, (s, by_hand, service)))
     assert comparison(ways) == {"speedup_wall": 4.0, "speedup_vs_by_hand": 2.0, "same_best": True}

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import read_hparams, run_sweep
+from conftest import read_hparams, run_sweep, tree_state
 
 ROOT = Path(__file__).parent.parent
 
@@ -62,10 +62,12 @@ def _faulty_sweep(*args, faults: dict, timeout=1500):
 
 def test_sweep_survives_real_faults_asha_stops_the_worse_logs_and_evaluates(tmp_path):
     # One at a time, in this order (so ASHA's rung holds the good trial before the bad one reaches it):
-    # 1e-6 learns nothing but keeps its validation dice; 10 really blows up (NaN loss, here in epoch 1); 1.0 is clearly
-    # worse (dice 0) and reaches ASHA's rung at epoch 2 after the others; 0.002 raises on both attempts (failed, with
-    # its error; the sweep goes on). (A retried trial: tests/test_faults.py, a lost node.)
-    lrs = [1e-6, 10, 1.0, 0.002]
+    # 1e-6 learns nothing but keeps its validation dice; 2 really blows up after one finite epoch (a loss of ~1e18 in
+    # epoch 1, NaN in epoch 2; found by trying lr 1.2-10 with this seed: 3 and above are NaN in epoch 1, 1.5 in
+    # epoch 3, 1.2 not within 3); 1.0 is clearly worse (dice 0) and reaches ASHA's rung at epoch 2 after the others;
+    # 0.002 raises on both attempts (failed, with its error; the sweep goes on). (A retried trial: tests/test_faults.py,
+    # a lost node.)
+    lrs = [1e-6, 2.0, 1.0, 0.002]
     storage = tmp_path / "runs"
     spec = yaml.safe_load(Path(_spec(tmp_path, lrs, grace=2)).read_text())
     spec["resources"]["max_concurrent_trials"] = 1
@@ -91,17 +93,19 @@ def test_sweep_survives_real_faults_asha_stops_the_worse_logs_and_evaluates(tmp_
     status = by_lr["status"].to_dict()
     assert status[1e-6] == "completed" and by_lr.loc[1e-6, "epochs"] == 3
     assert status[1.0] == "stopped" and by_lr.loc[1.0, "epochs"] == 2  # ASHA: below the rung's cutoff at grace
-    assert status[10] == "diverged"  # a real NaN/inf loss: no test hook writes one any more
+    assert status[2.0] == "diverged"  # a real NaN/inf loss: no test hook writes one
     assert status[0.002] == "failed" and "injected failure 2 of 2" in by_lr.loc[0.002, "error"]
-    assert by_lr.loc[[1e-6, 10, 1.0], "retries"].eq(0).all()
-    ok = frame[frame["best_epoch"].notna()]  # every trial with a finite epoch (a diverged one may have none)
-    assert set(frame.loc[frame["status"].isin(["completed", "stopped"]), "trial"]) <= set(ok["trial"])
+    assert by_lr.loc[[1e-6, 2.0, 1.0], "retries"].eq(0).all()
+    ok = frame[frame["status"] != "failed"]  # every trial with a finite epoch, the diverged one included
+    assert ok["best_epoch"].notna().all()
     for col in ("val_dice", "test_dice", "test_iou", "test_study_dice", "test_dice_per_image", "test_accuracy"):
         assert ok[col].map(np.isfinite).all(), col
-    history = pd.read_csv(next(exp.glob("unet-lr10-*/progress.csv")))
-    assert history["diverged"].tolist()[-1] and not history["diverged"].iloc[:-1].any()  # it stopped at once
-    finite = history.loc[~history["diverged"], "epoch"]  # the tables keep its last finite epoch, if it had one
-    assert by_lr.loc[10, "best_epoch"] == finite.max() if len(finite) else pd.isna(by_lr.loc[10, "best_epoch"])
+    history = pd.read_csv(next(exp.glob("unet-lr2-*/progress.csv")))
+    assert history["diverged"].tolist() == [False, True]  # one finite epoch, then NaN: it stopped at once
+    assert by_lr.loc[2.0, "epochs"] == 2 and by_lr.loc[2.0, "best_epoch"] == 1  # the tables keep its finite epoch
+    finite = history.set_index("epoch").loc[1]
+    for col in ("val_dice", "val_loss", "train_loss"):  # that epoch's validation (and train) metrics, as reported
+        assert by_lr.loc[2.0, col] == pytest.approx(finite[col]) and np.isfinite(by_lr.loc[2.0, col]), col
 
     sweep = json.loads((exp / "sweep.json").read_text())
     assert sweep["cluster"]["nodes"] == ["127.0.0.1"]  # a real local Ray cluster, on loopback only
@@ -123,7 +127,11 @@ def test_sweep_survives_real_faults_asha_stops_the_worse_logs_and_evaluates(tmp_
     table = pd.read_csv(report / "table_unet.csv")
     assert list(table["lr"]) == sorted(lrs, reverse=True)  # the study's order: lr descending
     notes = dict(zip(table["lr"], table["note"].fillna("")))
-    assert notes[0.002] == "failed (error)" and notes[10].startswith("diverged")
+    assert notes[0.002] == "failed (error)" and notes[2.0].startswith("diverged")
+    diverged = table.set_index("lr").loc[2.0]  # its row shows its last finite epoch's numbers (cells are text)
+    assert float(diverged["val Dice"]) == pytest.approx(by_lr.loc[2.0, "val_dice"], abs=1e-4)
+    assert float(diverged["Dice"]) == pytest.approx(by_lr.loc[2.0, "test_dice"], abs=1e-4)
+    assert str(diverged["epochs"]) == "2"
     best_lr = frame.loc[frame["val_dice"].idxmax(), "lr"]
     assert notes[best_lr] == "◀ chosen on validation"
     html = (report / "report.html").read_text()
@@ -227,6 +235,54 @@ def test_classification_sweep_trains_heads_on_cached_features(tmp_path):
     # The first trial computes the backbone's features of the train and val images; the second reads both.
     assert sorted(frame["feature_cache_hits"]) == [0, 2]
     assert frame["test_accuracy"].map(np.isfinite).all()
+
+
+def test_jax_sweep_leaves_out_a_corrupt_image_and_records_a_trial_out_of_memory(tmp_path):
+    from data_pipeline import synth
+
+    data = synth.write_dataset(tmp_path / "smears", (6, 8, 7, 6), size=32, seed=2)
+    bad = sorted((data / "Original").rglob("*.png"))[0]
+    bad.write_bytes(bad.read_bytes()[:60])  # a truncated PNG
+    before = tree_state(data)
+    spec = {
+        "task": "classification",
+        # du 2^28: a head of 12 GiB of weights (8 x 2^28 and 2^28 x 4 float32), in a trial allowed 4 GiB more
+        "space": {"model": ["custom_cnn"], "lr": [0.01], "dropout": [0.1], "dense_units": [16, 2**28]},
+        "train": {"batch_size": 8, "epochs": 2, "blocks": 2, "base_filters": 4, "backend": "tensorflow"},
+        "data": {"image_size": 32, "balance_to": None},
+        "scheduler": {"grace_period": 2, "reduction_factor": 2},
+        "resources": {"cpus_per_trial": 1, "gpus_per_trial": 0},
+    }
+    (tmp_path / "jax.yaml").write_text(yaml.safe_dump(spec))
+    run = ("run", tmp_path / "jax.yaml", "--data-dir", data, "--storage", tmp_path / "runs", "--backend", "jax")
+
+    # Asked to fail on it: one line that names the file, what is wrong with it and what to do; exit 2, nothing written.
+    proc = _sweep(*run, "--set", "data.on_bad_image=fail")
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr[-2000:]
+    for words in ("error: 1 unreadable image", str(bad), "truncated PNG", "fix or delete", "on_bad_image: skip"):
+        assert words in proc.stderr, (words, proc.stderr)
+    assert not (tmp_path / "runs").exists() and tree_state(data) == before
+
+    # By default it is left out and listed in sweep.json. The trials run on JAX (--backend over the study's
+    # tensorflow), each under a real memory limit: the small one learns; the big one runs out of memory (XLA's
+    # RESOURCE_EXHAUSTED), is retried once, then recorded as failed with that error, and the sweep goes on.
+    proc = _faulty_sweep(*run, "--name", "jax", faults={"memory_gb": 4})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    exp = tmp_path / "runs" / "jax"
+    skipped = json.loads((exp / "sweep.json").read_text())["data"]["2"]["skipped"]
+    assert [name for name, _ in skipped] == [str(bad.relative_to(data / "Original"))], skipped
+    assert "truncated PNG" in skipped[0][1] and tree_state(data) == before
+    frame = pd.read_csv(exp / "results.csv").set_index("dense_units")
+    assert len(frame) == 2
+    small, big = frame.loc[16], frame.loc[2**28]
+    assert big["status"] == "failed" and big["retries"] == 1, big.to_dict()
+    assert "RESOURCE_EXHAUSTED: Out of memory allocating" in big["error"], big["error"]
+    assert small["status"] == "completed" and small["epochs"] == 2 and small["retries"] == 0
+    assert small["backend"] == "jax"  # what Keras ran on, recorded by the trial
+    for col in ("train_loss", "val_loss", "val_accuracy", "test_accuracy", "test_loss"):
+        assert np.isfinite(small[col]), col
+    loss = pd.read_csv(next(exp.glob("custom_cnn-*-du16-*/progress.csv")))["train_loss"]
+    assert loss.iloc[-1] < loss.iloc[0], loss.tolist()  # it learned: the training loss fell
 
 
 def test_optuna_search_samples_distributions(tmp_path):

@@ -147,7 +147,7 @@ def test_fold_mean_averages_folds_and_reports_their_spread():
 
 def test_winner_is_compared_with_runner_up_family_bests_and_the_studys_pick():
     from models.evaluation import per_image_dice
-    from search import report
+    from search.report import tables
 
     rng = np.random.default_rng(0)
     truth = rng.random((30, 8, 8)) > 0.5
@@ -159,18 +159,18 @@ def test_winner_is_compared_with_runner_up_family_bests_and_the_studys_pick():
         preds[f"{trial}/dice"] = per_image_dice(truth, probs)
     frame = pd.DataFrame(rows)
     pick = {"model": "unet_fpn", "lr": 0.01, "dropout": 0.0}
-    roles = [role for role, _ in report.opponents(frame, "segmentation", pick)]
+    roles = [role for role, _ in tables.opponents(frame, "segmentation", pick)]
     assert roles == ["winner", "runner-up", "best unet_fpn", "the study's pick"]
-    table, lines = report.paired_comparisons(frame, "segmentation", preds, pick, n_resamples=1000)
+    table, lines = tables.paired_comparisons(frame, "segmentation", preds, pick, n_resamples=1000)
     assert list(table["verdict"]) == ["better"] * 3  # noise-free masks against noisy ones
     assert lines[0].startswith("The winner unet-lr0.01-do0 is better than runner-up unet-lr0.001-do0 (per-image Dice")
     assert "Wilcoxon p = " in lines[0]
-    study = report.study_pick(report.reference("segmentation"), "segmentation")
+    study = tables.study_pick(tables.reference("segmentation"), "segmentation")
     assert set(study) == {"model", "lr", "dropout"}
 
 
 def test_classifiers_on_different_test_splits_are_not_paired():
-    from search import report
+    from search.report import tables
 
     frame = pd.DataFrame(
         [
@@ -180,7 +180,7 @@ def test_classifiers_on_different_test_splits_are_not_paired():
     )
     labels = np.array([0, 1, 1, 0])
     preds = {"a/probs": np.eye(2)[labels], "a/labels": labels, "b/probs": np.eye(2)[labels], "b/labels": labels}
-    table, lines = report.paired_comparisons(frame, "classification", preds)
+    table, lines = tables.paired_comparisons(frame, "classification", preds)
     assert table.empty and lines == ["runner-up b: another test split (loading option), so no paired comparison."]
 
 
@@ -205,7 +205,7 @@ def test_ensemble_averages_its_fold_models_survives_saving_and_calibrates_out_of
     import keras
 
     from models.evaluation import predict
-    from search.runner import _validation_probs
+    from search.scoring import _validation_probs
     from search.trial import ensemble, fold_member
 
     def tiny(seed):

@@ -4,6 +4,10 @@ The faults come from $SWEEP_TEST_FAULTS (JSON), keyed by a trial's learning rate
   {"raise": {"0.005": 1}}      the first N attempts of that trial raise (Ray retries it)
   {"report_delay_s": 0.5}      every report waits this long after it returns (a window for a test to act in)
   {"log": "DIR"}               each attempt appends {trial_id, node, pid, start_epoch} to DIR/attempts.jsonl
+  {"memory_gb": 4}             every attempt may use at most this much more address space than its worker held when
+                               it began (RLIMIT_AS, a per-trial memory limit), set once Keras and its framework have
+                               loaded and started their threads (TensorFlow aborts if it cannot start one); the
+                               worker's own limit comes back when the attempt ends, since Ray reuses the worker
 Usage: python tests/scripts/faulty_sweep.py run STUDY ... (any `sweep` command line).
 """
 
@@ -48,7 +52,21 @@ def _log_attempt(folder: str, config) -> None:
         f.write(json.dumps(line) + "\n")
 
 
-def faulty_trial(config, datasets, settings):
+def _limit_memory(extra_gb: float, backend: str) -> tuple[int, int]:
+    """Cap this process's address space at what it holds now plus ``extra_gb``; the previous (soft, hard) limits."""
+    import resource
+
+    os.environ["KERAS_BACKEND"] = backend
+    import keras
+
+    keras.ops.convert_to_numpy(keras.ops.ones(2) + 1)  # the framework's runtime and its threads start now
+    before = resource.getrlimit(resource.RLIMIT_AS)
+    held = int(Path("/proc/self/statm").read_text().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    resource.setrlimit(resource.RLIMIT_AS, (held + int(extra_gb * 2**30), before[1]))
+    return before
+
+
+def faulty_trial(config, datasets, context):
     from ray import tune
 
     from search.trial import train_trial
@@ -58,7 +76,7 @@ def faulty_trial(config, datasets, settings):
         _log_attempt(faults["log"], config)
     for lr, times in faults.get("raise", {}).items():
         if _matches(config, [lr]):
-            marker = Path(settings["experiment_dir"]) / f"injected-{tune.get_context().get_trial_id()}"
+            marker = Path(context.experiment_dir) / f"injected-{tune.get_context().get_trial_id()}"
             count = int(marker.read_text()) if marker.exists() else 0
             if count < times:
                 marker.write_text(str(count + 1))
@@ -70,12 +88,19 @@ def faulty_trial(config, datasets, settings):
         time.sleep(delay)
         return out
 
+    limits = None
     try:
         if delay:
             tune.report = slow_report
-        train_trial(config, datasets, settings)
+        if faults.get("memory_gb"):
+            limits = _limit_memory(float(faults["memory_gb"]), context.study.trial_train(config).backend)
+        train_trial(config, datasets, context)
     finally:  # the worker is reused by later trials: give it back as it was
         tune.report = report
+        if limits is not None:
+            import resource
+
+            resource.setrlimit(resource.RLIMIT_AS, limits)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,176 @@
+"""The experiment folder (``STORAGE/NAME``, a local folder or a cloud URI): what is in it, and reading and writing it.
+
+- ``sweep.json``: the resolved study, the data's fingerprints and leakage audit, resources, package versions;
+- one folder per trial (``trial_dirname``): TensorBoard event files, progress.csv, result.json, checkpoints;
+- ``results.csv`` / ``results.json``: one row per trial, test metrics included (written last: it marks the sweep
+  finished), and each trial's test report; ``predictions.npz``: what the report's paired statistics and figures need;
+- Ray Tune's own state, for ``sweep resume``.
+
+Imports neither Ray nor the image stack, so ``sweep report``, ``sweep ls`` and ``sweep export`` stay light.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import platform
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from search import storage as store
+from search.errors import SweepError
+from search.results import in_study_order, trial_dirname
+from search.spec import Study, study_from_record
+
+SWEEP_FILE = "sweep.json"
+RESULTS_CSV = "results.csv"
+RESULTS_JSON = "results.json"
+PREDICTIONS = "predictions.npz"  # per trial: test probabilities, or per-image Dice and a few predicted masks
+PACKAGES = (
+    "ray",
+    "keras",
+    "tensorflow",
+    "jax",
+    "optuna",
+    "albumentations",
+    "opencv-python-headless",
+    "numpy",
+    "pandas",
+    "scikit-learn",
+)
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in PACKAGES:
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def trial_dir(experiment: str, row: dict[str, Any] | pd.Series) -> str | None:
+    """A results row's trial folder, or None when the row has no trial id (a trial that never reported)."""
+    trial_id = row.get("trial_id")
+    return store.join(experiment, trial_dirname(row["trial"], trial_id)) if isinstance(trial_id, str) else None
+
+
+# ---- sweep.json -----------------------------------------------------------------------------------------------------
+
+
+def save_sweep(experiment: str, sweep: dict[str, Any]) -> None:
+    store.write_text(store.join(experiment, SWEEP_FILE), json.dumps(sweep, indent=2, default=str))
+
+
+def load_sweep(experiment: str | Path) -> dict[str, Any]:
+    experiment = store.normalize(experiment)
+    path = store.join(experiment, SWEEP_FILE)
+    if not store.exists(path):
+        raise SweepError(f"{experiment} is not a sweep experiment (no {SWEEP_FILE}); `sweep ls` lists experiments")
+    return json.loads(store.read_text(path))
+
+
+def load_study(experiment: str | Path, *, here: bool = False) -> Study:
+    """The study an experiment ran, validated again as a typed ``Study``. ``here``: also check what must exist on
+    this machine to train (its data folder, its weights files), as resuming needs; reading results does not."""
+    experiment = store.normalize(experiment)
+    return study_from_record(load_sweep(experiment)["study"], where=f"{experiment}/{SWEEP_FILE}", here=here)
+
+
+# ---- results --------------------------------------------------------------------------------------------------------
+
+
+def save_results(experiment: str, frame: pd.DataFrame, details: dict[str, Any], arrays: dict[str, Any]) -> None:
+    """The finished sweep's files; results.csv last, since it marks the sweep finished."""
+    store.write_bytes(store.join(experiment, PREDICTIONS), _npz(arrays))
+    store.write_text(store.join(experiment, RESULTS_JSON), json.dumps(details, indent=2, default=float))
+    store.write_text(store.join(experiment, RESULTS_CSV), in_study_order(frame).to_csv(index=False))
+
+
+def load_results(experiment: str | Path) -> pd.DataFrame:
+    """The finished sweep's table (one row per trial); a clear error while the sweep has not finished."""
+    experiment = store.normalize(experiment)
+    path = store.join(experiment, RESULTS_CSV)
+    if not store.exists(path):
+        load_sweep(experiment)  # not an experiment at all: say that first
+        raise SweepError(
+            f"{experiment} has no finished trials yet (no {RESULTS_CSV}): let it finish, or `sweep resume {experiment}`"
+        )
+    return pd.read_csv(io.StringIO(store.read_text(path)))
+
+
+def load_details(experiment: str | Path) -> dict[str, Any]:
+    """Each trial's test report (results.json), by trial name; {} when there is none."""
+    path = store.join(store.normalize(experiment), RESULTS_JSON)
+    return json.loads(store.read_text(path)) if store.exists(path) else {}
+
+
+def load_predictions(experiment: str | Path) -> dict[str, Any]:
+    """predictions.npz as a dict of arrays ({} when there is none)."""
+    import numpy as np
+
+    path = store.join(store.normalize(experiment), PREDICTIONS)
+    if not store.exists(path):
+        return {}
+    with np.load(io.BytesIO(store.read_bytes(path))) as z:
+        return {k: z[k] for k in z.files}
+
+
+def load_history(experiment: str, row: dict[str, Any] | pd.Series) -> pd.DataFrame | None:
+    """A trial's per-epoch records (its progress.csv), or None."""
+    folder = trial_dir(experiment, row)
+    path = store.join(folder, "progress.csv") if folder else None
+    if path is None or not store.exists(path):
+        return None
+    return pd.read_csv(io.StringIO(store.read_text(path)))
+
+
+def _npz(arrays: dict) -> bytes:
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    return buffer.getvalue()
+
+
+# ---- every experiment of a storage ----------------------------------------------------------------------------------
+
+
+def list_experiments(storage: str | Path) -> pd.DataFrame:
+    """Experiments under ``storage`` (a folder or a URI) with status, trial counts and best validation metric."""
+    from models.tasks import task_info
+
+    storage = store.normalize(storage)
+    rows = []
+    for name in store.subfolders(storage):
+        exp = store.join(storage, name)
+        if not store.exists(store.join(exp, SWEEP_FILE)):
+            continue
+        sweep = load_sweep(exp)
+        task = task_info(sweep["study"]["task"])
+        row = {"experiment": name, "task": task.name, "started": sweep.get("started", "")}
+        best = f"best {task.metric}"
+        if store.exists(store.join(exp, RESULTS_CSV)):
+            frame = load_results(exp)
+            counts = frame["status"].value_counts().to_dict()
+            values = frame[task.metric] if task.metric in frame else pd.Series(dtype=float)
+            row |= {
+                "status": "finished",
+                "trials": len(frame),
+                "detail": ", ".join(f"{v} {k}" for k, v in counts.items()),
+                best: values.max() if task.mode == "max" else values.min(),
+            }
+        else:
+            trials = sum(store.exists(store.join(exp, d, "result.json")) for d in store.subfolders(exp))
+            row |= {"status": "unfinished", "trials": trials, "detail": f"sweep resume {exp}", best: None}
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def started_now() -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S")

@@ -1,0 +1,157 @@
+"""The report's figures (matplotlib, Agg): each one a PNG in the report's ``figures/`` folder with a caption,
+collected in order by ``Figures``. Learning curves read each trial's ``progress.csv`` from the experiment."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from models.tasks import task_info
+from search.experiment import load_history
+from search.report.tables import families, family_rows
+
+
+@dataclass
+class Figures:
+    """PNG files written, by name, with a caption each."""
+
+    folder: Path
+    items: list[tuple[str, str]] = field(default_factory=list)
+
+    def save(self, fig, name: str, caption: str) -> None:
+        import matplotlib.pyplot as plt
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fig.savefig(self.folder / f"{name}.png", dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        self.items.append((name, caption))
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_learning_curves(figs: Figures, experiment: str, best: pd.DataFrame, task: str) -> None:
+    plt = _plt()
+    key = task_info(task).metric_name
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for j, (_, row) in enumerate(best.iterrows()):
+        h = load_history(experiment, row)
+        if h is None or h.empty:
+            continue
+        for ax, m in zip(axes, (key, "loss")):
+            for split, style in (("train", "--"), ("val", "-")):
+                if f"{split}_{m}" in h:
+                    label = f"{row['trial']} {split}"
+                    ax.plot(h["epoch"], h[f"{split}_{m}"], style, color=f"C{j}", marker=".", label=label)
+    for ax, m in zip(axes, (key, "loss")):
+        ax.set(xlabel="epoch", ylabel=m, title=f"{m}: train (dashed) vs validation")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    figs.save(fig, "learning_curves", "Learning curves of the best trial per family (train dashed, validation solid).")
+
+
+def plot_heatmaps(figs: Figures, agg: pd.DataFrame, task: str) -> None:
+    plt = _plt()
+    metric = task_info(task).metric
+    fams = families(agg)
+    fig, axes = plt.subplots(1, len(fams), figsize=(3.6 * len(fams), 3.2), squeeze=False)
+    for ax, family in zip(axes[0], fams):
+        part = family_rows(agg, family)
+        grid = part.pivot_table(index="lr", columns="dropout", values=metric, aggfunc="mean")
+        grid = grid.sort_index(ascending=False)[sorted(grid.columns, reverse=True)]
+        im = ax.imshow(grid.to_numpy(dtype=float), vmin=0, vmax=1, cmap="viridis")
+        ax.set_xticks(range(len(grid.columns)), [f"{c:g}" for c in grid.columns])
+        ax.set_yticks(range(len(grid.index)), [f"{i:g}" for i in grid.index])
+        for (r, c), v in np.ndenumerate(grid.to_numpy(dtype=float)):
+            ax.text(c, r, "–" if np.isnan(v) else f"{v:.2f}", ha="center", va="center", color="w", fontsize=8)
+        ax.set(xlabel="dropout", ylabel="learning rate", title=" / opt ".join(map(str, family)))
+    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label=metric)
+    figs.save(fig, "heatmap", f"Validation {metric} over learning rate × dropout, per family (– : no finite value).")
+
+
+def plot_epochs(figs: Figures, frame: pd.DataFrame, max_epochs: int) -> None:
+    plt = _plt()
+    colors = {"completed": "tab:green", "stopped": "tab:blue", "diverged": "tab:orange", "failed": "tab:red"}
+    fig, ax = plt.subplots(figsize=(8, 0.28 * len(frame) + 1.2))
+    ax.barh(range(len(frame)), frame["epochs"], color=[colors.get(s, "grey") for s in frame["status"]])
+    ax.set_yticks(range(len(frame)), frame["trial"], fontsize=7)
+    ax.axvline(max_epochs, color="k", lw=0.8, ls=":")
+    ax.invert_yaxis()
+    ax.set(xlabel="epochs run", title="Epochs per trial (ASHA stops the weak ones early)")
+    for i, (status, epochs) in enumerate(zip(frame["status"], frame["epochs"])):
+        if status in ("failed", "diverged"):
+            ax.text(epochs + 0.05, i, status, va="center", fontsize=7, color=colors[status])
+    from matplotlib.patches import Patch
+
+    ax.legend(handles=[Patch(color=c, label=s) for s, c in colors.items()], fontsize=7, loc="lower right")
+    figs.save(fig, "asha_epochs", "How many epochs each trial ran; the dotted line is the maximum.")
+
+
+def plot_best_classifier(figs: Figures, report: dict, classes: list[str], probs, labels) -> None:
+    from sklearn.metrics import roc_curve
+
+    plt = _plt()
+    cm = np.asarray(report["confusion_matrix"])
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    axes[0].imshow(cm, cmap="Blues")
+    axes[0].set_xticks(range(len(classes)), classes)
+    axes[0].set_yticks(range(len(classes)), classes)
+    for (r, c), v in np.ndenumerate(cm):
+        axes[0].text(c, r, str(v), ha="center", va="center", color="w" if v > cm.max() / 2 else "k")
+    axes[0].set(xlabel="predicted", ylabel="actual", title="Confusion matrix (test split)")
+    if probs is not None:
+        for k, name in enumerate(classes):
+            positives = labels == k
+            if 0 < positives.sum() < len(labels):
+                fpr, tpr, _ = roc_curve(positives, probs[:, k])
+                axes[1].plot(fpr, tpr, label=f"{name} (AUC {report['per_class'][name]['roc_auc']:.3f})")
+        axes[1].plot([0, 1], [0, 1], "k:", lw=0.8)
+        axes[1].legend(fontsize=8)
+    axes[1].set(xlabel="false positive rate", ylabel="true positive rate", title="One-vs-rest ROC (test split)")
+    figs.save(fig, "best_classifier", "Best classifier on the test split: confusion matrix and one-vs-rest ROC curves.")
+
+
+def plot_reliability(figs: Figures, probs, labels, temperature: float | None) -> None:
+    from models import stats
+
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4.5, 4.2))
+    ax.plot([0, 1], [0, 1], "k:", lw=0.8, label="perfectly calibrated")
+    curves = [("model", probs)]
+    if temperature is not None:
+        curves.append((f"temperature {temperature:.2f}", stats.apply_temperature(probs, temperature)))
+    for j, (name, p) in enumerate(curves):
+        r = stats.reliability(p, labels)
+        used = r["count"] > 0
+        label = f"{name} (ECE {stats.ece(p, labels):.3f})"
+        ax.plot(r["confidence"][used], r["accuracy"][used], "o-", color=f"C{j}", label=label)
+    ax.set(xlabel="confidence (top probability)", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1))
+    ax.set_title(f"Reliability, test split ({stats.ECE_BINS} bins)")
+    ax.legend(fontsize=8)
+    figs.save(fig, "reliability", "Best classifier: reliability diagram on the test split (ECE, 15 bins).")
+
+
+def plot_best_segmenter(figs: Figures, images, truth, predicted) -> None:
+    plt = _plt()
+    n = len(images)
+    fig, axes = plt.subplots(2, n, figsize=(1.8 * n, 3.8), squeeze=False)
+    for i in range(n):
+        for row, (mask, title) in enumerate(((truth[i], "ground truth"), (predicted[i], "predicted"))):
+            ax = axes[row][i]
+            ax.imshow(images[i])
+            ax.imshow(np.ma.masked_where(mask == 0, mask), cmap="autumn", alpha=0.45, vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_ylabel(title)
+    figs.save(fig, "best_segmenter", "Best segmenter on test images: ground truth (top) and predicted masks (bottom).")

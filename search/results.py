@@ -1,0 +1,133 @@
+"""Decisions over results, as pure functions of dicts and DataFrames: a trial's name, label and status, its best
+epoch, the best row (by a validation metric, overall or per group), and the study's row order.
+
+Selection is on validation metrics only: the test split is for reporting. Imports neither Ray nor the image stack.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import statistics
+from typing import Any
+
+import pandas as pd
+
+# Search axes beyond the study's four (model, option, lr, dropout), in table order, with their short label in trial
+# names ("" = the value alone). spec.TRAIN_AXES names the same axes per task.
+EXTRA_AXES = {
+    "optimizer": "",
+    "lr_schedule": "",
+    "weight_decay": "wd",
+    "batch_size": "bs",
+    "dense_units": "du",
+    "base_filters": "f",
+    "blocks": "b",
+}
+CONFIG_KEYS = ("model", "option", "lr", "dropout", *EXTRA_AXES, "repeat")  # a results row's configuration
+STATUSES = ("completed", "stopped", "diverged", "failed")  # from best to worst
+
+
+def _value(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
+
+
+def trial_name(config: dict[str, Any]) -> str:
+    """A trial's run name in TensorBoard, on disk and in the tables: model, option, lr, dropout and any other axis."""
+    option = f"-opt{config['option']}" if "option" in config else ""
+    repeat = f"-r{config['repeat']}" if "repeat" in config else ""
+    extra = "".join(f"-{label}{_value(config[k])}" for k, label in EXTRA_AXES.items() if k in config)
+    return f"{config['model']}{option}-lr{float(config['lr']):g}-do{float(config['dropout']):g}{extra}{repeat}"
+
+
+def trial_dirname(name: str, trial_id: str) -> str:
+    """The folder of trial ``name`` (``trial_name``) inside the experiment folder."""
+    return f"{name}-{trial_id}"
+
+
+def config_label(row: dict[str, Any] | pd.Series) -> str:
+    """A configuration in words, for sentences and summaries: "resnet50 option 2, lr 0.001, dropout 0.2, optimizer
+    adam" (every axis the row has; missing values left out)."""
+
+    def has(k: str) -> bool:
+        return k in row and row[k] is not None and not (isinstance(row[k], float) and math.isnan(row[k]))
+
+    head = f"{row['model']}" + (f" option {int(row['option'])}" if has("option") else "")
+    parts = [f"{k.replace('_', ' ')} {_value(row[k])}" for k in ("lr", "dropout", *EXTRA_AXES) if has(k)]
+    return ", ".join([head, *parts])
+
+
+def trial_status(error: bool, last: dict[str, Any], max_epochs: int) -> str:
+    """completed | stopped (early, by ASHA) | diverged | failed."""
+    if error:
+        return "failed"
+    if last.get("diverged"):
+        return "diverged"
+    return "completed" if int(last.get("epoch", 0)) >= max_epochs else "stopped"
+
+
+# "module.Name: message" as a traceback ends: the raised exception's own line.
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Warning)(\(\w+\))?: ")
+
+
+def error_line(error: BaseException | None) -> str:
+    """The raised exception's own line: Ray wraps it in a header and a remote traceback, and notes may follow it
+    (JAX adds "For simplicity, JAX has removed its internal frames ..."). The last line if none looks like one."""
+    lines = [line.strip() for line in str(error or "").splitlines() if line.strip()]
+    own = [line for line in lines if _EXCEPTION_LINE.match(line)]
+    return (own or lines or [""])[-1][:300]
+
+
+def first_epoch_overhead(epoch_seconds: list[float]) -> float | None:
+    """Seconds the first epoch took beyond a steady epoch (the median of the others): compilation, feature
+    extraction and warm-up. None with a single epoch, where nothing tells the two apart."""
+    if len(epoch_seconds) < 2:
+        return None
+    return max(0.0, epoch_seconds[0] - statistics.median(epoch_seconds[1:]))
+
+
+def best_epoch(history: pd.DataFrame | None, metric: str, mode: str = "max") -> dict[str, Any]:
+    """The epoch whose validation ``metric`` is best among finite, non-diverged epochs (selection on validation);
+    {} when there is none."""
+    if history is None or history.empty or metric not in history:
+        return {}
+    ok = history[(history.get("diverged", False) != True) & history[metric].notna()]  # noqa: E712
+    ok = ok[ok["train_loss"].map(math.isfinite)] if "train_loss" in ok else ok
+    best = best_by(ok, metric, mode)
+    return {} if best.empty else best.iloc[0].to_dict()
+
+
+def best_by(frame: pd.DataFrame, metric: str, mode: str = "max", by: str | list[str] | None = None) -> pd.DataFrame:
+    """Rows ranked by ``metric`` (``mode`` max or min), rows without a value left out: all of them, or with ``by``
+    the best row of each group. Best first; ties keep the frame's order (the study's order). Index kept."""
+    if mode not in ("max", "min"):
+        raise ValueError(f"mode must be 'max' or 'min', not {mode!r}")
+    if metric not in frame:
+        return frame.iloc[0:0]
+    ranked = frame[frame[metric].notna()].sort_values(metric, ascending=mode == "min", kind="stable")
+    if by is not None and not ranked.empty:
+        ranked = ranked.drop_duplicates(by, keep="first")
+    return ranked
+
+
+def best_row(frame: pd.DataFrame, metric: str, mode: str = "max") -> pd.Series | None:
+    """The single best row by ``metric``, or None when no row has a value."""
+    ranked = best_by(frame, metric, mode)
+    return None if ranked.empty else ranked.iloc[0]
+
+
+def study_order(frame: pd.DataFrame) -> tuple[list[str], list[bool]]:
+    """Sort keys of the study's tables: model, option, lr descending, dropout descending (0.4, 0.2, 0), any other
+    axis, repeat."""
+    keys = ["model", *(["option"] if "option" in frame else []), "lr", "dropout"]
+    ascending = [True] * (len(keys) - 2) + [False, False]
+    extra = [k for k in EXTRA_AXES if k in frame]
+    keys, ascending = [*keys, *extra], [*ascending, *[True] * len(extra)]
+    if "repeat" in frame:
+        keys, ascending = [*keys, "repeat"], [*ascending, True]
+    return keys, ascending
+
+
+def in_study_order(frame: pd.DataFrame) -> pd.DataFrame:
+    keys, ascending = study_order(frame)
+    return frame.sort_values(keys, ascending=ascending, ignore_index=True)

@@ -1,0 +1,89 @@
+"""The only place the test split is used: each trial's best checkpoint scored on it once the sweep has ended, as
+parallel Ray tasks (on the cluster's GPUs when trials had them)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from search import storage as store
+from search.spec import Study
+from search.trial import checkpoint_model, fold_member
+
+SHOWN_MASKS = 8  # test images whose predicted masks are kept for the report's figure
+
+
+def evaluate_checkpoint(
+    checkpoint_path: str,
+    task: str,
+    batch_size: int,
+    data,
+    compile_cache=None,
+    *,
+    tta: bool = False,
+    calibrate: bool = False,
+) -> tuple[dict, dict]:
+    """Test-split metrics of one checkpoint (the only place the test split is used), and what the report needs:
+    the test probabilities (classification) or the per-image Dice and the first predicted masks (segmentation).
+    ``compile_cache``: (backend, wanted, cache_dir) as the trials had it: checkpoints of one model share a compiled
+    program. ``tta``: also the metrics with test-time augmentation (``tta_*``). ``calibrate``: fit a temperature
+    on the validation split, ECE before and after (``calibration``)."""
+    import tempfile
+
+    from search import compile_cache as jax_cache
+
+    if compile_cache is not None:
+        jax_cache.enable_for(*compile_cache)
+    import numpy as np
+
+    from models import stats
+    from models.evaluation import per_image_dice, predict, report_from_probs
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model = checkpoint_model(store.download(checkpoint_path, tmp))
+    folds = data if isinstance(data, tuple) else (data,)
+    data = folds[0]  # every fold has the same test split
+    probs = predict(model, data.test.images, batch_size)
+    report = report_from_probs(data.test, probs, task, data.classes)
+    if tta:
+        tta_probs = predict(model, data.test.images, batch_size, tta=True)
+        with_tta = report_from_probs(data.test, tta_probs, task, data.classes)
+        report |= {f"tta_{k}": v for k, v in with_tta.items() if isinstance(v, float)}
+    if task == "classification" and calibrate:
+        val_probs, val_labels = _validation_probs(model, folds, batch_size)
+        temperature = stats.fit_temperature(val_probs, val_labels)
+        report["ece_calibrated"] = stats.ece(stats.apply_temperature(probs, temperature), data.test.labels)
+        fitted_on = "validation" if len(folds) == 1 else "out-of-fold validation (each fold model on its own fold)"
+        report["calibration"] = {"temperature": temperature, "fitted_on": fitted_on}
+    if task == "classification":
+        return report, {"probs": probs, "labels": data.test.labels.astype(np.int32)}
+    return report, {
+        "dice": per_image_dice(data.test.masks, probs[..., 0]),
+        "masks": (probs[:SHOWN_MASKS, ..., 0] >= 0.5).astype(np.uint8),
+    }
+
+
+def _validation_probs(model, folds: tuple, batch_size: int):
+    """Validation probabilities to calibrate on: the model's own, or for an ensemble of fold models each fold
+    model's on its own validation fold (out-of-fold: no image is scored by a model that trained on it)."""
+    import numpy as np
+
+    from models.evaluation import predict
+
+    if len(folds) == 1:
+        return predict(model, folds[0].val.images, batch_size), folds[0].val.labels
+    probs = [predict(fold_member(model, i), f.val.images, batch_size) for i, f in enumerate(folds)]
+    return np.concatenate(probs), np.concatenate([f.val.labels for f in folds])
+
+
+def evaluate_all(jobs: list[tuple[str, Any]], study: Study, datasets: dict, resources: dict) -> list:
+    """Evaluate checkpoints as parallel Ray tasks (on the cluster's GPUs when trials had them)."""
+    import ray
+
+    refs = {opt: ray.put(d) for opt, d in datasets.items()}
+    cpus, gpus = resources["cpus_per_trial"], resources["gpus_per_trial"]
+    task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=1)(evaluate_checkpoint)
+    cache = (study.train.backend, study.train.compile_cache, resources.get("cache_dir"))
+    options = {"tta": study.search.tta, "calibrate": study.train.calibrate}
+    return ray.get(
+        [task.remote(path, study.task, study.train.batch_size, refs[opt], cache, **options) for path, opt in jobs]
+    )
