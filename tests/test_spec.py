@@ -53,13 +53,14 @@ def test_every_problem_named_with_its_field(tmp_path):
     for expected in (
         "extra: unknown key",
         "space.color: unknown axis",
-        "space.model: 'resnet' is not a registered segmentation model; one of unet, unet_fpn, unet_fpn_gelu",
+        "space.model: 'resnet' is not a registered segmentation model; one of deeplabv3_plus, fcn8, unet, unet_fpn, "
+        "unet_fpn_gelu, unet_xception",
         "space.lr: learning rate 0.0 must be in (0, 10]",
         "space.dropout: dropout 1.5 must be in [0, 1)",
         "train.epochs: must be >= 1",
         "train.batch_size: expected int, got 'big'",
         "train.typo: unknown key",
-        "train.loss: 'categorical_crossentropy' is not one of binary_crossentropy, dice, bce_dice",
+        "train.loss: 'categorical_crossentropy' is not one of binary_crossentropy, bce, dice, focal, bce_dice",
         "data.data_dir:",
         "needs input_size divisible by 16",
         "scheduler.grace_period: 3 exceeds train.epochs 0",
