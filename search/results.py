@@ -23,6 +23,7 @@ EXTRA_AXES = {
     "dense_units": "du",
     "base_filters": "f",
     "blocks": "b",
+    "loss": "",
 }
 CONFIG_KEYS = ("model", "option", "lr", "dropout", *EXTRA_AXES, "repeat")  # a results row's configuration
 STATUSES = ("completed", "stopped", "diverged", "failed")  # from best to worst

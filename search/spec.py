@@ -5,7 +5,8 @@ Schema (every key optional unless marked):
   search      {algorithm: grid | random | optuna, num_samples: int, seed: int, repeats: int, folds: int, tta: bool}
   space       axis -> list (a grid; random/optuna sample it) | {loguniform: [lo, hi]} | {uniform: [lo, hi]}
               | {choice: [...]}. Axes: model (required), lr (required), dropout, option (classification), and
-              the train settings in TRAIN_AXES (optimizer, weight_decay, batch_size, lr_schedule, ...)
+              the train settings in TRAIN_AXES (optimizer, weight_decay, batch_size, lr_schedule, ...; loss for
+              segmentation, one of the task table's losses)
   train       batch_size, epochs, loss, weights, freeze_backbone, base_filters, blocks, dense_units, optimizer,
               weight_decay, lr_schedule, mixed_precision, backend, online_augmentation, fine_tune_*,
               feature_cache, compile_cache, calibrate
@@ -41,14 +42,24 @@ TRAIN_AXES = {
         "base_filters",
         "blocks",
     ),
-    "segmentation": ("optimizer", "weight_decay", "lr_schedule", "batch_size", "base_filters"),
+    "segmentation": ("optimizer", "weight_decay", "lr_schedule", "batch_size", "base_filters", "loss"),
 }
 AXES = {
     "classification": ("model", "option", "lr", "dropout", *TRAIN_AXES["classification"]),
     "segmentation": ("model", "lr", "dropout", *TRAIN_AXES["segmentation"]),
 }
 # Names and integers: a list or a choice, never a range (nobody would round a sampled batch size).
-DISCRETE_AXES = ("model", "option", "optimizer", "lr_schedule", "batch_size", "dense_units", "base_filters", "blocks")
+DISCRETE_AXES = (
+    "model",
+    "option",
+    "optimizer",
+    "lr_schedule",
+    "batch_size",
+    "dense_units",
+    "base_filters",
+    "blocks",
+    "loss",
+)
 MODEL_HYPERPARAMETERS = ("dense_units", "base_filters", "blocks")  # taken by some models only (the registry says)
 BACKENDS = ("tensorflow", "jax", "torch")
 TOP_KEYS = ("task", "search", "space", "train", "data", "scheduler", "resources", "presets")
@@ -278,7 +289,9 @@ def _check_axis(task: str, axis: str, values: Any, problems: list[str]) -> None:
             problems.append(f"{where}: dropout {v!r} must be in [0, 1)")
         elif axis == "option" and v not in (1, 2):
             problems.append(f"{where}: loading option {v!r} must be 1 or 2")
-        elif axis in TRAIN_AXES[task] and (p := _hp_problem(axis, v)):
+        elif axis == "loss" and v not in task_info(task).losses:
+            problems.append(f"{where}: {v!r} is not one of {', '.join(task_info(task).losses)} for {task}")
+        elif axis in TRAIN_AXES[task] and axis != "loss" and (p := _hp_problem(axis, v)):
             problems.append(f"{where}: {p}")
 
 

@@ -223,7 +223,7 @@ def _fold_epochs(config, info, train: Train, data, context: TrialContext, seed, 
             steps_per_epoch=steps_per_epoch,
             epochs=train.epochs,
         )
-        model.compile(optimizer=optimizer, loss=get_loss(study.loss), metrics=training_metrics(task))
+        model.compile(optimizer=optimizer, loss=get_loss(train.loss or study.loss), metrics=training_metrics(task))
 
     if saved is not None:
         model = keras.saving.load_model(saved, compile=True)
@@ -251,7 +251,7 @@ def _fold_epochs(config, info, train: Train, data, context: TrialContext, seed, 
         net, features, hits = head_on_features(
             model, info, splits, backend=train.backend, policy=str(policy), cache_dir=cache_dir
         )
-        net.compile(optimizer=model.optimizer, loss=get_loss(study.loss), metrics=training_metrics(task))
+        net.compile(optimizer=model.optimizer, loss=get_loss(train.loss or study.loss), metrics=training_metrics(task))
         x_train, x_val = features["train"], features["val"]
         extra |= {"feature_cache_hits": hits, "feature_seconds": time.perf_counter() - started}
 

@@ -20,6 +20,7 @@ from search.results import CONFIG_KEYS, EXTRA_AXES, STATUSES, best_by, config_la
 from search.spec import Study
 
 CONFIG = [k for k in CONFIG_KEYS if k != "repeat"]  # a configuration: the study's four axes and any other
+AXIS_HEADINGS = {"loss": "loss function"}  # an axis whose name is also a metric column's heading
 STUDY_NAMES = {"inception_resnet_v2": "InceptionResNetV2", "nasnet_large": "NASNetLarge"}  # others: same name
 # The study's reference columns for the side-by-side: ours -> (its column, scale to a fraction)
 REFERENCE_COLUMNS = {
@@ -118,7 +119,8 @@ def family_table(agg: pd.DataFrame, task: str, family: tuple, max_epochs: int) -
     out = pd.DataFrame({"lr": rows["lr"].map(lambda v: f"{v:g}"), "dropout": rows["dropout"].map(lambda v: f"{v:g}")})
     for axis in EXTRA_AXES:  # the study's other axes, when this sweep searched them
         if axis in rows:
-            out[axis] = rows[axis].map(lambda v: f"{v:g}" if isinstance(v, (int, float)) else str(v))
+            shown = rows[axis].map(lambda v: f"{v:g}" if isinstance(v, (int, float)) else str(v))
+            out[AXIS_HEADINGS.get(axis, axis)] = shown
     for heading, col in task_info(task).report_columns:
         std = rows[f"{col}_std"] if f"{col}_std" in rows else pd.Series(np.nan, index=rows.index)
         out[heading] = [_cell(m, s) for m, s in zip(rows.get(col, pd.Series(np.nan, index=rows.index)), std)]
@@ -373,3 +375,14 @@ def tta_table(best: pd.DataFrame, task: str) -> pd.DataFrame:
             out[f"{m}"], out[f"{m} (TTA)"] = row.get(f"test_{m}", np.nan), row.get(f"test_tta_{m}", np.nan)
         rows.append(out)
     return pd.DataFrame(rows)
+
+
+def binary_table(binary: dict) -> pd.DataFrame:
+    """The best classifier's binary metrics for its positive class (``models.evaluation.binary_report``): on the test
+    split at probability 0.5 and at the threshold Youden's J chose on validation."""
+    columns = ("threshold", "sensitivity", "specificity", "precision", "f1", "accuracy")
+    rows = [
+        {"operating point": "probability 0.5", **{k: binary[k] for k in columns}},
+        {"operating point": "Youden's J on validation", **{k: binary["at_youden"][k] for k in columns}},
+    ]
+    return pd.DataFrame(rows).assign(roc_auc=binary["roc_auc"])
