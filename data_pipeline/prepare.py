@@ -27,7 +27,8 @@ class DataConfig:
     color_on_black (data_pipeline.masks). ``preprocess``: ordered steps of data_pipeline.preprocess, each a name or
     ``{name: {param: value}}``, run on every image (and mask) before resizing. ``synthetic``: which embedded set
     (SYNTHETIC) a study reads when ``data_dir`` is null; ``synthetic_counts``: its images per class (empty: that
-    set's default)."""
+    set's default). ``positive_class``: of a two-class classification, the class binary metrics (sensitivity,
+    specificity, ROC AUC, ...) call positive; null: the second class in sorted order (``yes`` of ``no``/``yes``)."""
 
     task: str = "classification"
     data_dir: str | None = None  # a dataset folder, or a CSV manifest
@@ -45,6 +46,7 @@ class DataConfig:
     synthetic_counts: tuple[int, ...] = ()
     synthetic_size: int = 224
     preprocess: tuple = ()
+    positive_class: str | None = None
 
     def __post_init__(self):
         for name in ("preprocess", "synthetic_counts"):  # a list from YAML or JSON, kept as a tuple
@@ -73,7 +75,9 @@ class DataConfig:
         out += preprocess_steps.problems(self.preprocess)
         if self.synthetic not in SYNTHETIC:
             out.append(f"synthetic: {self.synthetic!r} is not one of {', '.join(SYNTHETIC)}")
-        elif self.synthetic_counts:
+        elif self.data_dir is None and (p := positive_problem(SYNTHETIC[self.synthetic].CLASSES, self.positive_class)):
+            out.append(p)
+        if self.synthetic in SYNTHETIC and self.synthetic_counts:
             classes = SYNTHETIC[self.synthetic].CLASSES
             counts = self.synthetic_counts
             if len(counts) != len(classes) or not all(isinstance(n, int) and n >= 1 for n in counts):
@@ -88,6 +92,27 @@ class DataConfig:
             if not (where.is_dir() or manifest_path(where)):
                 out.append(f"data_dir: {self.data_dir} does not exist (a dataset folder or a .csv manifest)")
         return out
+
+
+def positive_problem(classes: tuple[str, ...], positive_class: str | None) -> str | None:
+    """What is wrong with ``data.positive_class`` for these classes, or None."""
+    if positive_class is None:
+        return None
+    if len(classes) != 2:
+        return f"positive_class: {positive_class!r} needs two classes; this data has {len(classes)}: use null"
+    if positive_class in classes:
+        return None
+    return f"positive_class: {positive_class!r} is not one of the classes {', '.join(classes)}"
+
+
+def positive_index(classes: tuple[str, ...], positive_class: str | None = None) -> int | None:
+    """The index of the positive class of a two-class problem (``positive_class``, or the second class in sorted
+    order); None with any other number of classes. A class that is not there raises DataError."""
+    if p := positive_problem(classes, positive_class):
+        raise DataError(f"data.{p}: set data.positive_class to one of them")
+    if len(classes) != 2:
+        return None
+    return classes.index(positive_class) if positive_class is not None else classes.index(sorted(classes)[1])
 
 
 @dataclass(frozen=True)
@@ -200,6 +225,8 @@ def _load(cfg: DataConfig, cache_dir: str | Path | None):
 
 
 def _prepared(data: LoadedData, plan: SplitPlan, cfg: DataConfig) -> PreparedData:
+    if cfg.task == "classification":
+        positive_index(tuple(data.classes), cfg.positive_class)  # a class that is not there: stop before training
     splits = materialise(data, plan, cfg.seed)
     return PreparedData(
         classes=data.classes,

@@ -35,8 +35,9 @@ def evaluate_checkpoint(
         jax_cache.enable_for(*compile_cache)
     import numpy as np
 
+    from data_pipeline.prepare import positive_index
     from models import stats
-    from models.evaluation import per_image_dice, predict, report_from_probs
+    from models.evaluation import binary_report, per_image_dice, predict, report_from_probs
 
     with tempfile.TemporaryDirectory() as tmp:
         model = checkpoint_model(store.download(checkpoint_path, tmp))
@@ -48,8 +49,13 @@ def evaluate_checkpoint(
         tta_probs = predict(model, data.test.images, batch_size, tta=True)
         with_tta = report_from_probs(data.test, tta_probs, task, data.classes)
         report |= {f"tta_{k}": v for k, v in with_tta.items() if isinstance(v, float)}
-    if task == "classification" and calibrate:
+    positive = positive_index(data.classes, data.config.positive_class) if task == "classification" else None
+    if positive is not None or (task == "classification" and calibrate):
         val_probs, val_labels = _validation_probs(model, folds, batch_size)
+    if positive is not None:  # two classes: binary metrics of the positive class, its threshold chosen on validation
+        binary = binary_report(val_labels, val_probs, data.test.labels, probs, positive, data.classes[positive])
+        report |= binary_columns(binary) | {"binary": binary}
+    if task == "classification" and calibrate:
         temperature = stats.fit_temperature(val_probs, val_labels)
         report["ece_calibrated"] = stats.ece(stats.apply_temperature(probs, temperature), data.test.labels)
         fitted_on = "validation" if len(folds) == 1 else "out-of-fold validation (each fold model on its own fold)"
@@ -59,6 +65,21 @@ def evaluate_checkpoint(
     return report, {
         "dice": per_image_dice(data.test.masks, probs[..., 0]),
         "masks": (probs[:SHOWN_MASKS, ..., 0] >= 0.5).astype(np.uint8),
+    }
+
+
+BINARY_AT_HALF = ("roc_auc", "sensitivity", "specificity")  # of the positive class, at probability 0.5
+BINARY_AT_YOUDEN = ("sensitivity", "specificity", "precision", "f1", "accuracy")
+
+
+def binary_columns(binary: dict) -> dict[str, float]:
+    """The results columns (without ``test_``) of ``models.evaluation.binary_report``: ROC AUC, sensitivity and
+    specificity at 0.5, the threshold Youden's J chose on validation and the test metrics at it (``youden_*``)."""
+    at_youden = binary["at_youden"]
+    return {
+        **{k: binary[k] for k in BINARY_AT_HALF},
+        "youden_threshold": binary["youden_threshold"],
+        **{f"youden_{k}": at_youden[k] for k in BINARY_AT_YOUDEN},
     }
 
 

@@ -67,7 +67,7 @@ def _best_trial(
     """The best trial's own figures (confusion matrix, ROC, reliability; or its predicted masks) and, for a
     classifier, its per-class and calibration tables."""
     details = load_details(experiment)
-    out: dict[str, Any] = {"per_class": None, "calibration": None}
+    out: dict[str, Any] = {"per_class": None, "calibration": None, "binary": None, "binary_positive": None}
     if overall.empty or overall.iloc[0]["trial"] not in details:
         return out
     row = overall.iloc[0]
@@ -85,6 +85,8 @@ def _best_trial(
     return {
         "per_class": pd.DataFrame(report["per_class"]).T.rename_axis("class").reset_index(),
         "calibration": tab.calibration_table(row, report),
+        "binary": tab.binary_table(report["binary"]) if "binary" in report else None,
+        "binary_positive": report.get("binary", {}).get("positive_class"),
     }
 
 

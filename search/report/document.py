@@ -24,6 +24,10 @@ BOOTSTRAP_NOTE = (
     "a difference counts when p < 0.05 and the interval excludes 0."
 )
 TTA_NOTE = "Mean of the model's outputs over flips and 90° rotations, before thresholding."
+BINARY_NOTE = (
+    "Sensitivity is the positive class's recall, specificity the negative class's; the threshold is on the positive "
+    "class's probability, Youden's J (sensitivity + specificity - 1) maximised on the validation split."
+)
 FRACTIONS_NOTE = "Fractions; the study's percentages are divided by 100."
 
 
@@ -95,6 +99,9 @@ def sections(parts: dict[str, Any]) -> list[Section]:
     if parts["per_class"] is not None:
         title = f"Best classifier per class (test split): {parts['best_trial']}"
         out.append(Section(title, blocks=(Table(parts["per_class"]),)))
+    if parts["binary"] is not None:
+        title = f"Best classifier, positive class {parts['binary_positive']!r} (test split)"
+        out.append(Section(title, bullets=(BINARY_NOTE,), blocks=(Table(parts["binary"]),)))
     out.append(Section("Cost", blocks=(Table(parts["totals"]), Table(parts["cost"]))))
     figs = parts["figures"]
     out.append(Section("Figures", blocks=tuple(Figure(figs.folder / f"{n}.png", c) for n, c in figs.items)))
