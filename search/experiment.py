@@ -29,6 +29,7 @@ from search.spec import Study, study_from_record
 SWEEP_FILE = "sweep.json"
 RESULTS_CSV = "results.csv"
 RESULTS_JSON = "results.json"
+BASELINES_JSON = "baselines.json"  # segmentation: the classical baselines scored on the test split (no training)
 PREDICTIONS = "predictions.npz"  # per trial: test probabilities, or per-image Dice and a few predicted masks
 PACKAGES = (
     "ray",
@@ -90,6 +91,16 @@ def save_results(experiment: str, frame: pd.DataFrame, details: dict[str, Any], 
     store.write_bytes(store.join(experiment, PREDICTIONS), _npz(arrays))
     store.write_text(store.join(experiment, RESULTS_JSON), json.dumps(details, indent=2, default=float))
     store.write_text(store.join(experiment, RESULTS_CSV), in_study_order(frame).to_csv(index=False))
+
+
+def save_baselines(experiment: str, rows: list[dict[str, Any]]) -> None:
+    store.write_text(store.join(experiment, BASELINES_JSON), json.dumps(rows, indent=2, default=float))
+
+
+def load_baselines(experiment: str | Path) -> list[dict[str, Any]]:
+    """The classical baselines' test rows (``scoring.score_baselines``); [] when the sweep has none."""
+    path = store.join(store.normalize(experiment), BASELINES_JSON)
+    return json.loads(store.read_text(path)) if store.exists(path) else []
 
 
 def load_results(experiment: str | Path) -> pd.DataFrame:

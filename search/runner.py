@@ -28,7 +28,7 @@ from search.results import (
     trial_name,
     trial_status,
 )
-from search.scoring import SHOWN_MASKS, evaluate_all
+from search.scoring import SHOWN_MASKS, evaluate_all, score_baselines
 from search.spec import Study, param_space
 from search.trial import TrialContext, train_trial
 
@@ -326,7 +326,8 @@ def finalize(experiment_dir: str, grid, study: Study, datasets: dict) -> str:
         arrays |= {f"{rows[i]['trial']}/{k}": v for k, v in extra.items()}
     if study.task == "segmentation":  # the test images those masks belong to (one loading option for segmentation)
         first = next(iter(datasets.values()))
-        test = (first[0] if isinstance(first, tuple) else first).test
-        arrays |= {"images": test.images[:SHOWN_MASKS], "truth": test.masks[:SHOWN_MASKS]}
+        first = first[0] if isinstance(first, tuple) else first
+        arrays |= {"images": first.test.images[:SHOWN_MASKS], "truth": first.test.masks[:SHOWN_MASKS]}
+        exp.save_baselines(experiment_dir, score_baselines(first))
     exp.save_results(experiment_dir, pd.DataFrame(rows), details, arrays)
     return experiment_dir

@@ -96,6 +96,23 @@ def _validation_probs(model, folds: tuple, batch_size: int):
     return np.concatenate(probs), np.concatenate([f.val.labels for f in folds])
 
 
+def score_baselines(data) -> list[dict]:
+    """The classical segmentation baselines (models.baselines: no training), each fitted on the training split and
+    scored on the test split by the same code as the deep models; one JSON-ready row each."""
+    import numpy as np
+
+    from models import baselines
+    from models.evaluation import segmentation_report
+
+    rows = []
+    for name, baseline in baselines.BASELINES.items():
+        params = baselines.fit(name, data.train.images, data.train.masks)
+        predicted = baselines.predict(name, params, data.test.images).astype(np.float32)
+        report = segmentation_report(data.test.masks, predicted)
+        rows.append({"model": name, "description": baseline.description, "params": params, **report})
+    return rows
+
+
 def evaluate_all(jobs: list[tuple[str, Any]], study: Study, datasets: dict, resources: dict) -> list:
     """Evaluate checkpoints as parallel Ray tasks (on the cluster's GPUs when trials had them)."""
     import ray

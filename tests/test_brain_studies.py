@@ -145,3 +145,19 @@ def test_brain_mri_segmentation_smoke_sweep_searches_the_loss(brain_segmentation
         assert f"-{config['loss']}-" in trial_dir.name
     table = pd.read_csv(exp / "report" / "table_unet_xception.csv")
     assert sorted(table["loss function"]) == ["bce_dice", "dice"] and "loss" in table  # the axis and test loss
+    baselines = json.loads((exp / "baselines.json").read_text())
+    assert [b["model"] for b in baselines] == ["hsv_threshold", "kmeans"]
+    assert all(0 <= b["dice"] <= 1 and 0 <= b["boundary_f1"] <= 1 for b in baselines)
+    report = (exp / "report" / "report.md").read_text()
+    assert "What training adds: classical baselines" in report and report.count("baseline (no training)") == 2
+
+
+def test_baselines_table_puts_baselines_beside_each_models_best():
+    from search.report.tables import BASELINE_COLUMNS, baselines_table
+
+    baselines = [{"model": "kmeans", "dice": 0.25, "iou": 0.1}]
+    best = pd.DataFrame([{"trial": "unet-lr0.01-do0", **{f"test_{c}": 0.5 for c in BASELINE_COLUMNS}}])
+    table = baselines_table(baselines, best)
+    assert list(table["model"]) == ["kmeans", "unet-lr0.01-do0"]
+    assert list(table["kind"]) == ["baseline (no training)", "trained, chosen on validation"]
+    assert table.loc[0, "dice"] == 0.25 and np.isnan(table.loc[0, "recall"]) and table.loc[1, "dice"] == 0.5

@@ -16,7 +16,14 @@ import pandas as pd
 
 from search import storage as store
 from search.errors import SweepError
-from search.experiment import load_details, load_predictions, load_results, load_study, load_sweep
+from search.experiment import (
+    load_baselines,
+    load_details,
+    load_predictions,
+    load_results,
+    load_study,
+    load_sweep,
+)
 from search.report import figures as fig
 from search.report import tables as tab
 from search.report.document import render, sections
@@ -55,6 +62,7 @@ def build(experiment: str | Path, out: Path) -> dict[str, Any]:
         "comparisons": comparisons,
         "sentences": sentences,
         "tta": tab.tta_table(best, task) if study.search.tta else None,
+        "baselines": tab.baselines_table(baselines, best) if (baselines := load_baselines(experiment)) else None,
         "figures": figs,
         "best_trial": None if best.empty else best.iloc[0]["trial"],
         **_best_trial(experiment, study, sweep["data"], best.head(1), preds, figs),

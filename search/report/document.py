@@ -24,6 +24,10 @@ BOOTSTRAP_NOTE = (
     "a difference counts when p < 0.05 and the interval excludes 0."
 )
 TTA_NOTE = "Mean of the model's outputs over flips and 90° rotations, before thresholding."
+BASELINES_NOTE = (
+    "`hsv_threshold`: an HSV window from the training masks' foreground (the leukemia study's traditional approach); "
+    "`kmeans`: K-means on grey levels, k by silhouette, the brightest cluster. Fitted on the training split only."
+)
 BINARY_NOTE = (
     "Sensitivity is the positive class's recall, specificity the negative class's; the threshold is on the positive "
     "class's probability, Youden's J (sensitivity + specificity - 1) maximised on the validation split."
@@ -96,6 +100,9 @@ def sections(parts: dict[str, Any]) -> list[Section]:
         )
     )
     out += [Section(title, blocks=(Table(frame, highlight=True),)) for title, frame in parts["tables"].items()]
+    if parts["baselines"] is not None:
+        title = "What training adds: classical baselines beside each model's best (test split)"
+        out.append(Section(title, bullets=(BASELINES_NOTE,), blocks=(Table(parts["baselines"]),)))
     if parts["per_class"] is not None:
         title = f"Best classifier per class (test split): {parts['best_trial']}"
         out.append(Section(title, blocks=(Table(parts["per_class"]),)))

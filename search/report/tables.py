@@ -386,3 +386,24 @@ def binary_table(binary: dict) -> pd.DataFrame:
         {"operating point": "Youden's J on validation", **{k: binary["at_youden"][k] for k in columns}},
     ]
     return pd.DataFrame(rows).assign(roc_auc=binary["roc_auc"])
+
+
+BASELINE_COLUMNS = ("dice", "iou", "dice_per_image", "precision", "recall", "boundary_f1")
+
+
+def baselines_table(baselines: list[dict], best: pd.DataFrame) -> pd.DataFrame:
+    """The classical baselines (no training; fitted on the training split) beside each model's best trial (chosen on
+    validation), all scored on the test split by the same code."""
+    rows = [
+        {"model": b["model"], "kind": "baseline (no training)", **{c: b.get(c, np.nan) for c in BASELINE_COLUMNS}}
+        for b in baselines
+    ]
+    rows += [
+        {
+            "model": row["trial"],
+            "kind": "trained, chosen on validation",
+            **{c: row.get(f"test_{c}", np.nan) for c in BASELINE_COLUMNS},
+        }
+        for _, row in best.iterrows()
+    ]
+    return pd.DataFrame(rows, columns=["model", "kind", *BASELINE_COLUMNS])
