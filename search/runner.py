@@ -28,7 +28,7 @@ from search.results import (
     trial_name,
     trial_status,
 )
-from search.scoring import SHOWN_MASKS, evaluate_all, score_baselines
+from search.scoring import SHOWN_MASKS, evaluate_all, gradcam_of_best, score_baselines
 from search.spec import Study, param_space
 from search.trial import TrialContext, train_trial
 
@@ -329,5 +329,7 @@ def finalize(experiment_dir: str, grid, study: Study, datasets: dict) -> str:
         first = first[0] if isinstance(first, tuple) else first
         arrays |= {"images": first.test.images[:SHOWN_MASKS], "truth": first.test.masks[:SHOWN_MASKS]}
         exp.save_baselines(experiment_dir, score_baselines(first))
+    else:  # the best classifier's Grad-CAM heatmaps on a few test images per class, for the report
+        arrays |= gradcam_of_best(rows, study, datasets, sweep["resources"])
     exp.save_results(experiment_dir, pd.DataFrame(rows), details, arrays)
     return experiment_dir

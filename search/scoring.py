@@ -10,6 +10,7 @@ from search.spec import Study
 from search.trial import checkpoint_model, fold_member
 
 SHOWN_MASKS = 8  # test images whose predicted masks are kept for the report's figure
+GRADCAM_PER_CLASS = 2  # test images per class the report shows the best classifier's Grad-CAM heatmaps of
 
 
 def evaluate_checkpoint(
@@ -111,6 +112,49 @@ def score_baselines(data) -> list[dict]:
         report = segmentation_report(data.test.masks, predicted)
         rows.append({"model": name, "description": baseline.description, "params": params, **report})
     return rows
+
+
+def gradcam_examples(checkpoint_path: str, data, per_class: int = GRADCAM_PER_CLASS) -> dict:
+    """Grad-CAM heatmaps (models.gradcam, for the predicted class) of one checkpoint on the first ``per_class`` test
+    images of each class, with those images, their labels and predictions; {} for a model without a single feature
+    map (a k-fold ensemble)."""
+    import tempfile
+
+    import numpy as np
+
+    from models.classifiers import FEATURES
+    from models.evaluation import predict
+    from models.gradcam import gradcam
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model = checkpoint_model(store.download(checkpoint_path, tmp))
+    if FEATURES not in {layer.name for layer in model.layers}:
+        return {}
+    data = data[0] if isinstance(data, tuple) else data
+    labels = data.test.labels
+    index = np.concatenate([np.flatnonzero(labels == k)[:per_class] for k in range(len(data.classes))])
+    images = data.test.images[index]
+    return {
+        "gradcam_images": images,
+        "gradcam_labels": labels[index].astype(np.int32),
+        "gradcam_predicted": predict(model, images).argmax(-1).astype(np.int32),
+        "gradcam_heatmaps": gradcam(model, images).astype(np.float16),
+    }
+
+
+def gradcam_of_best(rows: list[dict], study: Study, datasets: dict, resources: dict) -> dict:
+    """``gradcam_examples`` of the best trial (chosen on validation) as a Ray task, as the test scoring runs."""
+    import pandas as pd
+    import ray
+
+    from search.results import best_row
+
+    best = best_row(pd.DataFrame(rows), study.metric, study.mode)
+    if best is None or not best.get("checkpoint"):
+        return {}
+    data = datasets[int(best.get("option", study.data.option))]
+    task = ray.remote(num_cpus=resources["cpus_per_trial"], num_gpus=resources["gpus_per_trial"])(gradcam_examples)
+    return ray.get(task.remote(best["checkpoint"], data))
 
 
 def evaluate_all(jobs: list[tuple[str, Any]], study: Study, datasets: dict, resources: dict) -> list:

@@ -90,6 +90,9 @@ def _best_trial(
     fig.plot_best_classifier(figs, report, data[option]["classes"], probs, labels)
     if probs is not None:
         fig.plot_reliability(figs, probs, labels, report.get("calibration", {}).get("temperature"))
+    if "gradcam_heatmaps" in preds:
+        heat = [preds[f"gradcam_{k}"] for k in ("images", "heatmaps", "labels", "predicted")]
+        fig.plot_gradcam(figs, *heat, data[option]["classes"])
     return {
         "per_class": pd.DataFrame(report["per_class"]).T.rename_axis("class").reset_index(),
         "calibration": tab.calibration_table(row, report),

@@ -155,3 +155,21 @@ def plot_best_segmenter(figs: Figures, images, truth, predicted) -> None:
             if i == 0:
                 ax.set_ylabel(title)
     figs.save(fig, "best_segmenter", "Best segmenter on test images: ground truth (top) and predicted masks (bottom).")
+
+
+def plot_gradcam(figs: Figures, images, heatmaps, labels, predicted, classes: list[str]) -> None:
+    """The best classifier's Grad-CAM heatmaps (for its predicted class) over a few test images of each class."""
+    plt = _plt()
+    n = len(images)
+    fig, axes = plt.subplots(1, n, figsize=(1.9 * n, 2.3), squeeze=False)
+    for ax, image, heat, label, guess in zip(axes[0], images, heatmaps, labels, predicted, strict=True):
+        ax.imshow(image)
+        ax.imshow(np.asarray(heat, np.float32), cmap="jet", alpha=0.4, vmin=0, vmax=1)
+        ax.set_title(f"{classes[label]} → {classes[guess]}", fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    caption = (
+        "Grad-CAM of the best classifier on test images (true class → predicted class): where the evidence for the "
+        "predicted class lies, red strongest."
+    )
+    figs.save(fig, "gradcam", caption)
