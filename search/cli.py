@@ -338,6 +338,9 @@ def _add_cluster_commands(sub) -> None:
     predict.add_argument("inputs", nargs="+", help="image files or folders of images")
     predict.add_argument("--out", type=Path, help="write predictions.csv (classification) or mask PNGs and overlays")
     predict.add_argument("--tta", action="store_true", help="test-time augmentation: mean over flips and 90° turns")
+    predict.add_argument(
+        "--gradcam", action="store_true", help="classification, with --out: a Grad-CAM heatmap PNG per image"
+    )
 
     evaluate = sub.add_parser("evaluate", help="re-compute an exported model's test metrics on its study's test split")
     evaluate.add_argument("model_dir", type=Path)
@@ -459,7 +462,10 @@ def _predict(args) -> int:
 
     from search.export import predict_images
 
-    frame = predict_images(args.model_dir, args.inputs, args.out, tta=args.tta)
+    if args.gradcam and not args.out:
+        print("sweep predict: --gradcam writes heatmap PNGs: give --out DIR", file=sys.stderr)
+        return 2
+    frame = predict_images(args.model_dir, args.inputs, args.out, tta=args.tta, gradcam=args.gradcam)
     with pd.option_context("display.width", 200, "display.max_colwidth", 60, "display.float_format", "{:.4f}".format):
         print(frame.to_string(index=False))
     if args.out:

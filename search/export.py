@@ -94,6 +94,7 @@ def export_manifest(
     summaries) and the trial's test report (``detail``, from results.json: its temperature when the study
     calibrates) (pure)."""
     import models
+    from data_pipeline import preprocess as preprocess_steps
 
     task = study.task
     info = models.get(row["model"])
@@ -113,6 +114,7 @@ def export_manifest(
             "input": f"RGB, {size}×{size}, values 0–255 (uint8 or float32); resize larger images with area "
             "interpolation",
             "input_size": size,
+            "steps": [dict(step) for step in preprocess_steps.resolve(study.data.preprocess)],  # data.preprocess
             "normalisation": info.preprocess,
             "mask_rule": data.get("mask_rule") if task == "segmentation" else None,  # how training masks were read
             "prediction_threshold": PREDICTION_THRESHOLD if task == "segmentation" else None,
@@ -269,6 +271,17 @@ class Predictions:
     foreground: np.ndarray | None = None  # segmentation: fraction of pixels predicted foreground (at S×S)
 
 
+def model_inputs(manifest: dict, originals: list[np.ndarray]) -> np.ndarray:
+    """Decoded images as the model was trained on them: a classifier's preprocessing steps (data.preprocess: crop,
+    musica, ...; exports made before they were recorded have none), then resized to the input size."""
+    from data_pipeline import preprocess as preprocess_steps
+    from data_pipeline.io import resize
+
+    steps = manifest["preprocessing"].get("steps") or () if manifest["task"] == "classification" else ()
+    size = manifest["preprocessing"]["input_size"]
+    return np.stack([resize(preprocess_steps.apply(steps, o)[0] if steps else o, size) for o in originals])
+
+
 def predict_arrays(model, manifest: dict, originals: list[np.ndarray], tta: bool = False) -> Predictions:
     """The one place predictions are made from decoded images (uint8 RGB, any size): each is resized as the
     training images were, the model runs (``tta``: averaged over flips and 90° rotations), a classifier's
@@ -276,10 +289,9 @@ def predict_arrays(model, manifest: dict, originals: list[np.ndarray], tta: bool
     the export's threshold."""
     import cv2
 
-    from data_pipeline.io import resize
     from models.evaluation import predict
 
-    probs = predict(model, np.stack([resize(o, manifest["preprocessing"]["input_size"]) for o in originals]), tta=tta)
+    probs = predict(model, model_inputs(manifest, originals), tta=tta)
     if manifest["task"] == "classification":
         if temperature(manifest) is not None:
             from models.stats import apply_temperature
@@ -295,17 +307,24 @@ def predict_arrays(model, manifest: dict, originals: list[np.ndarray], tta: bool
 
 
 def predict_images(
-    model_dir: str | Path, inputs: list[str | Path], out: str | Path | None = None, tta: bool = False
+    model_dir: str | Path,
+    inputs: list[str | Path],
+    out: str | Path | None = None,
+    tta: bool = False,
+    gradcam: bool = False,
 ) -> pd.DataFrame:
     """Predict every image; classification: label and probabilities per image (``out/predictions.csv``; calibrated
     when the export carries a temperature); segmentation: foreground fraction per image, and with ``out`` a mask
     PNG and an overlay PNG per image. ``tta``: average over flips and 90° rotations before thresholding.
-    All images are read and predicted before anything is written."""
+    ``gradcam`` (classification, with ``out``): a Grad-CAM heatmap of the predicted class over each image, as the
+    model saw it (``<image>_gradcam.png``). All images are read and predicted before anything is written."""
     import cv2
 
     from data_pipeline.io import read_rgb
 
     model, manifest = load_export(model_dir)
+    if gradcam and manifest["task"] != "classification":
+        raise SweepError(f"--gradcam explains a classifier; {model_dir} holds a {manifest['task']} model")
     paths = image_paths(inputs)
     originals = [read_rgb(p) for p in paths]  # a corrupt file fails here, naming its path, before any output
     pred = predict_arrays(model, manifest, originals, tta=tta)
@@ -317,6 +336,8 @@ def predict_images(
         if out is not None:
             Path(out).mkdir(parents=True, exist_ok=True)
             frame.to_csv(Path(out) / "predictions.csv", index=False)
+            if gradcam:
+                frame["gradcam"] = _write_gradcam(model, manifest, originals, _output_names(paths), Path(out))
         return frame
     names = _output_names(paths)
     frame = pd.DataFrame({"image": [str(p) for p in paths], "foreground": pred.foreground})
@@ -328,6 +349,20 @@ def predict_images(
             cv2.imwrite(str(out / f"{name}_overlay.png"), cv2.cvtColor(overlay(original, mask), cv2.COLOR_RGB2BGR))
         frame["mask"] = [str(out / f"{n}_mask.png") for n in names]
     return frame
+
+
+def _write_gradcam(model, manifest: dict, originals: list[np.ndarray], names: list[str], out: Path) -> list[str]:
+    """Grad-CAM overlays (models.gradcam) of the predicted class, one PNG per image; their paths."""
+    import cv2
+
+    from models.gradcam import gradcam, overlay
+
+    images = model_inputs(manifest, originals)
+    heatmaps = gradcam(model, images)
+    paths = [out / f"{name}_gradcam.png" for name in names]
+    for path, image, heat in zip(paths, images, heatmaps, strict=True):
+        cv2.imwrite(str(path), cv2.cvtColor(overlay(image, heat), cv2.COLOR_RGB2BGR))
+    return [str(p) for p in paths]
 
 
 def _output_names(paths: list[Path]) -> list[str]:
