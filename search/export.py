@@ -335,9 +335,9 @@ def predict_images(
         frame.insert(0, "image", [str(p) for p in paths])
         if out is not None:
             Path(out).mkdir(parents=True, exist_ok=True)
-            frame.to_csv(Path(out) / "predictions.csv", index=False)
             if gradcam:
                 frame["gradcam"] = _write_gradcam(model, manifest, originals, _output_names(paths), Path(out))
+            frame.to_csv(Path(out) / "predictions.csv", index=False)
         return frame
     names = _output_names(paths)
     frame = pd.DataFrame({"image": [str(p) for p in paths], "foreground": pred.foreground})

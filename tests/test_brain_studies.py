@@ -133,10 +133,11 @@ def test_brain_mri_smoke_sweep_scores_the_positive_class(brain_classification):
     assert frame["test_sensitivity"].between(0, 1).all() and frame["test_specificity"].between(0, 1).all()
     report = (exp / "report" / "report.md").read_text()
     assert "positive class 'yes' (test split)" in report and "Youden's J on validation" in report
-    # Grad-CAM of the best classifier: two test images per class, heatmaps in [0, 1] of the image's size, in the report
+    # Grad-CAM of the best classifier: up to two test images per class, heatmaps in [0, 1] of the image's size
     with np.load(exp / "predictions.npz") as z:
         images, heat, labels = z["gradcam_images"], z["gradcam_heatmaps"], z["gradcam_labels"]
-    assert list(labels) == [0, 0, 1, 1] and heat.shape == images.shape[:3] == (4, 32, 32)
+    assert list(labels) == sorted(labels) and set(labels) == {0, 1} and np.bincount(labels).max() <= 2
+    assert heat.shape == images.shape[:3] == (len(labels), 32, 32)
     assert heat.min() >= 0 and heat.max() <= 1
     assert (exp / "report" / "figures" / "gradcam.png").is_file() and "Grad-CAM of the best classifier" in report
 
