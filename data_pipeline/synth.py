@@ -19,7 +19,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from data_pipeline.errors import DataError
@@ -65,6 +64,8 @@ def _u(rng: np.random.Generator, lo_hi: tuple[float, float]) -> float:
 
 def _blob(size: int, cx: float, cy: float, r: float, rng: np.random.Generator, wobble: float, cleft: float):
     """A filled, wobbly closed outline as a bool mask; cleft carves a kidney-shaped indentation."""
+    import cv2
+
     theta = np.linspace(0, 2 * np.pi, 96, endpoint=False)
     radius = np.ones_like(theta)
     for k in (2, 3, 5):
@@ -81,6 +82,8 @@ def _blob(size: int, cx: float, cy: float, r: float, rng: np.random.Generator, w
 
 def render(class_name: str, index: int, size: int = 224, seed: int = 0) -> np.ndarray:
     """One synthetic smear image (uint8 RGB, size×size) of the given class."""
+    import cv2
+
     style = _STYLES[class_name]
     rng = np.random.default_rng([seed, CLASSES.index(class_name), index])
     s = size / 224.0
@@ -122,6 +125,8 @@ def render(class_name: str, index: int, size: int = 224, seed: int = 0) -> np.nd
 
 def segment(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The HSV threshold of the real set: (binary mask, Segmented image with the cells in their colours on black)."""
+    import cv2
+
     hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)
     mask = cv2.inRange(hsv, HSV_LOW, HSV_HIGH)
     mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)) > 0
@@ -147,6 +152,8 @@ def write_dataset(
 
     Written into a temporary folder beside ``out`` and renamed at the end, so an interrupted run leaves nothing.
     """
+    import cv2
+
     if len(counts) != len(CLASSES) or min(counts) < 1:
         raise DataError(f"counts must be {len(CLASSES)} positive numbers (for {', '.join(CLASSES)}), not {counts}")
     if size < 32:

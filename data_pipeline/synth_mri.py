@@ -22,7 +22,6 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from data_pipeline.errors import DataError
@@ -37,6 +36,8 @@ TWO_TUMOURS = 0.2  # share of tumour slices with two separate regions
 
 
 def _ellipse(size: int, cx: float, cy: float, ax: float, ay: float, angle: float) -> np.ndarray:
+    import cv2
+
     canvas = np.zeros((size, size), np.uint8)
     cv2.ellipse(canvas, (round(cx * 16), round(cy * 16)), (round(ax * 16), round(ay * 16)), angle, 0, 360, 1, -1,
                 cv2.LINE_AA, shift=4)  # fmt: skip
@@ -45,6 +46,8 @@ def _ellipse(size: int, cx: float, cy: float, ax: float, ay: float, angle: float
 
 def _blob(size: int, cx: float, cy: float, r: float, rng: np.random.Generator) -> np.ndarray:
     """An irregular closed outline (a few random harmonics of the radius), filled, as a bool mask."""
+    import cv2
+
     theta = np.linspace(0, 2 * np.pi, 128, endpoint=False)
     radius = np.ones_like(theta)
     for k in (2, 3, 4, 6):
@@ -56,12 +59,16 @@ def _blob(size: int, cx: float, cy: float, r: float, rng: np.random.Generator) -
 
 
 def _smooth_noise(rng: np.random.Generator, size: int, sigma: float) -> np.ndarray:
+    import cv2
+
     n = cv2.GaussianBlur(rng.normal(0, 1, (size, size)).astype(np.float32), (0, 0), sigma)
     return n / (n.std() + 1e-6)
 
 
 def render(class_name: str, index: int, size: int = 224, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """One slice: (uint8 grey image size×size, uint8 tumour mask {0, 1}); the mask is empty for ``no``."""
+    import cv2
+
     if class_name not in CLASSES:
         raise DataError(f"class must be one of {', '.join(CLASSES)}, not {class_name!r}")
     rng = np.random.default_rng([seed, 1000 + CLASSES.index(class_name), index])
@@ -131,6 +138,8 @@ def write_dataset(
     """Write no/ and yes/ (images and masks beside them) into ``out``, which must not hold a dataset yet.
 
     Written into a temporary folder beside ``out`` and renamed at the end, so an interrupted run leaves nothing."""
+    import cv2
+
     if len(counts) != len(CLASSES) or min(counts) < 1:
         raise DataError(f"counts must be {len(CLASSES)} positive numbers (for {', '.join(CLASSES)}), not {counts}")
     if size < 32:
