@@ -16,15 +16,12 @@ Deterministic: image i of class c depends on (seed, c, i) only.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from data_pipeline.errors import DataError
+from data_pipeline.synth import cached_set, write_atomically
 
 CLASSES = ("no", "yes")
 REAL_COUNTS = (98, 155)  # the Kaggle set, per class
@@ -140,51 +137,20 @@ def write_dataset(
     Written into a temporary folder beside ``out`` and renamed at the end, so an interrupted run leaves nothing."""
     import cv2
 
-    if len(counts) != len(CLASSES) or min(counts) < 1:
-        raise DataError(f"counts must be {len(CLASSES)} positive numbers (for {', '.join(CLASSES)}), not {counts}")
-    if size < 32:
-        raise DataError(f"size must be at least 32 pixels, not {size}")
-    out = Path(out).expanduser().resolve()
-    if out.exists() and any(out.iterdir()):
-        raise DataError(f"{out} exists and is not empty; choose a new folder or delete it first.")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
-    for c in CLASSES:
-        (tmp / c).mkdir()
-
-    def work(job: tuple[str, int]) -> None:
-        c, i = job
+    def write_one(tmp: Path, c: str, i: int) -> None:
         image, mask = render(c, i, size, seed)
         stem = file_stem(c, i)
+        (tmp / c).mkdir(exist_ok=True)
         for name, arr in ((f"{stem}.png", image), (f"{stem}_mask.png", mask * 255)):
             if not cv2.imwrite(str(tmp / c / name), arr):
                 raise OSError(f"could not write {tmp / c / name}")
 
-    try:
-        jobs = [(c, i) for c, n in zip(CLASSES, counts, strict=True) for i in range(n)]
-        with ThreadPoolExecutor(max_workers=workers or (os.cpu_count() or 1)) as pool:
-            list(pool.map(work, jobs))
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    return write_atomically(out, CLASSES, counts, size, write_one, workers)
 
 
 def embedded_dataset(
     counts: tuple[int, ...] = DEFAULT_COUNTS, size: int = 224, seed: int = 0, cache_dir: str | Path | None = None
 ) -> Path:
     """The synthetic MRI set for these parameters, generated once into the cache folder and reused."""
-    from data_pipeline.io import default_cache_dir
-
     name = f"brain-mri-v{STYLE_VERSION}-{'-'.join(map(str, counts))}-{size}px-seed{seed}"
-    root = Path(cache_dir or default_cache_dir()) / "synthetic" / name
-    if not (root / CLASSES[-1]).is_dir():
-        try:
-            write_dataset(root, counts, size, seed)
-        except DataError:
-            if not (root / CLASSES[-1]).is_dir():  # not another process winning the race: a real problem
-                raise
-    return root
+    return cached_set(name, CLASSES[-1], lambda root: write_dataset(root, counts, size, seed), cache_dir)
