@@ -1,30 +1,44 @@
 """Find, read, check, split, balance, augment and cache images and masks, whatever their layout and mask encoding.
-Never imports ``search``."""
+Never imports ``search``.
 
-from data_pipeline.checks import CheckReport, check
-from data_pipeline.errors import DataError
-from data_pipeline.io import LoadedData, load
-from data_pipeline.layout import LAYOUTS, DatasetIndex, scan
+Importing the package is light: each name below is imported from its module the first time it is used, so reading
+a ``DataConfig`` never loads OpenCV or albumentations.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+# A name that is also a module's (``prepare``) is imported here: Python sets a package's attribute to its submodule
+# once that is imported, which would hide a lazy function of the same name. prepare.py itself is light.
 from data_pipeline.prepare import DataConfig, PreparedData, Split, folds_summary, prepare, prepare_folds
-from data_pipeline.splits import SplitPlan, fold_plans, leakage_audit, plan_splits
 
-__all__ = [
-    "LAYOUTS",
-    "CheckReport",
+_WHERE = {
+    "CheckReport": "checks",
+    "check": "checks",
+    "DataError": "errors",
+    "LoadedData": "io",
+    "load": "io",
+    "LAYOUTS": "layout",
+    "DatasetIndex": "layout",
+    "scan": "layout",
+    "SplitPlan": "splits",
+    "fold_plans": "splits",
+    "leakage_audit": "splits",
+    "plan_splits": "splits",
+}
+__all__ = [  # the eager names, then the lazy ones
     "DataConfig",
-    "DataError",
-    "DatasetIndex",
-    "LoadedData",
     "PreparedData",
     "Split",
-    "SplitPlan",
-    "check",
-    "fold_plans",
     "folds_summary",
-    "leakage_audit",
-    "load",
-    "plan_splits",
     "prepare",
     "prepare_folds",
-    "scan",
+    *_WHERE,
 ]
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'data_pipeline' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"data_pipeline.{_WHERE[name]}"), name)

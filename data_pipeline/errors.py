@@ -9,3 +9,6 @@ class DataError(ValueError):
     def __init__(self, message: str, path: object = None) -> None:
         super().__init__(message)
         self.path = path  # the file or folder it is about, when there is one
+
+
+ON_BAD_IMAGE = ("skip", "fail")  # what a load does with an unreadable image: leave it out (listed), or refuse

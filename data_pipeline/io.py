@@ -22,10 +22,9 @@ import numpy as np
 
 from data_pipeline import masks as mask_rules
 from data_pipeline import preprocess
-from data_pipeline.errors import DataError
+from data_pipeline.errors import ON_BAD_IMAGE, DataError
 from data_pipeline.layout import DatasetIndex
 
-ON_BAD_IMAGE = ("skip", "fail")
 _CACHE_VERSION = 3
 
 

@@ -30,7 +30,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import cv2
 import numpy as np
 
 CROP_MODES = ("hard", "soft")
@@ -62,11 +61,15 @@ def _int(lo: int, hi: int):
 
 
 def _grey(image: np.ndarray) -> np.ndarray:
+    import cv2
+
     return cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
 
 
 def foreground(image: np.ndarray, mode: str = "hard") -> np.ndarray:
     """The thresholded object (uint8 {0, 255}) that ``crop`` takes the largest contour of."""
+    import cv2
+
     grey = _grey(image)
     side = min(grey.shape)
     if mode == "hard":  # blur, then Otsu's global threshold
@@ -83,6 +86,8 @@ def foreground(image: np.ndarray, mode: str = "hard") -> np.ndarray:
 def bounding_box(image: np.ndarray, mode: str = "hard", padding: float = 0.05) -> tuple[int, int, int, int] | None:
     """(x0, y0, x1, y1) of the largest outer contour's box, padded by ``padding`` × its longer side and kept inside
     the image; None when the threshold finds nothing."""
+    import cv2
+
     contours, _ = cv2.findContours(foreground(image, mode), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     if not contours:
         return None
@@ -107,6 +112,8 @@ def crop(image: np.ndarray, mask: np.ndarray | None = None, *, mode: str = "hard
 
 def background_mask(image: np.ndarray, level: int = 220, dilate: int = 1) -> np.ndarray:
     """bool HxW: the near-white regions that touch the image border, grown by ``dilate`` pixels."""
+    import cv2
+
     near_white = (_grey(image) >= level).astype(np.uint8)
     _, labels = cv2.connectedComponents(near_white, connectivity=8)
     border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
@@ -130,6 +137,8 @@ def clean_background(image: np.ndarray, mask: np.ndarray | None = None, *, level
 
 def laplacian_pyramid(grey: np.ndarray, levels: int) -> list[np.ndarray]:
     """[detail_0 (finest), ..., detail_{levels-1}, residual], float32; ``reconstruct`` inverts it exactly."""
+    import cv2
+
     current = grey.astype(np.float32)
     out = []
     for _ in range(levels):
@@ -141,6 +150,8 @@ def laplacian_pyramid(grey: np.ndarray, levels: int) -> list[np.ndarray]:
 
 
 def reconstruct(pyramid: list[np.ndarray]) -> np.ndarray:
+    import cv2
+
     current = pyramid[-1]
     for detail in reversed(pyramid[:-1]):
         current = cv2.pyrUp(current, dstsize=(detail.shape[1], detail.shape[0])) + detail

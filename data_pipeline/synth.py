@@ -19,7 +19,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from data_pipeline.errors import DataError
@@ -65,6 +64,8 @@ def _u(rng: np.random.Generator, lo_hi: tuple[float, float]) -> float:
 
 def _blob(size: int, cx: float, cy: float, r: float, rng: np.random.Generator, wobble: float, cleft: float):
     """A filled, wobbly closed outline as a bool mask; cleft carves a kidney-shaped indentation."""
+    import cv2
+
     theta = np.linspace(0, 2 * np.pi, 96, endpoint=False)
     radius = np.ones_like(theta)
     for k in (2, 3, 5):
@@ -81,6 +82,8 @@ def _blob(size: int, cx: float, cy: float, r: float, rng: np.random.Generator, w
 
 def render(class_name: str, index: int, size: int = 224, seed: int = 0) -> np.ndarray:
     """One synthetic smear image (uint8 RGB, size×size) of the given class."""
+    import cv2
+
     style = _STYLES[class_name]
     rng = np.random.default_rng([seed, CLASSES.index(class_name), index])
     s = size / 224.0
@@ -122,6 +125,8 @@ def render(class_name: str, index: int, size: int = 224, seed: int = 0) -> np.nd
 
 def segment(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The HSV threshold of the real set: (binary mask, Segmented image with the cells in their colours on black)."""
+    import cv2
+
     hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)
     mask = cv2.inRange(hsv, HSV_LOW, HSV_HIGH)
     mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)) > 0
@@ -147,34 +152,42 @@ def write_dataset(
 
     Written into a temporary folder beside ``out`` and renamed at the end, so an interrupted run leaves nothing.
     """
-    if len(counts) != len(CLASSES) or min(counts) < 1:
-        raise DataError(f"counts must be {len(CLASSES)} positive numbers (for {', '.join(CLASSES)}), not {counts}")
-    if size < 32:
-        raise DataError(f"size must be at least 32 pixels, not {size}")
+    import cv2
+
     if fmt not in FORMATS:
         raise DataError(f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+
+    def write_one(tmp: Path, c: str, i: int) -> None:
+        rgb = render(c, i, size, seed)
+        _, seg = segment(rgb)
+        name = file_name(c, i, fmt)
+        for folder, arr in ((ORIGINAL_DIR, rgb), (SEGMENTED_DIR, seg)):
+            (tmp / folder / c).mkdir(parents=True, exist_ok=True)
+            if not cv2.imwrite(str(tmp / folder / c / name), cv2.cvtColor(arr, cv2.COLOR_RGB2BGR)):
+                raise OSError(f"could not write {tmp / folder / c / name}")
+
+    return write_atomically(out, CLASSES, counts, size, write_one, workers)
+
+
+def write_atomically(
+    out, classes: tuple[str, ...], counts: tuple[int, ...], size: int, write_one, workers=None
+) -> Path:
+    """Check the counts and size, then call ``write_one(tmp, class, index)`` for every image (threads) into a
+    temporary folder beside ``out`` and rename it ``out`` at the end, so an interrupted run leaves nothing. ``out``
+    must not hold a dataset yet. Shared by every embedded set."""
+    if len(counts) != len(classes) or min(counts) < 1:
+        raise DataError(f"counts must be {len(classes)} positive numbers (for {', '.join(classes)}), not {counts}")
+    if size < 32:
+        raise DataError(f"size must be at least 32 pixels, not {size}")
     out = Path(out).expanduser().resolve()
     if out.exists() and any(out.iterdir()):
         raise DataError(f"{out} exists and is not empty; choose a new folder or delete it first.")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
-    jobs = [(c, i) for c, n in zip(CLASSES, counts, strict=True) for i in range(n)]
-    for c in CLASSES:
-        (tmp / ORIGINAL_DIR / c).mkdir(parents=True)
-        (tmp / SEGMENTED_DIR / c).mkdir(parents=True)
-
-    def work(job: tuple[str, int]) -> None:
-        c, i = job
-        rgb = render(c, i, size, seed)
-        _, seg = segment(rgb)
-        name = file_name(c, i, fmt)
-        for folder, arr in ((ORIGINAL_DIR, rgb), (SEGMENTED_DIR, seg)):
-            if not cv2.imwrite(str(tmp / folder / c / name), cv2.cvtColor(arr, cv2.COLOR_RGB2BGR)):
-                raise OSError(f"could not write {tmp / folder / c / name}")
-
+    jobs = [(c, i) for c, n in zip(classes, counts, strict=True) for i in range(n)]
     try:
         with ThreadPoolExecutor(max_workers=workers or (os.cpu_count() or 1)) as pool:
-            list(pool.map(work, jobs))
+            list(pool.map(lambda job: write_one(tmp, *job), jobs))
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)
@@ -188,15 +201,21 @@ def embedded_dataset(
     counts: tuple[int, ...] = DEFAULT_COUNTS, size: int = 224, seed: int = 0, cache_dir: str | Path | None = None
 ) -> Path:
     """The synthetic dataset for these parameters, generated once into the cache folder and reused."""
+    name = f"synthetic-v{STYLE_VERSION}-{'-'.join(map(str, counts))}-{size}px-seed{seed}"
+    return cached_set(name, ORIGINAL_DIR, lambda root: write_dataset(root, counts, size, seed), cache_dir)
+
+
+def cached_set(name: str, marker: str, write, cache_dir: str | Path | None = None) -> Path:
+    """``SWEEP_CACHE_DIR/synthetic/name``, written by ``write(root)`` the first time (``marker``: a folder that
+    exists once it is written; several processes may race to write it: the first rename wins)."""
     from data_pipeline.io import default_cache_dir
 
-    name = f"synthetic-v{STYLE_VERSION}-{'-'.join(map(str, counts))}-{size}px-seed{seed}"
     root = Path(cache_dir or default_cache_dir()) / "synthetic" / name
-    if not (root / ORIGINAL_DIR).is_dir():
+    if not (root / marker).is_dir():
         try:
-            write_dataset(root, counts, size, seed)
+            write(root)
         except DataError:
-            if not (root / ORIGINAL_DIR).is_dir():  # not another process winning the race: a real problem
+            if not (root / marker).is_dir():  # not another process winning the race: a real problem
                 raise
     return root
 

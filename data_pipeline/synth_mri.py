@@ -16,16 +16,12 @@ Deterministic: image i of class c depends on (seed, c, i) only.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from data_pipeline.errors import DataError
+from data_pipeline.synth import cached_set, write_atomically
 
 CLASSES = ("no", "yes")
 REAL_COUNTS = (98, 155)  # the Kaggle set, per class
@@ -37,6 +33,8 @@ TWO_TUMOURS = 0.2  # share of tumour slices with two separate regions
 
 
 def _ellipse(size: int, cx: float, cy: float, ax: float, ay: float, angle: float) -> np.ndarray:
+    import cv2
+
     canvas = np.zeros((size, size), np.uint8)
     cv2.ellipse(canvas, (round(cx * 16), round(cy * 16)), (round(ax * 16), round(ay * 16)), angle, 0, 360, 1, -1,
                 cv2.LINE_AA, shift=4)  # fmt: skip
@@ -45,6 +43,8 @@ def _ellipse(size: int, cx: float, cy: float, ax: float, ay: float, angle: float
 
 def _blob(size: int, cx: float, cy: float, r: float, rng: np.random.Generator) -> np.ndarray:
     """An irregular closed outline (a few random harmonics of the radius), filled, as a bool mask."""
+    import cv2
+
     theta = np.linspace(0, 2 * np.pi, 128, endpoint=False)
     radius = np.ones_like(theta)
     for k in (2, 3, 4, 6):
@@ -56,12 +56,16 @@ def _blob(size: int, cx: float, cy: float, r: float, rng: np.random.Generator) -
 
 
 def _smooth_noise(rng: np.random.Generator, size: int, sigma: float) -> np.ndarray:
+    import cv2
+
     n = cv2.GaussianBlur(rng.normal(0, 1, (size, size)).astype(np.float32), (0, 0), sigma)
     return n / (n.std() + 1e-6)
 
 
 def render(class_name: str, index: int, size: int = 224, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """One slice: (uint8 grey image size×size, uint8 tumour mask {0, 1}); the mask is empty for ``no``."""
+    import cv2
+
     if class_name not in CLASSES:
         raise DataError(f"class must be one of {', '.join(CLASSES)}, not {class_name!r}")
     rng = np.random.default_rng([seed, 1000 + CLASSES.index(class_name), index])
@@ -131,51 +135,22 @@ def write_dataset(
     """Write no/ and yes/ (images and masks beside them) into ``out``, which must not hold a dataset yet.
 
     Written into a temporary folder beside ``out`` and renamed at the end, so an interrupted run leaves nothing."""
-    if len(counts) != len(CLASSES) or min(counts) < 1:
-        raise DataError(f"counts must be {len(CLASSES)} positive numbers (for {', '.join(CLASSES)}), not {counts}")
-    if size < 32:
-        raise DataError(f"size must be at least 32 pixels, not {size}")
-    out = Path(out).expanduser().resolve()
-    if out.exists() and any(out.iterdir()):
-        raise DataError(f"{out} exists and is not empty; choose a new folder or delete it first.")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
-    for c in CLASSES:
-        (tmp / c).mkdir()
+    import cv2
 
-    def work(job: tuple[str, int]) -> None:
-        c, i = job
+    def write_one(tmp: Path, c: str, i: int) -> None:
         image, mask = render(c, i, size, seed)
         stem = file_stem(c, i)
+        (tmp / c).mkdir(exist_ok=True)
         for name, arr in ((f"{stem}.png", image), (f"{stem}_mask.png", mask * 255)):
             if not cv2.imwrite(str(tmp / c / name), arr):
                 raise OSError(f"could not write {tmp / c / name}")
 
-    try:
-        jobs = [(c, i) for c, n in zip(CLASSES, counts, strict=True) for i in range(n)]
-        with ThreadPoolExecutor(max_workers=workers or (os.cpu_count() or 1)) as pool:
-            list(pool.map(work, jobs))
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    return write_atomically(out, CLASSES, counts, size, write_one, workers)
 
 
 def embedded_dataset(
     counts: tuple[int, ...] = DEFAULT_COUNTS, size: int = 224, seed: int = 0, cache_dir: str | Path | None = None
 ) -> Path:
     """The synthetic MRI set for these parameters, generated once into the cache folder and reused."""
-    from data_pipeline.io import default_cache_dir
-
     name = f"brain-mri-v{STYLE_VERSION}-{'-'.join(map(str, counts))}-{size}px-seed{seed}"
-    root = Path(cache_dir or default_cache_dir()) / "synthetic" / name
-    if not (root / CLASSES[-1]).is_dir():
-        try:
-            write_dataset(root, counts, size, seed)
-        except DataError:
-            if not (root / CLASSES[-1]).is_dir():  # not another process winning the race: a real problem
-                raise
-    return root
+    return cached_set(name, CLASSES[-1], lambda root: write_dataset(root, counts, size, seed), cache_dir)

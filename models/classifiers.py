@@ -10,7 +10,7 @@ import keras
 import numpy as np
 from keras import layers
 
-from models.registry import FrozenBackbone, register
+from models.registry import CUSTOM_CNN_MAX_BLOCKS, FrozenBackbone, register
 
 BACKBONE = "backbone"  # the nested backbone model's name inside every classifier
 FEATURES = "pool"  # the layer whose output the head reads: what a frozen backbone's feature cache holds
@@ -218,7 +218,6 @@ for _name, _app, _file, _pre, _module in (
     _register_self_normalising(_name, _app, _file, _pre, _module)
 
 
-CUSTOM_CNN_MAX_BLOCKS = 6
 # Keras's default 0.99 needs hundreds of steps before the moving statistics that validation uses are the data's;
 # a from-scratch model on a small set takes ~10 steps an epoch.
 BN_MOMENTUM = 0.9

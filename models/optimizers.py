@@ -6,7 +6,10 @@ are saved inside a ``.keras`` checkpoint: a resumed trial continues its schedule
 
 from __future__ import annotations
 
-import keras
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import keras
 
 OPTIMIZERS = ("adam", "rmsprop", "sgd", "adamw")
 LR_SCHEDULES = ("constant", "cosine", "exponential")
@@ -17,6 +20,8 @@ COSINE_FLOOR = 0.01  # cosine: from lr down to lr × 0.01 at the last epoch
 
 def learning_rate(lr: float, schedule: str, *, steps_per_epoch: int, epochs: int):
     """``lr`` (constant) or a schedule over ``epochs`` epochs of ``steps_per_epoch`` optimizer steps."""
+    import keras
+
     if schedule == "constant":
         return lr
     if schedule == "cosine":
@@ -37,6 +42,8 @@ def build_optimizer(
 ) -> keras.optimizers.Optimizer:
     """Optimizer ``name`` at learning rate ``lr`` (under ``schedule``). ``weight_decay`` is Keras's decoupled weight
     decay, for every optimizer (adamw with 0 is adam); sgd uses momentum 0.9."""
+    import keras
+
     rate = learning_rate(lr, schedule, steps_per_epoch=steps_per_epoch, epochs=epochs)
     decay = weight_decay or None
     if name == "adam":

@@ -12,12 +12,15 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-
-import keras
+from typing import TYPE_CHECKING
 
 from models.tasks import TASKS
 
+if TYPE_CHECKING:
+    import keras
+
 MIXED_PRECISION = ("mixed_bfloat16", "mixed_float16")
+CUSTOM_CNN_MAX_BLOCKS = 6  # custom_cnn halves its input at each block; more would leave nothing of a small image
 
 
 class ModelError(ValueError):
@@ -135,6 +138,8 @@ def _dtype_policy(policy: str | None):
         return
     if policy not in MIXED_PRECISION:
         raise ModelError(f"mixed_precision must be null or one of {', '.join(MIXED_PRECISION)}, not {policy!r}")
+    import keras
+
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(policy)
     try:

@@ -36,7 +36,7 @@ def evaluate_checkpoint(
         jax_cache.enable_for(*compile_cache)
     import numpy as np
 
-    from data_pipeline.prepare import positive_index
+    from data_pipeline.config import positive_index
     from models import stats
     from models.evaluation import binary_report, per_image_dice, predict, report_from_probs
 

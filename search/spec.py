@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from data_pipeline import DataConfig
+from data_pipeline.config import DataConfig
 from models.tasks import TASKS, task_info
 
 ALGORITHMS = ("grid", "random", "optuna")
@@ -229,8 +229,8 @@ def _section(cls, raw: Any, where: str, problems: list[str]):
 
 def _hp_problem(key: str, v: Any) -> str | None:
     """What is wrong with value ``v`` of a train setting that can also be an axis, or None."""
-    from models.classifiers import CUSTOM_CNN_MAX_BLOCKS
     from models.optimizers import LR_SCHEDULES, OPTIMIZERS
+    from models.registry import CUSTOM_CNN_MAX_BLOCKS
 
     def positive_int(x):
         return isinstance(x, int) and not isinstance(x, bool) and x >= 1
@@ -251,7 +251,7 @@ def _hp_problem(key: str, v: Any) -> str | None:
     return None if ok(v) else f"{v!r} must be {allowed}"
 
 
-def _check_axis(task: str, axis: str, values: Any, problems: list[str]) -> None:
+def _check_axis(task: str, axis: str, values: Any, problems: list[str], here: bool = True) -> None:
     import models
 
     where = f"space.{axis}"
@@ -280,7 +280,7 @@ def _check_axis(task: str, axis: str, values: Any, problems: list[str]) -> None:
         problems.append(f"{where}: must be a non-empty list or a distribution, got {values!r}")
         return
     for v in values:
-        if axis == "model" and v not in models.list_models(task):
+        if axis == "model" and here and v not in models.list_models(task):
             valid = ", ".join(models.list_models(task))
             problems.append(f"{where}: {v!r} is not a registered {task} model; one of {valid}")
         elif axis == "lr" and not (isinstance(v, (int, float)) and 0 < v <= 10):
@@ -296,12 +296,14 @@ def _check_axis(task: str, axis: str, values: Any, problems: list[str]) -> None:
 
 
 def _validate(study: Study, problems: list[str], here: bool = True) -> None:
-    """Every problem of ``study``; ``here``: also what must exist on this machine to train (data folder, weights)."""
+    """Every problem of ``study``; ``here``: also what it takes to train it on this machine: its data folder, its
+    weights files, and models registered here that take its input size and axes (the model registry loads Keras, so
+    reading a finished sweep's results skips these)."""
     problems += _search_problems(study) + _train_problems(study) + _run_problems(study)
     problems += [
         f"data.{p}" for p in (study.data if here else dataclasses.replace(study.data, data_dir=None)).problems()
     ]
-    problems += _model_problems(study, here)
+    problems += _model_problems(study) if here else []
 
 
 def _search_problems(study: Study) -> list[str]:
@@ -376,7 +378,7 @@ def _run_problems(study: Study) -> list[str]:
     return problems
 
 
-def _model_problems(study: Study, here: bool) -> list[str]:
+def _model_problems(study: Study) -> list[str]:
     """What the study's models say about its input size, axes and weights (their registry entries)."""
     import models
 
@@ -395,7 +397,7 @@ def _model_problems(study: Study, here: bool) -> list[str]:
     deepest = max((b for b in blocks if isinstance(b, int)), default=t.blocks) if isinstance(blocks, list) else 0
     if "custom_cnn" in known and d.image_size < 2**deepest:
         problems.append(f"data.image_size: custom_cnn with blocks={deepest} needs >= {2**deepest}, got {d.image_size}")
-    for name in known if here and t.weights is not None else []:
+    for name in known if t.weights is not None else []:
         try:  # fail at load, not hours into a sweep; never downloads
             models.registry.resolve_weights(models.get(name), t.weights)
         except models.ModelError as exc:
@@ -417,7 +419,8 @@ def load_study(name_or_path: str, preset: str | None = None, overrides: dict[str
 
 def study_from_record(record: dict[str, Any], where: str = "the recorded study", here: bool = False) -> Study:
     """The ``Study`` a sweep recorded (``Study.to_dict``: sweep.json, an export's study.json), validated again by the
-    same schema as a study file. ``here``: also check the data folder and weights files exist on this machine."""
+    same schema as a study file. ``here``: also check what training it here needs (data folder, weights files, the
+    model registry), as resuming does; reading its results does not."""
     if not isinstance(record, dict) or "name" not in record:
         raise SpecError(f"{where}: not a recorded study (a mapping with name, task, space, ...): re-export the sweep")
     raw = {k: v for k, v in record.items() if k != "name"}
@@ -449,7 +452,7 @@ def _study(name: str, raw: dict[str, Any], here: bool = True) -> Study:
         if axis not in AXES[task]:
             problems.append(f"space.{axis}: unknown axis for {task}; allowed: {', '.join(AXES[task])}")
         else:
-            _check_axis(task, axis, space[axis], problems)
+            _check_axis(task, axis, space[axis], problems, here)
     for axis in ("model", "lr"):
         if axis not in space:
             problems.append(f"space.{axis}: required")

@@ -64,8 +64,8 @@ def test_a_trial_trains_with_its_own_loss():
 
 def test_positive_class_defaults_to_the_second_sorted_class_and_is_validated():
     from data_pipeline import DataConfig
+    from data_pipeline.config import positive_index
     from data_pipeline.errors import DataError
-    from data_pipeline.prepare import positive_index
 
     assert positive_index(("no", "yes")) == 1
     assert positive_index(("tumour", "healthy"), None) == 0  # sorted: healthy, tumour

@@ -127,7 +127,7 @@ def _start(backend: str, names: list[str]) -> subprocess.Popen:
 
 
 def _check(proc: subprocess.Popen, backend: str, names: list[str]) -> None:
-    out, err = proc.communicate(timeout=900)
+    out, err = proc.communicate(timeout=1400)
     assert proc.returncode == 0, err[-3000:]
     results = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     assert [r["model"] for r in results] == names
@@ -161,6 +161,7 @@ def _step_names(backend: str) -> list[str]:
     return [f"{n}:frozen" if n in STEP_FROZEN[backend] else n for n in models.list_models()]
 
 
+@pytest.mark.timeout(1500)  # a guard against a hang, not a speed target: about 10 minutes on 2 idle cores
 def test_every_model_trains_one_step_on_tensorflow_and_jax():
     """Each backend in fresh processes (the backend is fixed per process), side by side on the two cores; JAX's
     share, the longer one (every op compiled by XLA on first use), split between two processes: its classifiers,

@@ -249,14 +249,22 @@ def test_markdown_html_and_latex_carry_the_same_sections_tables_and_figures(tmp_
     assert "<strong>" not in text["html"] and "**" not in text["html"]  # a leak-free sweep: no warning in bold
 
 
-def test_the_report_imports_neither_ray_nor_a_deep_learning_framework():
+def test_reading_results_imports_neither_ray_nor_a_framework_nor_the_image_stack(tmp_path):
+    """`sweep report` and `sweep ls` of a finished sweep (its recorded study validated again) in a fresh interpreter."""
     import subprocess
     import sys
 
-    heavy = ("ray", "ray.tune", "keras", "tensorflow", "jax", "torch")
-    code = f"import sys, search.report, search.headline; print([m for m in {heavy!r} if m in sys.modules])"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
-    assert out.stdout.strip() == "[]", out.stdout + out.stderr[-2000:]
+    experiment = _experiment(tmp_path / "exp")
+    heavy = ("ray", "ray.tune", "keras", "tensorflow", "jax", "torch", "cv2", "albumentations")
+    code = (
+        "import sys\nfrom search.cli import main\n"
+        f"assert main(['report', {str(experiment)!r}, '--out', {str(tmp_path / 'r')!r}]) == 0\n"
+        f"assert main(['ls', '--storage', {str(tmp_path)!r}]) == 0\n"
+        f"print([m for m in {heavy!r} if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout + out.stderr[-2000:]
+    assert (tmp_path / "r" / "report.html").is_file()
 
 
 def test_the_headline_puts_the_winner_next_to_a_model_that_learned_nothing():

@@ -196,3 +196,10 @@ def test_a_recorded_study_is_validated_again_when_it_is_read(tmp_path):
     assert study_from_record(gone).data.data_dir == str(tmp_path / "moved")
     with pytest.raises(SpecError, match=r"data\.data_dir"):
         study_from_record(gone, here=True)
+
+
+def test_every_searchable_train_setting_has_a_label_in_trial_names():
+    from search.results import EXTRA_AXES
+    from search.spec import TRAIN_AXES
+
+    assert set(EXTRA_AXES) == {axis for axes in TRAIN_AXES.values() for axis in axes}
