@@ -124,7 +124,10 @@ def _parse_set(items: list[str]) -> dict:
 
 def _add_study_options(run, storage_default: str, storage_help: str) -> None:
     """The options `run` and `submit` share: which study, which data, where, how many resources."""
-    run.add_argument("study", help="a built-in study (classification, segmentation) or a study .yaml file")
+    run.add_argument(
+        "study",
+        help="a built-in study (classification, segmentation, brain_mri, brain_mri_segmentation) or a study .yaml file",
+    )
     run.add_argument("--preset", help="a preset of the study, e.g. smoke (tiny, fast)")
     run.add_argument(
         "--data-dir", help="dataset folder or CSV manifest (layouts: see the README); default: embedded synthetic set"

@@ -7,7 +7,7 @@ from search.spec import SpecError, builtin_studies, load_study, param_space
 
 
 def test_builtin_studies_are_the_papers_grids():
-    assert builtin_studies() == ["classification", "segmentation"]
+    assert builtin_studies() == ["brain_mri", "brain_mri_segmentation", "classification", "segmentation"]
     seg = load_study("segmentation")
     n = 1
     for axis in ("model", "lr", "dropout"):
@@ -85,7 +85,8 @@ def test_distributions_for_random_and_optuna(tmp_path):
 
 
 def test_unknown_study_and_preset():
-    with pytest.raises(SpecError, match="use a built-in study \\(classification, segmentation\\)"):
+    studies = "brain_mri, brain_mri_segmentation, classification, segmentation"
+    with pytest.raises(SpecError, match=rf"use a built-in study \({studies}\)"):
         load_study("classifcation")
     with pytest.raises(SpecError, match="no preset 'tiny'; presets: smoke"):
         load_study("segmentation", "tiny")
