@@ -63,6 +63,8 @@ TASK_TABLE: dict[str, TaskInfo] = {
             ("Dice", "test_dice"),
             ("IoU (study def.)", "test_study_iou"),
             ("Dice (study def.)", "test_study_dice"),
+            ("boundary F1", "test_boundary_f1"),  # tolerance 2 px, mean over images
+            ("Dice, 2+ regions", "test_dice_multi_region"),  # images with two or more tumour regions (seed 003)
             ("val Dice", "val_dice"),
         ),
         output="per-pixel foreground probability (sigmoid), one channel",
