@@ -484,7 +484,8 @@ def _evaluate(args) -> int:
     for key, value in now.items():
         if isinstance(value, float):
             before = recorded.get(key)
-            print(f"{key:<16}{value:>10.4f}{before if before is None else format(before, '.4f'):>12}")
+            shown = "–" if before is None else format(before, ".4f")  # None: not recorded, or not finite (NaN)
+            print(f"{key:<16}{value:>10.4f}{shown:>12}")
     return 0
 
 

@@ -71,6 +71,9 @@ def head(tmp_path_factory):
             f"--port={port}",
             "--dashboard-host=127.0.0.1",
             f"--dashboard-port={dash}",
+            # Its agent's HTTP port too: Ray's default (52365) may be held by another Ray instance on this machine,
+            # and then the head never takes a job ("No available agent to submit job").
+            f"--dashboard-agent-listen-port={_free_port()}",
             "--num-cpus=2",
             "--disable-usage-stats",
             f"--temp-dir={temp}",
