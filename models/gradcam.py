@@ -15,6 +15,11 @@ import numpy as np
 from models.classifiers import FEATURES
 
 
+def has_map(model: keras.Model) -> bool:
+    """Whether Grad-CAM can look inside ``model``: a classifier with one ``pool`` layer (a k-fold ensemble has none)."""
+    return FEATURES in {layer.name for layer in model.layers}
+
+
 def split_at_map(model: keras.Model) -> tuple[keras.Model, keras.Model]:
     """(extractor, head): image -> the feature map the ``pool`` layer reads, and that map -> probabilities. The head
     reuses the classifier's own layers (shared weights)."""

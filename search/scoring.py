@@ -122,13 +122,12 @@ def gradcam_examples(checkpoint_path: str, data, per_class: int = GRADCAM_PER_CL
 
     import numpy as np
 
-    from models.classifiers import FEATURES
     from models.evaluation import predict
-    from models.gradcam import gradcam
+    from models.gradcam import gradcam, has_map
 
     with tempfile.TemporaryDirectory() as tmp:
         model = checkpoint_model(store.download(checkpoint_path, tmp))
-    if FEATURES not in {layer.name for layer in model.layers}:
+    if not has_map(model):
         return {}
     data = data[0] if isinstance(data, tuple) else data
     labels = data.test.labels
