@@ -133,3 +133,44 @@ def test_truncated_jpeg_detected(tmp_path, cache_dir):
     path.write_bytes(path.read_bytes()[:-300])
     data = load(scan(tmp_path), 32, cache_dir=cache_dir)
     assert data.skipped == (("a/cut.jpg", f"{path}: truncated JPEG (no end-of-image marker)"),)
+
+
+def _two_classes(root, per_class=2):
+    for cls, value in (("a", 60), ("b", 200)):
+        for i in range(per_class):
+            _write(root / cls / f"{cls}{i}.png", _rgb(value=(value, i * 40, 30)))
+
+
+def test_symlinked_folders_and_files_count_once(tmp_path):
+    store = tmp_path / "store"
+    _two_classes(store)
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "a").symlink_to(store / "a", target_is_directory=True)  # a linked class folder
+    (root / "b").mkdir()
+    for f in sorted((store / "b").iterdir()):
+        (root / "b" / f.name).symlink_to(f)  # linked files, each once
+    index = scan(root)
+    assert index.counts() == {"a": 2, "b": 2}
+    assert len({p.resolve() for p in index.images}) == len(index) == 4
+
+
+@pytest.mark.parametrize(
+    "link, target",
+    [
+        ("a/loop", ".."),  # the loop: 2 files had become 82 images
+        ("a/self", "."),
+        ("b/also_a", "../a"),  # one real folder under two classes
+        ("b/b0_again.png", "../a/a0.png"),  # one real image under two classes
+    ],
+)
+def test_a_second_path_to_one_folder_or_image_is_refused(tmp_path, link, target):
+    _two_classes(tmp_path / "data")
+    root = tmp_path / "data"
+    (root / link).symlink_to(target)
+    before = tree_state(tmp_path)
+    with pytest.raises(DataError, match="reached through a symbolic link") as err:
+        scan(root)
+    message = str(err.value)
+    assert "\n" not in message and str(root / link) in message
+    assert tree_state(tmp_path) == before
