@@ -135,6 +135,31 @@ def test_truncated_jpeg_detected(tmp_path, cache_dir):
     assert data.skipped == (("a/cut.jpg", f"{path}: truncated JPEG (no end-of-image marker)"),)
 
 
+def _too_many_pixels(path):
+    """A real, small PNG whose header says 50000x50000: more pixels than OpenCV decodes (CV_IO_MAX_IMAGE_PIXELS)."""
+    import struct
+    import zlib
+
+    data = bytearray(cv2.imencode(".png", np.zeros((4, 4, 3), np.uint8))[1].tobytes())
+    data[16:24] = struct.pack(">II", 50_000, 50_000)  # IHDR width, height
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))  # its CRC, so the header is valid
+    path.write_bytes(bytes(data))
+
+
+def test_an_image_opencv_refuses_is_a_bad_image(tmp_path, cache_dir):
+    root = tmp_path / "data"
+    _two_classes(root)
+    huge = root / "a" / "huge.png"
+    _too_many_pixels(huge)
+    data = load(scan(root), 32, cache_dir=cache_dir)  # on_bad_image: skip
+    assert len(data.images) == 4 and [name for name, _ in data.skipped] == ["a/huge.png"]
+    assert data.skipped[0][1].startswith(f"{huge}: OpenCV refuses to decode it")
+    with pytest.raises(DataError, match="1 unreadable image") as err:
+        load(scan(root), 32, on_bad_image="fail", use_cache=False)
+    assert str(huge) in str(err.value) and "\n" not in str(err.value)
+    assert [p["path"] for p in check(scan(root)).problems] == [str(huge)]
+
+
 def _two_classes(root, per_class=2):
     for cls, value in (("a", 60), ("b", 200)):
         for i in range(per_class):
