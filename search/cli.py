@@ -69,7 +69,9 @@ def _data_synth(args) -> int:
         try:
             counts = tuple(int(c) for c in args.counts.split(","))
         except ValueError:
-            raise SystemExit(f"error: --counts must be comma-separated integers, got {args.counts!r}") from None
+            from search.errors import SweepError
+
+            raise SweepError(f"--counts must be comma-separated integers, got {args.counts!r}") from None
     else:
         counts = synth.DEFAULT_COUNTS
     root = synth.write_dataset(args.out, counts, args.size, args.seed, args.format)
