@@ -140,6 +140,12 @@ def _walk(folder: Path) -> list[Path]:
     return walk(folder)
 
 
+def _quoted(text: str) -> str:
+    """A name from a user's file as shown in a message: as written, or quoted when it holds a line break or a
+    control character, so the message stays one line."""
+    return text if text.isprintable() else repr(text)
+
+
 def _raise(problems: list[tuple[Path, str]], what: str, fix: str) -> None:
     """One DataError for every problem found: one line for one problem, a list (first few shown) for several."""
     if len(problems) == 1:
@@ -352,8 +358,8 @@ def _read_csv(root: Path, want_masks: bool) -> _Found:
     missing = [c for c in need if c not in frame.columns]
     if missing:
         raise DataError(
-            f"{csv} has no column {', '.join(missing)} (columns: {', '.join(frame.columns)}); a manifest has "
-            "columns image, and label (classification) and/or mask (segmentation)"
+            f"{csv} has no column {', '.join(missing)} (columns: {', '.join(map(_quoted, frame.columns))}); a "
+            "manifest has columns image, and label (classification) and/or mask (segmentation)"
         )
     if frame.empty:
         raise DataError(f"{csv} has a header but no rows: list one image per row")
