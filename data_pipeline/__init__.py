@@ -8,6 +8,12 @@ a ``DataConfig`` never loads OpenCV or albumentations.
 from __future__ import annotations
 
 import importlib
+import os
+
+# Nothing is downloaded at run time: albumentations asks PyPI for a newer version at every import (2 s timeout) unless
+# told not to. Set here, before any module of the package can import it, so the CLI, every Ray worker (on any node)
+# and every submitted job have it; a user's own setting is kept.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 # A name that is also a module's (``prepare``) is imported here: Python sets a package's attribute to its submodule
 # once that is imported, which would hide a lazy function of the same name. prepare.py itself is light.

@@ -57,9 +57,13 @@ def _check_complete(data: bytes, where: object, suffix: str) -> None:
 
 
 def _decode_bytes(data: bytes, flags: int, where: object) -> np.ndarray:
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    path = where if isinstance(where, Path) else None
+    try:
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    except cv2.error as exc:  # OpenCV refuses some files outright: more pixels than CV_IO_MAX_IMAGE_PIXELS, odd formats
+        raise BadImageError(f"{where}: OpenCV refuses to decode it ({exc.err})", path) from None
     if img is None:
-        raise BadImageError(f"{where}: not a decodable image", where if isinstance(where, Path) else None)
+        raise BadImageError(f"{where}: not a decodable image", path)
     return img
 
 
@@ -211,8 +215,8 @@ def load(
         **({"preprocess": steps} if steps else {}),
     )
     entry = Path(cache_dir or default_cache_dir()) / "decoded" / fp
-    if use_cache and (entry / "meta.json").is_file():
-        data = _read_cache(entry, index, fp)
+    data = _read_cache(entry, fp) if use_cache and entry.is_dir() else None
+    if data is not None:
         if data.skipped and on_bad_image == "fail":  # cached by a load that skipped them: "fail" still fails
             _refuse_unreadable([reason for _, reason in data.skipped])
         return data
@@ -284,20 +288,29 @@ def _write_cache(entry: Path, data: LoadedData) -> None:
         shutil.rmtree(tmp, ignore_errors=True)  # another process won the race, or the disk is full: not fatal
 
 
-def _read_cache(entry: Path, index: DatasetIndex, fp: str) -> LoadedData:
-    meta = json.loads((entry / "meta.json").read_text())
-    masks = None
-    if (entry / "masks.npy").is_file():
-        masks = np.unpackbits(np.load(entry / "masks.npy"), axis=-1, count=meta["mask_width"])
-    return LoadedData(
-        classes=tuple(meta["classes"]),
-        images=np.load(entry / "images.npy"),
-        labels=np.load(entry / "labels.npy"),
-        masks=masks,
-        names=tuple(meta["names"]),
-        skipped=tuple(tuple(s) for s in meta["skipped"]),
-        fingerprint=fp,
-        from_cache=True,
-        layout=meta["layout"],
-        mask_rule=meta["mask_rule"],
-    )
+def _read_cache(entry: Path, fp: str) -> LoadedData | None:
+    """The cached arrays, or None when the entry is damaged (a truncated or missing file, a disk error): then it is
+    removed, so the load decodes the images again and writes a whole entry in its place."""
+    try:
+        meta = json.loads((entry / "meta.json").read_text())
+        masks = None
+        if (entry / "masks.npy").is_file():
+            masks = np.unpackbits(np.load(entry / "masks.npy"), axis=-1, count=meta["mask_width"])
+        data = LoadedData(
+            classes=tuple(meta["classes"]),
+            images=np.load(entry / "images.npy"),
+            labels=np.load(entry / "labels.npy"),
+            masks=masks,
+            names=tuple(meta["names"]),
+            skipped=tuple(tuple(s) for s in meta["skipped"]),
+            fingerprint=fp,
+            from_cache=True,
+            layout=meta["layout"],
+            mask_rule=meta["mask_rule"],
+        )
+        if len({len(data.images), len(data.labels), len(data.names), *([] if masks is None else [len(masks)])}) > 1:
+            raise ValueError("arrays of different lengths")
+        return data
+    except (OSError, ValueError, EOFError, KeyError, TypeError):
+        shutil.rmtree(entry, ignore_errors=True)
+        return None

@@ -85,10 +85,20 @@ def _is_image(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".") and path.is_file()
 
 
+def _entries(folder: Path) -> list[Path]:
+    """What folder holds, sorted; a folder that cannot be listed (permissions, a vanished mount) is a DataError."""
+    try:
+        return sorted(folder.iterdir())
+    except OSError as exc:
+        raise DataError(
+            f"{folder}: cannot be listed ({exc.strerror}); give this user read access to it, or remove it", folder
+        ) from None
+
+
 def _visible_dirs(folder: Path) -> list[Path]:
-    return sorted(
-        p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name.lower() not in IGNORED_DIRS
-    )
+    return [
+        p for p in _entries(folder) if p.is_dir() and not p.name.startswith(".") and p.name.lower() not in IGNORED_DIRS
+    ]
 
 
 def _child(folder: Path, name: str) -> Path | None:
@@ -97,16 +107,43 @@ def _child(folder: Path, name: str) -> Path | None:
 
 
 def _walk(folder: Path) -> list[Path]:
-    """Every image under folder, recursively, in sorted order, skipping hidden files and zip debris."""
-    out = []
-    for entry in sorted(folder.iterdir()):
-        if entry.name.startswith(".") or entry.name.lower() in IGNORED_DIRS:
-            continue
-        if entry.is_dir():
-            out += _walk(entry)
-        elif _is_image(entry):
-            out.append(entry)
-    return out
+    """Every image under folder, recursively, in sorted order, skipping hidden files and zip debris.
+
+    Symbolic links to folders and files are followed, but each real folder and each real file is reached by one path
+    only: a second one (a loop such as ``a/loop -> ..``, two links to one folder or one image) is refused, since the
+    same images would be counted twice, perhaps under two classes, and land in both training and test."""
+    seen: dict[tuple[int, int], Path] = {}
+
+    def once(path: Path) -> None:
+        st = path.stat()
+        first = seen.setdefault((st.st_dev, st.st_ino), path)
+        if first != path:
+            raise DataError(
+                f"{path} is {first} again ({path.resolve()}, reached through a symbolic link): its images would be "
+                "counted twice, perhaps under two classes; remove the link (or the loop) so each file is reached once",
+                path,
+            )
+
+    def walk(folder: Path) -> list[Path]:
+        once(folder)
+        out = []
+        for entry in _entries(folder):
+            if entry.name.startswith(".") or entry.name.lower() in IGNORED_DIRS:
+                continue
+            if entry.is_dir():
+                out += walk(entry)
+            elif _is_image(entry):
+                once(entry)
+                out.append(entry)
+        return out
+
+    return walk(folder)
+
+
+def _quoted(text: str) -> str:
+    """A name from a user's file as shown in a message: as written, or quoted when it holds a line break or a
+    control character, so the message stays one line."""
+    return text if text.isprintable() else repr(text)
 
 
 def _raise(problems: list[tuple[Path, str]], what: str, fix: str) -> None:
@@ -321,8 +358,8 @@ def _read_csv(root: Path, want_masks: bool) -> _Found:
     missing = [c for c in need if c not in frame.columns]
     if missing:
         raise DataError(
-            f"{csv} has no column {', '.join(missing)} (columns: {', '.join(frame.columns)}); a manifest has "
-            "columns image, and label (classification) and/or mask (segmentation)"
+            f"{csv} has no column {', '.join(missing)} (columns: {', '.join(map(_quoted, frame.columns))}); a "
+            "manifest has columns image, and label (classification) and/or mask (segmentation)"
         )
     if frame.empty:
         raise DataError(f"{csv} has a header but no rows: list one image per row")
@@ -395,7 +432,7 @@ def _accepted() -> str:
 
 def _single_folder_hint(root: Path) -> str:
     dirs = _visible_dirs(root) if root.is_dir() else []
-    if len(dirs) == 1 and not [f for f in root.iterdir() if _is_image(f)]:
+    if len(dirs) == 1 and not [f for f in _entries(root) if _is_image(f)]:
         return f"\n{root} holds one folder, {dirs[0].name}: if the dataset is in there, pass --data-dir {dirs[0]}"
     return ""
 
@@ -407,7 +444,7 @@ def detect(root: Path) -> str:
             return name
     found = "nothing"
     if root.is_dir():
-        entries = [p for p in root.iterdir() if not p.name.startswith(".")]
+        entries = [p for p in _entries(root) if not p.name.startswith(".")]
         dirs = [p.name + "/" for p in entries if p.is_dir()]
         files = [p.name for p in entries if p.is_file()]
         found = ", ".join(sorted(dirs)[:8] + sorted(files)[:8]) or "an empty folder"

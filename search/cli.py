@@ -69,7 +69,9 @@ def _data_synth(args) -> int:
         try:
             counts = tuple(int(c) for c in args.counts.split(","))
         except ValueError:
-            raise SystemExit(f"error: --counts must be comma-separated integers, got {args.counts!r}") from None
+            from search.errors import SweepError
+
+            raise SweepError(f"--counts must be comma-separated integers, got {args.counts!r}") from None
     else:
         counts = synth.DEFAULT_COUNTS
     root = synth.write_dataset(args.out, counts, args.size, args.seed, args.format)
@@ -110,15 +112,21 @@ def _parse_set(items: list[str]) -> dict:
     """--set section.key=value (YAML value) -> nested overrides."""
     import yaml
 
+    from search.errors import SweepError
+
     out: dict = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or "." not in key:
-            from search.errors import SweepError
-
             raise SweepError(f"--set takes section.key=value (e.g. train.epochs=5), got {item!r}")
         section, field = key.split(".", 1)
-        out.setdefault(section, {})[field] = yaml.safe_load(value)
+        try:
+            out.setdefault(section, {})[field] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise SweepError(
+                f"--set {item!r}: the value is not valid YAML ({problem}); quote it, e.g. {key}='\"text\"'"
+            ) from None
     return out
 
 

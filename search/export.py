@@ -218,6 +218,13 @@ def check_export(model_dir: str | Path) -> dict:
         raise SweepError(f"{model_dir / EXPORT_FILE} is malformed ({type(exc).__name__}: {exc}); {again}") from None
     if not (task in TASKS and isinstance(name, str) and isinstance(classes, list) and isinstance(size, int)):
         raise SweepError(f"{model_dir / EXPORT_FILE} is malformed (task, model, classes or input size); {again}")
+    try:  # what serving and evaluating read from the recorded study before anything starts
+        study = json.loads((model_dir / STUDY_FILE).read_text())
+        backend, data = study["train"]["backend"], study.get("data", {})
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise SweepError(f"{model_dir / STUDY_FILE} is malformed ({type(exc).__name__}: {exc}); {again}") from None
+    if not (isinstance(backend, str) and isinstance(data, dict)):
+        raise SweepError(f"{model_dir / STUDY_FILE} is malformed (train.backend or data); {again}")
     try:
         with zipfile.ZipFile(model_dir / MODEL_FILE) as archive:
             damaged = archive.testzip()

@@ -19,6 +19,7 @@ Schema (every key optional unless marked):
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -303,7 +304,17 @@ def _validate(study: Study, problems: list[str], here: bool = True) -> None:
     problems += [
         f"data.{p}" for p in (study.data if here else dataclasses.replace(study.data, data_dir=None)).problems()
     ]
-    problems += _model_problems(study) if here else []
+    problems += (_model_problems(study) + _backend_problems(study)) if here else []
+
+
+def _backend_problems(study: Study) -> list[str]:
+    """A Keras backend that is not installed here would fail every trial on its own: refuse it before anything starts.
+    Asked of the import system, without importing the framework."""
+    backend = study.train.backend
+    if backend not in BACKENDS or importlib.util.find_spec(backend) is not None:
+        return []
+    installed = [b for b in BACKENDS if importlib.util.find_spec(b) is not None]
+    return [f"train.backend: {backend} is not installed here; install it, or use one of {', '.join(installed)}"]
 
 
 def _search_problems(study: Study) -> list[str]:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from search.errors import SweepError
+
 
 def is_uri(location: str | os.PathLike) -> bool:
     return "://" in str(location)
@@ -29,9 +31,16 @@ def join(location: str, *parts: str) -> str:
 def _fs(location: str):
     import pyarrow.fs
 
-    if is_uri(location):
+    if not is_uri(location):
+        return pyarrow.fs.LocalFileSystem(), location
+    try:
         return pyarrow.fs.FileSystem.from_uri(location)
-    return pyarrow.fs.LocalFileSystem(), location
+    except (ValueError, OSError) as exc:  # pyarrow.ArrowInvalid: an unknown scheme; OSError: a client it cannot load
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SweepError(
+            f"{location}: not a storage location this machine can use ({reason}); give a local folder or a file://, "
+            "s3:// or gs:// URI"
+        ) from None
 
 
 def exists(location: str) -> bool:

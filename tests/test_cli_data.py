@@ -34,3 +34,44 @@ def test_synth_refuses_a_used_folder(tmp_path):
     (tmp_path / "mine.txt").write_text("x")
     proc = _sweep("data", "synth", str(tmp_path), "--per-class", "1")
     assert proc.returncode == 2 and "not empty" in proc.stderr
+
+
+def _without_root_file_access() -> None:
+    """In the child before exec: drop CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH from the capability bounding set, so
+    a root process obeys file modes as any user does (prctl PR_CAPBSET_DROP)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+        if libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+
+def test_a_folder_that_cannot_be_listed_is_one_line(tmp_path):
+    """A class folder without read permission: exit 2 and one line naming it. Root reads every folder whatever its
+    mode, so as root (CI) the command runs without the capabilities that let it: the listing really fails with
+    EACCES either way."""
+    import cv2
+    import numpy as np
+
+    root = tmp_path / "data"
+    for cls in ("a", "b"):
+        (root / cls).mkdir(parents=True)
+        for i in range(2):
+            assert cv2.imwrite(str(root / cls / f"{i}.png"), np.full((16, 16, 3), 40 * i, np.uint8))
+    (root / "b").chmod(0)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "search", "data", "check", str(root)],
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            capture_output=True,
+            text=True,
+            timeout=300,
+            preexec_fn=_without_root_file_access if os.geteuid() == 0 else None,
+        )
+    finally:
+        (root / "b").chmod(0o755)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"error: {root / 'b'}: cannot be listed (Permission denied); give this user read access to it, or remove it"
+    ]

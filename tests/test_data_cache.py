@@ -72,3 +72,16 @@ def test_layout_and_mask_rule_are_part_of_the_key(tmp_path, cache_dir):
     assert strict.fingerprint != listed.fingerprint and strict.masks.sum() == 0 < listed.masks.sum()
     again = load(scan(root, "segmentation"), 16, cache_dir=cache_dir)
     assert again.from_cache and again.mask_rule == listed.mask_rule == "nonzero"  # auto's decision, kept
+
+
+def test_a_damaged_entry_is_rebuilt(synth_root, cache_dir):
+    first = load(scan(synth_root, "segmentation"), 48, cache_dir=cache_dir)
+    (entry,) = (cache_dir / "decoded").iterdir()
+    for damage in ("images.npy", "meta.json", "masks.npy"):
+        target = entry / damage
+        target.write_bytes(target.read_bytes()[: target.stat().st_size // 2])  # a truncated file (a full disk, a kill)
+        again = load(scan(synth_root, "segmentation"), 48, cache_dir=cache_dir)
+        assert not again.from_cache, damage  # decoded again from the images
+        np.testing.assert_array_equal(again.images, first.images)
+        np.testing.assert_array_equal(again.masks, first.masks)
+        assert load(scan(synth_root, "segmentation"), 48, cache_dir=cache_dir).from_cache  # and written whole again

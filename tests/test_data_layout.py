@@ -133,3 +133,69 @@ def test_truncated_jpeg_detected(tmp_path, cache_dir):
     path.write_bytes(path.read_bytes()[:-300])
     data = load(scan(tmp_path), 32, cache_dir=cache_dir)
     assert data.skipped == (("a/cut.jpg", f"{path}: truncated JPEG (no end-of-image marker)"),)
+
+
+def _too_many_pixels(path):
+    """A real, small PNG whose header says 50000x50000: more pixels than OpenCV decodes (CV_IO_MAX_IMAGE_PIXELS)."""
+    import struct
+    import zlib
+
+    data = bytearray(cv2.imencode(".png", np.zeros((4, 4, 3), np.uint8))[1].tobytes())
+    data[16:24] = struct.pack(">II", 50_000, 50_000)  # IHDR width, height
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))  # its CRC, so the header is valid
+    path.write_bytes(bytes(data))
+
+
+def test_an_image_opencv_refuses_is_a_bad_image(tmp_path, cache_dir):
+    root = tmp_path / "data"
+    _two_classes(root)
+    huge = root / "a" / "huge.png"
+    _too_many_pixels(huge)
+    data = load(scan(root), 32, cache_dir=cache_dir)  # on_bad_image: skip
+    assert len(data.images) == 4 and [name for name, _ in data.skipped] == ["a/huge.png"]
+    assert data.skipped[0][1].startswith(f"{huge}: OpenCV refuses to decode it")
+    with pytest.raises(DataError, match="1 unreadable image") as err:
+        load(scan(root), 32, on_bad_image="fail", use_cache=False)
+    assert str(huge) in str(err.value) and "\n" not in str(err.value)
+    assert [p["path"] for p in check(scan(root)).problems] == [str(huge)]
+
+
+def _two_classes(root, per_class=2):
+    for cls, value in (("a", 60), ("b", 200)):
+        for i in range(per_class):
+            _write(root / cls / f"{cls}{i}.png", _rgb(value=(value, i * 40, 30)))
+
+
+def test_symlinked_folders_and_files_count_once(tmp_path):
+    store = tmp_path / "store"
+    _two_classes(store)
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "a").symlink_to(store / "a", target_is_directory=True)  # a linked class folder
+    (root / "b").mkdir()
+    for f in sorted((store / "b").iterdir()):
+        (root / "b" / f.name).symlink_to(f)  # linked files, each once
+    index = scan(root)
+    assert index.counts() == {"a": 2, "b": 2}
+    assert len({p.resolve() for p in index.images}) == len(index) == 4
+
+
+@pytest.mark.parametrize(
+    "link, target",
+    [
+        ("a/loop", ".."),  # the issue's loop: 2 files had become 82 images
+        ("a/self", "."),
+        ("b/also_a", "../a"),  # one real folder under two classes
+        ("b/b0_again.png", "../a/a0.png"),  # one real image under two classes
+    ],
+)
+def test_a_second_path_to_one_folder_or_image_is_refused(tmp_path, link, target):
+    _two_classes(tmp_path / "data")
+    root = tmp_path / "data"
+    (root / link).symlink_to(target)
+    before = tree_state(tmp_path)
+    with pytest.raises(DataError, match="reached through a symbolic link") as err:
+        scan(root)
+    message = str(err.value)
+    assert "\n" not in message and str(root / link) in message
+    assert tree_state(tmp_path) == before

@@ -432,6 +432,9 @@ def test_bad_model_folders_and_options_stop_before_binding(classification_experi
             broken("wrong_task", replace("export.json", json.dumps({**manifest, "task": "detection"}).encode())),
             "export.json is malformed (task, model, classes or input size)",
         ),
+        (broken("bad_study", replace("study.json", b'{"train": ')), "study.json is malformed (JSONDecodeError"),
+        (broken("list_study", replace("study.json", b"[1, 2]")), "study.json is malformed (TypeError"),
+        (broken("no_train", replace("study.json", b'{"data": {}}')), "study.json is malformed (KeyError"),
         (broken("cut_model", replace("model.keras", model[: len(model) // 2])), "is not a Keras model archive"),
         (broken("text_model", replace("model.keras", b"not a zip")), "is not a Keras model archive"),
     ]

@@ -120,3 +120,22 @@ def test_fine_tuning_stage_is_validated_and_starts_once():
             "smoke",
             {"train": {"fine_tune_layers": 5, "fine_tune_after": 1, "fine_tune_lr_factor": 2.0}},
         )
+
+
+def test_a_backend_that_is_not_installed_is_refused_before_anything_starts(tmp_path, capsys):
+    """`--backend` against what this machine has: an installed one loads, a missing one is one line and exit 2
+    (before Ray starts: every trial would fail on its own otherwise)."""
+    import importlib.util
+
+    from search.cli import main
+    from search.spec import BACKENDS
+
+    for backend in BACKENDS:
+        if importlib.util.find_spec(backend) is not None:
+            assert load_study("classification", "smoke", {"train": {"backend": backend}}).train.backend == backend
+            continue
+        storage = tmp_path / backend
+        code = main(["run", "classification", "--preset", "smoke", "--backend", backend, "--storage", str(storage)])
+        err = capsys.readouterr().err
+        assert code == 2 and f"train.backend: {backend} is not installed here" in err and "Traceback" not in err
+        assert not storage.exists()
