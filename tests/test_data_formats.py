@@ -170,7 +170,7 @@ def _csv(root: Path) -> float:
 
 LAYOUT_CASES = {
     # name: (builder, data path below root, layout, task, classes, counts, expected mask rule)
-    "kaggle-all": (_kaggle, "", "original_segmented", "segmentation", ["Benign", "Early"], 8, "color_on_black"),
+    "kaggle-all": (_kaggle, "", "original_segmented", "segmentation", ["Benign", "Early"], 8, "threshold:"),
     "one-class-folder": (
         lambda r: _kaggle(r, ("tile",), 5),
         "",
@@ -178,7 +178,7 @@ LAYOUT_CASES = {
         "segmentation",
         ["tile"],
         5,
-        "color_on_black",
+        "threshold:",
     ),
     "no-class-folder": (lambda r: _kaggle(r, ("",), 5), "", "original_segmented", "segmentation", ["all"], 5, None),
     "kvasir": (_kvasir, "", "images_masks", "segmentation", ["all"], 5, "threshold"),
@@ -301,7 +301,7 @@ ENCODINGS = {
     "rgba-alpha": (_rgba_alpha, "png", 90, "nonzero"),
     "rgba-colour": (_rgba_colour, "png", 90, "nonzero"),
     "colour-on-black-png": (lambda img, m, i: _on_black(img, m), "png", 90, "nonzero"),
-    "colour-on-black-jpeg": (lambda img, m, i: _on_black(img, m), "jpg", 75, "color_on_black"),
+    "colour-on-black-jpeg": (lambda img, m, i: _on_black(img, m), "jpg", 75, "threshold:"),
 }
 
 
@@ -486,7 +486,8 @@ def test_smoke_sweep_on_one_class_folder_segmentation(tmp_path):
     before = tree_state(root)
     _, sweep = _sweep_and_read(tmp_path, root)
     data = sweep["data"]["2"]
-    assert (data["classes"], data["layout"], data["mask_rule"]) == (["tile"], "original_segmented", "color_on_black")
+    assert (data["classes"], data["layout"]) == (["tile"], "original_segmented")
+    assert data["mask_rule"].startswith("threshold:")  # auto on JPEG masks
     assert sum(data["splits"][s]["n"] for s in ("train", "val", "test")) == 12
     assert tree_state(root) == before
 
