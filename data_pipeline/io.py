@@ -25,7 +25,7 @@ from data_pipeline import preprocess
 from data_pipeline.errors import ON_BAD_IMAGE, DataError
 from data_pipeline.layout import DatasetIndex
 
-_CACHE_VERSION = 3
+_CACHE_VERSION = 4  # 4: auto decides lossy masks anew (a cache keyed by "auto" holds the old decision)
 _JPEG_MAGIC = b"\xff\xd8\xff"  # a JPEG's first bytes, whatever the file is called
 
 

@@ -79,18 +79,18 @@ def decide(hist: np.ndarray, lossy: bool) -> str:
     - Lossless files with at most 16 distinct levels: exact masks (0/1, 0/255, grey levels, label images):
       ``nonzero``. A JPEG never counts as exact: at high quality its ringing is a few levels (1, 2, 3 around every
       object) that ``nonzero`` would keep as a ring of foreground.
-    - Lossy files (and lossless files whose black holds faint noise, JPEG decoded and saved again): ``threshold:N``
-      at the ``_valley`` between the black and the objects. This one rule fits binary masks at any level (white,
-      grey 128) and objects kept in their own colours: JPEG rings on both sides of an edge, below and above the
-      object's level, and its chroma subsampling bleeds colour well above ``COLOR_TOLERANCE`` into the black at
-      quality 50, so neither a fixed tolerance nor half the top level fits both.
+    - Lossy files: ``threshold:N`` at the ``_valley`` between the black and the objects. This one rule fits binary
+      masks at any level (white, grey 128) and objects kept in their own colours: JPEG rings on both sides of an
+      edge, below and above the object's level, and its chroma subsampling bleeds colour well above
+      ``COLOR_TOLERANCE`` into the black at quality 50, so neither a fixed tolerance nor half the top level fits both.
     - Other lossless files: ``threshold`` at half the top level when at least 90% of the pixels above the colour
-      tolerance are bright (>= 3/4 of the top level: anti-aliased edges), else ``nonzero`` (objects in their own
-      colours on a clean black).
+      tolerance are bright (>= 3/4 of the top level) and the faint ones (1 to the tolerance) are few beside them
+      (at most a quarter): anti-aliased edges of a binary mask, a thin ramp around every object. Else ``nonzero``:
+      label images with many labels (their low labels are whole objects, not a ramp: a label image of 40 objects is
+      all "bright" above 32), objects in their own colours on a clean black.
     """
     hist = np.asarray(hist, dtype=np.int64)
-    nonzero = int(hist[1:].sum())
-    if nonzero == 0 or (not lossy and np.count_nonzero(hist) <= 16):
+    if hist[1:].sum() == 0 or (not lossy and np.count_nonzero(hist) <= 16):
         return "nonzero"
     if lossy:
         return f"threshold:{_valley(hist)}"
@@ -98,11 +98,11 @@ def decide(hist: np.ndarray, lossy: bool) -> str:
     if above.sum() > 0:
         cumulative = np.cumsum(above)
         top = COLOR_TOLERANCE + 1 + int(np.searchsorted(cumulative, 0.99 * cumulative[-1]))
-        bright = int(hist[(3 * top) // 4 :].sum())
-        if bright >= 0.9 * above.sum():
+        bright = hist[(3 * top) // 4 :].sum()
+        faint = hist[1 : COLOR_TOLERANCE + 1].sum()
+        if bright >= 0.9 * above.sum() and faint <= 0.25 * bright:
             return f"threshold:{top // 2}"
-    faint = int(hist[1 : COLOR_TOLERANCE + 1].sum())
-    return f"threshold:{_valley(hist)}" if faint > 0.01 * nonzero else "nonzero"
+    return "nonzero"
 
 
 def _middle(levels: np.ndarray) -> int:
