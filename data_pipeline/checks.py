@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from data_pipeline import masks as mask_rules
 from data_pipeline.errors import DataError
-from data_pipeline.io import decode, read_mask, resolve_mask_rule
+from data_pipeline.io import MaskSample, decode, read_mask, resolve_mask_rule, sample_masks
 from data_pipeline.layout import DatasetIndex
 
 FEW_IMAGES = 10  # a class with fewer images than this gets a warning
@@ -40,6 +41,9 @@ class CheckReport:
     image_sizes: dict[str, object]
     mask_rule: str | None  # the rule applied (auto resolved); None for classification
     mask_rule_configured: str | None
+    # the masks auto decides from: {"files": n, "lossy": bool, "auto": the rule auto picks from them,
+    # "foreground_by_rule": {rule: the fraction of their pixels it makes foreground}}
+    mask_sample: dict[str, object] | None
     foreground_fraction: dict[str, float] | None
     problems: tuple[dict[str, str], ...]
     warnings: tuple[dict[str, str], ...] = field(default=())
@@ -134,9 +138,23 @@ def _fmt(value) -> str:
     return f"{value[0]}x{value[1]}" if isinstance(value, tuple) else str(value)
 
 
+def _sample_facts(sample: MaskSample, rule: str) -> dict[str, object]:
+    """The sample auto decides from, and the foreground fraction of its pixels under the rule applied, what auto
+    picks, and the fixed rules, so a user sees what each choice would make of their masks."""
+    auto = mask_rules.decide(sample.hist, sample.lossy)
+    rules = [rule, auto, "nonzero", "threshold:128", "color_on_black"]
+    return {
+        "files": sample.files,
+        "lossy": sample.lossy,
+        "auto": auto,
+        "foreground_by_rule": mask_rules.foreground_by_rule(sample.hist, rules),
+    }
+
+
 def check(index: DatasetIndex, mask_rule: str = "auto", workers: int | None = None) -> CheckReport:
     """Decode every image and mask once (no cache), report sizes, foreground fractions, problems and warnings."""
-    rule = resolve_mask_rule(index, mask_rule)
+    sample = None if index.masks is None else sample_masks(index)
+    rule = resolve_mask_rule(index, mask_rule, sample)
     with ThreadPoolExecutor(max_workers=workers or min(32, (os.cpu_count() or 1) + 2)) as pool:
         facts = list(pool.map(lambda i: _facts(index, i, rule), range(len(index))))
     sizes = [f.size for f in facts]
@@ -173,6 +191,7 @@ def check(index: DatasetIndex, mask_rule: str = "auto", workers: int | None = No
         image_sizes=image_sizes,
         mask_rule=rule,
         mask_rule_configured=None if rule is None else mask_rule,
+        mask_sample=None if sample is None else _sample_facts(sample, rule),
         foreground_fraction=stats,
         problems=tuple({"path": f.path, "problem": f.problem} for f in facts if f.problem),
         warnings=tuple(warnings),
@@ -188,6 +207,11 @@ def render_text(report: CheckReport) -> str:
     if report.mask_rule:
         how = " (decided by auto)" if report.mask_rule_configured == "auto" else ""
         lines.append(f"mask rule: {report.mask_rule}{how}")
+        sample = report.mask_sample
+        kind = "JPEG" if sample["lossy"] else "lossless"
+        tags = {sample["auto"]: " (auto)", report.mask_rule: " (applied)"}  # applied wins when auto applied
+        shown = ", ".join(f"{r} {f:.3f}{tags.get(r, '')}" for r, f in sample["foreground_by_rule"].items())
+        lines.append(f"foreground of {sample['files']} sampled mask files ({kind}) by rule: {shown}")
     if report.foreground_fraction:
         f = report.foreground_fraction
         lines.append(

@@ -25,7 +25,8 @@ from data_pipeline import preprocess
 from data_pipeline.errors import ON_BAD_IMAGE, DataError
 from data_pipeline.layout import DatasetIndex
 
-_CACHE_VERSION = 3
+_CACHE_VERSION = 4  # 4: auto decides lossy masks anew (a cache keyed by "auto" holds the old decision)
+_JPEG_MAGIC = b"\xff\xd8\xff"  # a JPEG's first bytes, whatever the file is called
 
 
 class BadImageError(DataError):
@@ -78,7 +79,7 @@ _RGB_FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
 def decode_rgb(data: bytes, where: str) -> np.ndarray:
     """An image held in memory (an upload) as uint8 RGB, decoded and checked as `read_rgb` does files; having no
     trustworthy file name, its kind is read from its first bytes. ``where`` names it in errors."""
-    suffix = ".jpg" if data[:3] == b"\xff\xd8\xff" else ".png" if data[:8] == b"\x89PNG\r\n\x1a\n" else ""
+    suffix = ".jpg" if data.startswith(_JPEG_MAGIC) else ".png" if data[:8] == b"\x89PNG\r\n\x1a\n" else ""
     _check_complete(data, where, suffix)
     return cv2.cvtColor(_decode_bytes(data, _RGB_FLAGS, where), cv2.COLOR_BGR2RGB)
 
@@ -116,9 +117,34 @@ def read_mask(paths: tuple[Path, ...], rule: str, shape: tuple[int, int], image:
     return out
 
 
-def resolve_mask_rule(index: DatasetIndex, rule: str) -> str | None:
-    """The rule to apply: ``rule`` itself, or for ``auto`` the one ``masks.decide`` picks from a sample of masks
-    spread evenly over the dataset (so the whole dataset gets one rule). None for classification."""
+@dataclass(frozen=True)
+class MaskSample:
+    """What ``auto`` decides from: up to ``masks.AUTO_SAMPLE`` masks spread evenly over the dataset."""
+
+    hist: np.ndarray  # 256-bin histogram of their intensities, pooled
+    lossy: bool  # any of the files is a JPEG (by its first bytes): its edges ring
+    files: int  # mask files read
+
+
+def sample_masks(index: DatasetIndex) -> MaskSample:
+    """The masks ``auto`` decides from (unreadable ones skipped: they are reported where images are loaded or
+    checked). Spread over the whole dataset, so the whole dataset gets one rule."""
+    picks = np.unique(np.linspace(0, len(index) - 1, min(len(index), mask_rules.AUTO_SAMPLE)).round().astype(int))
+    hist, lossy, files = np.zeros(256, np.int64), False, 0
+    for i in picks:
+        for path in index.masks[i]:
+            try:
+                data = _read_bytes(path)
+                hist += mask_rules.histogram(mask_rules.intensity(_decode_bytes(data, cv2.IMREAD_UNCHANGED, path)))
+            except BadImageError:
+                continue
+            lossy, files = lossy or data.startswith(_JPEG_MAGIC), files + 1
+    return MaskSample(hist, lossy, files)
+
+
+def resolve_mask_rule(index: DatasetIndex, rule: str, sample: MaskSample | None = None) -> str | None:
+    """The rule to apply: ``rule`` itself, or for ``auto`` the one ``masks.decide`` picks from ``sample`` (read here
+    when not given). None for classification."""
     if index.masks is None:
         return None
     problem = mask_rules.rule_problem(rule)
@@ -126,15 +152,8 @@ def resolve_mask_rule(index: DatasetIndex, rule: str) -> str | None:
         raise DataError(f"mask_rule: {problem}")
     if rule != "auto":
         return rule
-    picks = np.unique(np.linspace(0, len(index) - 1, min(len(index), mask_rules.AUTO_SAMPLE)).round().astype(int))
-    hist = np.zeros(256, np.int64)
-    for i in picks:
-        for path in index.masks[i]:
-            try:
-                hist += mask_rules.histogram(mask_rules.intensity(decode(path, cv2.IMREAD_UNCHANGED)))
-            except BadImageError:
-                continue  # reported where the images are loaded or checked
-    return mask_rules.decide(hist)
+    sample = sample or sample_masks(index)
+    return mask_rules.decide(sample.hist, sample.lossy)
 
 
 def _read_pair(image: Path, masks: tuple[Path, ...] | None, size: int, rule: str | None, steps=()):

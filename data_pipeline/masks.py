@@ -10,7 +10,8 @@ Rules (``data.mask_rule``):
   nonzero         intensity > 0: 0/1 and 0/255 masks, label images (every non-zero label is foreground)
   threshold:N     intensity > N (0 <= N <= 254): binary masks saved with JPEG noise or anti-aliased edges
   color_on_black  intensity > COLOR_TOLERANCE: objects in their own colours on black, saved lossy (Kaggle ALL)
-  auto            one of the above, chosen once per dataset from a sample of its masks (``decide``)
+  auto            nonzero or threshold:N, chosen once per dataset from a sample of its masks and whether they are
+                  stored lossy (``decide``)
 """
 
 from __future__ import annotations
@@ -71,28 +72,76 @@ def binarize(value: np.ndarray, rule: str) -> np.ndarray:
     return (value > _level(rule)).astype(np.uint8)
 
 
-def decide(hist: np.ndarray) -> str:
-    """The rule for a dataset, from the histogram (256 bins) of its masks' intensities pooled over a sample.
+def decide(hist: np.ndarray, lossy: bool) -> str:
+    """The rule for a dataset, from the histogram (256 bins) of its masks' intensities pooled over a sample, and
+    whether any sampled mask file is stored lossy (JPEG).
 
-    - At most 16 distinct levels: exact masks (0/1, 0/255, label images): ``nonzero``.
-    - Otherwise, when at least 90% of the pixels above the colour tolerance are bright (>= 3/4 of the top level):
-      binary masks blurred by JPEG or anti-aliasing: ``threshold`` at half the top level.
-    - Otherwise objects of many grey levels on black: ``color_on_black`` when faint pixels (JPEG noise on the black)
-      are more than 1% of the non-zero ones, ``nonzero`` when the black is clean (lossless files).
+    - Lossless files with at most 16 distinct levels: exact masks (0/1, 0/255, grey levels, label images):
+      ``nonzero``. A JPEG never counts as exact: at high quality its ringing is a few levels (1, 2, 3 around every
+      object) that ``nonzero`` would keep as a ring of foreground.
+    - Lossy files: ``threshold:N`` at the ``_valley`` between the black and the objects. This one rule fits binary
+      masks at any level (white, grey 128) and objects kept in their own colours: JPEG rings on both sides of an
+      edge, below and above the object's level, and its chroma subsampling bleeds colour well above
+      ``COLOR_TOLERANCE`` into the black at quality 50, so neither a fixed tolerance nor half the top level fits both.
+    - Other lossless files: ``threshold`` at half the top level when at least 90% of the pixels above the colour
+      tolerance are bright (>= 3/4 of the top level) and the faint ones (1 to the tolerance) are few beside them
+      (at most a quarter): anti-aliased edges of a binary mask, a thin ramp around every object. Else ``nonzero``:
+      label images with many labels (their low labels are whole objects, not a ramp: a label image of 40 objects is
+      all "bright" above 32), objects in their own colours on a clean black.
     """
     hist = np.asarray(hist, dtype=np.int64)
-    nonzero = int(hist[1:].sum())
-    if nonzero == 0 or np.count_nonzero(hist) <= 16:
+    if hist[1:].sum() == 0 or (not lossy and np.count_nonzero(hist) <= 16):
         return "nonzero"
+    if lossy:
+        return f"threshold:{_valley(hist)}"
     above = hist[COLOR_TOLERANCE + 1 :]
     if above.sum() > 0:
         cumulative = np.cumsum(above)
         top = COLOR_TOLERANCE + 1 + int(np.searchsorted(cumulative, 0.99 * cumulative[-1]))
-        bright = int(hist[(3 * top) // 4 :].sum())
-        if bright >= 0.9 * above.sum():
+        bright = hist[(3 * top) // 4 :].sum()
+        faint = hist[1 : COLOR_TOLERANCE + 1].sum()
+        if bright >= 0.9 * above.sum() and faint <= 0.25 * bright:
             return f"threshold:{top // 2}"
-    faint = int(hist[1 : COLOR_TOLERANCE + 1].sum())
-    return "color_on_black" if faint > 0.01 * nonzero else "nonzero"
+    return "nonzero"
+
+
+def _middle(levels: np.ndarray) -> int:
+    """The middle one of tied levels: across an empty gap (a JPEG at high quality: nothing between its faint ringing
+    and its objects) the first tie would sit on the ringing's edge; the middle leaves room to masks not sampled."""
+    return int(levels[len(levels) // 2])
+
+
+def _otsu(hist: np.ndarray) -> int:
+    """Otsu's threshold of a 256-bin histogram: the level t that best splits it into <= t and > t (largest
+    between-class variance), as skimage.filters.threshold_otsu(hist=...) computes it (not a dependency), except
+    that a tie (t anywhere in an empty gap) takes the middle level, not the first."""
+    p = np.asarray(hist, dtype=np.float64) / max(int(np.sum(hist)), 1)
+    w0 = np.cumsum(p)
+    mu = np.cumsum(p * np.arange(256))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        between = np.nan_to_num((mu[-1] * w0 - mu) ** 2 / (w0 * (1 - w0)), nan=-1.0, posinf=-1.0)
+    return _middle(np.flatnonzero(between == between.max()))
+
+
+VALLEY_SMOOTHING = 9  # levels averaged: JPEG histograms are spiky level to level; 9 of 256 keeps the valley's place
+
+
+def _valley(hist: np.ndarray) -> int:
+    """The least populated level (histogram smoothed over ``VALLEY_SMOOTHING`` levels) from 0 to Otsu's threshold:
+    where the lossy black's noise has faded and the objects have not yet begun. Otsu alone splits two peaks (a
+    binary mask's black and its object level) well, but lands inside objects whose colours spread over a range; its
+    valley below it sits under the darkest object colours and above the ringing.
+    """
+    smooth = np.convolve(np.asarray(hist, dtype=np.float64), np.ones(VALLEY_SMOOTHING) / VALLEY_SMOOTHING, "same")
+    below = smooth[: _otsu(hist) + 1]
+    return _middle(np.flatnonzero(below == below.min()))
+
+
+def foreground_by_rule(hist: np.ndarray, rules: list[str]) -> dict[str, float]:
+    """The fraction of the histogram's pixels each (non-auto) rule makes foreground, in the order given."""
+    hist = np.asarray(hist, dtype=np.int64)
+    total = max(int(hist.sum()), 1)
+    return {rule: int(hist[_level(rule) + 1 :].sum()) / total for rule in dict.fromkeys(rules)}
 
 
 def histogram(value: np.ndarray) -> np.ndarray:
