@@ -54,13 +54,13 @@ def entrypoint(run_args: list[str], storage: str, study_file: str | None = None)
     """The job's command: the local ``sweep run`` with the same options, joining the cluster (pure).
     A study file from the user's machine travels in $SWEEP_STUDY_YAML and is written to a fresh temporary folder
     under its own name (so the experiment keeps that name) before the run starts."""
-    run = ["python", "-m", "search", "run", *run_args, "--address", "auto", "--storage", storage]
+    run = ["python", "-m", "search", "run"]
+    options = [*run_args[1:], "--address", "auto", "--storage", storage]
     if study_file is None:
-        return shlex.join(run)
-    target = f"$d/{Path(study_file).name}"
-    run[4] = target
-    command = " ".join(shlex.quote(a) if a != target else f'"{target}"' for a in run)
-    return f'd=$(mktemp -d) && printf "%s" "$SWEEP_STUDY_YAML" > "{target}" && {command}'
+        return shlex.join([*run, run_args[0], *options])
+    target = f'"$d"/{shlex.quote(Path(study_file).name)}'  # the folder expands, the name (any characters) never does
+    write = f'd=$(mktemp -d) && printf "%s" "$SWEEP_STUDY_YAML" > {target}'
+    return f"{write} && {shlex.join(run)} {target} {shlex.join(options)}"
 
 
 def submit(
