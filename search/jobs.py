@@ -19,29 +19,45 @@ AGENT_WAIT_S = 180  # how long a just-started head may take to accept jobs (over
 UPLOAD_EXCLUDES = ["runs", "*.whl", "__pycache__", ".pytest_cache", ".ruff_cache", "docs"]
 
 
-def _use_token_if_present() -> None:
-    """Ray's own rule (as `ray` commands apply it), with public settings only: with RAY_AUTH_MODE unset, a token in
-    $RAY_AUTH_TOKEN, $RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token turns token authentication on for this client."""
-    if "RAY_AUTH_MODE" in os.environ:  # set explicitly: respected as it is
-        return
+def _token() -> tuple[str, str] | None:
+    """The token Ray's own rule finds, and where it was found: $RAY_AUTH_TOKEN, else the file $RAY_AUTH_TOKEN_PATH
+    names, else ~/.ray/auth_token (which the first local `ray.init()` and `ray get-auth-token --generate` write)."""
+    if os.environ.get("RAY_AUTH_TOKEN", "").strip():
+        return os.environ["RAY_AUTH_TOKEN"].strip(), "$RAY_AUTH_TOKEN"
     path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token")).expanduser()
-    if os.environ.get("RAY_AUTH_TOKEN") or path.is_file():
-        os.environ["RAY_AUTH_MODE"] = "token"  # read by Ray when the client connects
+    token = path.read_text().strip() if path.is_file() else ""
+    return (token, str(path)) if token else None
+
+
+def _auth_headers(mode: str | None, token: tuple[str, str] | None) -> dict[str, str] | None:
+    """With RAY_AUTH_MODE unset, the token found goes with every request, as the Authorization header the job server
+    checks. (Setting RAY_AUTH_MODE=token from here would come too late: Ray reads it once, when it is imported.)
+    A mode set explicitly is respected: Ray then sends its token itself, or none."""
+    return {"Authorization": f"Bearer {token[0]}"} if mode is None and token else None
+
+
+def _refused(address: str, reason: str, mode: str | None, token: tuple[str, str] | None) -> str:
+    """The one line for a job server that refused this client: why, and what to do (pure)."""
+    token_of = "the cluster's token (`ray get-auth-token` on the head prints it)"
+    if mode is not None and mode.lower() != "token":
+        advice = f"RAY_AUTH_MODE={mode} here sends no token: unset it, with {token_of} in ~/.ray/auth_token"
+    elif token is None:
+        advice = f"no token on this machine: put {token_of} in ~/.ray/auth_token or $RAY_AUTH_TOKEN"
+    else:
+        advice = f"the token from {token[1]} is not this cluster's: put {token_of} there"
+    return f"the Ray job server at {address} refused this client ({reason}): {advice}."
 
 
 def client(address: str):
     from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
-    _use_token_if_present()
+    mode, token = os.environ.get("RAY_AUTH_MODE"), _token()
     try:
-        return JobSubmissionClient(address)
+        return JobSubmissionClient(address, headers=_auth_headers(mode, token))
     except AuthenticationError as exc:
-        raise SweepError(
-            f"the Ray job server at {address} refused this client ({str(exc).splitlines()[0][:200]}). The cluster "
-            "uses token authentication: copy its token (`ray get-auth-token` on the head) into ~/.ray/auth_token "
-            "or $RAY_AUTH_TOKEN here, and set RAY_AUTH_MODE=token."
-        ) from None
+        reason = exc.message.split(": ", 1)[-1].splitlines()[0][:200]  # "Authentication required: " off
+        raise SweepError(_refused(address, reason, mode, token)) from None
     except Exception as exc:  # Ray raises ConnectionError, RuntimeError or ValueError depending on what failed
         raise SweepError(
             f"cannot reach a Ray job server at {address} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}). "
@@ -54,13 +70,13 @@ def entrypoint(run_args: list[str], storage: str, study_file: str | None = None)
     """The job's command: the local ``sweep run`` with the same options, joining the cluster (pure).
     A study file from the user's machine travels in $SWEEP_STUDY_YAML and is written to a fresh temporary folder
     under its own name (so the experiment keeps that name) before the run starts."""
-    run = ["python", "-m", "search", "run", *run_args, "--address", "auto", "--storage", storage]
+    run = ["python", "-m", "search", "run"]
+    options = [*run_args[1:], "--address", "auto", "--storage", storage]
     if study_file is None:
-        return shlex.join(run)
-    target = f"$d/{Path(study_file).name}"
-    run[4] = target
-    command = " ".join(shlex.quote(a) if a != target else f'"{target}"' for a in run)
-    return f'd=$(mktemp -d) && printf "%s" "$SWEEP_STUDY_YAML" > "{target}" && {command}'
+        return shlex.join([*run, run_args[0], *options])
+    target = f'"$d"/{shlex.quote(Path(study_file).name)}'  # the folder expands, the name (any characters) never does
+    write = f'd=$(mktemp -d) && printf "%s" "$SWEEP_STUDY_YAML" > {target}'
+    return f"{write} && {shlex.join(run)} {target} {shlex.join(options)}"
 
 
 def submit(

@@ -1,6 +1,7 @@
 """The cluster workflow against real parts: cluster.yaml checked by Ray's own schema; a real Ray head started with
-`ray start --head` on 127.0.0.1 (token authentication on); `sweep submit/status/logs/stop` as subprocesses; the
-finished job's experiment exported, predicted with and re-evaluated in fresh processes."""
+a plain `ray start --head` on 127.0.0.1, which turns token authentication on by itself; `sweep submit/status/logs/stop`
+as subprocesses with no RAY_AUTH_* variable, as a user runs them; the finished job's experiment exported, predicted
+with and re-evaluated in fresh processes."""
 
 import os
 import signal
@@ -9,6 +10,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from uuid import uuid4
 
 import pandas as pd
 import pytest
@@ -47,23 +49,23 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def head(tmp_path_factory):
-    """A real single-node Ray cluster on 127.0.0.1 with its job server, token authentication on."""
-    from ray._private.authentication.authentication_token_generator import generate_new_authentication_token
-
+    """A real single-node Ray cluster on 127.0.0.1 with its job server, set up as on a user's machine: a home holding
+    the token Ray writes there (`ray get-auth-token --generate`, as Ray's own warning advises; a first local
+    `ray.init()` writes the same file), no RAY_AUTH_* variable, and a plain `ray start --head`, which then turns token
+    authentication on by itself. The clients get the same environment."""
     port, dash = _free_port(), _free_port()
     temp = tempfile.mkdtemp(prefix="/tmp/rayt-")  # short: Ray's socket paths must fit in 107 bytes
-    env = {
-        **os.environ,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",  # the job's `python` is ours
-        "PYTHONPATH": str(ROOT),
-        "RAY_AUTH_MODE": "token",
-        "RAY_AUTH_TOKEN": generate_new_authentication_token(),
-    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH_")}
+    env.update(
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",  # the job's `python` is ours
+        PYTHONPATH=str(ROOT),
+        HOME=str(tmp_path_factory.mktemp("home")),  # not the real one: its token would turn auth on for any Ray here
+    )
+    ray_cli = [sys.executable, "-m", "ray.scripts.scripts"]
+    subprocess.run([*ray_cli, "get-auth-token", "--generate"], env=env, capture_output=True, check=True)
     proc = subprocess.Popen(
         [
-            sys.executable,
-            "-m",
-            "ray.scripts.scripts",
+            *ray_cli,
             "start",
             "--head",
             "--block",
@@ -202,10 +204,14 @@ def test_stop_a_running_job_and_clear_errors(head, tmp_path):
 
     unknown = run_sweep("status", "raysubmit_nope", "--address", head["address"], env=head["env"])
     assert unknown.returncode == 2 and "no job 'raysubmit_nope'" in unknown.stderr
-    no_token = {k: v for k, v in head["env"].items() if not k.startswith("RAY_AUTH")}
-    no_token["HOME"] = str(tmp_path)  # and no ~/.ray/auth_token either
-    refused = run_sweep("status", job_id, "--address", head["address"], env=no_token)
-    assert refused.returncode == 2 and "token" in refused.stderr, refused.stderr[-2000:]
+    for env, says in (
+        ({**head["env"], "HOME": str(tmp_path)}, "no token on this machine"),  # no ~/.ray/auth_token there
+        ({**head["env"], "RAY_AUTH_TOKEN": uuid4().hex}, "the token from $RAY_AUTH_TOKEN is not this cluster's"),
+        ({**head["env"], "RAY_AUTH_MODE": "disabled"}, "RAY_AUTH_MODE=disabled here sends no token"),  # respected
+    ):
+        refused = run_sweep("status", job_id, "--address", head["address"], env=env)
+        assert refused.returncode == 2 and says in refused.stderr, refused.stderr[-2000:]
+        assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr[-2000:]
     unreachable = run_sweep("status", job_id, "--address", f"http://127.0.0.1:{_free_port()}", env=head["env"])
     assert unreachable.returncode == 2 and "cannot reach a Ray job server" in unreachable.stderr
     bad = run_sweep("submit", "no-such-study", "--address", head["address"], env=head["env"])

@@ -1,6 +1,8 @@
 """Decisions over results (pure functions on hand-made frames): trial status, best epoch, best per family."""
 
 import math
+import os
+import subprocess
 from pathlib import Path
 
 import pandas as pd
@@ -99,9 +101,30 @@ def test_job_entrypoint_is_the_local_command_joining_the_cluster():
     assert builtin == (
         "python -m search run classification --preset smoke --set train.epochs=5 --address auto --storage s3://b/sweeps"
     )
-    from_file = entrypoint(["/home/me/my study.yaml", "--seed", "3"], "~/runs", study_file="/home/me/my study.yaml")
-    assert from_file.startswith('d=$(mktemp -d) && printf "%s" "$SWEEP_STUDY_YAML" > "$d/my study.yaml" && ')
-    assert from_file.endswith("python -m search run \"$d/my study.yaml\" --seed 3 --address auto --storage '~/runs'")
+
+
+@pytest.mark.parametrize("name", ["my study.yaml", "x$(touch ran)`touch ran`\"'; touch ran #.yaml"])
+def test_job_entrypoint_writes_the_study_file_under_its_own_name_and_runs_nothing_in_it(tmp_path, name):
+    """The job's command run by bash, with `python` standing in as a function that prints its arguments: the study
+    is written under its literal name, and nothing in the name is executed."""
+    from search.jobs import entrypoint
+
+    command = entrypoint([f"/home/me/{name}", "--seed", "3"], "~/runs", study_file=f"/home/me/{name}")
+    env = {"PATH": os.environ["PATH"], "TMPDIR": str(tmp_path), "SWEEP_STUDY_YAML": "task: segmentation\n"}
+    shown = subprocess.run(
+        ["bash", "-c", 'python() { printf "%s\\n" "$@"; }; ' + command],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    args = shown.stdout.splitlines()
+    study = Path(args[3])
+    assert args[:3] + args[4:] == ["-m", "search", "run", "--seed", "3", "--address", "auto", "--storage", "~/runs"]
+    assert study.name == name and study.parent.parent == tmp_path  # in the fresh folder, under its own name
+    assert study.read_text() == "task: segmentation\n"
+    assert list(tmp_path.iterdir()) == [study.parent]  # nothing else made: no `ran`
 
 
 def test_checkpoint_locations_keep_their_storage_scheme():
