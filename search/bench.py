@@ -24,6 +24,7 @@ from typing import Any
 
 import pandas as pd
 
+from search.experiment import check_name
 from search.results import best_row, config_label
 from search.spec import SpecError, Study, load_study, merge
 
@@ -199,7 +200,7 @@ def run_bench(
         BY_HAND: load_study(study_name, preset, merge(scaled_over, by_hand_overrides())),
         SERVICE_WAY: service,
     }
-    root = Path(storage or tempfile.mkdtemp(prefix="sweep-bench-")) / (
+    root = Path(storage or tempfile.mkdtemp(prefix="sweep-bench-")) / check_name(
         name or f"bench-{time.strftime('%Y%m%d-%H%M%S')}"
     )
     if root.exists():

@@ -45,6 +45,24 @@ PACKAGES = (
 )
 
 
+def check_name(name: str) -> str:
+    """``name`` as an experiment's folder name: one path component, so the experiment stays inside its storage (a
+    ``--name`` of ``../x``, ``/tmp/x`` or ``a/b`` would write elsewhere). Raises SweepError with what to pick."""
+    bad = (
+        not name
+        or name.startswith(".")  # also "." and ".."
+        or any(c in name for c in "/\\:")
+        or not name.isprintable()
+        or len(name) > 200
+    )
+    if bad:
+        raise SweepError(
+            f"--name {name!r} is not a folder name: use one name of letters, digits, '-', '_' or '.' (no '/', '\\' "
+            "or ':', not starting with '.'); the experiment goes under --storage"
+        )
+    return name
+
+
 def versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for pkg in PACKAGES:

@@ -162,7 +162,7 @@ def run_study(
     from ray.tune.schedulers import ASHAScheduler
 
     storage = store.normalize(storage)
-    name = name or f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = exp.check_name(name or f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     experiment_dir = store.join(storage, name)
     if store.exists(experiment_dir):
         raise SweepError(f"{experiment_dir} exists already: pick another --name, or `sweep resume {experiment_dir}`")

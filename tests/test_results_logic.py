@@ -226,3 +226,20 @@ def test_every_searchable_train_setting_has_a_label_in_trial_names():
     from search.spec import TRAIN_AXES
 
     assert set(EXTRA_AXES) == {axis for axes in TRAIN_AXES.values() for axis in axes}
+
+
+@pytest.mark.parametrize("name", ["../x", "/tmp/x", "a/b", "a\\b", "..", ".hidden", "s3:x", "a\nb"])
+def test_an_experiment_name_is_one_folder_inside_its_storage(tmp_path, capsys, name):
+    from search.cli import main
+
+    storage = tmp_path / "runs"
+    assert main(["run", "classification", "--preset", "smoke", "--storage", str(storage), "--name", name]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "is not a folder name" in err
+    assert list(tmp_path.iterdir()) == []  # nothing written: no storage folder, no experiment
+
+
+def test_a_plain_experiment_name_is_kept():
+    from search.experiment import check_name
+
+    assert check_name("leukemia-2026.v1_a") == "leukemia-2026.v1_a"
