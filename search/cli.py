@@ -375,8 +375,10 @@ def _submit(args) -> int:
     from search.spec import load_study
 
     over = _overrides(args)
-    # Validate here, before anything is uploaded; the data folder is the cluster's, so it is checked there.
-    local = {k: {f: v for f, v in sec.items() if (k, f) != ("data", "data_dir")} for k, sec in over.items()}
+    # Validate here, before anything is uploaded; the data folder and the installed backends are the cluster's, so
+    # they are checked there.
+    theirs = {("data", "data_dir"), ("train", "backend")}
+    local = {k: {f: v for f, v in sec.items() if (k, f) not in theirs} for k, sec in over.items()}
     load_study(args.study, args.preset, local)
     run_args = _run_args(args)
     study_text = None
