@@ -194,6 +194,7 @@ def _fold_epochs(config, info, train: Train, data, context: TrialContext, seed, 
 
     import models
     from data_pipeline.augment import augment, epoch_seed
+    from models.batchnorm import recompute_batchnorm_statistics
     from models.metrics import get_loss, training_metrics
     from models.optimizers import build_optimizer
     from search.gpu import compute_capability, resolve_mixed_precision
@@ -269,6 +270,9 @@ def _fold_epochs(config, info, train: Train, data, context: TrialContext, seed, 
             xs, masks = augment(data.train.images, masks, seed=epoch_seed(seed, epoch))
             ys = masks[..., None].astype("float32") if seg else y_train
         hist = net.fit(xs, ys, batch_size=train.batch_size, epochs=1, verbose=0, shuffle=True)
+        # Validation (and the checkpoint, test and export after it) scores the weights with BatchNorm statistics of
+        # this epoch's training images, not moving averages that lag a few fast steps behind (models.batchnorm).
+        recompute_batchnorm_statistics(net, xs, train.batch_size)
         val = net.evaluate(x_val, y_val, batch_size=train.batch_size, verbose=0, return_dict=True)
         metrics = {f"train_{k}": float(v[-1]) for k, v in hist.history.items()}
         metrics |= {f"val_{k}": float(v) for k, v in val.items()}
