@@ -28,19 +28,56 @@ def trained_batchnorms(model: keras.layers.Layer) -> list[keras.layers.BatchNorm
 
 def recompute_batchnorm_statistics(model: keras.Model, images, batch_size: int) -> int:
     """Set every trained BatchNorm layer's moving mean and variance to the mean of its batch statistics over
-    ``images`` (forward passes in training mode, batch by batch, with the momentum of a running mean), as fvcore's
-    ``update_bn_stats``. Weights do not change; a frozen backbone called in inference mode is not touched.
-    Returns how many layers were updated (0: the model has none, nothing ran)."""
+    ``images``, batch by batch, as fvcore's ``update_bn_stats``: each full batch (all of ``images`` when there are
+    fewer) runs forward in training mode, compiled, with the layers' momentum at 0 so that each leaves its batch's
+    statistics, which are then averaged. Weights do not change; a frozen backbone called in inference mode is not
+    touched. Returns how many layers were updated (0: the model has none, nothing ran)."""
     layers = trained_batchnorms(model)
-    if not layers:
+    if not layers or not len(images):
         return 0
+    stats = [(layer.moving_mean, layer.moving_variance) for layer in layers]
+    n = len(images)
+    size = min(batch_size, n)
+    sums = [[0.0, 0.0] for _ in layers]
     momenta = [layer.momentum for layer in layers]
     try:
-        for i, start in enumerate(range(0, len(images), batch_size)):
-            for layer in layers:  # moving = moving × momentum + batch × (1 − momentum): the mean of batches 0..i
-                layer.momentum = i / (i + 1)
-            model(images[start : start + batch_size], training=True)
+        for layer in layers:
+            layer.momentum = 0.0  # moving = the batch's own statistics (training mode normalises with those anyway)
+        forward = _forward_in_training_mode(model)
+        starts = range(0, n - size + 1, size)  # full batches only: one shape, one compiled program
+        for start in starts:
+            forward(images[start : start + size])
+            for total, variables in zip(sums, stats):
+                for k, variable in enumerate(variables):
+                    total[k] = total[k] + keras.ops.convert_to_numpy(variable.value)
+        for total, variables in zip(sums, stats):
+            for k, variable in enumerate(variables):
+                variable.assign(total[k] / len(starts))
     finally:
         for layer, momentum in zip(layers, momenta):
             layer.momentum = momentum
     return len(layers)
+
+
+def _forward_in_training_mode(model: keras.Model):
+    """``model(x, training=True)`` as one compiled program (eager, op by op, it took as long as the epoch's
+    training on small CNNs), updating the model's non-trainable variables. Traced anew on each call of
+    ``recompute_batchnorm_statistics``: the momentum it reads is fixed when it is traced."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return tf.function(lambda x: model(x, training=True))
+    if backend == "jax":
+        import jax
+
+        step = jax.jit(lambda trainable, fixed, x: model.stateless_call(trainable, fixed, x, training=True)[1])
+        trainable = [v.value for v in model.trainable_variables]
+
+        def forward(x):
+            fixed = step(trainable, [v.value for v in model.non_trainable_variables], x)
+            for variable, value in zip(model.non_trainable_variables, fixed):
+                variable.assign(value)
+
+        return forward
+    return lambda x: model(x, training=True)

@@ -98,8 +98,15 @@ def submit(
             )
         except RuntimeError as exc:
             # A head that has just started answers before its job agent is up; Ray says to try again later.
-            if "No available agent" not in str(exc) or time.monotonic() > deadline:
+            if "No available agent" not in str(exc):
                 raise SweepError(f"the cluster at {address} did not take the job: {exc}") from None
+            if time.monotonic() > deadline:
+                raise SweepError(
+                    f"the cluster at {address} did not take the job: its head has had no job agent for "
+                    f"{AGENT_WAIT_S} s. The agent likely failed to start, most often because its HTTP port (52365 "
+                    "unless `ray start --dashboard-agent-listen-port` says otherwise) is held by another process; "
+                    "see dashboard_agent.log in the head's /tmp/ray/session_latest/logs, then restart the head."
+                ) from None
             time.sleep(2)
 
 

@@ -40,11 +40,70 @@ def test_cluster_yaml_passes_rays_schema_and_keeps_the_dashboard_private():
 
 
 def _free_port() -> int:
+    """A free port below Linux's ephemeral range (32768+), where the ports Ray's own processes take by binding port 0
+    land: a port picked from that range can be taken by one of them before the process meant to get it binds it."""
+    import random
     import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    while True:
+        port = random.randint(20000, 32000)  # above Ray's worker ports (10002-19999)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+
+
+def _start_head(env: dict) -> tuple[subprocess.Popen, str]:
+    """`ray start --head` until its dashboard answers and its job agent has bound its HTTP port (another process may
+    still take a port between our pick and Ray's bind: then this head never takes a job, so start another)."""
+    ray_cli = [sys.executable, "-m", "ray.scripts.scripts"]
+    for _attempt in range(3):
+        temp = tempfile.mkdtemp(prefix="/tmp/rayt-")  # short: Ray's socket paths must fit in 107 bytes
+        port, dash, agent = _free_port(), _free_port(), _free_port()
+        proc = subprocess.Popen(
+            [
+                *ray_cli,
+                "start",
+                "--head",
+                "--block",
+                "--node-ip-address=127.0.0.1",
+                f"--port={port}",
+                "--dashboard-host=127.0.0.1",
+                f"--dashboard-port={dash}",
+                # Its agent's HTTP port too: Ray's default (52365) may be held by another Ray instance on this
+                # machine, and then the head never takes a job ("No available agent to submit job").
+                f"--dashboard-agent-listen-port={agent}",
+                "--num-cpus=2",
+                "--disable-usage-stats",
+                f"--temp-dir={temp}",
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        address = f"http://127.0.0.1:{dash}"
+        agent_log = Path(temp) / "session_latest" / "logs" / "dashboard_agent.log"
+        deadline = time.time() + 120
+        while proc.poll() is None and time.time() < deadline:
+            text = agent_log.read_text(errors="replace") if agent_log.is_file() else ""
+            if "address already in use" in text:
+                break
+            if f"agent http address: 127.0.0.1:{agent}" in text and _answers(address):
+                return proc, address
+            time.sleep(2)
+        _stop(proc)
+    raise AssertionError(f"no Ray head with a working job agent in 3 tries; see {agent_log}")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGTERM)  # --block: the head stops its processes and exits
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +112,6 @@ def head(tmp_path_factory):
     the token Ray writes there (`ray get-auth-token --generate`, as Ray's own warning advises; a first local
     `ray.init()` writes the same file), no RAY_AUTH_* variable, and a plain `ray start --head`, which then turns token
     authentication on by itself. The clients get the same environment."""
-    port, dash = _free_port(), _free_port()
-    temp = tempfile.mkdtemp(prefix="/tmp/rayt-")  # short: Ray's socket paths must fit in 107 bytes
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH_")}
     env.update(
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",  # the job's `python` is ours
@@ -63,43 +120,11 @@ def head(tmp_path_factory):
     )
     ray_cli = [sys.executable, "-m", "ray.scripts.scripts"]
     subprocess.run([*ray_cli, "get-auth-token", "--generate"], env=env, capture_output=True, check=True)
-    proc = subprocess.Popen(
-        [
-            *ray_cli,
-            "start",
-            "--head",
-            "--block",
-            "--node-ip-address=127.0.0.1",
-            f"--port={port}",
-            "--dashboard-host=127.0.0.1",
-            f"--dashboard-port={dash}",
-            # Its agent's HTTP port too: Ray's default (52365) may be held by another Ray instance on this machine,
-            # and then the head never takes a job ("No available agent to submit job").
-            f"--dashboard-agent-listen-port={_free_port()}",
-            "--num-cpus=2",
-            "--disable-usage-stats",
-            f"--temp-dir={temp}",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    address = f"http://127.0.0.1:{dash}"
-    storage = tmp_path_factory.mktemp("jobruns")
+    proc, address = _start_head(env)
     try:
-        deadline = time.time() + 120
-        while not _answers(address):
-            assert proc.poll() is None, "ray start --head exited"
-            assert time.time() < deadline, "the Ray head did not come up in 120 s"
-            time.sleep(2)
-        yield {"address": address, "env": env, "storage": storage}
+        yield {"address": address, "env": env, "storage": tmp_path_factory.mktemp("jobruns")}
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)  # --block: the head stops its processes and exits
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        _stop(proc)
 
 
 def _answers(address: str) -> bool:
