@@ -4,7 +4,12 @@ One deployment (FastAPI ingress) per exported model folder:
 - ``POST /predict``: a multipart upload in the field ``file``, or a JSON batch ``{"images": [base64, ...]}``;
   images are batched across requests with ``@serve.batch``;
 - ``GET /``: a self-contained page to drop or choose an image and see the prediction;
-- ``GET /healthz``, ``GET /model`` (the export's manifest).
+- ``GET /healthz``, ``GET /model`` (the export's manifest, without paths of the server's disk).
+
+Bounded: each image's format and size are read from its header before anything is decoded; PNG, JPEG, BMP and TIFF
+only (415 otherwise), at most MAX_IMAGE_PIXELS an image and MAX_REQUEST_PIXELS a request (413); decoding runs off the
+event loop, DECODE_SLOTS requests at a time; a replica queues at most MAX_QUEUED_REQUESTS (then 503 with Retry-After)
+and a request gets REQUEST_TIMEOUT_S (then 408).
 
 A replica loads the folder with ``search.export.load_export`` and predicts with ``search.export.predict_arrays``, the
 functions `sweep predict` uses, so a served prediction is `sweep predict`'s prediction. Whatever an export holds
@@ -16,12 +21,14 @@ import asyncio
 import base64
 import binascii
 import hashlib
+import io
 import json
 import logging
 import os
 import signal
 import socket
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +36,7 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from ray import serve
+from ray.serve.config import BackpressureConfig
 
 from search.errors import SweepError
 from search.export import MODEL_FILE, STUDY_FILE, Predictions, check_export
@@ -38,7 +46,17 @@ APP_NAME = "leukemia-sweep"
 DEFAULT_MAX_MB = 20.0
 MAX_BATCH = 16  # images per model call, gathered across concurrent requests by @serve.batch
 MAX_IMAGES_PER_REQUEST = 64  # a JSON batch holds at most this many
-MAX_PIXELS = 100_000_000  # OpenCV refuses to decode larger images (a small file can hold a huge one)
+# A small file can hold a huge image (a one-colour 10000×10000 PNG is 0.29 MB and 300 MB decoded): pixels are
+# counted from the headers, before decoding. 40 megapixels is a 8000×5000 photograph, 120 MB decoded.
+MAX_IMAGE_PIXELS = 40_000_000
+MAX_REQUEST_PIXELS = 120_000_000  # all the images of one request together
+ACCEPTED_FORMATS = ("PNG", "JPEG", "BMP", "TIFF")  # what the page says it takes, by Pillow's name for each
+_ACCEPTED = f"{', '.join(ACCEPTED_FORMATS[:-1])} or {ACCEPTED_FORMATS[-1]}"
+DECODE_SLOTS = 2  # requests decoding and predicting at once in a replica: at most 2 × 360 MB of decoded pixels
+MAX_ONGOING_REQUESTS = 16  # sent to a replica at once (they wait for a slot there)
+MAX_QUEUED_REQUESTS = 64  # waiting at the proxy beyond those; more are answered 503 with Retry-After
+RETRY_AFTER_S = 5
+REQUEST_TIMEOUT_S = 120  # then 408
 PAGE_TEMPLATE = Path(__file__).with_name("serve_page.html")
 DISCLAIMER = (
     "This is a research model. It is not a diagnostic device: it must not be used to diagnose, treat or rule out "
@@ -168,6 +186,91 @@ def images_from_json(body: bytes) -> list[tuple[str, bytes]]:
     return out
 
 
+def image_header(data: bytes, name: str) -> tuple[str, int, int]:
+    """(format, width, height) read from an image's header by Pillow, which decodes no pixels; BadRequest for a
+    format not taken (415), more than MAX_IMAGE_PIXELS (413) or bytes that are no image (400). Empty data passes, for
+    the decoder to name."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not data:
+        return "", 0, 0
+    too_many = f"{name} is over the limit of {MAX_IMAGE_PIXELS / 1e6:g} megapixels an image"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # counted below, against our limit
+            with Image.open(io.BytesIO(data)) as image:
+                kind, (width, height) = image.format, image.size
+    except Image.DecompressionBombError:  # Pillow's own refusal (over 179 megapixels)
+        raise BadRequest(413, too_many) from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        raise BadRequest(400, f"{name} is not a decodable image: send a {_ACCEPTED} file") from None
+    if kind not in ACCEPTED_FORMATS:
+        raise BadRequest(415, f"{name} is a {kind} image; send it as {_ACCEPTED}")
+    if width * height > MAX_IMAGE_PIXELS:
+        raise BadRequest(413, f"{too_many} ({width}×{height}); send it smaller")
+    return kind, width, height
+
+
+def check_pixels(images: list[tuple[str, bytes]]) -> list[tuple[int, int]]:
+    """Each image's (width, height) from its header, within the limits of one image and of one request (pure)."""
+    sizes = [image_header(data, name)[1:] for name, data in images]
+    total = sum(w * h for w, h in sizes)
+    if total > MAX_REQUEST_PIXELS:
+        raise BadRequest(
+            413,
+            f"the request's {len(images)} images hold {total / 1e6:.0f} megapixels; at most "
+            f"{MAX_REQUEST_PIXELS / 1e6:g} a request: send them in several requests",
+        )
+    return sizes
+
+
+def decode_checked(images: list[tuple[str, bytes]], sizes: list[tuple[int, int]]) -> list[np.ndarray]:
+    """The images as uint8 RGB, each as large as its header said (one whose pixels disagree is refused)."""
+    from data_pipeline.io import decode_rgb
+
+    out = []
+    for (name, data), (width, height) in zip(images, sizes, strict=True):
+        rgb = decode_rgb(data, name)
+        if rgb.shape[:2] not in ((height, width), (width, height)):
+            raise BadRequest(
+                400, f"{name}: its header says {width}×{height} but it holds {rgb.shape[1]}×{rgb.shape[0]} pixels"
+            )
+        out.append(rgb)
+    return out
+
+
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
+
+
+def is_loopback(host: str) -> bool:
+    return host.strip("[]") in LOOPBACK_NAMES or host.startswith("127.")
+
+
+def origin_problem(host_header: str | None, origin: str | None, loopback: bool) -> str | None:
+    """Why a request must be refused (403) as not coming from this server's own page, or None (pure).
+    - Any web page open in a browser on the same machine can send a multipart POST here without a CORS preflight:
+      a request with an ``Origin`` must come from this server's own origin (the Host it was sent to).
+    - A server on loopback answers only requests addressed to a loopback name, so a page that rebinds its own
+      domain name to 127.0.0.1 (DNS rebinding) is not answered either."""
+    from urllib.parse import urlsplit
+
+    host_header = (host_header or "").lower()
+    if loopback:
+        name = urlsplit(f"//{host_header}").hostname or ""
+        if not is_loopback(name):
+            return f"this server answers requests to 127.0.0.1 or localhost only, not to Host {host_header or '(none)'}"
+    if origin is None:
+        return None  # not sent by a browser's cross-site request: curl, scripts, the page's own GET
+    if urlsplit(origin.lower()).netloc != host_header:
+        return f"a request from the page at {origin} is refused: use this server's own page, {host_header}/"
+    return None
+
+
+def public_manifest(manifest: dict) -> dict:
+    """The manifest as `/model` shows it: the experiment by its name, not its path on the server's disk (pure)."""
+    return {**manifest, "experiment": Path(manifest["experiment"]).name} if "experiment" in manifest else manifest
+
+
 async def _read_body(request: Request, max_bytes: int) -> bytes:
     limit = body_limit(max_bytes)
     too_large = f"too large: an image may be at most {max_bytes / 1e6:g} MB"
@@ -229,21 +332,39 @@ async def _images_from_multipart(request: Request, body: bytes) -> list[tuple[st
 # ---- the Ray Serve deployment --------------------------------------------------------------------------------------
 
 api = FastAPI(title="leukemia-sweep model server", docs_url=None, redoc_url=None)
+api.state.loopback = True  # each replica sets it from `sweep serve --host`
 
 
-@serve.deployment(name="model", max_ongoing_requests=64, health_check_period_s=10)
+@api.middleware("http")
+async def _own_page_only(request: Request, call_next):
+    problem = origin_problem(request.headers.get("host"), request.headers.get("origin"), api.state.loopback)
+    if problem:
+        return JSONResponse({"error": problem}, status_code=403)
+    return await call_next(request)
+
+
+@serve.deployment(
+    name="model",
+    max_ongoing_requests=MAX_ONGOING_REQUESTS,
+    max_queued_requests=MAX_QUEUED_REQUESTS,
+    backpressure_config=BackpressureConfig(retry_after_s=RETRY_AFTER_S),
+    health_check_period_s=10,
+)
 @serve.ingress(api)
 class ModelServer:
     """One replica: the exported model in memory, its page rendered once."""
 
-    def __init__(self, model_dir: str, max_bytes: int):
+    def __init__(self, model_dir: str, max_bytes: int, loopback: bool):
         from search.export import load_export
+
+        api.state.loopback = loopback
 
         self.model, self.manifest = load_export(model_dir)
         self.max_bytes = max_bytes
         self.version = model_version(model_dir)
         study = json.loads((Path(model_dir) / STUDY_FILE).read_text())
         self.page = render_page(page_context(self.manifest, study, self.version, max_bytes))
+        self.slots = asyncio.Semaphore(DECODE_SLOTS)
 
     def _identity(self) -> dict:
         return {"name": self.manifest["model"], "version": self.version, "task": self.manifest["task"]}
@@ -258,21 +379,22 @@ class ModelServer:
 
     @api.get("/model")
     def model(self) -> dict:
-        return self.manifest
+        return public_manifest(self.manifest)
 
     @api.post("/predict")
     async def predict(self, request: Request, overlay: bool = False) -> JSONResponse:
         from data_pipeline.errors import DataError
-        from data_pipeline.io import decode_rgb
 
         try:
             images = await images_from_request(request, self.max_bytes)
-            originals = [decode_rgb(data, name) for name, data in images]
+            sizes = check_pixels(images)  # from the headers: nothing decoded yet
+            async with self.slots:  # decoded pixels of at most DECODE_SLOTS requests in memory
+                originals = await asyncio.to_thread(decode_checked, images, sizes)  # the event loop goes on
+                results = await asyncio.gather(*(self._predict_batch((o, overlay)) for o in originals))
         except BadRequest as exc:
             return JSONResponse({"error": str(exc)}, status_code=exc.status)
-        except DataError as exc:  # not an image, truncated, empty
+        except DataError as exc:  # not an image, truncated, empty, refused by OpenCV
             return JSONResponse({"error": str(exc)}, status_code=400)
-        results = await asyncio.gather(*(self._predict_batch((o, overlay)) for o in originals))
         return JSONResponse({"model": self._identity(), "predictions": list(results)})
 
     @serve.batch(max_batch_size=MAX_BATCH, batch_wait_timeout_s=0.01)
@@ -353,13 +475,15 @@ def serve_model(
     try:
         if address is None:
             _check_room(replicas, gpus_per_replica)
-        serve.start(http_options={"host": host, "port": port}, proxy_location="HeadOnly")
+        serve.start(
+            http_options={"host": host, "port": port, "request_timeout_s": REQUEST_TIMEOUT_S}, proxy_location="HeadOnly"
+        )
         logging.getLogger("ray.serve").setLevel(logging.WARNING)  # from here on, this command says what happens
-        env = {**limit_gpu_memory(backend, gpus_per_replica), "OPENCV_IO_MAX_IMAGE_PIXELS": str(MAX_PIXELS)}
+        env = {**limit_gpu_memory(backend, gpus_per_replica), "OPENCV_IO_MAX_IMAGE_PIXELS": str(MAX_IMAGE_PIXELS)}
         app = ModelServer.options(
             num_replicas=replicas,
             ray_actor_options={"num_cpus": 1, "num_gpus": gpus_per_replica, "runtime_env": {"env_vars": env}},
-        ).bind(str(model_dir), int(max_mb * 1e6))
+        ).bind(str(model_dir), int(max_mb * 1e6), is_loopback(host))
         serve.run(app, name=APP_NAME, route_prefix="/")
         print(
             f"serving {manifest['model']} ({manifest['task']}) from {model_dir} on http://{host}:{port}/ "

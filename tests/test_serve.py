@@ -4,6 +4,7 @@ and headless Chromium (Debian's chromium + chromium-driver, driven by selenium) 
 Every test leaves no Serve, Ray or Chromium process behind."""
 
 import base64
+import contextlib
 import json
 import os
 import shutil
@@ -155,7 +156,14 @@ def server(request, tmp_path_factory):
     assert code == 0, err
     log = tmp / "serve.log"
     proc, url = _start_server(tmp / "model", log)
-    yield {"task": request.param, "url": url, "model_dir": tmp / "model", "experiment": experiment, "log": log}
+    yield {
+        "task": request.param,
+        "url": url,
+        "model_dir": tmp / "model",
+        "experiment": experiment,
+        "log": log,
+        "pid": proc.pid,
+    }
     _stop_server(proc, log)
 
 
@@ -177,6 +185,12 @@ def _post_file(url: str, path: Path, field: str = "file", **params) -> requests.
         return requests.post(f"{url}/predict", files={field: (path.name, f)}, params=params, timeout=120)
 
 
+def _encoded(ext: str, image: np.ndarray) -> bytes:
+    ok, data = cv2.imencode(ext, image)
+    assert ok, ext
+    return data.tobytes()
+
+
 def _png(b64: str) -> np.ndarray:
     return cv2.imdecode(np.frombuffer(base64.b64decode(b64), np.uint8), cv2.IMREAD_UNCHANGED)
 
@@ -187,7 +201,9 @@ def _png(b64: str) -> np.ndarray:
 def test_served_predictions_equal_sweep_predict(server, images, tmp_path):
     url, model_dir = server["url"], server["model_dir"]
     manifest = json.loads((model_dir / "export.json").read_text())
-    assert requests.get(f"{url}/model", timeout=30).json() == manifest  # the export's manifest, as written
+    shown = requests.get(f"{url}/model", timeout=30).json()  # the export's manifest, as written
+    assert shown == {**manifest, "experiment": Path(manifest["experiment"]).name}  # no path of the server's disk
+    assert str(model_dir.parent) not in json.dumps(shown)
     health = requests.get(f"{url}/healthz", timeout=30).json()
     from search.serve import model_version
 
@@ -267,9 +283,21 @@ def test_bad_inputs_get_a_4xx_json_error_and_the_server_goes_on(server, images, 
         "huge.png": (good + bytes(21_000_000), 413, "the limit is 20 MB"),  # a real PNG, padded past 20 MB
         "enormous.png": (bytes(30_000_000), 413, "an image may be at most 20 MB"),  # refused before it is read
     }
+    rgb = cv2.imread(str(images / "benign.png"))
+    cases |= {  # read from the header, refused before a pixel is decoded
+        "bomb.png": (_encoded(".png", np.zeros((10_000, 10_000), np.uint8)), 413, "over the limit of 40 megapixels"),
+        "photo.webp": (_encoded(".webp", rgb), 415, "is a WEBP image; send it as PNG, JPEG, BMP or TIFF"),
+        "scan.ppm": (_encoded(".ppm", rgb), 415, "is a PPM image"),
+    }
     for name, (data, status, message) in cases.items():
         r = requests.post(f"{url}/predict", files={"file": (name, data)}, timeout=120)
         assert r.status_code == status and message in r.json()["error"], (name, r.status_code, r.text[:300])
+    for ext in (".tiff", ".bmp"):  # the page's other two formats are taken
+        r = requests.post(f"{url}/predict", files={"file": (f"a{ext}", _encoded(ext, rgb))}, timeout=120)
+        assert r.status_code == 200 and len(r.json()["predictions"]) == 1, (ext, r.text[:300])
+    big = base64.b64encode(_encoded(".png", np.zeros((6000, 6000), np.uint8))).decode()  # 36 megapixels: legal
+    r = requests.post(f"{url}/predict", json={"images": [big] * 4}, timeout=120)  # 144 together: not
+    assert r.status_code == 413 and "hold 144 megapixels; at most 120 a request" in r.json()["error"], r.text[:300]
 
     wrong_field = requests.post(f"{url}/predict", files={"image": ("a.png", good)}, timeout=60)
     assert wrong_field.status_code == 422
@@ -287,9 +315,153 @@ def test_bad_inputs_get_a_4xx_json_error_and_the_server_goes_on(server, images, 
         r = requests.post(f"{url}/predict", data=body, headers={"content-type": "application/json"}, timeout=60)
         assert 400 <= r.status_code < 500 and message in r.json()["error"], (message, r.text[:300])
 
+    # Another web page open on this machine may post here (a multipart POST needs no CORS preflight): refused; a page
+    # whose domain name is rebound to 127.0.0.1 sends another Host: refused; the server's own page is answered.
+    upload = {"file": ("a.png", good)}
+    evil = requests.post(f"{url}/predict", files=upload, headers={"Origin": "http://evil.example"}, timeout=60)
+    assert evil.status_code == 403 and "the page at http://evil.example is refused" in evil.json()["error"]
+    rebound = requests.get(f"{url}/model", headers={"Host": "evil.example"}, timeout=60)
+    assert rebound.status_code == 403 and "not to Host evil.example" in rebound.json()["error"]
+    assert requests.post(f"{url}/predict", files=upload, headers={"Origin": url}, timeout=60).status_code == 200
+
     still = _post_file(url, images / "benign.png")  # the server keeps serving
     assert still.status_code == 200 and len(still.json()["predictions"]) == 1
     assert requests.get(f"{url}/healthz", timeout=30).json()["status"] == "ok"
+
+
+WRONG_TYPES = ["", "text/plain", "image/png", "multipart/form-data", "application/x-www-form-urlencoded"]
+
+
+def _hostile_request(good: bytes):
+    """A hypothesis strategy of (content type, body, as multipart or not): random bytes, cut or corrupted images,
+    wrong content types, malformed JSON and base64."""
+    from hypothesis import strategies as st
+
+    def corrupt(args):
+        data, positions, value = args
+        out = bytearray(data)
+        for i in positions:
+            out[i % len(out)] = value
+        return bytes(out)
+
+    files = st.one_of(
+        st.binary(max_size=4096),
+        st.integers(0, len(good)).map(lambda n: good[:n]),
+        st.tuples(st.just(good), st.lists(st.integers(0, 1 << 20), min_size=1, max_size=8), st.integers(0, 255)).map(
+            corrupt
+        ),
+        st.binary(max_size=64).map(lambda tail: good[:33] + tail),  # a real PNG header, then anything
+    )
+    as_json = st.one_of(
+        st.text(max_size=200).map(str.encode),
+        st.lists(files.map(lambda b: base64.b64encode(b).decode()), max_size=3).map(
+            lambda images: json.dumps({"images": images}).encode()
+        ),
+        st.lists(st.text(max_size=40), max_size=3).map(lambda images: json.dumps({"images": images}).encode()),
+        st.recursive(st.none() | st.integers() | st.text(max_size=10), lambda c: st.lists(c, max_size=3)).map(
+            lambda doc: json.dumps({"images": doc}).encode()
+        ),
+    )
+    return st.one_of(
+        files.map(lambda b: ("multipart/form-data", b, True)),
+        as_json.map(lambda b: ("application/json", b, False)),
+        st.tuples(
+            st.sampled_from(WRONG_TYPES),
+            st.binary(max_size=512),
+        ).map(lambda t: (t[0], t[1], False)),
+    )
+
+
+def test_hostile_requests_get_only_4xx_with_a_json_error(server, images):
+    """Property-based: whatever a client sends, the answer is 200 (a valid image after all) or a 4xx with a JSON
+    error, never a 5xx; the server keeps answering."""
+    from hypothesis import HealthCheck, given, settings
+
+    url, good = server["url"], (images / "benign.png").read_bytes()
+
+    @settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    @given(_hostile_request(good))
+    def check(request):
+        kind, body, multipart = request
+        if multipart:
+            r = requests.post(f"{url}/predict", files={"file": ("x.png", body)}, timeout=120)
+        else:
+            r = requests.post(f"{url}/predict", data=body, headers={"content-type": kind}, timeout=120)
+        assert r.status_code == 200 or (400 <= r.status_code < 500 and isinstance(r.json()["error"], str)), (
+            r.status_code,
+            r.text[:300],
+        )
+
+    check()
+    assert _post_file(url, images / "benign.png").status_code == 200
+
+
+def _replica(server_pid: int) -> int:
+    """The pid of the Ray Serve replica that `sweep serve` started (Ray names its process after the replica)."""
+    for pid in _descendants(server_pid):
+        try:
+            if b"ServeReplica" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                return pid
+        except OSError:
+            continue
+    raise AssertionError("no ServeReplica process under sweep serve")
+
+
+def _memory_kb(pid: int, field: str) -> int:
+    line = next(x for x in Path(f"/proc/{pid}/status").read_text().splitlines() if x.startswith(f"{field}:"))
+    return int(line.split()[1])
+
+
+REPLICA_PEAK_GROWTH_MB = 1500  # the bound a hostile load must keep the replica's resident memory under
+
+
+def test_hostile_load_leaves_good_requests_answered_and_memory_bounded(server, images):
+    """Image bombs (a 10000×10000 PNG of 0.1 MB), formats not taken, garbage, over-budget batches and legal large
+    images, 8 at a time among good requests: every good one answered correctly, the rest refused with a 4xx, and the
+    replica's peak resident memory (VmHWM, reset first) grows by less than REPLICA_PEAK_GROWTH_MB."""
+    url, good = server["url"], (images / "benign.png").read_bytes()
+    expected = requests.post(f"{url}/predict", files={"file": ("a.png", good)}, timeout=120).json()["predictions"]
+    rgb = cv2.imread(str(images / "benign.png"))
+    bomb = _encoded(".png", np.zeros((10_000, 10_000), np.uint8))
+    large = _encoded(".png", cv2.resize(rgb, (6000, 6000)))  # 36 megapixels: legal, 108 MB decoded
+    b64 = base64.b64encode(bomb).decode()
+    hostile = [
+        ("files", bomb, 413),
+        ("json", json.dumps({"images": [b64] * 24}).encode(), 413),  # the issue's 24 bombs in one request
+        ("files", _encoded(".webp", rgb), 415),
+        ("files", b"\x89PNG\r\n\x1a\n" + bytes(200), 400),
+        ("files", large, 200),
+    ]
+    replica = _replica(server["pid"])
+    with contextlib.suppress(OSError):  # Linux: reset the peak resident set to now (else growth reads high)
+        Path(f"/proc/{replica}/clear_refs").write_text("5")
+    before = _memory_kb(replica, "VmRSS")
+
+    def one(i):
+        kind, body, status = hostile[i // 2 % len(hostile)] if i % 2 else ("files", good, 200)
+        start = time.perf_counter()
+        if kind == "files":
+            r = requests.post(f"{url}/predict", files={"file": ("x.png", body)}, timeout=120)
+        else:
+            r = requests.post(f"{url}/predict", data=body, headers={"content-type": "application/json"}, timeout=120)
+        return i, status, r, time.perf_counter() - start
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(one, range(40)))
+    key = "probabilities" if server["task"] == "classification" else "foreground"
+    for i, status, r, _ in results:
+        assert r.status_code == status, (i, r.status_code, r.text[:300])
+        if status != 200:
+            assert isinstance(r.json()["error"], str)
+        elif i % 2 == 0:  # a good one: the answer it gets alone
+            assert r.json()["predictions"][0][key] == pytest.approx(expected[0][key], abs=1e-5)
+    growth = (_memory_kb(replica, "VmHWM") - before) / 1024
+    good_ms = np.array([t for i, _, _, t in results if i % 2 == 0]) * 1000
+    print(
+        f"\n{server['task']}: 20 good among 20 hostile, 8 at a time: good p50 {np.percentile(good_ms, 50):.0f} ms, "
+        f"p95 {np.percentile(good_ms, 95):.0f} ms; replica peak resident memory +{growth:.0f} MB"
+    )
+    assert growth < REPLICA_PEAK_GROWTH_MB
 
 
 # ---- a real browser --------------------------------------------------------------------------------------------------
@@ -480,6 +652,21 @@ def test_trained_on_says_what_data_and_how_much():
     )
     context = page_context(manifest, {"data": {"data_dir": None}}, "abc", 20_000_000)
     assert context["metrics"] == [("accuracy", 0.9), ("loss", 0.3)] and context["max_mb"] == "20"
+
+
+def test_requests_from_other_pages_and_other_hosts_are_told_apart():
+    from search.serve import origin_problem
+
+    assert origin_problem("127.0.0.1:8000", None, loopback=True) is None  # curl, scripts
+    assert origin_problem("127.0.0.1:8000", "http://127.0.0.1:8000", loopback=True) is None  # its own page
+    assert origin_problem("[::1]:8000", "http://[::1]:8000", loopback=True) is None
+    assert origin_problem("localhost:8000", "http://localhost:8000", loopback=True) is None
+    assert "is refused" in origin_problem("127.0.0.1:8000", "http://evil.example", loopback=True)
+    assert "is refused" in origin_problem("127.0.0.1:8000", "http://127.0.0.1:9000", loopback=True)  # another port
+    assert "is refused" in origin_problem("127.0.0.1:8000", "null", loopback=True)  # a sandboxed or file: page
+    assert "not to Host evil.example" in origin_problem("evil.example:8000", None, loopback=True)  # DNS rebinding
+    assert origin_problem("smears.clinic.example", "https://smears.clinic.example", loopback=False) is None
+    assert origin_problem("10.0.0.5:8000", None, loopback=False) is None  # off loopback: any name it is reached by
 
 
 def test_json_batches_are_read_or_refused_by_hand():
