@@ -46,7 +46,7 @@ APP_NAME = "leukemia-sweep"
 DEFAULT_MAX_MB = 20.0
 MAX_BATCH = 16  # images per model call, gathered across concurrent requests by @serve.batch
 MAX_IMAGES_PER_REQUEST = 64  # a JSON batch holds at most this many
-# A small file can hold a huge image (a one-colour 10000×10000 PNG is 0.29 MB and 300 MB decoded): pixels are
+# A small file can hold a huge image (a one-colour 10000×10000 PNG is 0.1-0.3 MB and 300 MB decoded): pixels are
 # counted from the headers, before decoding. 40 megapixels is a 8000×5000 photograph, 120 MB decoded.
 MAX_IMAGE_PIXELS = 40_000_000
 MAX_REQUEST_PIXELS = 120_000_000  # all the images of one request together
@@ -239,11 +239,15 @@ def decode_checked(images: list[tuple[str, bytes]], sizes: list[tuple[int, int]]
     return out
 
 
-LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
-
-
 def is_loopback(host: str) -> bool:
-    return host.strip("[]") in LOOPBACK_NAMES or host.startswith("127.")
+    """localhost, or an address in 127.0.0.0/8 or ::1 (a name that merely starts with "127." is not one)."""
+    import ipaddress
+
+    name = host.strip("[]")
+    try:
+        return name == "localhost" or ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 def origin_problem(host_header: str | None, origin: str | None, loopback: bool) -> str | None:

@@ -665,6 +665,8 @@ def test_requests_from_other_pages_and_other_hosts_are_told_apart():
     assert "is refused" in origin_problem("127.0.0.1:8000", "http://127.0.0.1:9000", loopback=True)  # another port
     assert "is refused" in origin_problem("127.0.0.1:8000", "null", loopback=True)  # a sandboxed or file: page
     assert "not to Host evil.example" in origin_problem("evil.example:8000", None, loopback=True)  # DNS rebinding
+    assert "not to Host 127.0.0.1.evil.example" in origin_problem("127.0.0.1.evil.example", None, loopback=True)
+    assert origin_problem("127.0.0.2:8000", None, loopback=True) is None  # all of 127.0.0.0/8 is this machine
     assert origin_problem("smears.clinic.example", "https://smears.clinic.example", loopback=False) is None
     assert origin_problem("10.0.0.5:8000", None, loopback=False) is None  # off loopback: any name it is reached by
 
