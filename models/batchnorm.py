@@ -35,24 +35,20 @@ def recompute_batchnorm_statistics(model: keras.Model, images, batch_size: int) 
     layers = trained_batchnorms(model)
     if not layers or not len(images):
         return 0
-    stats = [(layer.moving_mean, layer.moving_variance) for layer in layers]
-    n = len(images)
-    size = min(batch_size, n)
-    sums = [[0.0, 0.0] for _ in layers]
+    statistics = [v for layer in layers for v in (layer.moving_mean, layer.moving_variance)]
+    size = min(batch_size, len(images))
+    starts = range(0, len(images) - size + 1, size)  # full batches only: one shape, one compiled program
+    sums = [0.0] * len(statistics)
     momenta = [layer.momentum for layer in layers]
     try:
         for layer in layers:
             layer.momentum = 0.0  # moving = the batch's own statistics (training mode normalises with those anyway)
         forward = _forward_in_training_mode(model)
-        starts = range(0, n - size + 1, size)  # full batches only: one shape, one compiled program
         for start in starts:
             forward(images[start : start + size])
-            for total, variables in zip(sums, stats):
-                for k, variable in enumerate(variables):
-                    total[k] = total[k] + keras.ops.convert_to_numpy(variable.value)
-        for total, variables in zip(sums, stats):
-            for k, variable in enumerate(variables):
-                variable.assign(total[k] / len(starts))
+            sums = [total + keras.ops.convert_to_numpy(v.value) for total, v in zip(sums, statistics)]
+        for total, variable in zip(sums, statistics):
+            variable.assign(total / len(starts))
     finally:
         for layer, momentum in zip(layers, momenta):
             layer.momentum = momentum
