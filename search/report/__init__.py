@@ -14,6 +14,7 @@ from typing import Any
 
 import pandas as pd
 
+from data_pipeline.files import data_folders, refuse_inside
 from search import storage as store
 from search.errors import SweepError
 from search.experiment import (
@@ -126,6 +127,8 @@ def write_report(experiment: str | Path, out: str | Path | None = None, formats:
     experiment = store.normalize(experiment)
     if out is None and store.is_uri(experiment):
         raise SweepError(f"{experiment} is in cloud storage: write its report locally with --out DIR")
+    if out is not None:
+        out = refuse_inside(out, data_folders(load_study(experiment).data.data_dir), "--out")
     out = Path(out) if out is not None else Path(experiment) / "report"
     out.mkdir(parents=True, exist_ok=True)
     parts = build(experiment, out)
