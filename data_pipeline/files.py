@@ -9,6 +9,7 @@ the same folder once that process is gone (same host), or after ``STALE_AFTER_S`
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import shutil
@@ -25,6 +26,10 @@ from data_pipeline.errors import DataError
 
 TMP_PREFIX = ".sweep-tmp-"
 STALE_AFTER_S = 24 * 3600  # another host's leftover: no pid to check, so age decides
+RESCAN_AFTER_S = 60.0  # a folder is searched for leftovers at most this often per process (thousands of writes
+# into one folder would otherwise list it thousands of times)
+_last_scan: dict[str, float] = {}
+_FULL_OR_READ_ONLY = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)
 _TMP_NAME = re.compile(rf"^{re.escape(TMP_PREFIX)}([A-Za-z0-9]*)-(\d+)-")
 
 
@@ -58,9 +63,13 @@ def is_leftover(name: str, age_s: float, host: str, alive: Callable[[int], bool]
 
 
 def clean_leftovers(folder: str | Path) -> list[Path]:
-    """Remove what killed writers left in ``folder``; return what was removed."""
+    """Remove what killed writers left in ``folder`` (unless this process searched it in the last RESCAN_AFTER_S);
+    return what was removed."""
     removed = []
     now, host = time.time(), _host()
+    if now - _last_scan.get(str(folder), -RESCAN_AFTER_S) < RESCAN_AFTER_S:
+        return removed
+    _last_scan[str(folder)] = now
     with contextlib.suppress(OSError), os.scandir(folder) as entries:
         for entry in entries:
             if not entry.name.startswith(TMP_PREFIX):
@@ -142,8 +151,10 @@ def publish_folder(target: str | Path) -> Iterator[Path]:
     try:
         try:
             yield staging
-        except OSError as exc:  # the caller's own writes into the folder
-            raise _not_written(target, exc) from None
+        except OSError as exc:
+            if exc.errno in _FULL_OR_READ_ONLY or str(exc.filename or "").startswith(str(staging)):
+                raise _not_written(target, exc) from None  # the caller's own writes into the folder failed
+            raise  # something else (a download, a read): as it is
         try:
             _fsync_tree(staging)
             os.rename(staging, target)  # replaces an empty folder; fails on a full one (another writer won)

@@ -133,22 +133,29 @@ write_file(sys.argv[1], slow)
 """
 
 
-def test_the_next_write_removes_what_a_killed_writer_left(tmp_path):
+def _slow_writer(target: Path) -> subprocess.Popen:
     child = subprocess.Popen(
-        [sys.executable, "-c", _SLOW_WRITER, str(tmp_path / "sweep.json")],
+        [sys.executable, "-c", _SLOW_WRITER, str(target)],
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         stdout=subprocess.PIPE,
         text=True,
     )
     assert child.stdout.readline().strip() == "writing"
-    (leftover,) = os.listdir(tmp_path)
-    assert leftover.startswith(f"{TMP_PREFIX}") and f"-{child.pid}-" in leftover
-    write_file(tmp_path / "other.json", b"{}")  # the writer still runs: its file stays
-    assert sorted(os.listdir(tmp_path)) == sorted([leftover, "other.json"])
-    child.send_signal(signal.SIGKILL)
-    child.wait(30)
-    write_file(tmp_path / "other.json", b"{}")
-    assert os.listdir(tmp_path) == ["other.json"]
+    return child
+
+
+def test_the_next_write_removes_what_a_killed_writer_left(tmp_path):
+    killed, running = _slow_writer(tmp_path / "sweep.json"), _slow_writer(tmp_path / "results.csv")
+    try:
+        left = {p: next(n for n in os.listdir(tmp_path) if f"-{p.pid}-" in n) for p in (killed, running)}
+        assert all(n.startswith(TMP_PREFIX) for n in left.values())
+        killed.send_signal(signal.SIGKILL)
+        killed.wait(30)
+        write_file(tmp_path / "other.json", b"{}")
+        assert sorted(os.listdir(tmp_path)) == sorted([left[running], "other.json"])  # a live writer's file stays
+    finally:
+        running.kill()
+        running.wait(30)
 
 
 def test_leftovers_are_this_hosts_dead_writers_or_old_ones_from_elsewhere():
