@@ -8,11 +8,11 @@ folder (``$SWEEP_CACHE_DIR`` or ``~/.cache/leukemia-sweep``), never in the user'
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +23,7 @@ import numpy as np
 from data_pipeline import masks as mask_rules
 from data_pipeline import preprocess
 from data_pipeline.errors import ON_BAD_IMAGE, DataError
+from data_pipeline.files import publish_folder
 from data_pipeline.layout import DatasetIndex
 
 _CACHE_VERSION = 4  # 4: auto decides lossy masks anew (a cache keyed by "auto" holds the old decision)
@@ -286,25 +287,21 @@ def _decode_all(index, size, rule, on_bad_image, fp, workers, steps=()) -> Loade
 
 
 def _write_cache(entry: Path, data: LoadedData) -> None:
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=entry.parent, prefix=".tmp-"))
-    try:
+    meta = {
+        "classes": data.classes,
+        "names": data.names,
+        "skipped": data.skipped,
+        "mask_width": None if data.masks is None else data.masks.shape[-1],
+        "layout": data.layout,
+        "mask_rule": data.mask_rule,
+    }
+    with contextlib.suppress(DataError), publish_folder(entry) as tmp:  # a whole entry or none
+        # DataError: another process won the race, or the disk is full: not fatal, the arrays are in memory
         np.save(tmp / "images.npy", data.images)
         np.save(tmp / "labels.npy", data.labels)
         if data.masks is not None:  # binary masks stored as bits: 8x less to read back
             np.save(tmp / "masks.npy", np.packbits(data.masks, axis=-1))
-        meta = {
-            "classes": data.classes,
-            "names": data.names,
-            "skipped": data.skipped,
-            "mask_width": None if data.masks is None else data.masks.shape[-1],
-            "layout": data.layout,
-            "mask_rule": data.mask_rule,
-        }
         (tmp / "meta.json").write_text(json.dumps(meta))
-        os.replace(tmp, entry)  # atomic: a reader sees a whole entry or none
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)  # another process won the race, or the disk is full: not fatal
 
 
 def _read_cache(entry: Path, fp: str) -> LoadedData | None:

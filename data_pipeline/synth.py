@@ -13,8 +13,6 @@ Deterministic: image i of class c depends on (seed, c, i) only.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from data_pipeline.errors import DataError
+from data_pipeline.files import encode_image, publish_folder
 from data_pipeline.layout import ORIGINAL_DIR, SEGMENTED_DIR
 
 CLASSES = ("Benign", "Early", "Pre", "Pro")
@@ -152,8 +151,6 @@ def write_dataset(
 
     Written into a temporary folder beside ``out`` and renamed at the end, so an interrupted run leaves nothing.
     """
-    import cv2
-
     if fmt not in FORMATS:
         raise DataError(f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
 
@@ -163,8 +160,7 @@ def write_dataset(
         name = file_name(c, i, fmt)
         for folder, arr in ((ORIGINAL_DIR, rgb), (SEGMENTED_DIR, seg)):
             (tmp / folder / c).mkdir(parents=True, exist_ok=True)
-            if not cv2.imwrite(str(tmp / folder / c / name), cv2.cvtColor(arr, cv2.COLOR_RGB2BGR)):
-                raise OSError(f"could not write {tmp / folder / c / name}")
+            (tmp / folder / c / name).write_bytes(encode_image(arr, f".{fmt}"))
 
     return write_atomically(out, CLASSES, counts, size, write_one, workers)
 
@@ -173,8 +169,8 @@ def write_atomically(
     out, classes: tuple[str, ...], counts: tuple[int, ...], size: int, write_one, workers=None
 ) -> Path:
     """Check the counts and size, then call ``write_one(tmp, class, index)`` for every image (threads) into a
-    temporary folder beside ``out`` and rename it ``out`` at the end, so an interrupted run leaves nothing. ``out``
-    must not hold a dataset yet. Shared by every embedded set."""
+    temporary folder beside ``out`` and rename it ``out`` at the end (files.publish_folder), so an interrupted run
+    leaves nothing. ``out`` must not hold a dataset yet. Shared by every embedded set."""
     if len(counts) != len(classes) or min(counts) < 1:
         raise DataError(f"counts must be {len(classes)} positive numbers (for {', '.join(classes)}), not {counts}")
     if size < 32:
@@ -182,18 +178,9 @@ def write_atomically(
     out = Path(out).expanduser().resolve()
     if out.exists() and any(out.iterdir()):
         raise DataError(f"{out} exists and is not empty; choose a new folder or delete it first.")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
     jobs = [(c, i) for c, n in zip(classes, counts, strict=True) for i in range(n)]
-    try:
-        with ThreadPoolExecutor(max_workers=workers or (os.cpu_count() or 1)) as pool:
-            list(pool.map(lambda job: write_one(tmp, *job), jobs))
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with publish_folder(out) as tmp, ThreadPoolExecutor(max_workers=workers or (os.cpu_count() or 1)) as pool:
+        list(pool.map(lambda job: write_one(tmp, *job), jobs))
     return out
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from data_pipeline.errors import DataError
+from data_pipeline.files import encode_image
 from data_pipeline.synth import cached_set, write_atomically
 
 CLASSES = ("no", "yes")
@@ -135,15 +136,13 @@ def write_dataset(
     """Write no/ and yes/ (images and masks beside them) into ``out``, which must not hold a dataset yet.
 
     Written into a temporary folder beside ``out`` and renamed at the end, so an interrupted run leaves nothing."""
-    import cv2
 
     def write_one(tmp: Path, c: str, i: int) -> None:
         image, mask = render(c, i, size, seed)
         stem = file_stem(c, i)
         (tmp / c).mkdir(exist_ok=True)
         for name, arr in ((f"{stem}.png", image), (f"{stem}_mask.png", mask * 255)):
-            if not cv2.imwrite(str(tmp / c / name), arr):
-                raise OSError(f"could not write {tmp / c / name}")
+            (tmp / c / name).write_bytes(encode_image(arr, ".png", rgb=False))
 
     return write_atomically(out, CLASSES, counts, size, write_one, workers)
 

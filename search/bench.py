@@ -24,6 +24,7 @@ from typing import Any
 
 import pandas as pd
 
+from data_pipeline.files import write_file
 from search.experiment import check_name
 from search.results import best_row, config_label
 from search.spec import SpecError, Study, load_study, merge
@@ -233,6 +234,6 @@ def run_bench(
         "backend": service.train.backend,
         "gpus_per_trial": load_sweep(root / SLUGS[SERVICE_WAY])["resources"]["gpus_per_trial"],
     }
-    (root / "bench.md").write_text(to_markdown(summaries, extra))
-    (root / "bench.json").write_text(json.dumps({"ways": summaries, **extra}, indent=2, default=str))
+    write_file(root / "bench.md", to_markdown(summaries, extra).encode())
+    write_file(root / "bench.json", json.dumps({"ways": summaries, **extra}, indent=2, default=str).encode())
     return summaries, extra, root

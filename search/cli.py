@@ -59,9 +59,8 @@ def _add_data_commands(sub) -> None:
 
 
 def _data_synth(args) -> int:
-    import cv2
-
     from data_pipeline import synth
+    from data_pipeline.files import write_image
 
     if args.per_class is not None:
         counts = (args.per_class,) * len(synth.CLASSES)
@@ -78,7 +77,7 @@ def _data_synth(args) -> int:
     print(f"wrote {sum(counts)} images ({', '.join(f'{c} {n}' for c, n in zip(synth.CLASSES, counts))}) to {root}")
     if args.contact_sheet:
         sheet = synth.contact_sheet(root)
-        cv2.imwrite(str(args.contact_sheet), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
+        write_image(args.contact_sheet, sheet)
         print(f"contact sheet: {args.contact_sheet}")
     return 0
 
@@ -88,22 +87,18 @@ def _data_check(args) -> int:
 
     from data_pipeline import DataError, check, scan
     from data_pipeline.checks import render_text
+    from data_pipeline.files import refuse_inside, write_image
 
     index = scan(args.dir, args.task, args.layout)
-    sheet_path = args.sheet.expanduser().resolve() if args.sheet else None
-    if sheet_path and sheet_path.is_relative_to(index.root):
-        raise DataError(f"--sheet {sheet_path} is inside the data folder {index.root}, which is never written")
+    sheet_path = refuse_inside(args.sheet, {index.root.resolve(): "the data folder"}, "--sheet") if args.sheet else None
     if sheet_path and sheet_path.suffix.lower() != ".png":
         raise DataError(f"--sheet {sheet_path}: the contact sheet is a PNG file; name it FILE.png")
     report = check(index, args.mask_rule)
     print(json.dumps(report.to_dict(), indent=2) if args.json else render_text(report))
     if sheet_path:
-        import cv2
-
         from data_pipeline.sheet import contact_sheet
 
-        sheet_path.parent.mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(sheet_path), cv2.cvtColor(contact_sheet(index, report.mask_rule), cv2.COLOR_RGB2BGR))
+        write_image(sheet_path, contact_sheet(index, report.mask_rule))
         print(f"contact sheet: {sheet_path}", file=sys.stderr if args.json else sys.stdout)
     return 0 if report.ok else 1
 

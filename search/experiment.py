@@ -11,10 +11,14 @@ Imports neither Ray nor the image stack, so ``sweep report``, ``sweep ls`` and `
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import os
 import platform
+import socket
 import time
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -61,6 +65,64 @@ def check_name(name: str) -> str:
             "or ':', not starting with '.'); the experiment goes under --storage"
         )
     return name
+
+
+DRIVER_LOCK = "driver.lock"
+
+
+@contextlib.contextmanager
+def new_experiment(experiment: str) -> Iterator[None]:
+    """Make the experiment's folder when its name is checked, so two `sweep run --name X` cannot both go on (local
+    storage: mkdir fails for the second; cloud storage has no such step: checked, then made), and hold its
+    driver_lock inside. When the block fails before sweep.json is written, the folder is removed again: a refused
+    study leaves nothing behind."""
+    taken = SweepError(f"{experiment} exists already: pick another --name, or `sweep resume {experiment}`")
+    if store.is_uri(experiment):
+        if store.exists(experiment):
+            raise taken
+        store.makedirs(experiment)
+    else:
+        Path(experiment).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.mkdir(experiment)
+        except FileExistsError:
+            raise taken from None
+    try:
+        with driver_lock(experiment):
+            yield
+    except BaseException:
+        if not store.exists(store.join(experiment, SWEEP_FILE)):
+            store.remove_tree(experiment)
+        raise
+
+
+@contextlib.contextmanager
+def driver_lock(experiment: str) -> Iterator[None]:
+    """Held by the process driving a sweep (`run`, `resume`) while it runs: an OS lock (flock) on DRIVER_LOCK in a
+    local experiment folder, released when the process ends however it ends. A second driver gets a SweepError naming
+    the holder. Experiments in cloud storage are not locked."""
+    if store.is_uri(experiment):
+        yield
+        return
+    import fcntl
+
+    with open(Path(experiment) / DRIVER_LOCK, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "another process"
+            raise SweepError(
+                f"{experiment} is being run by {holder}; wait for it to finish or stop it, then `sweep resume` it"
+            ) from None
+        lock.truncate(0)
+        lock.write(f"pid {os.getpid()} on {socket.gethostname()}")
+        lock.flush()
+        try:
+            yield
+        finally:
+            lock.truncate(0)
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def versions() -> dict[str, str]:

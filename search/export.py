@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from data_pipeline.files import data_folders, publish_folder, refuse_inside, write_file, write_image
 from models.tasks import TASKS, task_info
 from search import storage as store
 from search.checkpoints import CHECKPOINT_MODEL
@@ -161,38 +162,26 @@ def export_best(experiment: str | Path, to: str | Path, family: str | None = Non
     sweep, study = load_sweep(experiment), load_study(experiment)
     metric, mode = selection_metric(study.task, metric)
     row = select_best(load_results(experiment), metric, mode, family)
-    to = Path(to).expanduser().resolve()
+    to = refuse_inside(to, data_folders(study.data.data_dir), "--to")
     if to.exists() and (not to.is_dir() or any(to.iterdir())):
         raise SweepError(f"{to} exists and is not empty: export into a new folder")
-    to.parent.mkdir(parents=True, exist_ok=True)
     detail = load_details(experiment).get(row["trial"])
     manifest = export_manifest(row, study, sweep, metric, family, experiment, detail)
-    staging = Path(tempfile.mkdtemp(prefix=f".{to.name}.partial-", dir=to.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    staging.chmod(0o777 & ~umask)  # a normal folder once in place (mkdtemp makes it private)
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            checkpoint = store.download(row["checkpoint"], tmp)
-            source = checkpoint / CHECKPOINT_MODEL
-            if fold_files(checkpoint):  # cross-validation: the fold models as one ensemble (mean of outputs)
-                checkpoint_model(checkpoint).save(staging / MODEL_FILE)
-                manifest["ensemble"] = {"folds": len(fold_files(checkpoint)), "combine": "mean of outputs"}
-            elif source.is_file():
-                shutil.copyfile(source, staging / MODEL_FILE)
-            else:
-                raise SweepError(f"the best trial's checkpoint {row['checkpoint']} has no {CHECKPOINT_MODEL}")
+    with publish_folder(to) as staging, tempfile.TemporaryDirectory() as tmp:
+        checkpoint = store.download(row["checkpoint"], tmp)
+        source = checkpoint / CHECKPOINT_MODEL
+        if fold_files(checkpoint):  # cross-validation: the fold models as one ensemble (mean of outputs)
+            checkpoint_model(checkpoint).save(staging / MODEL_FILE)
+            manifest["ensemble"] = {"folds": len(fold_files(checkpoint)), "combine": "mean of outputs"}
+        elif source.is_file():
+            shutil.copyfile(source, staging / MODEL_FILE)
+        else:
+            raise SweepError(f"the best trial's checkpoint {row['checkpoint']} has no {CHECKPOINT_MODEL}")
         model = keras.saving.load_model(staging / MODEL_FILE, safe_mode=True, compile=False)  # loadable as shipped
         manifest["parameters"] = int(model.count_params())
         (staging / EXPORT_FILE).write_text(json.dumps(manifest, indent=2))
         (staging / STUDY_FILE).write_text(json.dumps(study.to_dict(), indent=2))
         (staging / "README.md").write_text(_readme(manifest))
-        if to.exists():
-            to.rmdir()
-        staging.rename(to)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return to
 
 
@@ -246,7 +235,7 @@ def load_export(model_dir: str | Path):
 
 
 def image_paths(inputs: list[str | Path]) -> list[Path]:
-    """The image files named, and those inside named folders (recursively, sorted)."""
+    """The image files named, and those inside named folders (recursively, sorted); each once."""
     from data_pipeline.layout import IMAGE_EXTENSIONS
 
     out: list[Path] = []
@@ -260,7 +249,10 @@ def image_paths(inputs: list[str | Path]) -> list[Path]:
             out.append(item)
         else:
             raise SweepError(f"{item} does not exist")
-    return out
+    first: dict[str, Path] = {}
+    for p in out:
+        first.setdefault(os.path.abspath(p), p)
+    return list(first.values())
 
 
 def temperature(manifest: dict) -> float | None:
@@ -324,15 +316,25 @@ def predict_images(
     when the export carries a temperature); segmentation: foreground fraction per image, and with ``out`` a mask
     PNG and an overlay PNG per image. ``tta``: average over flips and 90° rotations before thresholding.
     ``gradcam`` (classification, with ``out``): a Grad-CAM heatmap of the predicted class over each image, as the
-    model saw it (``<image>_gradcam.png``). All images are read and predicted before anything is written."""
-    import cv2
-
+    model saw it (``<image>_gradcam.png``). Output files are named after each image's path below the images'
+    common folder (output_names). ``out`` may not be inside a folder holding an input image or the export's data
+    folder, and no existing file is overwritten: both are refused before anything is read. All images are read and
+    predicted before anything is written."""
     from data_pipeline.io import read_rgb
 
-    model, manifest = load_export(model_dir)
+    manifest = check_export(model_dir)
     if gradcam and manifest["task"] != "classification":
         raise SweepError(f"--gradcam explains a classifier; {model_dir} holds a {manifest['task']} model")
     paths = image_paths(inputs)
+    names = output_names(paths)
+    files: dict[str, list[Path]] = {}
+    if out is not None:
+        out = _prediction_folder(out, paths, model_dir)
+        segmenter = manifest["task"] == "segmentation"
+        kinds = ("mask", "overlay") if segmenter else ("gradcam",) if gradcam else ()
+        files = {kind: [out / f"{name}_{kind}.png" for name in names] for kind in kinds}
+        _refuse_existing([*(p for group in files.values() for p in group), *([] if segmenter else [out / CSV])])
+    model, _ = load_export(model_dir)
     originals = [read_rgb(p) for p in paths]  # a corrupt file fails here, naming its path, before any output
     pred = predict_arrays(model, manifest, originals, tta=tta)
     if manifest["task"] == "classification":
@@ -341,41 +343,68 @@ def predict_images(
         frame.insert(0, "label", pred.labels)
         frame.insert(0, "image", [str(p) for p in paths])
         if out is not None:
-            Path(out).mkdir(parents=True, exist_ok=True)
             if gradcam:
-                frame["gradcam"] = _write_gradcam(model, manifest, originals, _output_names(paths), Path(out))
-            frame.to_csv(Path(out) / "predictions.csv", index=False)
+                frame["gradcam"] = _write_gradcam(model, manifest, originals, files["gradcam"])
+            write_file(out / CSV, frame.to_csv(index=False).encode())
         return frame
-    names = _output_names(paths)
     frame = pd.DataFrame({"image": [str(p) for p in paths], "foreground": pred.foreground})
     if out is not None:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        for name, original, mask in zip(names, originals, pred.masks, strict=True):
-            cv2.imwrite(str(out / f"{name}_mask.png"), mask * 255)
-            cv2.imwrite(str(out / f"{name}_overlay.png"), cv2.cvtColor(overlay(original, mask), cv2.COLOR_RGB2BGR))
-        frame["mask"] = [str(out / f"{n}_mask.png") for n in names]
+        for mask_path, overlay_path, original, mask in zip(
+            files["mask"], files["overlay"], originals, pred.masks, strict=True
+        ):
+            write_image(mask_path, mask * 255)
+            write_image(overlay_path, overlay(original, mask))
+        frame["mask"] = [str(p) for p in files["mask"]]
     return frame
 
 
-def _write_gradcam(model, manifest: dict, originals: list[np.ndarray], names: list[str], out: Path) -> list[str]:
-    """Grad-CAM overlays (models.gradcam) of the predicted class, one PNG per image; their paths."""
-    import cv2
+CSV = "predictions.csv"
 
+
+def _prediction_folder(out: str | Path, paths: list[Path], model_dir: str | Path) -> Path:
+    """``out``'s real path, refused when it is inside a folder holding an input image (a ``<stem>_mask.png`` there
+    is what the class-folders layout reads as ground truth) or the exported study's data folder."""
+    protected = {p.resolve().parent: "a folder holding input images," for p in paths}
+    study = json.loads((Path(model_dir).expanduser() / STUDY_FILE).read_text())
+    return refuse_inside(out, {**protected, **data_folders(study.get("data", {}).get("data_dir"))}, "--out")
+
+
+def _refuse_existing(targets: list[Path]) -> None:
+    existing = [p for p in targets if p.exists()]
+    if existing:
+        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+        raise SweepError(
+            f"--out: {existing[0]} exists{more}; predictions never overwrite files: give a new --out folder"
+        )
+
+
+def _write_gradcam(model, manifest: dict, originals: list[np.ndarray], paths: list[Path]) -> list[str]:
+    """Grad-CAM overlays (models.gradcam) of the predicted class, one PNG per image; their paths."""
     from models.gradcam import gradcam, overlay
 
     images = model_inputs(manifest, originals)
     heatmaps = gradcam(model, images)
-    paths = [out / f"{name}_gradcam.png" for name in names]
     for path, image, heat in zip(paths, images, heatmaps, strict=True):
-        cv2.imwrite(str(path), cv2.cvtColor(overlay(image, heat), cv2.COLOR_RGB2BGR))
+        write_image(path, overlay(image, heat))
     return [str(p) for p in paths]
 
 
-def _output_names(paths: list[Path]) -> list[str]:
-    """File stems, made unique with a running number where two images share one."""
-    stems = [p.stem for p in paths]
-    return [s if stems.count(s) == 1 else f"{s}-{i}" for i, s in enumerate(stems)]
+def output_names(paths: list[Path]) -> list[str]:
+    """Where each image's outputs go below --out (pure): its path relative to the images' common folder, without its
+    suffix (``d1/a.png``, ``d2/a.png`` -> ``d1/a``, ``d2/a``; one image: its stem). Images that would still share a
+    name (``a.png``, ``a.jpg``) keep their suffix as ``a_png``, ``a_jpg``. Stable: the same inputs give the same
+    names whatever else is in --out."""
+    real = [Path(os.path.abspath(p)) for p in paths]
+    root = Path(os.path.commonpath([p.parent for p in real]))
+    rel = [p.relative_to(root) for p in real]
+    plain = [r.with_suffix("").as_posix() for r in rel]
+    names = [
+        n if plain.count(n) == 1 else f"{n}_{r.suffix.lstrip('.').lower()}" for n, r in zip(plain, rel, strict=True)
+    ]
+    if len(set(names)) < len(names):
+        twice = next(n for n in names if names.count(n) > 1)
+        raise SweepError(f"two input images would both write {twice}_*.png; rename one of them")
+    return names
 
 
 def overlay(image: np.ndarray, mask: np.ndarray, color=(255, 0, 0), alpha: float = 0.45) -> np.ndarray:

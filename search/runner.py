@@ -164,44 +164,42 @@ def run_study(
     storage = store.normalize(storage)
     name = exp.check_name(name or f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     experiment_dir = store.join(storage, name)
-    if store.exists(experiment_dir):
-        raise SweepError(f"{experiment_dir} exists already: pick another --name, or `sweep resume {experiment_dir}`")
-    datasets = prepare_all(study)
-    init_ray(address, study.train.backend)
-    gpus = _gpus_per_trial(study, gpus_per_trial)
-    cpus = cpus_per_trial if cpus_per_trial is not None else study.resources.cpus_per_trial
-    store.makedirs(experiment_dir)
-    exp.save_sweep(experiment_dir, _sweep_record(study, datasets, gpus, cpus, cache_dir))
-    _record_state_often()
-    for_trials = datasets if trial_datasets is None else trial_datasets
-    tuner = tune.Tuner(
-        _trainable(study, for_trials, gpus, cpus, experiment_dir, cache_dir),
-        param_space={**param_space(study), "seed": study.search.seed},
-        tune_config=tune.TuneConfig(
-            metric=study.metric,
-            mode=study.mode,
-            scheduler=ASHAScheduler(
-                max_t=study.train.epochs,
-                grace_period=study.scheduler.grace_period,
-                reduction_factor=study.scheduler.reduction_factor,
+    with exp.new_experiment(experiment_dir):  # claimed now (a second run of this name stops here), and locked
+        datasets = prepare_all(study)
+        init_ray(address, study.train.backend)
+        gpus = _gpus_per_trial(study, gpus_per_trial)
+        cpus = cpus_per_trial if cpus_per_trial is not None else study.resources.cpus_per_trial
+        exp.save_sweep(experiment_dir, _sweep_record(study, datasets, gpus, cpus, cache_dir))
+        _record_state_often()
+        for_trials = datasets if trial_datasets is None else trial_datasets
+        tuner = tune.Tuner(
+            _trainable(study, for_trials, gpus, cpus, experiment_dir, cache_dir),
+            param_space={**param_space(study), "seed": study.search.seed},
+            tune_config=tune.TuneConfig(
+                metric=study.metric,
+                mode=study.mode,
+                scheduler=ASHAScheduler(
+                    max_t=study.train.epochs,
+                    grace_period=study.scheduler.grace_period,
+                    reduction_factor=study.scheduler.reduction_factor,
+                ),
+                search_alg=_search_alg(study),
+                max_concurrent_trials=None if study.search.algorithm == "optuna" else _max_concurrent(study),
+                num_samples=study.search.num_samples,
+                trial_dirname_creator=lambda trial: trial_dirname(trial_name(trial.config), trial.trial_id),
+                reuse_actors=True,  # a worker imports its framework once, not once per trial
             ),
-            search_alg=_search_alg(study),
-            max_concurrent_trials=None if study.search.algorithm == "optuna" else _max_concurrent(study),
-            num_samples=study.search.num_samples,
-            trial_dirname_creator=lambda trial: trial_dirname(trial_name(trial.config), trial.trial_id),
-            reuse_actors=True,  # a worker imports its framework once, not once per trial
-        ),
-        run_config=tune.RunConfig(
-            name=name,
-            storage_path=storage,
-            failure_config=tune.FailureConfig(max_failures=1),
-            checkpoint_config=checkpoint_config(),
-            callbacks=[RetryCounter(experiment_dir)],
-            verbose=verbose,
-        ),
-    )
-    grid = tuner.fit()
-    return finalize(experiment_dir, grid, study, datasets)
+            run_config=tune.RunConfig(
+                name=name,
+                storage_path=storage,
+                failure_config=tune.FailureConfig(max_failures=1),
+                checkpoint_config=checkpoint_config(),
+                callbacks=[RetryCounter(experiment_dir)],
+                verbose=verbose,
+            ),
+        )
+        grid = tuner.fit()
+        return finalize(experiment_dir, grid, study, datasets)
 
 
 def resume_study(experiment_dir: str | Path, *, address: str | None = None, verbose: int = 1) -> str:
@@ -210,26 +208,27 @@ def resume_study(experiment_dir: str | Path, *, address: str | None = None, verb
     from ray import tune
 
     experiment_dir = store.normalize(experiment_dir)
-    sweep = exp.load_sweep(experiment_dir)
-    study = exp.load_study(experiment_dir, here=True)
-    if not tune.Tuner.can_restore(experiment_dir):
-        raise SweepError(
-            f"{experiment_dir} has no Ray Tune state to resume from (it stopped before the first trial): "
-            f"run the study again with `sweep run`"
-        )
-    datasets = prepare_all(study)
-    init_ray(address, study.train.backend)
-    res = sweep["resources"]
-    _record_state_often()
-    tuner = tune.Tuner.restore(
-        experiment_dir,
-        trainable=_trainable(
-            study, datasets, res["gpus_per_trial"], res["cpus_per_trial"], experiment_dir, res.get("cache_dir")
-        ),
-        resume_unfinished=True,
-        resume_errored=True,
-    )  # the RunConfig comes back with the Tuner's saved state, its RetryCounter included
-    return finalize(experiment_dir, tuner.fit(), study, datasets)
+    sweep = exp.load_sweep(experiment_dir)  # an experiment folder, before anything is written into it
+    with exp.driver_lock(experiment_dir):  # one driver per experiment: a second resume stops here
+        study = exp.load_study(experiment_dir, here=True)
+        if not tune.Tuner.can_restore(experiment_dir):
+            raise SweepError(
+                f"{experiment_dir} has no Ray Tune state to resume from (it stopped before the first trial): "
+                f"run the study again with `sweep run`"
+            )
+        datasets = prepare_all(study)
+        init_ray(address, study.train.backend)
+        res = sweep["resources"]
+        _record_state_often()
+        tuner = tune.Tuner.restore(
+            experiment_dir,
+            trainable=_trainable(
+                study, datasets, res["gpus_per_trial"], res["cpus_per_trial"], experiment_dir, res.get("cache_dir")
+            ),
+            resume_unfinished=True,
+            resume_errored=True,
+        )  # the RunConfig comes back with the Tuner's saved state, its RetryCounter included
+        return finalize(experiment_dir, tuner.fit(), study, datasets)
 
 
 SPEED_COLUMNS = (

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from data_pipeline.files import write_file
 from search.errors import SweepError
 
 
@@ -66,12 +67,16 @@ def makedirs(location: str) -> None:
     fs.create_dir(path, recursive=True)
 
 
+def remove_tree(location: str) -> None:
+    """Delete a folder and everything in it."""
+    fs, path = _fs(location)
+    fs.delete_dir(path)
+
+
 def write_bytes(location: str, data: bytes) -> None:
-    """Write a whole file; local files are replaced atomically (a reader never sees half a file)."""
+    """Write a whole file; local files are replaced atomically and fsynced (a reader never sees half a file)."""
     if not is_uri(location):
-        tmp = Path(f"{location}.tmp-{os.getpid()}")
-        tmp.write_bytes(data)
-        tmp.replace(location)
+        write_file(location, data)
         return
     fs, path = _fs(location)
     with fs.open_output_stream(path) as out:

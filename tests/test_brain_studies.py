@@ -179,11 +179,13 @@ def test_predict_gradcam_writes_heatmaps_for_a_users_images(brain_classification
     manifest = export_best(brain_classification, tmp_path / "model")
     assert [next(iter(s)) for s in manifest["preprocessing"]["steps"]] == ["crop", "musica"]  # applied by predict
     image, _ = synth_mri.render("yes", 0, 96, seed=7)  # a user's slice, at another size than the model's input
-    cv2.imwrite(str(tmp_path / "slice.png"), image)
-    out = run_sweep("predict", tmp_path / "model", tmp_path / "slice.png", "--out", tmp_path / "out", "--gradcam")
+    (tmp_path / "mine").mkdir()
+    cv2.imwrite(str(tmp_path / "mine" / "slice.png"), image)
+    slice_png = tmp_path / "mine" / "slice.png"
+    out = run_sweep("predict", tmp_path / "model", slice_png, "--out", tmp_path / "out", "--gradcam")
     assert out.returncode == 0, out.stderr[-3000:]
     heat = cv2.imread(str(tmp_path / "out" / "slice_gradcam.png"))
     assert heat.shape == (32, 32, 3)  # the overlay on the image as the model saw it
     assert "slice_gradcam.png" in (tmp_path / "out" / "predictions.csv").read_text()
-    refused = run_sweep("predict", tmp_path / "model", tmp_path / "slice.png", "--gradcam")
+    refused = run_sweep("predict", tmp_path / "model", slice_png, "--gradcam")
     assert refused.returncode == 2 and "--gradcam writes heatmap PNGs: give --out DIR" in refused.stderr

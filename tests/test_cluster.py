@@ -203,10 +203,10 @@ def test_submit_a_study_file_then_export_predict_and_reproduce_its_test_metrics(
     assert predicted.returncode == 0, predicted.stderr[-3000:]
     import cv2
 
-    for src in images.rglob("*.png"):
-        mask = cv2.imread(str(tmp_path / "masks" / f"{src.stem}_mask.png"), cv2.IMREAD_GRAYSCALE)
+    for src in images.rglob("*.png"):  # outputs mirror the inputs' folders (Original/CLASS/NAME.png)
+        mask = cv2.imread(str(tmp_path / "masks" / src.parent.name / f"{src.stem}_mask.png"), cv2.IMREAD_GRAYSCALE)
         assert mask.shape == (48, 48) and set(mask.ravel()) <= {0, 255}  # at the image's own size, binary
-        assert (tmp_path / "masks" / f"{src.stem}_overlay.png").is_file()
+        assert (tmp_path / "masks" / src.parent.name / f"{src.stem}_overlay.png").is_file()
 
 
 def test_stop_a_running_job_and_clear_errors(head, tmp_path):

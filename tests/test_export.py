@@ -171,7 +171,7 @@ def test_bad_requests_say_what_is_wrong_and_write_nothing(experiment, tmp_path, 
     assert early[0] == 2 and "no finished trials yet" in early[2] and "sweep resume" in early[2]
     nowhere = _cli(capsys, "export", str(tmp_path), "--to", str(tmp_path / "m"))
     assert nowhere[0] == 2 and "is not a sweep experiment" in nowhere[2]
-    assert not (tmp_path / "m").exists() and not list(tmp_path.glob(".m.partial-*"))
+    assert not (tmp_path / "m").exists() and not list(tmp_path.glob(".sweep-tmp-*"))
 
     incomplete = tmp_path / "incomplete"
     incomplete.mkdir()
@@ -194,3 +194,54 @@ def test_predict_names_a_corrupt_image_and_writes_nothing(experiment, tmp_path, 
     out = _cli(capsys, "predict", str(model_dir), str(images), "--out", str(tmp_path / "pred"))
     assert out[0] == 2 and "b.jpg" in out[2]
     assert not (tmp_path / "pred").exists()
+
+
+def _digest(root) -> dict:
+    """Every file under root with a hash of its bytes: to assert a folder is byte-identical after a refused run."""
+    import hashlib
+
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(Path(root).rglob("*")) if p.is_file()}
+
+
+def test_outputs_never_land_in_data_folders_nor_over_files_and_never_collide(experiment, tmp_path, capsys):
+    from data_pipeline import synth
+
+    data = synth.write_dataset(tmp_path / "data", (1, 1, 1, 1), size=64, seed=2)
+    (tmp_path / "link").symlink_to(data)
+    model_dir = tmp_path / "m"
+    assert _cli(capsys, "export", str(experiment), "--to", str(model_dir))[0] == 0
+    record = json.loads((model_dir / "study.json").read_text())  # as if the study had trained on the user's folder
+    (model_dir / "study.json").write_text(json.dumps({**record, "data": {**record["data"], "data_dir": str(data)}}))
+    for folder, image in (("d1", "Benign"), ("d2", "Pro")):  # two images both named a.png
+        (tmp_path / folder).mkdir()
+        shutil.copy(next((data / "Original" / image).iterdir()), tmp_path / folder / "a.png")
+    inputs = [tmp_path / "d1" / "a.png", tmp_path / "d2" / "a.png"]
+    before = {p: _digest(p) for p in (data, tmp_path / "d1", model_dir)}
+
+    for out, why in (
+        (tmp_path / "d1" / "pred", "inside a folder holding input images"),
+        (tmp_path / "link" / "Original" / "pred", "inside the study's data folder"),
+    ):
+        code, _, err = _cli(capsys, "predict", model_dir, *inputs, "--out", out, "--gradcam")
+        assert code == 2 and why in err and len(err.strip().splitlines()) == 1, err
+    predicted = _cli(capsys, "predict", model_dir, *inputs, "--out", tmp_path / "pred", "--gradcam")
+    assert predicted[0] == 0, predicted[2]
+    heatmaps = [tmp_path / "pred" / d / "a_gradcam.png" for d in ("d1", "d2")]
+    assert all(p.stat().st_size > 500 for p in heatmaps) and heatmaps[0].read_bytes() != heatmaps[1].read_bytes()
+    written = _digest(tmp_path / "pred")
+    again = _cli(capsys, "predict", model_dir, *inputs, "--out", tmp_path / "pred", "--gradcam")
+    assert again[0] == 2 and "exists" in again[2] and "never overwrite" in again[2]
+    assert _digest(tmp_path / "pred") == written
+
+    # export --to and report --out: refused inside the study's data folder (the sweep's record says where it is)
+    copy = tmp_path / "exp"
+    copy.mkdir()
+    for record_file in ("sweep.json", "results.csv"):  # what both commands read before writing anything
+        shutil.copy(experiment / record_file, copy)
+    sweep = json.loads((copy / "sweep.json").read_text())
+    sweep["study"]["data"]["data_dir"] = str(data)
+    (copy / "sweep.json").write_text(json.dumps(sweep))
+    for cmd, flag in (("export", "--to"), ("report", "--out")):
+        code, _, err = _cli(capsys, cmd, copy, flag, tmp_path / "link" / "Segmented" / "x")
+        assert code == 2 and "inside the study's data folder" in err and len(err.strip().splitlines()) == 1, err
+    assert {p: _digest(p) for p in before} == before

@@ -135,11 +135,14 @@ def test_checkpoint_locations_keep_their_storage_scheme():
     assert checkpoint_location("/r/e/t/checkpoint_000001", "file:///r/e") == "file:///r/e/t/checkpoint_000001"
 
 
-def test_prediction_file_names_stay_unique():
-    from search.export import _output_names
+def test_prediction_file_names_follow_the_inputs_paths_and_stay_unique():
+    from search.export import output_names
 
-    names = _output_names([Path("a/x.png"), Path("b/x.jpg"), Path("b/y.png")])
-    assert names == ["x-0", "x-1", "y"]
+    # the old rule (stem, then a running number) gave x-0, x-1 and also x-1 to an image named x-1
+    assert output_names([Path("a/x.png"), Path("b/x.jpg"), Path("b/x-1.png")]) == ["a/x", "b/x", "b/x-1"]
+    assert output_names([Path("d/a.png"), Path("d/a.jpg"), Path("d/b.png")]) == ["a_png", "a_jpg", "b"]
+    assert output_names([Path("d/sub/a.png")]) == ["a"]
+    assert output_names([Path("d/a.png"), Path("d/sub/a.png")]) == ["a", "sub/a"]
 
 
 def test_best_by_ranks_by_mode_skips_missing_values_and_keeps_one_row_per_group():

@@ -135,7 +135,7 @@ def test_feature_cache_computes_once_under_concurrency_and_keys_on_what_features
     assert calls == [5] and sorted(hit for _, hit in results) == [False, True, True, True]
     for features, _ in results:
         np.testing.assert_array_equal(features, images.reshape(5, -1)[:, :4])
-    assert not list((tmp_path / "features").glob("*.tmp"))
+    assert not list((tmp_path / "features").glob(".sweep-tmp-*"))  # no temporary file left
     other = images.copy()
     other[0, 0, 0, 0] ^= 1
     keys = {

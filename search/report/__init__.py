@@ -14,6 +14,7 @@ from typing import Any
 
 import pandas as pd
 
+from data_pipeline.files import data_folders, refuse_inside, write_file
 from search import storage as store
 from search.errors import SweepError
 from search.experiment import (
@@ -126,17 +127,18 @@ def write_report(experiment: str | Path, out: str | Path | None = None, formats:
     experiment = store.normalize(experiment)
     if out is None and store.is_uri(experiment):
         raise SweepError(f"{experiment} is in cloud storage: write its report locally with --out DIR")
+    if out is not None:
+        out = refuse_inside(out, data_folders(load_study(experiment).data.data_dir), "--out")
     out = Path(out) if out is not None else Path(experiment) / "report"
     out.mkdir(parents=True, exist_ok=True)
     parts = build(experiment, out)
     doc = sections(parts)
     for fmt in ("md", "html", "tex"):
         if fmt in formats:
-            (out / f"report.{fmt}").write_text(render(doc, fmt))
+            write_file(out / f"report.{fmt}", render(doc, fmt).encode())
     if "csv" in formats:
-        parts["summary"].to_csv(out / "summary.csv", index=False)
-        parts["versus"].to_csv(out / "versus_study.csv", index=False)
-        parts["cost"].to_csv(out / "cost.csv", index=False)
-        for title, frame in parts["tables"].items():
-            frame.to_csv(out / f"table_{_slug(title)}.csv", index=False)
+        tables = {"summary": parts["summary"], "versus_study": parts["versus"], "cost": parts["cost"]}
+        tables.update({f"table_{_slug(title)}": frame for title, frame in parts["tables"].items()})
+        for name, frame in tables.items():
+            write_file(out / f"{name}.csv", frame.to_csv(index=False).encode())
     return out

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from data_pipeline.files import write_file
 from models.tasks import task_info
 from search.experiment import load_history
 from search.report.tables import families, family_rows
@@ -22,11 +23,14 @@ class Figures:
     items: list[tuple[str, str]] = field(default_factory=list)
 
     def save(self, fig, name: str, caption: str) -> None:
+        import io
+
         import matplotlib.pyplot as plt
 
-        self.folder.mkdir(parents=True, exist_ok=True)
-        fig.savefig(self.folder / f"{name}.png", dpi=110, bbox_inches="tight")
+        png = io.BytesIO()
+        fig.savefig(png, format="png", dpi=110, bbox_inches="tight")
         plt.close(fig)
+        write_file(self.folder / f"{name}.png", png.getvalue())
         self.items.append((name, caption))
 
 
