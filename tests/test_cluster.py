@@ -216,6 +216,15 @@ def test_cluster_yaml_start_commands_make_a_two_node_cluster_that_needs_its_toke
         extra = ("--node-ip-address=127.0.0.1", f"--dashboard-agent-listen-port={agent}", f"--temp-dir={temp}")
         return ["bash", "-c", _on_this_machine(line, local, *extra, "--num-cpus=1", "--block")]
 
+    stranger = {**base, "HOME": str(tmp_path / "stranger")}  # no token there, no RAY_AUTH_* variable
+    tokenless = subprocess.run(  # a node whose token did not arrive does not start (a plain `ray start` would, open)
+        head_command(_free_port(), _free_port(), _free_port(), tempfile.mkdtemp(prefix="/tmp/rayt-")),
+        env=stranger,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert tokenless.returncode != 0 and "no authentication token was found" in tokenless.stderr, tokenless.stderr
     head, address, port = _start_head(node_env["head"], head_command)
     worker = None
     try:
@@ -240,7 +249,6 @@ def test_cluster_yaml_start_commands_make_a_two_node_cluster_that_needs_its_toke
         with pytest.raises(urllib.error.HTTPError) as refused:
             _nodes(address, None)
         assert refused.value.code == 401
-        stranger = {**base, "HOME": str(tmp_path / "stranger")}  # no token there, no RAY_AUTH_* variable
         out = run_sweep("status", "raysubmit_none", "--address", address, env=stranger)
         assert out.returncode == 2 and "no token on this machine" in out.stderr, out.stderr[-2000:]
         out = run_sweep("status", "raysubmit_none", "--address", address, env=user)  # as the README says: nothing set
