@@ -1,7 +1,7 @@
 """The cluster workflow against real parts: cluster.yaml checked by Ray's own schema; a real Ray head started with
 a plain `ray start --head` on 127.0.0.1, which turns token authentication on by itself; `sweep submit/status/logs/stop`
 as subprocesses with no RAY_AUTH_* variable, as a user runs them; the finished job's experiment exported, predicted
-with and re-evaluated in fresh processes."""
+with and re-evaluated in fresh processes; and cluster.yaml's own head and worker start commands run as two nodes."""
 
 import os
 import re
@@ -171,6 +171,7 @@ def _on_this_machine(command: str, values: dict[str, object | None], *extra: str
 
 
 def _in_home(path: str, home: Path) -> Path:
+    """A file_mounts path on a machine whose home is `home` (a relative one is the project's, as `ray up` reads it)."""
     return home / path.removeprefix("~/") if path.startswith("~/") else ROOT / path
 
 
@@ -233,13 +234,14 @@ def test_cluster_yaml_start_commands_make_a_two_node_cluster_that_needs_its_toke
         extra = ("--node-ip-address=127.0.0.1", f"--dashboard-agent-listen-port={_free_port()}")
         temp = tempfile.mkdtemp(prefix="/tmp/rayt-")
         command = _on_this_machine(line, local, *extra, f"--temp-dir={temp}", "--num-cpus=1", "--block")
-        worker = subprocess.Popen(
-            ["bash", "-c", command],
-            env=node_env["worker"],
-            stdout=(tmp_path / "worker.log").open("w"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        with (tmp_path / "worker.log").open("w") as log:
+            worker = subprocess.Popen(
+                ["bash", "-c", command],
+                env=node_env["worker"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         deadline = time.time() + 90
         while len(_nodes(address, token)) < 2:
             assert worker.poll() is None, (tmp_path / "worker.log").read_text()[-3000:]
@@ -249,6 +251,7 @@ def test_cluster_yaml_start_commands_make_a_two_node_cluster_that_needs_its_toke
         with pytest.raises(urllib.error.HTTPError) as refused:
             _nodes(address, None)
         assert refused.value.code == 401
+        refused.value.close()
         out = run_sweep("status", "raysubmit_none", "--address", address, env=stranger)
         assert out.returncode == 2 and "no token on this machine" in out.stderr, out.stderr[-2000:]
         out = run_sweep("status", "raysubmit_none", "--address", address, env=user)  # as the README says: nothing set
