@@ -1,9 +1,10 @@
 """The cluster workflow against real parts: cluster.yaml checked by Ray's own schema; a real Ray head started with
 a plain `ray start --head` on 127.0.0.1, which turns token authentication on by itself; `sweep submit/status/logs/stop`
 as subprocesses with no RAY_AUTH_* variable, as a user runs them; the finished job's experiment exported, predicted
-with and re-evaluated in fresh processes."""
+with and re-evaluated in fresh processes; and cluster.yaml's own head and worker start commands run as two nodes."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -55,30 +56,37 @@ def _free_port() -> int:
             return port
 
 
-def _start_head(env: dict) -> tuple[subprocess.Popen, str]:
-    """`ray start --head` until its dashboard answers and its job agent has bound its HTTP port (another process may
-    still take a port between our pick and Ray's bind: then this head never takes a job, so start another)."""
-    ray_cli = [sys.executable, "-m", "ray.scripts.scripts"]
+def _plain_head(port: int, dash: int, agent: int, temp: str) -> list[str]:
+    """A plain `ray start --head` on 127.0.0.1, as a user starts one on their own machine."""
+    return [
+        sys.executable,
+        "-m",
+        "ray.scripts.scripts",
+        "start",
+        "--head",
+        "--block",
+        "--node-ip-address=127.0.0.1",
+        f"--port={port}",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dash}",
+        # Its agent's HTTP port too: Ray's default (52365) may be held by another Ray instance on this
+        # machine, and then the head never takes a job ("No available agent to submit job").
+        f"--dashboard-agent-listen-port={agent}",
+        "--num-cpus=2",
+        "--disable-usage-stats",
+        f"--temp-dir={temp}",
+    ]
+
+
+def _start_head(env: dict, command=_plain_head) -> tuple[subprocess.Popen, str, int]:
+    """The head `command(port, dash, agent, temp)` starts (in the foreground: `--block`), until its dashboard answers
+    and its job agent has bound its HTTP port (another process may still take a port between our pick and Ray's bind:
+    then this head never takes a job, so start another); the process, the dashboard's address and the GCS port."""
     for _attempt in range(3):
         temp = tempfile.mkdtemp(prefix="/tmp/rayt-")  # short: Ray's socket paths must fit in 107 bytes
         port, dash, agent = _free_port(), _free_port(), _free_port()
         proc = subprocess.Popen(
-            [
-                *ray_cli,
-                "start",
-                "--head",
-                "--block",
-                "--node-ip-address=127.0.0.1",
-                f"--port={port}",
-                "--dashboard-host=127.0.0.1",
-                f"--dashboard-port={dash}",
-                # Its agent's HTTP port too: Ray's default (52365) may be held by another Ray instance on this
-                # machine, and then the head never takes a job ("No available agent to submit job").
-                f"--dashboard-agent-listen-port={agent}",
-                "--num-cpus=2",
-                "--disable-usage-stats",
-                f"--temp-dir={temp}",
-            ],
+            command(port, dash, agent, temp),
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -91,15 +99,18 @@ def _start_head(env: dict) -> tuple[subprocess.Popen, str]:
             text = agent_log.read_text(errors="replace") if agent_log.is_file() else ""
             if "address already in use" in text:
                 break
-            if f"agent http address: 127.0.0.1:{agent}" in text and _answers(address):
-                return proc, address
+            # (on 127.0.0.1 for a local head; a node that may take workers binds its agent to the machine's address)
+            if re.search(rf"agent http address: \S+:{agent}\b", text) and _answers(address):
+                return proc, address, port
             time.sleep(2)
         _stop(proc)
     raise AssertionError(f"no Ray head with a working job agent in 3 tries; see {agent_log}")
 
 
 def _stop(proc: subprocess.Popen) -> None:
-    os.killpg(proc.pid, signal.SIGTERM)  # --block: the head stops its processes and exits
+    """Stop a `ray start --block` node: SIGTERM to it alone, which drains the node through the GCS, stops the node's
+    processes and exits (SIGTERM to its whole group would kill the GCS too, and the drain would wait 30 s for it)."""
+    proc.send_signal(signal.SIGTERM)  # nothing when it has exited
     try:
         proc.wait(60)
     except subprocess.TimeoutExpired:
@@ -120,7 +131,7 @@ def head(tmp_path_factory):
     )
     ray_cli = [sys.executable, "-m", "ray.scripts.scripts"]
     subprocess.run([*ray_cli, "get-auth-token", "--generate"], env=env, capture_output=True, check=True)
-    proc, address = _start_head(env)
+    proc, address, _port = _start_head(env)
     try:
         yield {"address": address, "env": env, "storage": tmp_path_factory.mktemp("jobruns")}
     finally:
@@ -139,6 +150,116 @@ def _answers(address: str) -> bool:
     except OSError:
         return False
     return True
+
+
+def _start_line(commands: list[str]) -> str:
+    """A node's `ray start` line in cluster.yaml. The `ray stop` before it is the only other line, and is not run here:
+    it stops every Ray process of this user on the machine, other tests' clusters included."""
+    *stops, start = commands
+    assert stops == ["ray stop"] and " ray start " in f" {start} ", commands
+    return start
+
+
+def _on_this_machine(command: str, values: dict[str, object | None], *extra: str) -> str:
+    """A cluster.yaml command as written, with only what must differ on one machine changed: each `--flag=` in `values`
+    gets its value, or goes when it is None (a flag the file lacks fails the test: what runs is what the file says);
+    `extra` flags are added."""
+    for flag, value in values.items():
+        command, found = re.subn(rf"--{flag}=\S+", "" if value is None else f"--{flag}={value}", command)
+        assert found == 1, f"no --{flag}= in cluster.yaml's `{command}`"
+    return " ".join([command, *extra])
+
+
+def _in_home(path: str, home: Path) -> Path:
+    """A file_mounts path on a machine whose home is `home` (a relative one is the project's, as `ray up` reads it)."""
+    return home / path.removeprefix("~/") if path.startswith("~/") else ROOT / path
+
+
+def _nodes(address: str, token: str | None) -> list[dict]:
+    """The cluster's live nodes, from the dashboard's state API, asked with the token or without one."""
+    import json
+    import urllib.request
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    request = urllib.request.Request(f"{address}/api/v0/nodes?limit=100", headers=headers)
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        nodes = json.load(answer)["data"]["result"]["result"]
+    return [n for n in nodes if n["state"] == "ALIVE"]
+
+
+def test_cluster_yaml_start_commands_make_a_two_node_cluster_that_needs_its_token(tmp_path):
+    """cluster.yaml's head and worker start commands, environment and flags as written, run with bash as two nodes on
+    127.0.0.1 (addresses, ports and temp dirs made local; the autoscaler's config, which `ray up` writes, left out).
+    Each node has its own home, holding what the file's file_mounts copy there from the user's home: the token the
+    user made as the README says. The worker joins only with the head's token; a client without it is refused."""
+    import shutil
+    import urllib.error
+
+    config = yaml.safe_load(CLUSTER.read_text())
+    # no RAY_AUTH_* variable, nor conftest's local-only switch (which makes `ray start --address` refuse to join)
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_AUTH_", "RAY_ENABLE_WINDOWS_OR_OSX"))}
+    base.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", PYTHONPATH=str(ROOT))
+    user = {**base, "HOME": str(tmp_path / "user")}
+    subprocess.run(["ray", "get-auth-token", "--generate"], env=user, capture_output=True, check=True)
+    token = (tmp_path / "user" / ".ray" / "auth_token").read_text()
+    node_env = {}
+    for node in ("head", "worker"):
+        home = tmp_path / node
+        for remote, local in config["file_mounts"].items():
+            if _in_home(local, tmp_path / "user").is_file():
+                _in_home(remote, home).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(_in_home(local, tmp_path / "user"), _in_home(remote, home))
+        node_env[node] = {**base, "HOME": str(home), "RAY_HEAD_IP": "127.0.0.1"}  # the launcher exports RAY_HEAD_IP
+
+    def head_command(port: int, dash: int, agent: int, temp: str) -> list[str]:
+        local = {"port": port, "dashboard-port": dash, "object-manager-port": _free_port(), "autoscaling-config": None}
+        line = _start_line(config["head_start_ray_commands"])
+        extra = ("--node-ip-address=127.0.0.1", f"--dashboard-agent-listen-port={agent}", f"--temp-dir={temp}")
+        return ["bash", "-c", _on_this_machine(line, local, *extra, "--num-cpus=1", "--block")]
+
+    stranger = {**base, "HOME": str(tmp_path / "stranger")}  # no token there, no RAY_AUTH_* variable
+    tokenless = subprocess.run(  # a node whose token did not arrive does not start (a plain `ray start` would, open)
+        head_command(_free_port(), _free_port(), _free_port(), tempfile.mkdtemp(prefix="/tmp/rayt-")),
+        env=stranger,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert tokenless.returncode != 0 and "no authentication token was found" in tokenless.stderr, tokenless.stderr
+    head, address, port = _start_head(node_env["head"], head_command)
+    worker = None
+    try:
+        line = _start_line(config["worker_start_ray_commands"])
+        local = {"address": f"$RAY_HEAD_IP:{port}", "object-manager-port": _free_port()}
+        extra = ("--node-ip-address=127.0.0.1", f"--dashboard-agent-listen-port={_free_port()}")
+        temp = tempfile.mkdtemp(prefix="/tmp/rayt-")
+        command = _on_this_machine(line, local, *extra, f"--temp-dir={temp}", "--num-cpus=1", "--block")
+        with (tmp_path / "worker.log").open("w") as log:
+            worker = subprocess.Popen(
+                ["bash", "-c", command],
+                env=node_env["worker"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.time() + 90
+        while len(_nodes(address, token)) < 2:
+            assert worker.poll() is None, (tmp_path / "worker.log").read_text()[-3000:]
+            assert time.time() < deadline, "the worker node did not join the head"
+            time.sleep(1)
+
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            _nodes(address, None)
+        assert refused.value.code == 401
+        refused.value.close()
+        out = run_sweep("status", "raysubmit_none", "--address", address, env=stranger)
+        assert out.returncode == 2 and "no token on this machine" in out.stderr, out.stderr[-2000:]
+        out = run_sweep("status", "raysubmit_none", "--address", address, env=user)  # as the README says: nothing set
+        assert out.returncode == 2 and "no job 'raysubmit_none'" in out.stderr, out.stderr[-2000:]  # served: it looked
+    finally:
+        if worker is not None:
+            _stop(worker)
+        _stop(head)
 
 
 def _study(path: Path, epochs: int, lrs=(0.01, 0.001), repeats=1) -> Path:
