@@ -323,9 +323,10 @@ def _cache(args) -> int:
         freed = cache.human(sum(e.size for e in evicted))
         print(f"trimmed to {cache.human(max_bytes)}: {len(evicted)} least recently used entries removed ({freed})")
     rows = cache.usage()
-    print(f"{'kind':<12}{'entries':>8}{'size':>11}  last used")
+    print(f"{'kind':<12}{'entries':>8}{'size':>11}  {'last used':<17} one entry is")
     for row in rows:
-        print(f"{row['kind']:<12}{row['entries']:>8}{cache.human(row['bytes']):>11}  {cache.when(row['last_used'])}")
+        size, used = cache.human(row["bytes"]), cache.when(row["last_used"])
+        print(f"{row['kind']:<12}{row['entries']:>8}{size:>11}  {used:<17} {cache.KINDS[row['kind']]}")
     total = sum(r["bytes"] for r in rows)
     print(f"{'total':<12}{sum(r['entries'] for r in rows):>8}{cache.human(total):>11}")
     print(f"cache folder: {cache.default_cache_dir()}")
