@@ -22,6 +22,7 @@ import numpy as np
 
 from data_pipeline import masks as mask_rules
 from data_pipeline import preprocess
+from data_pipeline.cache import cache_folder, mark_used
 from data_pipeline.errors import ON_BAD_IMAGE, DataError
 from data_pipeline.files import publish_folder
 from data_pipeline.layout import DatasetIndex
@@ -32,10 +33,6 @@ _JPEG_MAGIC = b"\xff\xd8\xff"  # a JPEG's first bytes, whatever the file is call
 
 class BadImageError(DataError):
     """One file that cannot be decoded: unreadable, truncated or not an image."""
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("SWEEP_CACHE_DIR", Path.home() / ".cache" / "leukemia-sweep"))
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -234,9 +231,10 @@ def load(
         masks=index.masks is not None,
         **({"preprocess": steps} if steps else {}),
     )
-    entry = Path(cache_dir or default_cache_dir()) / "decoded" / fp
+    entry = cache_folder("decoded", cache_dir) / fp
     data = _read_cache(entry, fp) if use_cache and entry.is_dir() else None
     if data is not None:
+        mark_used(entry)
         if data.skipped and on_bad_image == "fail":  # cached by a load that skipped them: "fail" still fails
             _refuse_unreadable([reason for _, reason in data.skipped])
         return data

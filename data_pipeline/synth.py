@@ -195,10 +195,12 @@ def embedded_dataset(
 def cached_set(name: str, marker: str, write, cache_dir: str | Path | None = None) -> Path:
     """``SWEEP_CACHE_DIR/synthetic/name``, written by ``write(root)`` the first time (``marker``: a folder that
     exists once it is written; several processes may race to write it: the first rename wins)."""
-    from data_pipeline.io import default_cache_dir
+    from data_pipeline.cache import cache_folder, mark_used
 
-    root = Path(cache_dir or default_cache_dir()) / "synthetic" / name
-    if not (root / marker).is_dir():
+    root = cache_folder("synthetic", cache_dir) / name
+    if (root / marker).is_dir():
+        mark_used(root)
+    else:
         try:
             write(root)
         except DataError:

@@ -167,6 +167,11 @@ def _add_run_commands(sub) -> None:
     bench.add_argument("--image-size", type=int, help="image side in pixels (default: the study's)")
     ls = sub.add_parser("ls", help="list experiments with status, trial counts and best metric")
     ls.add_argument("--storage", default="runs")
+    cache = sub.add_parser(
+        "cache", help="the cache folder's size per kind ($SWEEP_CACHE_DIR); clear a kind or trim it to a size"
+    )
+    cache.add_argument("--clear", metavar="KIND", help="remove every entry of KIND (decoded, features, ...) or all")
+    cache.add_argument("--max-size", metavar="SIZE", help="remove least recently used entries until under SIZE (5GB)")
 
 
 def _overrides(args) -> dict:
@@ -296,6 +301,30 @@ def _ls(args) -> int:
         return 0
     with pd.option_context("display.width", 200, "display.max_colwidth", 80):
         print(frame.to_string(index=False))
+    return 0
+
+
+def _cache(args) -> int:
+    from data_pipeline import cache
+
+    max_bytes = cache.parse_size(args.max_size) if args.max_size else None  # a bad size: refused before any removal
+    warning = cache.cache_warning()
+    if warning:
+        print(warning, file=sys.stderr)
+    if args.clear:
+        print(f"cleared {args.clear}: {cache.human(cache.clear(args.clear))} freed")
+    if max_bytes is not None:
+        evicted = cache.trim(max_bytes)
+        freed = cache.human(sum(e.size for e in evicted))
+        print(f"trimmed to {cache.human(max_bytes)}: {len(evicted)} least recently used entries removed ({freed})")
+    rows = cache.usage()
+    print(f"{'kind':<12}{'entries':>8}{'size':>11}  {'last used':<17} one entry is")
+    for row in rows:
+        size, used = cache.human(row["bytes"]), cache.when(row["last_used"])
+        print(f"{row['kind']:<12}{row['entries']:>8}{size:>11}  {used:<17} {cache.KINDS[row['kind']]}")
+    total = sum(r["bytes"] for r in rows)
+    print(f"{'total':<12}{sum(r['entries'] for r in rows):>8}{cache.human(total):>11}")
+    print(f"cache folder: {cache.default_cache_dir()}")
     return 0
 
 
@@ -533,6 +562,7 @@ def main(argv: list[str] | None = None) -> int:
         ("resume", None): _resume,
         ("bench", None): _bench,
         ("ls", None): _ls,
+        ("cache", None): _cache,
         ("submit", None): _submit,
         ("status", None): _status,
         ("logs", None): _logs,

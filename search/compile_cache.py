@@ -19,7 +19,7 @@ def enable_for(backend: str, wanted: bool, cache_dir: str | Path | None) -> dict
     SWEEP_CACHE_DIR); return the counts so far, to subtract later, or None when it stays off."""
     if backend != "jax" or not wanted:
         return None
-    from data_pipeline.io import default_cache_dir
+    from data_pipeline.cache import default_cache_dir
 
     _enable(cache_dir or default_cache_dir())
     return counts()
@@ -31,8 +31,9 @@ def _enable(cache_dir: str | Path) -> None:
     import jax
     from jax import monitoring
 
-    folder = Path(cache_dir) / "jax-compile"
-    folder.mkdir(parents=True, exist_ok=True)
+    from data_pipeline.cache import cache_folder
+
+    folder = cache_folder("jax-compile", cache_dir)
     jax.config.update("jax_compilation_cache_dir", str(folder))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)  # small programs too: trials repeat them
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)

@@ -27,7 +27,7 @@ import pandas as pd
 
 from search import storage as store
 from search.errors import SweepError
-from search.results import in_study_order, trial_dirname
+from search.results import best_row, in_study_order, trial_dirname
 from search.spec import Study, study_from_record
 
 SWEEP_FILE = "sweep.json"
@@ -249,12 +249,12 @@ def list_experiments(storage: str | Path) -> pd.DataFrame:
         if store.exists(store.join(exp, RESULTS_CSV)):
             frame = load_results(exp)
             counts = frame["status"].value_counts().to_dict()
-            values = frame[task.metric] if task.metric in frame else pd.Series(dtype=float)
+            winner = best_row(frame, task.metric, task.mode)  # chosen as the report chooses: never an unscored trial
             row |= {
                 "status": "finished",
                 "trials": len(frame),
                 "detail": ", ".join(f"{v} {k}" for k, v in counts.items()),
-                best: values.max() if task.mode == "max" else values.min(),
+                best: None if winner is None else winner[task.metric],
             }
         else:
             trials = sum(store.exists(store.join(exp, d, "result.json")) for d in store.subfolders(exp))

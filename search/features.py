@@ -70,11 +70,12 @@ def cached_features(extract, key: str, images: np.ndarray, cache_dir: str | Path
     """The features of ``images`` (computed by ``extract(images)`` on a miss, then kept); and whether it was a hit."""
     from filelock import FileLock
 
-    folder = Path(cache_dir) / "features"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{key}.npy"
+    from data_pipeline.cache import cache_folder, mark_used
+
+    path = cache_folder("features", cache_dir) / f"{key}.npy"
     with FileLock(str(path) + ".lock"):
         if path.is_file():
+            mark_used(path)
             return np.load(path), True
         features = np.asarray(extract(images), dtype="float32")
         buffer = io.BytesIO()

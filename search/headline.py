@@ -63,7 +63,7 @@ def lines(o: dict[str, Any], report: str | None) -> list[str]:
     """``outcome`` as the lines ``sweep run`` ends with."""
     out = []
     if o["winner"] is None:
-        out.append(f"no trial finished an epoch ({o['trials']} trials)")
+        out.append(f"no winner: no trial finished an epoch and was scored on the test split ({o['trials']} trials)")
     else:
         ((metric, value),) = o["validation"].items()
         out.append(f"winner (chosen on {metric} = {value:.4f}): {o['winner']}")

@@ -26,7 +26,10 @@ EXTRA_AXES = {
     "loss": "",
 }
 CONFIG_KEYS = ("model", "option", "lr", "dropout", *EXTRA_AXES, "repeat")  # a results row's configuration
-STATUSES = ("completed", "stopped", "diverged", "failed")  # from best to worst
+# From best to worst. "unscored": trained, but its checkpoint could not be scored on the test split (unreadable, or
+# the scoring task raised or died): its error is recorded and it is never chosen as best.
+UNSCORED = "unscored"
+STATUSES = ("completed", "stopped", "diverged", UNSCORED, "failed")
 
 
 def _value(v: Any) -> str:
@@ -99,12 +102,15 @@ def best_epoch(history: pd.DataFrame | None, metric: str, mode: str = "max") -> 
 
 
 def best_by(frame: pd.DataFrame, metric: str, mode: str = "max", by: str | list[str] | None = None) -> pd.DataFrame:
-    """Rows ranked by ``metric`` (``mode`` max or min), rows without a value left out: all of them, or with ``by``
-    the best row of each group. Best first; ties keep the frame's order (the study's order). Index kept."""
+    """Rows ranked by ``metric`` (``mode`` max or min), rows without a value or ``UNSCORED`` left out: all of them,
+    or with ``by`` the best row of each group. Best first; ties keep the frame's order (the study's order). Index
+    kept."""
     if mode not in ("max", "min"):
         raise ValueError(f"mode must be 'max' or 'min', not {mode!r}")
     if metric not in frame:
         return frame.iloc[0:0]
+    if "status" in frame:  # a trial without test metrics is never the winner, whatever its validation metric
+        frame = frame[frame["status"] != UNSCORED]
     ranked = frame[frame[metric].notna()].sort_values(metric, ascending=mode == "min", kind="stable")
     if by is not None and not ranked.empty:
         ranked = ranked.drop_duplicates(by, keep="first")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,6 +22,7 @@ from search.checkpoints import SCORE
 from search.errors import SweepError
 from search.results import (
     CONFIG_KEYS,
+    UNSCORED,
     best_epoch,
     error_line,
     first_epoch_overhead,
@@ -165,6 +167,7 @@ def run_study(
     name = exp.check_name(name or f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     experiment_dir = store.join(storage, name)
     with exp.new_experiment(experiment_dir):  # claimed now (a second run of this name stops here), and locked
+        _warn_if_open(cache_dir, storage)
         datasets = prepare_all(study)
         init_ray(address, study.train.backend)
         gpus = _gpus_per_trial(study, gpus_per_trial)
@@ -216,9 +219,10 @@ def resume_study(experiment_dir: str | Path, *, address: str | None = None, verb
                 f"{experiment_dir} has no Ray Tune state to resume from (it stopped before the first trial): "
                 f"run the study again with `sweep run`"
             )
+        res = sweep["resources"]
+        _warn_if_open(res.get("cache_dir"), os.path.dirname(experiment_dir), experiment_dir)
         datasets = prepare_all(study)
         init_ray(address, study.train.backend)
-        res = sweep["resources"]
         _record_state_often()
         tuner = tune.Tuner.restore(
             experiment_dir,
@@ -229,6 +233,20 @@ def resume_study(experiment_dir: str | Path, *, address: str | None = None, verb
             resume_errored=True,
         )  # the RunConfig comes back with the Tuner's saved state, its RetryCounter included
         return finalize(experiment_dir, tuner.fit(), study, datasets)
+
+
+STORAGE_WHY = "`sweep resume` unpickles Ray Tune's state from it"
+
+
+def _warn_if_open(cache_dir: str | None, *storage: str) -> None:
+    """One line on stderr for each folder that must stay private and that other users can write in: the cache
+    folder and the storage (local folders only; a bucket's permissions are its own)."""
+    from data_pipeline.cache import cache_warning, shared_warning
+
+    lines = [cache_warning(cache_dir)]
+    lines += [shared_warning(f, "the storage folder", STORAGE_WHY) for f in storage if not store.is_uri(f)]
+    for line in filter(None, lines):
+        print(line, file=sys.stderr)
 
 
 SPEED_COLUMNS = (
@@ -319,7 +337,11 @@ def finalize(experiment_dir: str, grid, study: Study, datasets: dict) -> str:
         rows.append(row)
     reports = evaluate_all([(p, o) for _, p, o in jobs], study, datasets, sweep["resources"])
     details, arrays = {}, {}
-    for (i, _, _), (report, extra) in zip(jobs, reports, strict=True):
+    for (i, _, _), outcome in zip(jobs, reports, strict=True):
+        if isinstance(outcome, Exception):  # this trial alone goes without test metrics; it is never the best
+            rows[i] |= {"status": UNSCORED, "error": error_line(outcome)}
+            continue
+        report, extra = outcome
         rows[i] |= {f"test_{k}": v for k, v in report.items() if isinstance(v, float)}
         details[rows[i]["trial"]] = report
         arrays |= {f"{rows[i]['trial']}/{k}": v for k, v in extra.items()}
@@ -327,8 +349,19 @@ def finalize(experiment_dir: str, grid, study: Study, datasets: dict) -> str:
         first = next(iter(datasets.values()))
         first = first[0] if isinstance(first, tuple) else first
         arrays |= {"images": first.test.images[:SHOWN_MASKS], "truth": first.test.masks[:SHOWN_MASKS]}
-        exp.save_baselines(experiment_dir, score_baselines(first))
+        baselines = _extra("the classical baselines", score_baselines, first)
+        if baselines is not None:
+            exp.save_baselines(experiment_dir, baselines)
     else:  # the best classifier's Grad-CAM heatmaps on a few test images per class, for the report
-        arrays |= gradcam_of_best(rows, study, datasets, sweep["resources"])
+        arrays |= _extra("Grad-CAM of the best trial", gradcam_of_best, rows, study, datasets, sweep["resources"]) or {}
     exp.save_results(experiment_dir, pd.DataFrame(rows), details, arrays)
     return experiment_dir
+
+
+def _extra(what: str, make, *args):
+    """One of the report's extras, or None with a warning: it must not cost the results table."""
+    try:
+        return make(*args)
+    except Exception as exc:
+        print(f"warning: {what} failed ({error_line(exc)}); the results and the report go without it", file=sys.stderr)
+        return None

@@ -157,7 +157,9 @@ def gradcam_of_best(rows: list[dict], study: Study, datasets: dict, resources: d
 
 
 def evaluate_all(jobs: list[tuple[str, Any]], study: Study, datasets: dict, resources: dict) -> list:
-    """Evaluate checkpoints as parallel Ray tasks (on the cluster's GPUs when trials had them)."""
+    """Evaluate checkpoints as parallel Ray tasks (on the cluster's GPUs when trials had them): per job, what
+    ``evaluate_checkpoint`` returns, or the ``ray.exceptions.RayError`` its task ended with (an unreadable checkpoint,
+    an exception while scoring, a worker killed for memory), so that one trial's failure costs only its own scores."""
     import ray
 
     refs = {opt: ray.put(d) for opt, d in datasets.items()}
@@ -165,6 +167,15 @@ def evaluate_all(jobs: list[tuple[str, Any]], study: Study, datasets: dict, reso
     task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=1)(evaluate_checkpoint)
     cache = (study.train.backend, study.train.compile_cache, resources.get("cache_dir"))
     options = {"tta": study.search.tta, "calibrate": study.train.calibrate}
-    return ray.get(
-        [task.remote(path, study.task, study.train.batch_size, refs[opt], cache, **options) for path, opt in jobs]
-    )
+    pending = [task.remote(path, study.task, study.train.batch_size, refs[opt], cache, **options) for path, opt in jobs]
+    return [_outcome(ref) for ref in pending]
+
+
+def _outcome(ref):
+    """A task's result, or the error it ended with."""
+    import ray
+
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayError as exc:
+        return exc

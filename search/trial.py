@@ -124,7 +124,7 @@ def train_trial(config: dict[str, Any], datasets: dict, context: TrialContext) -
     for key, value in limit_gpu_memory(train.backend, context.gpus_per_trial).items():
         os.environ.setdefault(key, value)
     import models
-    from data_pipeline.io import default_cache_dir
+    from data_pipeline.cache import default_cache_dir
     from search import compile_cache
 
     cache_dir = context.cache_dir or default_cache_dir()  # node-local: features and compiled programs

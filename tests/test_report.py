@@ -71,6 +71,21 @@ def test_family_tables_follow_the_study_and_mark_choice_divergence_and_early_sto
     assert (table["epochs"][9:] == "2 (stopped by ASHA)").all() and (table["epochs"][3:9] == "6").all()
 
 
+def test_a_trial_whose_scoring_failed_is_listed_with_its_error_and_the_next_best_is_chosen():
+    frame = _frame()
+    best = frame.loc[frame["model"] == "inception_resnet_v2", "val_accuracy"].idxmax()
+    frame.loc[best, "status"] = "unscored"
+    frame.loc[best, [c for c in frame if c.startswith("test_")]] = np.nan
+    frame["error"] = ""
+    frame.loc[best, "error"] = "zipfile.BadZipFile: File is not a zip file"
+    table = tables.family_table(tables.aggregate(frame), "classification", ("inception_resnet_v2", 2), max_epochs=6)
+    chosen = table[table["note"].str.contains("chosen")]
+    assert (chosen["lr"].item(), chosen["dropout"].item()) == ("0.01", "0.2")  # the next best on validation
+    assert table["note"][3].startswith("unscored: test scoring failed")  # lr 0.01, dropout 0.4
+    listed = tables.unscored_table(frame)
+    assert listed.to_dict("records") == [{"trial": frame.loc[best, "trial"], "error": frame.loc[best, "error"]}]
+
+
 def test_repeats_become_mean_and_std():
     agg = tables.aggregate(_frame(repeats=3))
     assert len(agg) == 24 and (agg["repeats"] == 3).all()

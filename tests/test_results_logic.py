@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from search.errors import SweepError
-from search.results import best_by, best_epoch, trial_name, trial_status
+from search.results import UNSCORED, best_by, best_epoch, best_row, trial_name, trial_status
 
 
 def test_trial_status():
@@ -160,6 +160,19 @@ def test_best_by_ranks_by_mode_skips_missing_values_and_keeps_one_row_per_group(
     assert best_by(frame, "val_iou").empty  # a metric the frame lacks: nothing to choose
     with pytest.raises(ValueError, match="mode must be"):
         best_by(frame, "val_dice", "maximum")
+
+
+def test_a_trial_whose_scoring_failed_is_never_the_best_whatever_its_validation_metric():
+    frame = pd.DataFrame(
+        {
+            "model": ["unet", "unet", "unet_fpn"],
+            "status": [UNSCORED, "completed", UNSCORED],
+            "val_dice": [0.9, 0.7, 0.95],
+        }
+    )
+    assert best_by(frame, "val_dice").index.tolist() == [1]
+    assert best_by(frame, "val_dice", by="model")["model"].tolist() == ["unet"]  # unet_fpn: nothing to choose
+    assert best_row(frame[frame["status"] == UNSCORED], "val_dice") is None
 
 
 def test_one_label_and_one_folder_name_per_configuration():

@@ -58,6 +58,7 @@ def build(experiment: str | Path, out: Path) -> dict[str, Any]:
         "summary": tab.summary_table(agg, task),
         "versus": tab.versus_study(agg, task, ref),
         "cost": per_trial,
+        "unscored": tab.unscored_table(frame),
         "totals": pd.DataFrame([{"quantity": k, "value": v} for k, v in totals.items()]),
         "trust": tab.trust(agg, study, sweep["data"]),
         "comparisons": comparisons,

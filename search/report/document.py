@@ -109,6 +109,9 @@ def sections(parts: dict[str, Any]) -> list[Section]:
     if parts["binary"] is not None:
         title = f"Best classifier, positive class {parts['binary_positive']!r} (test split)"
         out.append(Section(title, bullets=(BINARY_NOTE,), blocks=(Table(parts["binary"]),)))
+    if len(parts["unscored"]):
+        lead = ("Trained, but their best checkpoint could not be scored on the test split; never chosen as best.",)
+        out.append(Section("Trials whose test scoring failed", lead=lead, blocks=(Table(parts["unscored"]),)))
     out.append(Section("Cost", blocks=(Table(parts["totals"]), Table(parts["cost"]))))
     figs = parts["figures"]
     out.append(Section("Figures", blocks=tuple(Figure(figs.folder / f"{n}.png", c) for n, c in figs.items)))

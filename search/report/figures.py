@@ -13,6 +13,7 @@ from data_pipeline.files import write_file
 from models.tasks import task_info
 from search.experiment import load_history
 from search.report.tables import families, family_rows
+from search.results import UNSCORED
 
 
 @dataclass
@@ -85,7 +86,13 @@ def plot_heatmaps(figs: Figures, agg: pd.DataFrame, task: str) -> None:
 
 def plot_epochs(figs: Figures, frame: pd.DataFrame, max_epochs: int) -> None:
     plt = _plt()
-    colors = {"completed": "tab:green", "stopped": "tab:blue", "diverged": "tab:orange", "failed": "tab:red"}
+    colors = {
+        "completed": "tab:green",
+        "stopped": "tab:blue",
+        "diverged": "tab:orange",
+        UNSCORED: "tab:purple",
+        "failed": "tab:red",
+    }
     fig, ax = plt.subplots(figsize=(8, 0.28 * len(frame) + 1.2))
     ax.barh(range(len(frame)), frame["epochs"], color=[colors.get(s, "grey") for s in frame["status"]])
     ax.set_yticks(range(len(frame)), frame["trial"], fontsize=7)
@@ -93,7 +100,7 @@ def plot_epochs(figs: Figures, frame: pd.DataFrame, max_epochs: int) -> None:
     ax.invert_yaxis()
     ax.set(xlabel="epochs run", title="Epochs per trial (ASHA stops the weak ones early)")
     for i, (status, epochs) in enumerate(zip(frame["status"], frame["epochs"])):
-        if status in ("failed", "diverged"):
+        if status in ("failed", "diverged", UNSCORED):
             ax.text(epochs + 0.05, i, status, va="center", fontsize=7, color=colors[status])
     from matplotlib.patches import Patch
 

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from models.tasks import task_info
-from search.results import CONFIG_KEYS, EXTRA_AXES, STATUSES, best_by, config_label, study_order
+from search.results import CONFIG_KEYS, EXTRA_AXES, STATUSES, UNSCORED, best_by, config_label, study_order
 from search.spec import Study
 
 CONFIG = [k for k in CONFIG_KEYS if k != "repeat"]  # a configuration: the study's four axes and any other
@@ -49,7 +49,7 @@ def config_keys(frame: pd.DataFrame) -> list[str]:
 
 def aggregate(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per configuration: metric means over repeats (``<col>_std`` beside them when there are repeats),
-    status of the worst repeat (failed > diverged > stopped > completed), epochs and wall time summed."""
+    status of the worst repeat (failed > unscored > diverged > stopped > completed), epochs and wall time summed."""
     keys = config_keys(frame)
     metrics = [c for c in frame if c.startswith(("train_", "val_", "test_"))]
     rank = {status: i for i, status in enumerate(STATUSES)}  # the worst status is the last
@@ -137,7 +137,17 @@ def _epochs(status: str, epochs: float, max_epochs: int) -> str:
 
 
 def _status_note(status: str) -> str:
-    return {"diverged": "diverged (NaN/inf loss): last finite epoch", "failed": "failed (error)"}.get(status, "")
+    notes = {
+        "diverged": "diverged (NaN/inf loss): last finite epoch",
+        UNSCORED: "unscored: test scoring failed (error below)",
+        "failed": "failed (error)",
+    }
+    return notes.get(status, "")
+
+
+def unscored_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """The trials whose checkpoint could not be scored on the test split, with the error that stopped it."""
+    return frame[frame["status"] == UNSCORED].reindex(columns=["trial", "error"]).reset_index(drop=True)
 
 
 def summary_table(agg: pd.DataFrame, task: str) -> pd.DataFrame:
