@@ -553,6 +553,7 @@ def test_the_page_in_a_real_browser(server, images, browser, tmp_path):
         browser.get(server["url"] + "/")
         assert browser.find_element(By.ID, "token-form").is_displayed()
     browser.get(server["page"])  # the address `sweep serve` printed, with the token (if any) in its fragment
+    _wait_for(browser, "location.hash === ''", timeout=10)
     assert browser.current_url == server["url"] + "/"  # the token is off the address bar
     assert not browser.find_element(By.ID, "token-form").is_displayed()
     text = browser.find_element(By.TAG_NAME, "body").text
