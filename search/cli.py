@@ -390,8 +390,18 @@ def _add_cluster_commands(sub) -> None:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--replicas", type=int, default=1, help="model replicas, one CPU each (default 1)")
     serve.add_argument("--gpus-per-replica", type=float, default=0.0, help="GPUs per replica; 0.5 packs two on a GPU")
-    serve.add_argument("--address", help="Ray cluster address (default: start a local Ray on 127.0.0.1)")
+    serve.add_argument(
+        "--address",
+        help="Ray cluster address (default: start a local Ray on 127.0.0.1); on a cluster the model answers under "
+        "/m/<experiment>-<model>-<version>/, next to other models",
+    )
     serve.add_argument("--max-mb", type=float, default=20.0, help="largest image accepted, in MB (default 20)")
+    serve.add_argument(
+        "--token",
+        help="bearer token that /predict and /model require (default $SWEEP_SERVE_TOKEN, the safer way: a command "
+        "line is visible to every user of the machine in `ps`); required when --host is not loopback. Make one with: "
+        'python -c "import secrets; print(secrets.token_urlsafe(32))"',
+    )
 
 
 def _submit(args) -> int:
@@ -524,7 +534,7 @@ def _evaluate(args) -> int:
 
 
 def _serve(args) -> int:
-    from search.serve import serve_model
+    from search.serve import TOKEN_ENV, serve_model
 
     serve_model(
         args.model_dir,
@@ -534,6 +544,7 @@ def _serve(args) -> int:
         gpus_per_replica=args.gpus_per_replica,
         address=args.address,
         max_mb=args.max_mb,
+        token=args.token if args.token is not None else os.environ.get(TOKEN_ENV) or None,
     )
     return 0
 

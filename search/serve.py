@@ -6,6 +6,12 @@ One deployment (FastAPI ingress) per exported model folder:
 - ``GET /``: a self-contained page to drop or choose an image and see the prediction;
 - ``GET /healthz``, ``GET /model`` (the export's manifest, without paths of the server's disk).
 
+With a token (``--token`` or $SWEEP_SERVE_TOKEN; required off loopback) ``/predict`` and ``/model`` answer only
+requests with ``Authorization: Bearer <token>``; the page and ``/healthz`` stay open, and the page takes the token from
+its URL's fragment (``#token=...``, which a browser never sends). The application is named after the model version
+(``<experiment>-<model>-<version>``): on a shared cluster (``--address``) it answers under ``/m/<name>/``, so several
+models can be served at once, and stopping one removes only its own application.
+
 Bounded: each image's format and size are read from its header before anything is decoded; PNG, JPEG, BMP and TIFF
 only (415 otherwise), at most MAX_IMAGE_PIXELS an image and MAX_REQUEST_PIXELS a request (413); decoding runs off the
 event loop, DECODE_SLOTS requests at a time; a replica queues at most MAX_QUEUED_REQUESTS (then 503 with Retry-After)
@@ -21,10 +27,12 @@ import asyncio
 import base64
 import binascii
 import hashlib
+import hmac
 import io
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import time
@@ -42,7 +50,6 @@ from search.errors import SweepError
 from search.export import MODEL_FILE, STUDY_FILE, Predictions, check_export
 from search.export import overlay as outlined
 
-APP_NAME = "leukemia-sweep"
 DEFAULT_MAX_MB = 20.0
 MAX_BATCH = 16  # images per model call, gathered across concurrent requests by @serve.batch
 MAX_IMAGES_PER_REQUEST = 64  # a JSON batch holds at most this many
@@ -57,6 +64,11 @@ MAX_ONGOING_REQUESTS = 16  # sent to a replica at once (they wait for a slot the
 MAX_QUEUED_REQUESTS = 64  # waiting at the proxy beyond those; more are answered 503 with Retry-After
 RETRY_AFTER_S = 5
 REQUEST_TIMEOUT_S = 120  # then 408
+TOKEN_ENV = "SWEEP_SERVE_TOKEN"
+MAKE_TOKEN = 'python -c "import secrets; print(secrets.token_urlsafe(32))"'
+MIN_TOKEN_CHARS = 16
+# RFC 6750's b64token: what a browser and curl send in `Authorization: Bearer ...` without quoting
+_TOKEN_SYNTAX = re.compile(r"[A-Za-z0-9._~+/-]+=*")
 PAGE_TEMPLATE = Path(__file__).with_name("serve_page.html")
 DISCLAIMER = (
     "This is a research model. It is not a diagnostic device: it must not be used to diagnose, treat or rule out "
@@ -67,9 +79,10 @@ DISCLAIMER = (
 class BadRequest(Exception):
     """An input the server refuses: answered with ``status`` and ``{"error": message}``; the server goes on."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status = status
+        self.headers = headers
 
 
 # ---- what the page and the answers say (pure) --------------------------------------------------------------------
@@ -108,8 +121,51 @@ def trained_on(manifest: dict, study: dict) -> str:
     return f"Trained to predict {target} from {source}, at {size}×{size} pixels.{counts}"
 
 
-def page_context(manifest: dict, study: dict, version: str, max_bytes: int) -> dict[str, Any]:
-    """Everything the page shows, from the export's manifest and study."""
+def app_name(manifest: dict, version: str) -> str:
+    """The Serve application's name and, on a shared cluster, its route: ``<experiment>-<model>-<version>``, lower
+    case, letters, digits and dashes only (pure)."""
+    parts = (Path(manifest.get("experiment", "")).name, manifest["model"], version)
+    return "-".join(p for p in (re.sub(r"[^a-z0-9]+", "-", part.lower()).strip("-") for part in parts) if p)
+
+
+def route_prefix(name: str, shared: bool) -> str:
+    """``/`` on a Ray of this command's own; ``/m/<name>`` on a shared cluster, where other models answer too."""
+    return f"/m/{name}" if shared else "/"
+
+
+def token_problem(host: str, token: str | None) -> str | None:
+    """Why `sweep serve` must not start with this token on this host, or None (pure): off loopback a token is
+    required, and a token must be one a browser and curl can send as it is."""
+    make = f"make one with: {MAKE_TOKEN}"
+    if token is None:
+        if is_loopback(host):
+            return None
+        return (
+            f"--host {host} opens the server to the network: give it a token in ${TOKEN_ENV} (or --token, which "
+            f"other users of this machine can see in `ps`); {make}"
+        )
+    if len(token) < MIN_TOKEN_CHARS or not _TOKEN_SYNTAX.fullmatch(token):
+        return (
+            f"the token must be at least {MIN_TOKEN_CHARS} characters of letters, digits and -._~+/ "
+            f"(optionally ending in =); {make}"
+        )
+    return None
+
+
+def authorization_problem(header: str | None, token: str | None) -> str | None:
+    """Why a request is refused (401) for want of the server's token, or None (pure; compared in constant time)."""
+    if token is None:
+        return None
+    scheme, _, given = (header or "").partition(" ")
+    if scheme.lower() != "bearer" or not given.strip():
+        return "this server needs its token: send the header 'Authorization: Bearer <token>'"
+    if not hmac.compare_digest(given.strip().encode(), token.encode()):
+        return "the token sent in 'Authorization: Bearer ...' is not this server's"
+    return None
+
+
+def page_context(manifest: dict, study: dict, version: str, max_bytes: int, token_required: bool) -> dict[str, Any]:
+    """Everything the page shows, from the export's manifest and study; whether it must ask for a token."""
     metrics = [(k, v) for k, v in manifest.get("test", {}).items() if isinstance(v, int | float)]
     return {
         "model": manifest["model"],
@@ -121,6 +177,7 @@ def page_context(manifest: dict, study: dict, version: str, max_bytes: int) -> d
         "trained_on": trained_on(manifest, study),
         "disclaimer": DISCLAIMER,
         "max_mb": f"{max_bytes / 1e6:g}",
+        "token_required": token_required,
     }
 
 
@@ -339,9 +396,22 @@ api = FastAPI(title="leukemia-sweep model server", docs_url=None, redoc_url=None
 api.state.loopback = True  # each replica sets it from `sweep serve --host`
 
 
+@api.exception_handler(BadRequest)
+async def _refused(request: Request, exc: BadRequest) -> JSONResponse:
+    return JSONResponse({"error": str(exc)}, status_code=exc.status, headers=exc.headers)
+
+
+def _authorize(request: Request, token: str | None) -> None:
+    """Refuse (401) a request without the server's token, if it has one."""
+    problem = authorization_problem(request.headers.get("authorization"), token)
+    if problem:
+        raise BadRequest(401, problem, headers={"WWW-Authenticate": "Bearer"})
+
+
 @api.middleware("http")
 async def _own_page_only(request: Request, call_next):
-    problem = origin_problem(request.headers.get("host"), request.headers.get("origin"), api.state.loopback)
+    # request.app: the replica's own copy of `api` (Ray pickles the ingress class with it), which __init__ sets
+    problem = origin_problem(request.headers.get("host"), request.headers.get("origin"), request.app.state.loopback)
     if problem:
         return JSONResponse({"error": problem}, status_code=403)
     return await call_next(request)
@@ -358,16 +428,17 @@ async def _own_page_only(request: Request, call_next):
 class ModelServer:
     """One replica: the exported model in memory, its page rendered once."""
 
-    def __init__(self, model_dir: str, max_bytes: int, loopback: bool):
+    def __init__(self, model_dir: str, max_bytes: int, loopback: bool, token: str | None):
         from search.export import load_export
 
         api.state.loopback = loopback
+        self.token = token
 
         self.model, self.manifest = load_export(model_dir)
         self.max_bytes = max_bytes
         self.version = model_version(model_dir)
         study = json.loads((Path(model_dir) / STUDY_FILE).read_text())
-        self.page = render_page(page_context(self.manifest, study, self.version, max_bytes))
+        self.page = render_page(page_context(self.manifest, study, self.version, max_bytes, token is not None))
         self.slots = asyncio.Semaphore(DECODE_SLOTS)
 
     def _identity(self) -> dict:
@@ -382,21 +453,21 @@ class ModelServer:
         return {"status": "ok", "model": self._identity()}
 
     @api.get("/model")
-    def model(self) -> dict:
+    def model(self, request: Request) -> dict:
+        _authorize(request, self.token)
         return public_manifest(self.manifest)
 
     @api.post("/predict")
     async def predict(self, request: Request, overlay: bool = False) -> JSONResponse:
         from data_pipeline.errors import DataError
 
+        _authorize(request, self.token)
         try:
             images = await images_from_request(request, self.max_bytes)
             sizes = check_pixels(images)  # from the headers: nothing decoded yet
             async with self.slots:  # decoded pixels of at most DECODE_SLOTS requests in memory
                 originals = await asyncio.to_thread(decode_checked, images, sizes)  # the event loop goes on
                 results = await asyncio.gather(*(self._predict_batch((o, overlay)) for o in originals))
-        except BadRequest as exc:
-            return JSONResponse({"error": str(exc)}, status_code=exc.status)
         except DataError as exc:  # not an image, truncated, empty, refused by OpenCV
             return JSONResponse({"error": str(exc)}, status_code=400)
         return JSONResponse({"model": self._identity(), "predictions": list(results)})
@@ -460,9 +531,11 @@ def serve_model(
     gpus_per_replica: float = 0.0,
     address: str | None = None,
     max_mb: float = DEFAULT_MAX_MB,
+    token: str | None = None,
 ) -> None:
-    """Serve an exported model until Ctrl-C or SIGTERM, then take everything down again. The folder and the options
-    are checked before anything starts or binds (SweepError)."""
+    """Serve an exported model until Ctrl-C or SIGTERM, then take down what this command started: on a Ray of its
+    own everything, on a shared cluster (``address``) its own application only. The folder, the options and the
+    token (required off loopback) are checked before anything starts or binds (SweepError)."""
     import ray
 
     from search.runner import init_ray
@@ -471,11 +544,14 @@ def serve_model(
     model_dir = Path(model_dir).expanduser().resolve()
     manifest = check_export(model_dir)
     _check_options(host, port, replicas, gpus_per_replica, max_mb)
+    if problem := token_problem(host, token):
+        raise SweepError(problem)
     if address is None:
         _check_port_free(host, port)
     backend = os.environ.get("KERAS_BACKEND") or json.loads((model_dir / STUDY_FILE).read_text())["train"]["backend"]
     init_ray(address, backend)
     signal.signal(signal.SIGTERM, _interrupt)  # after Ray's own handler: `kill` stops the server as Ctrl-C does
+    name, started = app_name(manifest, model_version(model_dir)), False
     try:
         if address is None:
             _check_room(replicas, gpus_per_replica)
@@ -483,15 +559,25 @@ def serve_model(
             http_options={"host": host, "port": port, "request_timeout_s": REQUEST_TIMEOUT_S}, proxy_location="HeadOnly"
         )
         logging.getLogger("ray.serve").setLevel(logging.WARNING)  # from here on, this command says what happens
+        host, port = _proxy_address()  # on a cluster, whatever the first `serve.start` there chose
+        if problem := token_problem(host, token):
+            raise SweepError(f"this cluster's Ray Serve listens on {host}: {problem}")
+        if name in serve.status().applications:
+            raise SweepError(
+                f"{name} (this model version) is served on this cluster already, at {route_prefix(name, True)}/: "
+                "stop that `sweep serve` first"
+            )
         env = {**limit_gpu_memory(backend, gpus_per_replica), "OPENCV_IO_MAX_IMAGE_PIXELS": str(MAX_IMAGE_PIXELS)}
         app = ModelServer.options(
             num_replicas=replicas,
             ray_actor_options={"num_cpus": 1, "num_gpus": gpus_per_replica, "runtime_env": {"env_vars": env}},
-        ).bind(str(model_dir), int(max_mb * 1e6), is_loopback(host))
-        serve.run(app, name=APP_NAME, route_prefix="/")
+        ).bind(str(model_dir), int(max_mb * 1e6), is_loopback(host), token)
+        prefix = route_prefix(name, shared=address is not None)
+        started = True
+        serve.run(app, name=name, route_prefix=prefix)
         print(
-            f"serving {manifest['model']} ({manifest['task']}) from {model_dir} on http://{host}:{port}/ "
-            f"with {replicas} replica(s); Ctrl-C to stop",
+            f"serving {manifest['model']} ({manifest['task']}) from {model_dir} as {name} with {replicas} "
+            f"replica(s); Ctrl-C to stop\nthe page: {page_url(host, port, prefix, token)}",
             flush=True,
         )
         while True:
@@ -503,10 +589,24 @@ def serve_model(
         try:
             if address is None:
                 serve.shutdown()
-            else:  # a shared cluster: take down this app only
-                serve.delete(APP_NAME)
+            elif started:  # a shared cluster: take down this app only
+                serve.delete(name)
         finally:
             ray.shutdown()
+
+
+def page_url(host: str, port: int, prefix: str, token: str | None) -> str:
+    """The page's address; with the token in its fragment, which a browser keeps to itself (pure)."""
+    host = f"[{host}]" if ":" in host else host
+    url = f"http://{host}:{port}{prefix.rstrip('/')}/"
+    return f"{url}#token={token}" if token else url
+
+
+def _proxy_address() -> tuple[str, int]:
+    from ray.serve.context import _get_global_client
+
+    config = _get_global_client().http_config
+    return config.host, config.port
 
 
 def _interrupt(signum, frame) -> None:

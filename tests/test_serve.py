@@ -7,11 +7,13 @@ import base64
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -27,6 +29,7 @@ from conftest import run_sweep
 ROOT = Path(__file__).parent.parent
 DOCS = ROOT / "docs"
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+TOKEN_ENV = "SWEEP_SERVE_TOKEN"  # the name the README gives users
 LOAD_REQUESTS, LOAD_CONCURRENCY = 48, 8  # six rounds of 8 in flight: batching and concurrency, not a benchmark
 
 
@@ -108,21 +111,28 @@ def _cli(*args) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
-def _start_server(model_dir: Path, log: Path, *extra) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
+def _base(page: str) -> str:
+    """The address the routes hang under, from the page's address as `sweep serve` prints it."""
+    return page.split("#")[0].rstrip("/")
+
+
+def _start_server(model_dir: Path, log: Path, *extra, env: dict | None = None) -> tuple[subprocess.Popen, str]:
+    """`sweep serve` in a fresh process, until its health check answers at the page's address it printed; the process
+    and that address (with the token in its fragment when it has one)."""
+    user_env = {k: v for k, v in os.environ.items() if k != TOKEN_ENV}  # only what `env` gives
     proc = subprocess.Popen(
-        [sys.executable, "-m", "search", "serve", str(model_dir), "--port", str(port), *map(str, extra)],
-        env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"},
+        [sys.executable, "-m", "search", "serve", str(model_dir), "--port", str(_free_port()), *map(str, extra)],
+        env={**user_env, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **(env or {})},
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
         cwd=ROOT,
     )
-    url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
+        printed = [line[10:] for line in log.read_text().splitlines() if line.startswith("the page: ")]
         try:
-            if requests.get(f"{url}/healthz", timeout=5).status_code == 200:
-                return proc, url
+            if printed and requests.get(_base(printed[0]) + "/healthz", timeout=5).status_code == 200:
+                return proc, printed[0]
         except requests.RequestException:  # not listening yet, or the proxy waits for the replica
             pass
         time.sleep(1)
@@ -149,16 +159,24 @@ def _stop_server(proc: subprocess.Popen, log: Path) -> None:
 @pytest.fixture(scope="module", params=["classification", "segmentation"])
 def server(request, tmp_path_factory):
     """`sweep serve` in a fresh process over a fresh `sweep export`, for one task; stopped with SIGTERM at the end
-    and every process it started checked gone."""
+    and every process it started checked gone. The classifier's server has a token, given in $SWEEP_SERVE_TOKEN as a
+    user would (``http`` sends it with every request); the segmenter's has none, as loopback allows."""
     experiment = request.getfixturevalue(f"{request.param}_experiment")
     tmp = tmp_path_factory.mktemp(f"serve-{request.param}")
     code, _, err = _cli("export", experiment, "--to", tmp / "model")
     assert code == 0, err
     log = tmp / "serve.log"
-    proc, url = _start_server(tmp / "model", log)
+    token = secrets.token_urlsafe(32) if request.param == "classification" else None
+    proc, page = _start_server(tmp / "model", log, env={TOKEN_ENV: token} if token else None)
+    http = requests.Session()
+    if token:
+        http.headers["Authorization"] = f"Bearer {token}"
     yield {
         "task": request.param,
-        "url": url,
+        "url": _base(page),
+        "page": page,
+        "token": token,
+        "http": http,
         "model_dir": tmp / "model",
         "experiment": experiment,
         "log": log,
@@ -180,9 +198,11 @@ def images(synth_root, tmp_path_factory) -> Path:
     return folder
 
 
-def _post_file(url: str, path: Path, field: str = "file", **params) -> requests.Response:
+def _post_file(server: dict, path: Path, field: str = "file", **params) -> requests.Response:
     with path.open("rb") as f:
-        return requests.post(f"{url}/predict", files={field: (path.name, f)}, params=params, timeout=120)
+        return server["http"].post(
+            f"{server['url']}/predict", files={field: (path.name, f)}, params=params, timeout=120
+        )
 
 
 def _encoded(ext: str, image: np.ndarray) -> bytes:
@@ -199,12 +219,12 @@ def _png(b64: str) -> np.ndarray:
 
 
 def test_served_predictions_equal_sweep_predict(server, images, tmp_path):
-    url, model_dir = server["url"], server["model_dir"]
+    url, model_dir, http = server["url"], server["model_dir"], server["http"]
     manifest = json.loads((model_dir / "export.json").read_text())
-    shown = requests.get(f"{url}/model", timeout=30).json()  # the export's manifest, as written
+    shown = http.get(f"{url}/model", timeout=30).json()  # the export's manifest, as written
     assert shown == {**manifest, "experiment": Path(manifest["experiment"]).name}  # no path of the server's disk
     assert str(model_dir.parent) not in json.dumps(shown)
-    health = requests.get(f"{url}/healthz", timeout=30).json()
+    health = http.get(f"{url}/healthz", timeout=30).json()
     from search.serve import model_version
 
     assert health == {
@@ -213,8 +233,8 @@ def test_served_predictions_equal_sweep_predict(server, images, tmp_path):
     }
 
     paths = sorted(images.iterdir())
-    one_by_one = [_post_file(url, p, overlay="true").json() for p in paths]  # multipart, one image per request
-    batch = requests.post(  # one JSON batch of base64 images
+    one_by_one = [_post_file(server, p, overlay="true").json() for p in paths]  # multipart, one image per request
+    batch = http.post(  # one JSON batch of base64 images
         f"{url}/predict", json={"images": [base64.b64encode(p.read_bytes()).decode() for p in paths]}, timeout=120
     ).json()
     assert all(a["model"] == health["model"] for a in [*one_by_one, batch])
@@ -247,12 +267,12 @@ def test_served_predictions_equal_sweep_predict(server, images, tmp_path):
 
 def test_bounded_load_all_answered(server, images):
     """48 requests, 8 at a time: every one answered correctly; p50/p95 latency printed."""
-    url, data = server["url"], (images / "benign.png").read_bytes()
-    expected = requests.post(f"{url}/predict", files={"file": ("a.png", data)}, timeout=120).json()["predictions"]
+    url, data, http = server["url"], (images / "benign.png").read_bytes(), server["http"]
+    expected = http.post(f"{url}/predict", files={"file": ("a.png", data)}, timeout=120).json()["predictions"]
 
     def one(_):
         start = time.perf_counter()
-        r = requests.post(f"{url}/predict", files={"file": ("a.png", data)}, timeout=120)
+        r = http.post(f"{url}/predict", files={"file": ("a.png", data)}, timeout=120)
         return time.perf_counter() - start, r.status_code, r.json()["predictions"]
 
     start = time.perf_counter()
@@ -272,7 +292,7 @@ def test_bounded_load_all_answered(server, images):
 
 
 def test_bad_inputs_get_a_4xx_json_error_and_the_server_goes_on(server, images, tmp_path):
-    url = server["url"]
+    url, http = server["url"], server["http"]
     good = (images / "benign.png").read_bytes()
     jpeg = (images / "pre_photo.jpg").read_bytes()
     cases = {
@@ -290,21 +310,21 @@ def test_bad_inputs_get_a_4xx_json_error_and_the_server_goes_on(server, images, 
         "scan.ppm": (_encoded(".ppm", rgb), 415, "is a PPM image"),
     }
     for name, (data, status, message) in cases.items():
-        r = requests.post(f"{url}/predict", files={"file": (name, data)}, timeout=120)
+        r = http.post(f"{url}/predict", files={"file": (name, data)}, timeout=120)
         assert r.status_code == status and message in r.json()["error"], (name, r.status_code, r.text[:300])
     for ext in (".tiff", ".bmp"):  # the page's other two formats are taken
-        r = requests.post(f"{url}/predict", files={"file": (f"a{ext}", _encoded(ext, rgb))}, timeout=120)
+        r = http.post(f"{url}/predict", files={"file": (f"a{ext}", _encoded(ext, rgb))}, timeout=120)
         assert r.status_code == 200 and len(r.json()["predictions"]) == 1, (ext, r.text[:300])
     big = base64.b64encode(_encoded(".png", np.zeros((6000, 6000), np.uint8))).decode()  # 36 megapixels: legal
-    r = requests.post(f"{url}/predict", json={"images": [big] * 4}, timeout=120)  # 144 together: not
+    r = http.post(f"{url}/predict", json={"images": [big] * 4}, timeout=120)  # 144 together: not
     assert r.status_code == 413 and "hold 144 megapixels; at most 120 a request" in r.json()["error"], r.text[:300]
 
-    wrong_field = requests.post(f"{url}/predict", files={"image": ("a.png", good)}, timeout=60)
+    wrong_field = http.post(f"{url}/predict", files={"image": ("a.png", good)}, timeout=60)
     assert wrong_field.status_code == 422
     assert "no field 'file' in the upload (got: image)" in wrong_field.json()["error"]
-    text_field = requests.post(f"{url}/predict", files={"file": (None, "smear.png")}, timeout=60)
+    text_field = http.post(f"{url}/predict", files={"file": (None, "smear.png")}, timeout=60)
     assert text_field.status_code == 422 and "holds text, not a file" in text_field.json()["error"]
-    plain = requests.post(f"{url}/predict", data=good, headers={"content-type": "image/png"}, timeout=60)
+    plain = http.post(f"{url}/predict", data=good, headers={"content-type": "image/png"}, timeout=60)
     assert plain.status_code == 415 and "multipart/form-data" in plain.json()["error"]
     for body, message in (
         (b"{not json", "not valid JSON"),
@@ -312,21 +332,35 @@ def test_bad_inputs_get_a_4xx_json_error_and_the_server_goes_on(server, images, 
         (b'{"images": ["%%%"]}', "images[0] is not valid base64"),
         (json.dumps({"images": [base64.b64encode(good).decode()] * 65}).encode(), "at most 64"),
     ):
-        r = requests.post(f"{url}/predict", data=body, headers={"content-type": "application/json"}, timeout=60)
+        r = http.post(f"{url}/predict", data=body, headers={"content-type": "application/json"}, timeout=60)
         assert 400 <= r.status_code < 500 and message in r.json()["error"], (message, r.text[:300])
 
     # Another web page open on this machine may post here (a multipart POST needs no CORS preflight): refused; a page
     # whose domain name is rebound to 127.0.0.1 sends another Host: refused; the server's own page is answered.
     upload = {"file": ("a.png", good)}
-    evil = requests.post(f"{url}/predict", files=upload, headers={"Origin": "http://evil.example"}, timeout=60)
+    evil = http.post(f"{url}/predict", files=upload, headers={"Origin": "http://evil.example"}, timeout=60)
     assert evil.status_code == 403 and "the page at http://evil.example is refused" in evil.json()["error"]
-    rebound = requests.get(f"{url}/model", headers={"Host": "evil.example"}, timeout=60)
+    rebound = http.get(f"{url}/model", headers={"Host": "evil.example"}, timeout=60)
     assert rebound.status_code == 403 and "not to Host evil.example" in rebound.json()["error"]
-    assert requests.post(f"{url}/predict", files=upload, headers={"Origin": url}, timeout=60).status_code == 200
+    assert http.post(f"{url}/predict", files=upload, headers={"Origin": url}, timeout=60).status_code == 200
 
-    still = _post_file(url, images / "benign.png")  # the server keeps serving
+    # With a token (the classifier's server), /predict and /model refuse a request without it or with another one;
+    # the page and the health check stay open. Without one (the segmenter's), no header is needed and one is ignored.
+    wrong = "Bearer " + secrets.token_urlsafe(32)
+    for method, path in (("POST", "/predict"), ("GET", "/model")):
+        for headers, message in (({}, "needs its token"), ({"Authorization": wrong}, "is not this server's")):
+            files = upload if method == "POST" else None
+            r = requests.request(method, f"{url}{path}", files=files, headers=headers, timeout=60)
+            if server["token"]:
+                assert r.status_code == 401 and message in r.json()["error"], (path, r.status_code, r.text[:300])
+                assert r.headers["WWW-Authenticate"] == "Bearer"
+            else:
+                assert r.status_code == 200, (path, r.text[:300])
+    assert [requests.get(f"{url}{path}", timeout=60).status_code for path in ("/", "/healthz")] == [200, 200]
+
+    still = _post_file(server, images / "benign.png")  # the server keeps serving
     assert still.status_code == 200 and len(still.json()["predictions"]) == 1
-    assert requests.get(f"{url}/healthz", timeout=30).json()["status"] == "ok"
+    assert http.get(f"{url}/healthz", timeout=30).json()["status"] == "ok"
 
 
 WRONG_TYPES = ["", "text/plain", "image/png", "multipart/form-data", "application/x-www-form-urlencoded"]
@@ -377,23 +411,23 @@ def test_hostile_requests_get_only_4xx_with_a_json_error(server, images):
     error, never a 5xx; the server keeps answering."""
     from hypothesis import HealthCheck, given, settings
 
-    url, good = server["url"], (images / "benign.png").read_bytes()
+    url, good, http = server["url"], (images / "benign.png").read_bytes(), server["http"]
 
     @settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
     @given(_hostile_request(good))
     def check(request):
         kind, body, multipart = request
         if multipart:
-            r = requests.post(f"{url}/predict", files={"file": ("x.png", body)}, timeout=120)
+            r = http.post(f"{url}/predict", files={"file": ("x.png", body)}, timeout=120)
         else:
-            r = requests.post(f"{url}/predict", data=body, headers={"content-type": kind}, timeout=120)
+            r = http.post(f"{url}/predict", data=body, headers={"content-type": kind}, timeout=120)
         assert r.status_code == 200 or (400 <= r.status_code < 500 and isinstance(r.json()["error"], str)), (
             r.status_code,
             r.text[:300],
         )
 
     check()
-    assert _post_file(url, images / "benign.png").status_code == 200
+    assert _post_file(server, images / "benign.png").status_code == 200
 
 
 def _replica(server_pid: int) -> int:
@@ -419,8 +453,8 @@ def test_hostile_load_leaves_good_requests_answered_and_memory_bounded(server, i
     """Image bombs (a 10000×10000 PNG of 0.1 MB), formats not taken, garbage, over-budget batches and legal large
     images, 8 at a time among good requests: every good one answered correctly, the rest refused with a 4xx, and the
     replica's peak resident memory (VmHWM, reset first) grows by less than REPLICA_PEAK_GROWTH_MB."""
-    url, good = server["url"], (images / "benign.png").read_bytes()
-    expected = requests.post(f"{url}/predict", files={"file": ("a.png", good)}, timeout=120).json()["predictions"]
+    url, good, http = server["url"], (images / "benign.png").read_bytes(), server["http"]
+    expected = http.post(f"{url}/predict", files={"file": ("a.png", good)}, timeout=120).json()["predictions"]
     rgb = cv2.imread(str(images / "benign.png"))
     bomb = _encoded(".png", np.zeros((10_000, 10_000), np.uint8))
     large = _encoded(".png", cv2.resize(rgb, (6000, 6000)))  # 36 megapixels: legal, 108 MB decoded
@@ -441,9 +475,9 @@ def test_hostile_load_leaves_good_requests_answered_and_memory_bounded(server, i
         kind, body, status = hostile[i // 2 % len(hostile)] if i % 2 else ("files", good, 200)
         start = time.perf_counter()
         if kind == "files":
-            r = requests.post(f"{url}/predict", files={"file": ("x.png", body)}, timeout=120)
+            r = http.post(f"{url}/predict", files={"file": ("x.png", body)}, timeout=120)
         else:
-            r = requests.post(f"{url}/predict", data=body, headers={"content-type": "application/json"}, timeout=120)
+            r = http.post(f"{url}/predict", data=body, headers={"content-type": "application/json"}, timeout=120)
         return i, status, r, time.perf_counter() - start
 
     with ThreadPoolExecutor(8) as pool:
@@ -515,7 +549,13 @@ def test_the_page_in_a_real_browser(server, images, browser, tmp_path):
     from selenium.webdriver.common.by import By
 
     manifest = json.loads((server["model_dir"] / "export.json").read_text())
-    browser.get(server["url"] + "/")
+    if server["token"]:  # opened without its token, the page asks for one
+        browser.get(server["url"] + "/")
+        assert browser.find_element(By.ID, "token-form").is_displayed()
+    browser.get(server["page"])  # the address `sweep serve` printed, with the token (if any) in its fragment
+    _wait_for(browser, "location.hash === ''", timeout=10)
+    assert browser.current_url == server["url"] + "/"  # the token is off the address bar
+    assert not browser.find_element(By.ID, "token-form").is_displayed()
     text = browser.find_element(By.TAG_NAME, "body").text
     assert browser.find_element(By.ID, "model-name").text == manifest["model"]
     assert "not a diagnostic device" in browser.find_element(By.ID, "disclaimer").text
@@ -529,7 +569,7 @@ def test_the_page_in_a_real_browser(server, images, browser, tmp_path):
     image = images / "pre.png"
     browser.find_element(By.ID, "file").send_keys(str(image))  # choose a file, as a person would
     _wait_for(browser, "document.body.dataset.state === 'done'")
-    served = _post_file(server["url"], image).json()["predictions"][0]
+    served = _post_file(server, image).json()["predictions"][0]
     if server["task"] == "classification":
         assert browser.find_element(By.ID, "predicted-class").text == f"Predicted: {served['class']}"
         bars = browser.find_elements(By.CSS_SELECTOR, ".prob-row")
@@ -614,8 +654,13 @@ def test_bad_model_folders_and_options_stop_before_binding(classification_experi
     for folder, message in cases:
         code, out, err = _cli("serve", folder, "--port", port)
         assert code == 2 and message in err and err.count("\n") == 1 and not out, (folder.name, err)
-    for option, message in (("--replicas=0", "--replicas 0: must be at least 1"), ("--port=70000", "1-65535")):
-        code, _, err = _cli("serve", good, option)
+    for options, message in (
+        (["--replicas=0"], "--replicas 0: must be at least 1"),
+        (["--port=70000"], "1-65535"),
+        (["--host=0.0.0.0"], f"--host 0.0.0.0 opens the server to the network: give it a token in ${TOKEN_ENV}"),
+        (["--host=10.0.0.5", "--token=secret"], "the token must be at least 16 characters"),
+    ):
+        code, _, err = _cli("serve", good, *options)
         assert code == 2 and message in err and err.count("\n") == 1, err
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", port))
@@ -650,7 +695,7 @@ def test_trained_on_says_what_data_and_how_much():
     assert real.startswith(
         "Trained to predict which pixels belong to cells (the foreground) from the images in the folder leukemia"
     )
-    context = page_context(manifest, {"data": {"data_dir": None}}, "abc", 20_000_000)
+    context = page_context(manifest, {"data": {"data_dir": None}}, "abc", 20_000_000, token_required=False)
     assert context["metrics"] == [("accuracy", 0.9), ("loss", 0.3)] and context["max_mb"] == "20"
 
 
@@ -682,3 +727,122 @@ def test_json_batches_are_read_or_refused_by_hand():
         with pytest.raises(BadRequest) as refused:
             images_from_json(body)
         assert refused.value.status == status
+
+
+def test_tokens_app_names_and_addresses_by_hand():
+    from search.serve import app_name, authorization_problem, page_url, route_prefix, token_problem
+
+    token = secrets.token_urlsafe(32)
+    assert token_problem("127.0.0.1", None) is None and token_problem("::1", None) is None
+    assert "python -c" in token_problem("0.0.0.0", None)  # how to make one
+    assert token_problem("0.0.0.0", token) is None
+    assert "at least 16" in token_problem("127.0.0.1", "with spaces in it, long enough")  # a given token is checked
+    assert authorization_problem(None, None) is None  # no token: nothing asked
+    assert authorization_problem(f"Bearer {token}", token) is None
+    assert authorization_problem(f"bearer {token}", token) is None  # the scheme is case-insensitive (RFC 7235)
+    for header in (None, "", token, f"Basic {token}", "Bearer ", f"Bearer {token[:-1]}", "Bearer é"):
+        assert authorization_problem(header, token), header
+    manifest = {"experiment": "/runs/My Study_2", "model": "inception_resnet_v2"}
+    assert app_name(manifest, "0123456789ab") == "my-study-2-inception-resnet-v2-0123456789ab"
+    assert route_prefix("x", shared=False) == "/" and route_prefix("x", shared=True) == "/m/x"
+    assert page_url("127.0.0.1", 8000, "/", None) == "http://127.0.0.1:8000/"
+    assert page_url("::", 80, "/m/x", "t") == "http://[::]:80/m/x/#token=t"
+
+
+# ---- two models on one Ray cluster ----------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _ray_head(home: Path):
+    """A Ray head as `ray start --head` starts one on a cluster's head node (127.0.0.1 here); its GCS address."""
+    port, agent, temp = _free_port(), _free_port(), tempfile.mkdtemp(prefix="/tmp/rayt-")  # short socket paths
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ray.scripts.scripts",
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            f"--port={port}",
+            "--num-cpus=3",
+            "--include-dashboard=false",
+            f"--dashboard-agent-listen-port={agent}",  # Ray's default may be another Ray instance's here
+            "--disable-usage-stats",
+            f"--temp-dir={temp}",
+        ],
+        env={**os.environ, "HOME": str(home)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        for line in proc.stdout:  # --block: it says so once the node is up, then waits
+            if "Ray runtime started" in line:
+                break
+        assert proc.poll() is None, "ray start --head failed"
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()  # --block: the head stops its processes in order and exits
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_two_models_on_one_cluster_each_under_its_own_name(
+    classification_experiment, segmentation_experiment, images, browser, tmp_path
+):
+    """Two `sweep serve --address` on one Ray: each model under /m/<its name>/, both answering (the page too, under
+    its prefix); the same model version a second time is refused; stopping one leaves the other answering."""
+    from selenium.webdriver.common.by import By
+
+    from search.serve import app_name, model_version
+
+    dirs = {task: tmp_path / task for task in ("classification", "segmentation")}
+    for task, experiment in (("classification", classification_experiment), ("segmentation", segmentation_experiment)):
+        assert _cli("export", experiment, "--to", dirs[task])[0] == 0
+    home = tmp_path / "home"  # a head node's: no token of Ray's own there
+    home.mkdir()
+    token, env = secrets.token_urlsafe(32), {"HOME": str(home)}
+    with _ray_head(home) as address:
+        cls_log, seg_log = tmp_path / "cls.log", tmp_path / "seg.log"
+        cls, cls_page = _start_server(
+            dirs["classification"], cls_log, "--address", address, env={**env, TOKEN_ENV: token}
+        )
+        try:
+            seg, seg_page = _start_server(dirs["segmentation"], seg_log, "--address", address, env=env)
+        except AssertionError:
+            _stop_server(cls, cls_log)
+            raise
+        for task, page in (("classification", cls_page), ("segmentation", seg_page)):
+            name = app_name(json.loads((dirs[task] / "export.json").read_text()), model_version(dirs[task]))
+            assert _base(page).endswith(f"/m/{name}"), page
+        assert cls_page.endswith(f"/#token={token}") and "#" not in seg_page
+        assert _base(cls_page).split("/m/")[0] == _base(seg_page).split("/m/")[0]  # one proxy: the cluster's
+        auth = {"Authorization": f"Bearer {token}"}
+
+        def predicts(page: str, headers: dict) -> bool:
+            with (images / "benign.png").open("rb") as f:
+                r = requests.post(f"{_base(page)}/predict", files={"file": f}, headers=headers, timeout=120)
+            return r.status_code == 200 and len(r.json()["predictions"]) == 1
+
+        assert predicts(cls_page, auth) and predicts(seg_page, {})
+        assert requests.get(f"{_base(cls_page)}/model", timeout=60).status_code == 401  # each app its own token
+
+        browser.get(seg_page)  # the page works under its prefix
+        browser.find_element(By.ID, "file").send_keys(str(images / "pre.png"))
+        _wait_for(browser, "document.body.dataset.state === 'done'")
+
+        user_env = {**os.environ, **env, TOKEN_ENV: token, "PYTHONPATH": str(ROOT)}
+        again = run_sweep("serve", dirs["classification"], "--address", address, env=user_env)
+        said = again.stderr.strip().splitlines()[-1]  # after Ray's own lines on connecting to the cluster
+        assert again.returncode == 2 and said.startswith("error: ") and "served on this cluster already" in said, said
+
+        _stop_server(seg, seg_log)
+        assert requests.get(f"{_base(seg_page)}/healthz", timeout=60).status_code == 404
+        assert predicts(cls_page, auth)  # the other model goes on
+        _stop_server(cls, cls_log)
