@@ -56,7 +56,16 @@ def init_ray(address: str | None, backend: str) -> None:
     if ray.is_initialized():
         return
     if address:
-        ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=False)
+        try:
+            ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=False)
+        except ConnectionError as exc:  # no cluster there, or its token is not the one this machine holds
+            said = [line for line in str(exc.__cause__ or exc).splitlines() if line.strip()] or [type(exc).__name__]
+            reason = said[-1].split(": ", 1)[-1].split(". ")[0][:200]  # Ray's own last word, its first sentence
+            raise SweepError(
+                f"cannot join the Ray cluster at {address} ({reason}): check that it runs (`ray status` on the head) "
+                "and that this machine holds its token (~/.ray/auth_token or $RAY_AUTH_TOKEN; `ray get-auth-token` "
+                "on the head prints it)"
+            ) from None
     else:  # a fresh local cluster on the loopback address only
         ray.init(
             address="local",

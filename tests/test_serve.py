@@ -805,8 +805,13 @@ def test_two_models_on_one_cluster_each_under_its_own_name(
     dirs = {task: tmp_path / task for task in ("classification", "segmentation")}
     for task, experiment in (("classification", classification_experiment), ("segmentation", segmentation_experiment)):
         assert _cli("export", experiment, "--to", dirs[task])[0] == 0
-    home = tmp_path / "home"  # a head node's: no token of Ray's own there
+    # A user's machine: a first local sweep (or `ray get-auth-token --generate`) left Ray's token in ~/.ray, so a plain
+    # `ray start --head` turns token authentication on, and `sweep serve --address` must send the token by itself.
+    home = tmp_path / "home"
     home.mkdir()
+    ray_cli = [sys.executable, "-m", "ray.scripts.scripts"]
+    user = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH_")} | {"HOME": str(home)}
+    subprocess.run([*ray_cli, "get-auth-token", "--generate"], env=user, capture_output=True, check=True)
     token, env = secrets.token_urlsafe(32), {"HOME": str(home)}
     with _ray_head(home) as address:
         cls_log, seg_log = tmp_path / "cls.log", tmp_path / "seg.log"
@@ -841,6 +846,17 @@ def test_two_models_on_one_cluster_each_under_its_own_name(
         again = run_sweep("serve", dirs["classification"], "--address", address, env=user_env)
         said = again.stderr.strip().splitlines()[-1]  # after Ray's own lines on connecting to the cluster
         assert again.returncode == 2 and said.startswith("error: ") and "served on this cluster already" in said, said
+
+        stranger = tmp_path / "stranger"  # a machine holding another token than the cluster's
+        (stranger / ".ray").mkdir(parents=True)
+        (stranger / ".ray" / "auth_token").write_text(secrets.token_hex(32))
+        refused = run_sweep(
+            "serve", dirs["classification"], "--address", address, env={**user_env, "HOME": str(stranger)}
+        )
+        said = refused.stderr.strip().splitlines()[-1]
+        assert refused.returncode == 2 and said.startswith("error: cannot join the Ray cluster") and "token" in said, (
+            said
+        )
 
         _stop_server(seg, seg_log)
         assert requests.get(f"{_base(seg_page)}/healthz", timeout=60).status_code == 404
