@@ -61,6 +61,66 @@ def tree_state(root) -> dict:
 ROOT = Path(__file__).parent.parent
 
 
+def free_port() -> int:
+    """A free port below Linux's ephemeral range (32768+), where the ports Ray's own processes take by binding port 0
+    land: a port picked from that range can be taken by one of them before the process meant to get it binds it."""
+    import random
+    import socket
+
+    while True:
+        port = random.randint(20000, 32000)  # above Ray's worker ports (10002-19999)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+
+
+def ray_head_command(port: int, agent: int, temp: str, *flags: str) -> list[str]:
+    """A plain `ray start --head` in the foreground on 127.0.0.1, as a user starts one on their own machine, with its
+    GCS port, its agent's HTTP port (Ray's default, 52365, may be another Ray instance's on this machine: then the head
+    never takes a job) and its own temp folder (short: Ray's socket paths must fit in 107 bytes)."""
+    return [
+        sys.executable,
+        "-m",
+        "ray.scripts.scripts",
+        "start",
+        "--head",
+        "--block",
+        "--node-ip-address=127.0.0.1",
+        f"--port={port}",
+        f"--dashboard-agent-listen-port={agent}",
+        "--disable-usage-stats",
+        f"--temp-dir={temp}",
+        *flags,
+    ]
+
+
+def stop_node(proc) -> None:
+    """Stop a `ray start --block` node: SIGTERM to it alone, which drains the node through the GCS, stops the node's
+    processes and exits (SIGTERM to its whole group would kill the GCS too, and the drain would wait 30 s for it)."""
+    import signal
+    import subprocess
+
+    proc.send_signal(signal.SIGTERM)  # nothing when it has exited
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def cli(capsys, *args) -> tuple[int, str, str]:
+    """The command line in this process (bad requests fail fast: no need to pay a fresh interpreter each time); its
+    exit code, stdout and stderr."""
+    from search.cli import main
+
+    capsys.readouterr()
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 def run_sweep(*args, env=None, timeout=600):
     """`python -m search ARGS` in a fresh process, from the repository root; the CompletedProcess."""
     import subprocess

@@ -5,7 +5,6 @@ with and re-evaluated in fresh processes; and cluster.yaml's own head and worker
 
 import os
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -16,7 +15,7 @@ from uuid import uuid4
 import pandas as pd
 import pytest
 import yaml
-from conftest import assert_reproduces_test_metrics, export_best, run_sweep
+from conftest import assert_reproduces_test_metrics, export_best, free_port, ray_head_command, run_sweep, stop_node
 
 ROOT = Path(__file__).parent.parent
 CLUSTER = ROOT / "cluster.yaml"
@@ -40,42 +39,9 @@ def test_cluster_yaml_passes_rays_schema_and_keeps_the_dashboard_private():
         validate_config(prepare_config(broken))
 
 
-def _free_port() -> int:
-    """A free port below Linux's ephemeral range (32768+), where the ports Ray's own processes take by binding port 0
-    land: a port picked from that range can be taken by one of them before the process meant to get it binds it."""
-    import random
-    import socket
-
-    while True:
-        port = random.randint(20000, 32000)  # above Ray's worker ports (10002-19999)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-
-
 def _plain_head(port: int, dash: int, agent: int, temp: str) -> list[str]:
-    """A plain `ray start --head` on 127.0.0.1, as a user starts one on their own machine."""
-    return [
-        sys.executable,
-        "-m",
-        "ray.scripts.scripts",
-        "start",
-        "--head",
-        "--block",
-        "--node-ip-address=127.0.0.1",
-        f"--port={port}",
-        "--dashboard-host=127.0.0.1",
-        f"--dashboard-port={dash}",
-        # Its agent's HTTP port too: Ray's default (52365) may be held by another Ray instance on this
-        # machine, and then the head never takes a job ("No available agent to submit job").
-        f"--dashboard-agent-listen-port={agent}",
-        "--num-cpus=2",
-        "--disable-usage-stats",
-        f"--temp-dir={temp}",
-    ]
+    """A plain `ray start --head` on 127.0.0.1 with its dashboard (and job server) on 127.0.0.1 too."""
+    return ray_head_command(port, agent, temp, "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2")
 
 
 def _start_head(env: dict, command=_plain_head) -> tuple[subprocess.Popen, str, int]:
@@ -84,7 +50,7 @@ def _start_head(env: dict, command=_plain_head) -> tuple[subprocess.Popen, str, 
     then this head never takes a job, so start another); the process, the dashboard's address and the GCS port."""
     for _attempt in range(3):
         temp = tempfile.mkdtemp(prefix="/tmp/rayt-")  # short: Ray's socket paths must fit in 107 bytes
-        port, dash, agent = _free_port(), _free_port(), _free_port()
+        port, dash, agent = free_port(), free_port(), free_port()
         proc = subprocess.Popen(
             command(port, dash, agent, temp),
             env=env,
@@ -103,18 +69,8 @@ def _start_head(env: dict, command=_plain_head) -> tuple[subprocess.Popen, str, 
             if re.search(rf"agent http address: \S+:{agent}\b", text) and _answers(address):
                 return proc, address, port
             time.sleep(2)
-        _stop(proc)
+        stop_node(proc)
     raise AssertionError(f"no Ray head with a working job agent in 3 tries; see {agent_log}")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """Stop a `ray start --block` node: SIGTERM to it alone, which drains the node through the GCS, stops the node's
-    processes and exits (SIGTERM to its whole group would kill the GCS too, and the drain would wait 30 s for it)."""
-    proc.send_signal(signal.SIGTERM)  # nothing when it has exited
-    try:
-        proc.wait(60)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +91,7 @@ def head(tmp_path_factory):
     try:
         yield {"address": address, "env": env, "storage": tmp_path_factory.mktemp("jobruns")}
     finally:
-        _stop(proc)
+        stop_node(proc)
 
 
 def _answers(address: str) -> bool:
@@ -212,14 +168,14 @@ def test_cluster_yaml_start_commands_make_a_two_node_cluster_that_needs_its_toke
         node_env[node] = {**base, "HOME": str(home), "RAY_HEAD_IP": "127.0.0.1"}  # the launcher exports RAY_HEAD_IP
 
     def head_command(port: int, dash: int, agent: int, temp: str) -> list[str]:
-        local = {"port": port, "dashboard-port": dash, "object-manager-port": _free_port(), "autoscaling-config": None}
+        local = {"port": port, "dashboard-port": dash, "object-manager-port": free_port(), "autoscaling-config": None}
         line = _start_line(config["head_start_ray_commands"])
         extra = ("--node-ip-address=127.0.0.1", f"--dashboard-agent-listen-port={agent}", f"--temp-dir={temp}")
         return ["bash", "-c", _on_this_machine(line, local, *extra, "--num-cpus=1", "--block")]
 
     stranger = {**base, "HOME": str(tmp_path / "stranger")}  # no token there, no RAY_AUTH_* variable
     tokenless = subprocess.run(  # a node whose token did not arrive does not start (a plain `ray start` would, open)
-        head_command(_free_port(), _free_port(), _free_port(), tempfile.mkdtemp(prefix="/tmp/rayt-")),
+        head_command(free_port(), free_port(), free_port(), tempfile.mkdtemp(prefix="/tmp/rayt-")),
         env=stranger,
         capture_output=True,
         text=True,
@@ -230,8 +186,8 @@ def test_cluster_yaml_start_commands_make_a_two_node_cluster_that_needs_its_toke
     worker = None
     try:
         line = _start_line(config["worker_start_ray_commands"])
-        local = {"address": f"$RAY_HEAD_IP:{port}", "object-manager-port": _free_port()}
-        extra = ("--node-ip-address=127.0.0.1", f"--dashboard-agent-listen-port={_free_port()}")
+        local = {"address": f"$RAY_HEAD_IP:{port}", "object-manager-port": free_port()}
+        extra = ("--node-ip-address=127.0.0.1", f"--dashboard-agent-listen-port={free_port()}")
         temp = tempfile.mkdtemp(prefix="/tmp/rayt-")
         command = _on_this_machine(line, local, *extra, f"--temp-dir={temp}", "--num-cpus=1", "--block")
         with (tmp_path / "worker.log").open("w") as log:
@@ -258,8 +214,8 @@ def test_cluster_yaml_start_commands_make_a_two_node_cluster_that_needs_its_toke
         assert out.returncode == 2 and "no job 'raysubmit_none'" in out.stderr, out.stderr[-2000:]  # served: it looked
     finally:
         if worker is not None:
-            _stop(worker)
-        _stop(head)
+            stop_node(worker)
+        stop_node(head)
 
 
 def _study(path: Path, epochs: int, lrs=(0.01, 0.001), repeats=1) -> Path:
@@ -358,7 +314,7 @@ def test_stop_a_running_job_and_clear_errors(head, tmp_path):
         refused = run_sweep("status", job_id, "--address", head["address"], env=env)
         assert refused.returncode == 2 and says in refused.stderr, refused.stderr[-2000:]
         assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr[-2000:]
-    unreachable = run_sweep("status", job_id, "--address", f"http://127.0.0.1:{_free_port()}", env=head["env"])
+    unreachable = run_sweep("status", job_id, "--address", f"http://127.0.0.1:{free_port()}", env=head["env"])
     assert unreachable.returncode == 2 and "cannot reach a Ray job server" in unreachable.stderr
     bad = run_sweep("submit", "no-such-study", "--address", head["address"], env=head["env"])
     assert bad.returncode == 2 and "unknown study 'no-such-study'" in bad.stderr  # refused before any upload

@@ -15,18 +15,9 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import assert_reproduces_test_metrics, export_best, run_sweep, tree_state
+from conftest import cli as _cli
 
 ROOT = Path(__file__).parent.parent
-
-
-def _cli(capsys, *args):
-    """The command line in this process (bad requests fail fast: no need to pay a fresh interpreter each time)."""
-    from search.cli import main
-
-    capsys.readouterr()
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")

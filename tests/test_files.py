@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import cli as _cli
 
 from data_pipeline import DataError, synth
 from data_pipeline.files import (
@@ -25,15 +26,6 @@ from data_pipeline.files import (
 )
 
 ROOT = Path(__file__).parent.parent
-
-
-def _cli(capsys, *args):
-    from search.cli import main
-
-    capsys.readouterr()
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_a_write_that_fails_midway_leaves_the_old_file_and_no_temporary_file(tmp_path):

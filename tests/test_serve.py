@@ -24,7 +24,7 @@ import pandas as pd
 import pytest
 import requests
 import yaml
-from conftest import run_sweep
+from conftest import free_port, ray_head_command, run_sweep, stop_node
 
 ROOT = Path(__file__).parent.parent
 DOCS = ROOT / "docs"
@@ -72,12 +72,6 @@ def _assert_all_gone(pids: set[int], what: str, timeout: float = 60) -> None:
     assert not left, f"{what} left processes behind: {sorted(left)}"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 # ---- a tiny segmentation sweep, and one running server per task ----------------------------------------------------
 
 
@@ -121,7 +115,7 @@ def _start_server(model_dir: Path, log: Path, *extra, env: dict | None = None) -
     and that address (with the token in its fragment when it has one)."""
     user_env = {k: v for k, v in os.environ.items() if k != TOKEN_ENV}  # only what `env` gives
     proc = subprocess.Popen(
-        [sys.executable, "-m", "search", "serve", str(model_dir), "--port", str(_free_port()), *map(str, extra)],
+        [sys.executable, "-m", "search", "serve", str(model_dir), "--port", str(free_port()), *map(str, extra)],
         env={**user_env, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **(env or {})},
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
@@ -650,7 +644,7 @@ def test_bad_model_folders_and_options_stop_before_binding(classification_experi
         (broken("cut_model", replace("model.keras", model[: len(model) // 2])), "is not a Keras model archive"),
         (broken("text_model", replace("model.keras", b"not a zip")), "is not a Keras model archive"),
     ]
-    port = _free_port()
+    port = free_port()
     for folder, message in cases:
         code, out, err = _cli("serve", folder, "--port", port)
         assert code == 2 and message in err and err.count("\n") == 1 and not out, (folder.name, err)
@@ -755,23 +749,9 @@ def test_tokens_app_names_and_addresses_by_hand():
 @contextlib.contextmanager
 def _ray_head(home: Path):
     """A Ray head as `ray start --head` starts one on a cluster's head node (127.0.0.1 here); its GCS address."""
-    port, agent, temp = _free_port(), _free_port(), tempfile.mkdtemp(prefix="/tmp/rayt-")  # short socket paths
+    port, temp = free_port(), tempfile.mkdtemp(prefix="/tmp/rayt-")
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "ray.scripts.scripts",
-            "start",
-            "--head",
-            "--block",
-            "--node-ip-address=127.0.0.1",
-            f"--port={port}",
-            "--num-cpus=3",
-            "--include-dashboard=false",
-            f"--dashboard-agent-listen-port={agent}",  # Ray's default may be another Ray instance's here
-            "--disable-usage-stats",
-            f"--temp-dir={temp}",
-        ],
+        ray_head_command(port, free_port(), temp, "--num-cpus=3", "--include-dashboard=false"),
         env={**os.environ, "HOME": str(home)},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -785,11 +765,7 @@ def _ray_head(home: Path):
         assert proc.poll() is None, "ray start --head failed"
         yield f"127.0.0.1:{port}"
     finally:
-        proc.terminate()  # --block: the head stops its processes in order and exits
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_node(proc)
         shutil.rmtree(temp, ignore_errors=True)
 
 
