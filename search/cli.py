@@ -566,10 +566,6 @@ def main(argv: list[str] | None = None) -> int:
         # A local cluster is one node: with this, Ray uses 127.0.0.1 and binds its servers to loopback only.
         # (Must be set before Ray is imported.)
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    if args.cmd in ("run", "resume", "serve"):  # a driver of a running cluster: its token (before Ray is imported)
-        from search.jobs import send_token_to
-
-        send_token_to(getattr(args, "address", None))
     handlers = {
         ("data", "synth"): _data_synth,
         ("data", "check"): _data_check,

@@ -77,11 +77,13 @@ def new_experiment(experiment: str) -> Iterator[None]:
     driver_lock inside. When the block fails before sweep.json is written, the folder is removed again: a refused
     study leaves nothing behind."""
     taken = SweepError(f"{experiment} exists already: pick another --name, or `sweep resume {experiment}`")
+    made: list[Path] = []  # storage folders this made: removed again on refusal while empty
     if store.is_uri(experiment):
         if store.exists(experiment):
             raise taken
         store.makedirs(experiment)
     else:
+        made = [p for p in Path(experiment).parents if not p.exists()]  # nearest first
         Path(experiment).parent.mkdir(parents=True, exist_ok=True)
         try:
             os.mkdir(experiment)
@@ -93,6 +95,9 @@ def new_experiment(experiment: str) -> Iterator[None]:
     except BaseException:
         if not store.exists(store.join(experiment, SWEEP_FILE)):
             store.remove_tree(experiment)
+            for folder in made:  # empty unless another run is starting in it now
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
         raise
 
 

@@ -36,16 +36,6 @@ def _auth_headers(mode: str | None, token: tuple[str, str] | None) -> dict[str, 
     return {"Authorization": f"Bearer {token[0]}"} if mode is None and token else None
 
 
-def send_token_to(address: str | None) -> None:
-    """For a command that joins a running cluster as a driver (`--address`): with RAY_AUTH_MODE unset and a token on
-    this machine (Ray's own rule, `_token`), RAY_AUTH_MODE=token, so the driver's connection carries it. A head
-    started with plain `ray start --head` turns token authentication on once ~/.ray/auth_token exists (any earlier
-    local sweep writes it), and a driver without the mode is then refused. Ray reads the mode once, when it is
-    imported: call this before. A mode set explicitly is respected."""
-    if address and os.environ.get("RAY_AUTH_MODE") is None and _token() is not None:
-        os.environ["RAY_AUTH_MODE"] = "token"
-
-
 def _refused(address: str, reason: str, mode: str | None, token: tuple[str, str] | None) -> str:
     """The one line for a job server that refused this client: why, and what to do (pure)."""
     token_of = "the cluster's token (`ray get-auth-token` on the head prints it)"

@@ -59,13 +59,7 @@ def init_ray(address: str | None, backend: str) -> None:
         try:
             ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=False)
         except ConnectionError as exc:  # no cluster there, or its token is not the one this machine holds
-            said = [line for line in str(exc.__cause__ or exc).splitlines() if line.strip()] or [type(exc).__name__]
-            reason = said[-1].split(": ", 1)[-1].split(". ")[0][:200]  # Ray's own last word, its first sentence
-            raise SweepError(
-                f"cannot join the Ray cluster at {address} ({reason}): check that it runs (`ray status` on the head) "
-                "and that this machine holds its token (~/.ray/auth_token or $RAY_AUTH_TOKEN; `ray get-auth-token` "
-                "on the head prints it)"
-            ) from None
+            raise SweepError(join_refused(address, exc, os.environ.get("RAY_AUTH_MODE"))) from None
     else:  # a fresh local cluster on the loopback address only
         ray.init(
             address="local",
@@ -74,6 +68,24 @@ def init_ray(address: str | None, backend: str) -> None:
             runtime_env={"env_vars": env},
             log_to_driver=False,
         )
+
+
+def join_refused(address: str, exc: BaseException, mode: str | None) -> str:
+    """What to do when a driver cannot join the cluster at ``address`` (pure). Ray sends a token to an explicit
+    address only with RAY_AUTH_MODE=token: a driver holding one cannot tell by itself whether the cluster wants it,
+    and sending it to a cluster without authentication breaks the driver's own connections."""
+    said = [line for line in str(exc.__cause__ or exc).splitlines() if line.strip()] or [type(exc).__name__]
+    reason = said[-1].split(": ", 1)[-1].split(". ")[0][:200]  # Ray's own last word, its first sentence
+    token_of = (
+        "the cluster's token in ~/.ray/auth_token or $RAY_AUTH_TOKEN (`ray get-auth-token` on its head prints it)"
+    )
+    if "token" not in reason.lower():
+        advice = "check that it runs (`ray status` on the head) and that the address is its GCS's (host:6379)"
+    elif (mode or "").lower() != "token":
+        advice = f"the cluster uses token authentication: `export RAY_AUTH_MODE=token`, with {token_of}"
+    else:
+        advice = f"the token this machine sent is not the cluster's: put {token_of}"
+    return f"cannot join the Ray cluster at {address} ({reason}): {advice}"
 
 
 def _gpus_per_trial(study: Study, override: float | None) -> float:
@@ -220,14 +232,14 @@ def resume_study(experiment_dir: str | Path, *, address: str | None = None, verb
     from ray import tune
 
     experiment_dir = store.normalize(experiment_dir)
-    sweep = exp.load_sweep(experiment_dir)  # an experiment folder, before anything is written into it
+    sweep = exp.load_sweep(experiment_dir)  # an experiment folder, checked before anything is written into it
+    study = exp.load_study(experiment_dir, here=True)
+    if not tune.Tuner.can_restore(experiment_dir):
+        raise SweepError(
+            f"{experiment_dir} has no Ray Tune state to resume from (it stopped before the first trial): "
+            f"run the study again with `sweep run`"
+        )
     with exp.driver_lock(experiment_dir):  # one driver per experiment: a second resume stops here
-        study = exp.load_study(experiment_dir, here=True)
-        if not tune.Tuner.can_restore(experiment_dir):
-            raise SweepError(
-                f"{experiment_dir} has no Ray Tune state to resume from (it stopped before the first trial): "
-                f"run the study again with `sweep run`"
-            )
         res = sweep["resources"]
         _warn_if_open(res.get("cache_dir"), os.path.dirname(experiment_dir), experiment_dir)
         datasets = prepare_all(study)

@@ -259,3 +259,25 @@ def test_a_plain_experiment_name_is_kept():
     from search.experiment import check_name
 
     assert check_name("leukemia-2026.v1_a") == "leukemia-2026.v1_a"
+
+
+def test_a_driver_refused_by_a_cluster_is_told_what_to_do():
+    """Ray's own words when a driver cannot join (as it raises them: a ConnectionError from the GCS client's error),
+    turned into what to do, by whether the cluster asked for a token and whether this machine sent one."""
+    from search.runner import join_refused
+
+    def refusal(last_line: str) -> ConnectionError:
+        exc = ConnectionError("Failed to connect to Ray cluster at 10.0.0.1:6379")
+        exc.__cause__ = RuntimeError(f"Failed to connect to GCS. Last connection error: Traceback ...\n{last_line}\n")
+        return exc
+
+    auth = refusal(
+        "ray.exceptions.AuthenticationError: RPC error: InvalidAuthToken: Authentication token is missing or "
+        "incorrect. Ensure that the token for the cluster is available in a local file"
+    )
+    unset = join_refused("10.0.0.1:6379", auth, None)
+    assert unset.startswith("cannot join the Ray cluster at 10.0.0.1:6379 (RPC error: InvalidAuthToken: ")
+    assert "`export RAY_AUTH_MODE=token`" in unset and "\n" not in unset
+    assert "is not the cluster's" in join_refused("10.0.0.1:6379", auth, "token")
+    silent = join_refused("10.0.0.1:6379", refusal("TimeoutError: timed out"), None)
+    assert "ray status" in silent and "RAY_AUTH_MODE" not in silent

@@ -782,13 +782,14 @@ def test_two_models_on_one_cluster_each_under_its_own_name(
     for task, experiment in (("classification", classification_experiment), ("segmentation", segmentation_experiment)):
         assert _cli("export", experiment, "--to", dirs[task])[0] == 0
     # A user's machine: a first local sweep (or `ray get-auth-token --generate`) left Ray's token in ~/.ray, so a plain
-    # `ray start --head` turns token authentication on, and `sweep serve --address` must send the token by itself.
+    # `ray start --head` turns token authentication on, and a driver joining it needs RAY_AUTH_MODE=token, as the
+    # README says and the refusal without it tells (Ray sends no token to an explicit address otherwise).
     home = tmp_path / "home"
     home.mkdir()
     ray_cli = [sys.executable, "-m", "ray.scripts.scripts"]
     user = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH_")} | {"HOME": str(home)}
     subprocess.run([*ray_cli, "get-auth-token", "--generate"], env=user, capture_output=True, check=True)
-    token, env = secrets.token_urlsafe(32), {"HOME": str(home)}
+    token, env = secrets.token_urlsafe(32), {"HOME": str(home), "RAY_AUTH_MODE": "token"}
     with _ray_head(home) as address:
         cls_log, seg_log = tmp_path / "cls.log", tmp_path / "seg.log"
         cls, cls_page = _start_server(
@@ -830,9 +831,8 @@ def test_two_models_on_one_cluster_each_under_its_own_name(
             "serve", dirs["classification"], "--address", address, env={**user_env, "HOME": str(stranger)}
         )
         said = refused.stderr.strip().splitlines()[-1]
-        assert refused.returncode == 2 and said.startswith("error: cannot join the Ray cluster") and "token" in said, (
-            said
-        )
+        assert refused.returncode == 2 and said.startswith("error: cannot join the Ray cluster"), said
+        assert "the token this machine sent is not the cluster's" in said, said
 
         _stop_server(seg, seg_log)
         assert requests.get(f"{_base(seg_page)}/healthz", timeout=60).status_code == 404
