@@ -89,8 +89,9 @@ def _not_written(path: Path, exc: OSError) -> DataError:
     return DataError(f"{path}: could not be written ({reason}); disk full or not writable?", path)
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
+def _fsync(path: Path) -> None:
+    """Flush a file, or a folder's entries, to disk."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
@@ -118,7 +119,7 @@ def write_file(path: str | Path, data: bytes | Callable[[BinaryIO], None]) -> Pa
         os.chmod(tmp, 0o666 & ~_umask())  # an ordinary file once in place (mkstemp makes it private)
         os.replace(tmp, path)
         tmp = None
-        _fsync_dir(folder)
+        _fsync(folder)
     except OSError as exc:
         raise _not_written(path, exc) from None
     finally:
@@ -158,7 +159,7 @@ def publish_folder(target: str | Path) -> Iterator[Path]:
         try:
             _fsync_tree(staging)
             os.rename(staging, target)  # replaces an empty folder; fails on a full one (another writer won)
-            _fsync_dir(target.parent)
+            _fsync(target.parent)
         except OSError as exc:
             if target.is_dir() and any(target.iterdir()):
                 raise DataError(
@@ -172,12 +173,8 @@ def publish_folder(target: str | Path) -> Iterator[Path]:
 def _fsync_tree(root: Path) -> None:
     for folder, _, files in os.walk(root):
         for name in files:
-            fd = os.open(os.path.join(folder, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        _fsync_dir(Path(folder))
+            _fsync(Path(folder, name))
+        _fsync(Path(folder))
 
 
 def encode_image(image: np.ndarray, suffix: str = ".png", rgb: bool = True) -> bytes:
