@@ -4,6 +4,8 @@
 - one folder per trial (``trial_dirname``): TensorBoard event files, progress.csv, result.json, checkpoints;
 - ``results.csv`` / ``results.json``: one row per trial, test metrics included (written last: it marks the sweep
   finished), and each trial's test report; ``predictions.npz``: what the report's paired statistics and figures need;
+- ``timings.json``: where the driver that finished the sweep spent its time, seconds per phase (``runner.Phases``),
+  written just after results.csv, whose writing it times;
 - Ray Tune's own state, for ``sweep resume``.
 
 Imports neither Ray nor the image stack, so ``sweep report``, ``sweep ls`` and ``sweep export`` stay light.
@@ -34,6 +36,7 @@ SWEEP_FILE = "sweep.json"
 RESULTS_CSV = "results.csv"
 RESULTS_JSON = "results.json"
 BASELINES_JSON = "baselines.json"  # segmentation: the classical baselines scored on the test split (no training)
+TIMINGS_JSON = "timings.json"
 PREDICTIONS = "predictions.npz"  # per trial: test probabilities, or per-image Dice and a few predicted masks
 PACKAGES = (
     "ray",
@@ -176,6 +179,16 @@ def save_results(experiment: str, frame: pd.DataFrame, details: dict[str, Any], 
     store.write_bytes(store.join(experiment, PREDICTIONS), _npz(arrays))
     store.write_text(store.join(experiment, RESULTS_JSON), json.dumps(details, indent=2, default=float))
     store.write_text(store.join(experiment, RESULTS_CSV), in_study_order(frame).to_csv(index=False))
+
+
+def save_timings(experiment: str, seconds: dict[str, float]) -> None:
+    store.write_text(store.join(experiment, TIMINGS_JSON), json.dumps(seconds, indent=2))
+
+
+def load_timings(experiment: str | Path) -> dict[str, float]:
+    """Seconds per phase of the driver that finished the sweep (``save_timings``); {} when there are none."""
+    path = store.join(store.normalize(experiment), TIMINGS_JSON)
+    return json.loads(store.read_text(path)) if store.exists(path) else {}
 
 
 def save_baselines(experiment: str, rows: list[dict[str, Any]]) -> None:

@@ -30,6 +30,10 @@ CONFIG_KEYS = ("model", "option", "lr", "dropout", *EXTRA_AXES, "repeat")  # a r
 # the scoring task raised or died): its error is recorded and it is never chosen as best.
 UNSCORED = "unscored"
 STATUSES = ("completed", "stopped", "diverged", UNSCORED, "failed")
+# Where a trial's own time goes, in seconds: each report carries the running total, so its last report holds the
+# trial's: building or loading the model (or head), frozen-backbone features (computed or read), fit and validation
+# of every epoch, writing checkpoints.
+TRIAL_PHASES = ("build_seconds", "feature_seconds", "fit_seconds", "checkpoint_seconds")
 
 
 def _value(v: Any) -> str:

@@ -22,6 +22,7 @@ from search.checkpoints import SCORE
 from search.errors import SweepError
 from search.results import (
     CONFIG_KEYS,
+    TRIAL_PHASES,
     UNSCORED,
     best_epoch,
     error_line,
@@ -184,6 +185,7 @@ def run_study(
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
+    phases = Phases()
     storage = store.normalize(storage)
     name = exp.check_name(name or f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     experiment_dir = store.join(storage, name)
@@ -222,8 +224,10 @@ def run_study(
                 verbose=verbose,
             ),
         )
+        phases.end("start_up")
         grid = tuner.fit()
-        return finalize(experiment_dir, grid, study, datasets)
+        phases.end("trials")
+        return finalize(experiment_dir, grid, study, datasets, phases)
 
 
 def resume_study(experiment_dir: str | Path, *, address: str | None = None, verbose: int = 1) -> str:
@@ -231,6 +235,7 @@ def resume_study(experiment_dir: str | Path, *, address: str | None = None, verb
     errored ones are retried."""
     from ray import tune
 
+    phases = Phases()
     experiment_dir = store.normalize(experiment_dir)
     sweep = exp.load_sweep(experiment_dir)  # an experiment folder, checked before anything is written into it
     study = exp.load_study(experiment_dir, here=True)
@@ -253,7 +258,10 @@ def resume_study(experiment_dir: str | Path, *, address: str | None = None, verb
             resume_unfinished=True,
             resume_errored=True,
         )  # the RunConfig comes back with the Tuner's saved state, its RetryCounter included
-        return finalize(experiment_dir, tuner.fit(), study, datasets)
+        phases.end("start_up")
+        grid = tuner.fit()
+        phases.end("trials")
+        return finalize(experiment_dir, grid, study, datasets, phases)
 
 
 STORAGE_WHY = "`sweep resume` unpickles Ray Tune's state from it"
@@ -274,9 +282,9 @@ SPEED_COLUMNS = (
     "backend",
     "mixed_precision",
     "feature_cache_hits",
-    "feature_seconds",
     "compile_cache_hits",
     "compile_cache_misses",
+    *TRIAL_PHASES,
 )
 
 
@@ -323,8 +331,25 @@ class RetryCounter(Callback):
         store.write_text(self.path, json.dumps(counts))
 
 
-def finalize(experiment_dir: str, grid, study: Study, datasets: dict) -> str:
-    """Evaluate each trial's best checkpoint on the test split; write results.csv/json; return the folder."""
+class Phases:
+    """Where a sweep's driver spent its time: seconds per phase, in order (``end`` closes the phase that ran since
+    the previous one), kept as the experiment's timings.json. Phases: ``start_up`` (data, Ray, the record, up to the
+    first trial), ``trials`` (Ray Tune's run of every trial), ``test_scoring``, ``extras`` (Grad-CAM or the
+    baselines), ``results`` (writing the results)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._since = time.perf_counter()
+
+    def end(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + now - self._since
+        self._since = now
+
+
+def finalize(experiment_dir: str, grid, study: Study, datasets: dict, phases: Phases) -> str:
+    """Evaluate each trial's best checkpoint on the test split; write results.csv/json and the driver's phase
+    timings (timings.json); return the folder."""
     sweep = exp.load_sweep(experiment_dir)
     retries = RetryCounter(experiment_dir).counts()
     rows, jobs = [], []
@@ -357,6 +382,7 @@ def finalize(experiment_dir: str, grid, study: Study, datasets: dict) -> str:
             jobs.append((len(rows), row["checkpoint"], config.get("option", study.data.option)))
         rows.append(row)
     reports = evaluate_all([(p, o) for _, p, o in jobs], study, datasets, sweep["resources"])
+    phases.end("test_scoring")
     details, arrays = {}, {}
     for (i, _, _), outcome in zip(jobs, reports, strict=True):
         if isinstance(outcome, Exception):  # this trial alone goes without test metrics; it is never the best
@@ -375,7 +401,10 @@ def finalize(experiment_dir: str, grid, study: Study, datasets: dict) -> str:
             exp.save_baselines(experiment_dir, baselines)
     else:  # the best classifier's Grad-CAM heatmaps on a few test images per class, for the report
         arrays |= _extra("Grad-CAM of the best trial", gradcam_of_best, rows, study, datasets, sweep["resources"]) or {}
+    phases.end("extras")
     exp.save_results(experiment_dir, pd.DataFrame(rows), details, arrays)
+    phases.end("results")
+    exp.save_timings(experiment_dir, phases.seconds)
     return experiment_dir
 
 

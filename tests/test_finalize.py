@@ -9,6 +9,7 @@ import pandas as pd
 from conftest import run_sweep
 
 from search.checkpoints import CHECKPOINT_MODEL
+from search.experiment import TIMINGS_JSON, load_timings
 from search.results import UNSCORED, best_row
 
 
@@ -17,7 +18,9 @@ def test_an_unreadable_checkpoint_costs_only_its_own_trial_and_resume_writes_res
 ):
     source = classification_experiment
     storage = tmp_path / "runs"
-    exp = Path(shutil.copytree(source, storage / "cls", ignore=shutil.ignore_patterns("report", "results.*")))
+    exp = Path(
+        shutil.copytree(source, storage / "cls", ignore=shutil.ignore_patterns("report", "results.*", TIMINGS_JSON))
+    )
     before = pd.read_csv(source / "results.csv")
     victim = best_row(before, "val_accuracy")  # the trial that was the winner
     checkpoint = exp / Path(victim["checkpoint"].removeprefix("file://")).relative_to(source)
@@ -31,6 +34,9 @@ def test_an_unreadable_checkpoint_costs_only_its_own_trial_and_resume_writes_res
     assert "`sweep resume` unpickles Ray Tune's state from it" in proc.stderr
 
     after = pd.read_csv(exp / "results.csv").set_index("trial")
+    timings = load_timings(exp)  # the resuming driver's own phases, in order
+    assert list(timings) == ["start_up", "trials", "test_scoring", "extras", "results"], timings
+    assert all(s >= 0 for s in timings.values()) and timings["start_up"] > 0 and timings["test_scoring"] > 0
     assert sorted(after.index) == sorted(before["trial"])  # every trial, none trained again
     assert (after["epochs"] == before.set_index("trial")["epochs"]).all()
     bad = after.loc[victim["trial"]]
