@@ -26,7 +26,7 @@ import pandas as pd
 
 from data_pipeline.files import write_file
 from search.experiment import check_name
-from search.results import best_row, config_label
+from search.results import TRIAL_PHASES, best_by, config_label
 from search.spec import SpecError, Study, load_study, merge
 
 STUDY_WAY, BY_HAND, SERVICE_WAY = "study's way", "Ray Tune by hand", "service's way"
@@ -122,42 +122,76 @@ def full_scale(full: Study, scaled: Study) -> float:
     )  # fmt: skip
 
 
+def _total(frame: pd.DataFrame, col: str, kind=float):
+    """A column summed over trials; None when no trial recorded it."""
+    return kind(frame[col].sum()) if col in frame and frame[col].notna().any() else None
+
+
+def breakdown(frame: pd.DataFrame, timings: dict[str, float]) -> dict[str, float | None]:
+    """Where one way's time went, in order: the driver's start-up, the trials' own phases summed over trials (trials
+    run side by side, so these sums can exceed the trials phase's wall time), the trials phase's wall time, test
+    scoring, finalize (Grad-CAM or baselines, then writing the results). ``timings``: the experiment's timings.json.
+    None where nothing was recorded."""
+    finalize = [timings[p] for p in ("extras", "results") if p in timings]
+    return {
+        "start_up_seconds": timings.get("start_up"),
+        **{f"{col}_summed": _total(frame, col) for col in TRIAL_PHASES},
+        "trials_seconds": timings.get("trials"),
+        "test_scoring_seconds": timings.get("test_scoring"),
+        "finalize_seconds": sum(finalize) if finalize else None,
+    }
+
+
 def way_summary(
-    frame: pd.DataFrame, wall: float, train_sizes: dict[int, int], busy: float | None, metric: str, mode: str = "max"
+    frame: pd.DataFrame,
+    wall: float,
+    train_sizes: dict[int, int],
+    busy: float | None,
+    timings: dict[str, float],
+    metric: str,
+    mode: str = "max",
 ):
-    """One way's row: wall time, epochs, training images per second of wall time, first-epoch overheads, cache
-    hits, GPU busy %, and the configuration it picks (highest validation metric: never test)."""
+    """One way's row: the time breakdown (``breakdown``) and wall time, epochs, training images per second of wall
+    time, first-epoch overheads, cache hits, GPU busy %, the configuration it picks (highest validation metric:
+    never test) and how many trials share that best value."""
     options = frame["option"] if "option" in frame else pd.Series([next(iter(train_sizes))] * len(frame))
     images = float((frame["epochs"] * options.map(lambda o: train_sizes[int(o)]).to_numpy()).sum())
-    best = best_row(frame, metric, mode)
-
-    def total(col: str, kind=float):
-        return kind(frame[col].sum()) if col in frame and frame[col].notna().any() else None
-
+    ranked = best_by(frame, metric, mode)
+    best = None if ranked.empty else ranked.iloc[0]
     return {
         "trials": len(frame),
+        **breakdown(frame, timings),
         "wall_seconds": wall,
         "epochs_run": int(frame["epochs"].sum()),
         "train_images_per_second": images / wall if wall > 0 else float("nan"),
-        "first_epoch_overhead_seconds": total("first_epoch_overhead_seconds"),
-        "compile_cache_hits": total("compile_cache_hits", int),
-        "compile_cache_misses": total("compile_cache_misses", int),
-        "feature_cache_hits": total("feature_cache_hits", int),
+        "first_epoch_overhead_seconds": _total(frame, "first_epoch_overhead_seconds"),
+        "compile_cache_hits": _total(frame, "compile_cache_hits", int),
+        "compile_cache_misses": _total(frame, "compile_cache_misses", int),
+        "feature_cache_hits": _total(frame, "feature_cache_hits", int),
         "gpu_busy_percent": busy,
         "best": None if best is None else config_label(best),
         f"best_{metric}": None if best is None else float(best[metric]),
+        "trials_at_best": int((ranked[metric] == ranked[metric].iloc[0]).sum()) if best is not None else 0,
     }
+
+
+def same_best(summaries: dict[str, dict[str, Any]]) -> bool | str:
+    """Whether every way picks the same configuration: ``"tie"`` when some way's best validation value is shared
+    by several trials (its pick is then the study's order, not a finding), else True or False."""
+    if any(s["trials_at_best"] > 1 for s in summaries.values()):
+        return "tie"
+    picks = {s["best"] for s in summaries.values()}
+    return None not in picks and len(picks) == 1
 
 
 def comparison(summaries: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """How many times faster the service's way (b) is than the study's way (a) and than Ray Tune by hand (c), and
-    whether every way picks the same configuration."""
+    whether every way picks the same configuration (``same_best``)."""
     b = summaries[SERVICE_WAY]
-    picks = {s["best"] for s in summaries.values()}
     return {
         "speedup_wall": summaries[STUDY_WAY]["wall_seconds"] / b["wall_seconds"],
         "speedup_vs_by_hand": summaries[BY_HAND]["wall_seconds"] / b["wall_seconds"],
-        "same_best": None not in picks and len(picks) == 1,
+        "same_best": same_best(summaries),
     }
 
 
@@ -189,7 +223,7 @@ def run_bench(
 ) -> tuple[dict[str, dict[str, Any]], dict[str, Any], Path]:
     """Run the three ways; return the per-way summaries, the comparison and the folder with bench.md/bench.json."""
     from data_pipeline.prepare import resolve_root
-    from search.experiment import load_results, load_sweep
+    from search.experiment import load_results, load_sweep, load_timings
     from search.gpu import BusySampler
     from search.runner import init_ray, prepare_all, run_study
 
@@ -227,7 +261,8 @@ def run_bench(
             wall = time.perf_counter() - t0
         sweep = load_sweep(exp)
         sizes = {int(opt): d["splits"]["train"]["n"] for opt, d in sweep["data"].items()}
-        summaries[way] = way_summary(load_results(exp), wall, sizes, busy.mean, study.metric, study.mode)
+        frame = load_results(exp)
+        summaries[way] = way_summary(frame, wall, sizes, busy.mean, load_timings(exp), study.metric, study.mode)
     extra = comparison(summaries) | {
         "trials in the full study": trial_count(full),
         "study's way, full study, estimated seconds": summaries[STUDY_WAY]["wall_seconds"] * full_scale(full, service),

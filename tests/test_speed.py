@@ -22,9 +22,11 @@ from search.bench import (
     STUDY_WAY,
     WAYS,
     ReadInTrial,
+    breakdown,
     by_hand_overrides,
     comparison,
     full_scale,
+    same_best,
     scale_overrides,
     study_way_overrides,
     to_markdown,
@@ -33,6 +35,7 @@ from search.bench import (
 )
 from search.features import cached_features, feature_cache_off_because, feature_key
 from search.gpu import BusySampler, resolve_mixed_precision
+from search.results import TRIAL_PHASES
 from search.spec import SpecError, Train, load_study, merge
 
 ROOT = Path(__file__).parent.parent
@@ -252,10 +255,11 @@ def test_way_summary_counts_images_and_picks_on_validation():
             "first_epoch_overhead_seconds": [2.0, None, 1.0],
         }
     )
-    s = way_summary(frame, 10.0, {1: 100, 2: 50}, None, "val_accuracy")
+    s = way_summary(frame, 10.0, {1: 100, 2: 50}, None, {}, "val_accuracy")
     assert s["train_images_per_second"] == pytest.approx((300 + 50 + 100) / 10)
     assert s["epochs_run"] == 6 and s["first_epoch_overhead_seconds"] == 3.0 and s["compile_cache_hits"] is None
     assert s["best"] == "a option 2, lr 0.001, dropout 0.2" and s["best_val_accuracy"] == 0.9
+    assert s["trials_at_best"] == 1 and s["start_up_seconds"] is None and s["fit_seconds_summed"] is None
     by_hand, service = {**s, "wall_seconds": 5.0}, {**s, "wall_seconds": 2.5}
     ways = dict(zip(WAYS, (s, by_hand, service)))
     assert comparison(ways) == {"speedup_wall": 4.0, "speedup_vs_by_hand": 2.0, "same_best": True}
@@ -263,6 +267,46 @@ def test_way_summary_counts_images_and_picks_on_validation():
     text = to_markdown(ways, {"speedup_wall": 4.0})
     assert "| wall_seconds" in text and "n/a" in text and "- speedup_wall: 4.00" in text
     assert [c.strip() for c in text.splitlines()[0].split("|")[2:5]] == list(WAYS)
+
+
+def test_breakdown_sums_the_trials_phases_and_reads_the_drivers():
+    frame = pd.DataFrame(
+        {
+            "build_seconds": [4.0, 5.0, None],  # a trial that failed before its first report
+            "feature_seconds": [30.0, 0.5, None],  # the first trial computed, the second read them
+            "fit_seconds": [20.0, 10.0, None],
+            "checkpoint_seconds": [6.0, 3.0, None],
+        }
+    )
+    timings = {"start_up": 12.0, "trials": 50.0, "test_scoring": 8.0, "extras": 3.0, "results": 0.5}
+    assert breakdown(frame, timings) == {
+        "start_up_seconds": 12.0,
+        "build_seconds_summed": 9.0,
+        "feature_seconds_summed": 30.5,
+        "fit_seconds_summed": 30.0,
+        "checkpoint_seconds_summed": 9.0,
+        "trials_seconds": 50.0,
+        "test_scoring_seconds": 8.0,
+        "finalize_seconds": 3.5,
+    }
+    older = breakdown(frame[["feature_seconds"]], {"trials": 50.0})  # trials or a driver that recorded less: n/a
+    assert older["feature_seconds_summed"] == 30.5 and older["fit_seconds_summed"] is None
+    assert older["start_up_seconds"] is None and older["finalize_seconds"] is None
+
+
+def test_same_best_says_tie_when_a_ways_best_value_is_shared():
+    frame = pd.DataFrame(
+        {"model": ["a"] * 3, "lr": [0.01, 0.001, 0.1], "dropout": [0.2] * 3, "epochs": [2] * 3,
+         "val_accuracy": [0.25, 0.25, 0.25]}
+    )  # fmt: skip
+    at_chance = way_summary(frame, 1.0, {1: 10}, None, {}, "val_accuracy")
+    assert at_chance["trials_at_best"] == 3 and at_chance["best"] == "a, lr 0.01, dropout 0.2"  # the study's order
+    assert same_best(dict.fromkeys(WAYS, at_chance)) == "tie"  # the same pick, but not a finding
+    apart = way_summary(frame.assign(val_accuracy=[0.5, 0.75, 0.25]), 1.0, {1: 10}, None, {}, "val_accuracy")
+    assert apart["trials_at_best"] == 1 and apart["best"] == "a, lr 0.001, dropout 0.2"
+    assert same_best(dict.fromkeys(WAYS, apart)) is True
+    assert same_best({**dict.fromkeys(WAYS, apart), BY_HAND: {**apart, "best": "b"}}) is False
+    assert same_best({**dict.fromkeys(WAYS, apart), STUDY_WAY: at_chance}) == "tie"
 
 
 def test_trials_differing_in_learning_rate_share_compiled_programs(tmp_path):
@@ -308,9 +352,15 @@ def test_sweep_bench_runs_three_ways_side_by_side(tmp_path):
     assert study_way["compile_cache_hits"] is None  # TensorFlow: no persistent compilation cache
     assert bench["speedup_wall"] == pytest.approx(study_way["wall_seconds"] / service_way["wall_seconds"])
     assert bench["speedup_vs_by_hand"] == pytest.approx(by_hand["wall_seconds"] / service_way["wall_seconds"])
-    assert bench["same_best"] == (study_way["best"] == by_hand["best"] == service_way["best"])
+    tied = any(w["trials_at_best"] > 1 for w in (study_way, by_hand, service_way))
+    assert bench["same_best"] == ("tie" if tied else study_way["best"] == by_hand["best"] == service_way["best"])
     assert bench["trials in the full study"] == 4 and bench["backend"] == "tensorflow"
+    for way in (study_way, by_hand, service_way):  # the breakdown: the driver's phases fit inside the way's wall time
+        phases = [way[k] for k in ("start_up_seconds", "trials_seconds", "test_scoring_seconds", "finalize_seconds")]
+        assert all(p > 0 for p in phases) and sum(phases) <= way["wall_seconds"], way
+        assert all(way[f"{c}_summed"] is None or way[f"{c}_summed"] >= 0 for c in TRIAL_PHASES), way
     assert "| train_images_per_second" in proc.stdout and "Ray Tune by hand" in proc.stdout
+    assert "| start_up_seconds" in proc.stdout and "| checkpoint_seconds_summed" in proc.stdout
     sweeps = {w: json.loads((tmp_path / "b" / SLUGS[w] / "sweep.json").read_text())["study"] for w in WAYS}
     assert sweeps[STUDY_WAY]["resources"]["max_concurrent_trials"] == 1
     assert sweeps[STUDY_WAY]["scheduler"]["grace_period"] == 2
