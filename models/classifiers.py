@@ -32,7 +32,10 @@ def caffe_scaling(x):
 
 
 def _head(x, *, num_classes, dropout, dense_units):
-    x = layers.GlobalAveragePooling2D(name=FEATURES)(x)
+    return _on_features(layers.GlobalAveragePooling2D(name=FEATURES)(x), num_classes, dropout, dense_units)
+
+
+def _on_features(x, num_classes, dropout, dense_units):
     x = layers.Dense(dense_units, activation="relu", name="fc")(x)
     x = layers.Dropout(dropout, name="dropout")(x)
     return layers.Dense(num_classes, activation="softmax", dtype="float32", name="probabilities")(x)
@@ -106,9 +109,15 @@ def backbone_digest(model: keras.Model) -> str:
     return h.hexdigest()
 
 
-def head_weights(model: keras.Model) -> list:
-    """The classifier's weights outside its backbone, in layer order."""
-    return [w for layer in model.layers if layer.name != BACKBONE for w in layer.weights]
+def head_model(
+    feature_shape: tuple[int, ...], *, num_classes: int, dropout: float = 0.0, dense_units: int = 256, **backbone_hp
+) -> keras.Model:
+    """The classifier's head alone, features -> probabilities: the same layers (names, shapes, dtypes) as the part of
+    the whole classifier after ``FEATURES``, so its weights go into a whole classifier as they are. A trial on a
+    frozen backbone trains only this, on cached features. ``backbone_hp`` (freeze_backbone) shapes no head layer."""
+    del backbone_hp
+    inputs = keras.Input(feature_shape, dtype=keras.config.dtype_policy().compute_dtype, name="features")
+    return keras.Model(inputs, _on_features(inputs, num_classes, dropout, dense_units), name="head")
 
 
 _FACTS = dict(
@@ -116,7 +125,7 @@ _FACTS = dict(
     default_input_size=224,
     size_multiple=1,
     hyperparameters=_HP,
-    backbone=FrozenBackbone(split_at_features, backbone_digest, head_weights, unfreeze_top),
+    backbone=FrozenBackbone(split_at_features, backbone_digest, head_model, unfreeze_top),
 )
 
 
