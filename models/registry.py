@@ -78,6 +78,20 @@ class ModelInfo:
 _REGISTRY: dict[str, ModelInfo] = {}
 
 
+def keras_function(path: str) -> Callable:
+    """The Keras function at dotted ``path`` (``keras.applications.resnet50.preprocess_input``), imported when first
+    called: registering a model (and so validating a study) does not import Keras."""
+    import importlib
+
+    module, name = path.rsplit(".", 1)
+
+    def call(*args, **kwargs):
+        return getattr(importlib.import_module(module), name)(*args, **kwargs)
+
+    call.__name__, call.__qualname__ = name, path
+    return call
+
+
 def register(name: str, **facts) -> Callable:
     """Decorator: register ``builder`` under ``name`` with its facts (see ModelInfo)."""
 
