@@ -12,8 +12,10 @@ that needs an image's features compute them while the others wait and read.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -194,10 +196,18 @@ def _write_chunk(folder: Path, hashes: list[bytes], values: np.ndarray) -> None:
 
 def publish_backbone(features: Features, experiment_dir: str) -> str:
     """The experiment's copy of the backbone's weights (``backbones/<digest>.weights.h5``), written once: a whole
-    model is assembled from it and a head wherever the experiment is read (export, Grad-CAM, another node)."""
+    model is assembled from it and a head wherever the experiment is read (export, Grad-CAM, another node). The
+    cache never changes a file in place, so on one file system the copy is a hard link (clearing the cache leaves
+    the experiment's name of the file)."""
     from search.experiment import backbone_file
 
     target = backbone_file(experiment_dir, features.digest)
-    if not store.exists(target):
-        store.write_bytes(target, features.weights_file.read_bytes())
+    if store.exists(target):
+        return target
+    if not store.is_uri(target):  # on the cache's file system: a second name for the cache's file, not a copy
+        Path(target).parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(OSError):
+            os.link(features.weights_file, target)
+            return target
+    store.write_bytes(target, features.weights_file.read_bytes())
     return target
