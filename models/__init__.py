@@ -14,7 +14,9 @@ __all__ = [
     "ModelError",
     "ModelInfo",
     "WeightsUnavailableError",
+    "assemble",
     "build",
+    "build_head",
     "get",
     "list_models",
     "register",
@@ -22,7 +24,8 @@ __all__ = [
 _FAMILIES = ("models.classifiers", "models.segmenters")  # importing them registers their models
 
 
-_NEED_FAMILIES = ("build", "get", "list_models")  # what reads the registry's entries; the rest is plain data
+# what reads the registry's entries; the rest is plain data
+_NEED_FAMILIES = ("assemble", "build", "build_head", "get", "list_models")
 
 
 def __getattr__(name: str):

@@ -6,11 +6,14 @@ RGB [0, 255] -> the backbone's own input scaling (a layer inside the model) -> b
 
 from __future__ import annotations
 
-import keras
-import numpy as np
-from keras import layers
+from typing import TYPE_CHECKING
 
-from models.registry import CUSTOM_CNN_MAX_BLOCKS, FrozenBackbone, register
+import numpy as np
+
+from models.registry import CUSTOM_CNN_MAX_BLOCKS, FrozenBackbone, keras_function, register
+
+if TYPE_CHECKING:
+    import keras
 
 BACKBONE = "backbone"  # the nested backbone model's name inside every classifier
 FEATURES = "pool"  # the layer whose output the head reads: what a frozen backbone's feature cache holds
@@ -19,12 +22,16 @@ CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)  # ImageNet channel means, BGR (kera
 
 
 def _inception_scaling(x):
+    from keras import layers
+
     return layers.Rescaling(1 / 127.5, offset=-1.0, name="preprocess")(x)
 
 
 def caffe_scaling(x):
     """RGB -> BGR, minus the ImageNet channel means (ResNet50's and VGG16's preprocess_input), as a fixed 1×1
     convolution: a built-in layer, so a saved model loads anywhere with safe_mode, and exact in float32."""
+    from keras import layers
+
     layer = layers.Conv2D(3, 1, name="preprocess", trainable=False, dtype="float32")
     y = layer(x)
     layer.set_weights([np.eye(3, dtype="float32")[::-1].reshape(1, 1, 3, 3), -np.array(CAFFE_MEAN_BGR, "float32")])
@@ -32,7 +39,14 @@ def caffe_scaling(x):
 
 
 def _head(x, *, num_classes, dropout, dense_units):
-    x = layers.GlobalAveragePooling2D(name=FEATURES)(x)
+    from keras import layers
+
+    return _on_features(layers.GlobalAveragePooling2D(name=FEATURES)(x), num_classes, dropout, dense_units)
+
+
+def _on_features(x, num_classes, dropout, dense_units):
+    from keras import layers
+
     x = layers.Dense(dense_units, activation="relu", name="fc")(x)
     x = layers.Dropout(dropout, name="dropout")(x)
     return layers.Dense(num_classes, activation="softmax", dtype="float32", name="probabilities")(x)
@@ -51,6 +65,8 @@ def _classifier(
     freeze_backbone=True,
     dense_units=256,
 ):
+    import keras
+
     inputs = keras.Input(input_shape, name="image")
     x = scaling(inputs) if scaling else inputs  # None: the backbone normalises its [0, 255] input itself
     backbone = app(include_top=False, weights=weights, input_shape=input_shape, **(app_kwargs or {}))
@@ -70,6 +86,8 @@ def unfreeze_top(model: keras.Model, n_layers: int) -> int:
 
     Returns how many layers were unfrozen. Recompile the model afterwards, at a lower learning rate.
     """
+    from keras import layers
+
     backbone = model.get_layer(BACKBONE)
     backbone.trainable = True
     layers_ = backbone.layers
@@ -85,6 +103,8 @@ def split_at_features(model: keras.Model) -> tuple[keras.Model, keras.Model]:
     The head reuses the classifier's own head layers (shared weights), so training the head on cached features
     trains ``model``: checkpoints and exports stay the whole classifier. Exact only while the backbone is frozen.
     """
+    import keras
+
     features = model.get_layer(FEATURES).output
     extractor = keras.Model(model.input, features, name=f"{model.name}_features")
     x = inputs = keras.Input(features.shape[1:], dtype=features.dtype, name="features")
@@ -98,6 +118,8 @@ def backbone_digest(model: keras.Model) -> str:
     computed with equal weights are interchangeable, and a rebuilt backbone is the same one."""
     import hashlib
 
+    import keras
+
     h = hashlib.blake2b(digest_size=16)
     for w in model.get_layer(BACKBONE).weights:
         value = np.ascontiguousarray(keras.ops.convert_to_numpy(w.value))
@@ -106,9 +128,17 @@ def backbone_digest(model: keras.Model) -> str:
     return h.hexdigest()
 
 
-def head_weights(model: keras.Model) -> list:
-    """The classifier's weights outside its backbone, in layer order."""
-    return [w for layer in model.layers if layer.name != BACKBONE for w in layer.weights]
+def head_model(
+    feature_shape: tuple[int, ...], *, num_classes: int, dropout: float = 0.0, dense_units: int = 256, **backbone_hp
+) -> keras.Model:
+    """The classifier's head alone, features -> probabilities: the same layers (names, shapes, dtypes) as the part of
+    the whole classifier after ``FEATURES``, so its weights go into a whole classifier as they are. A trial on a
+    frozen backbone trains only this, on cached features. ``backbone_hp`` (freeze_backbone) shapes no head layer."""
+    import keras
+
+    del backbone_hp
+    inputs = keras.Input(feature_shape, dtype=keras.config.dtype_policy().compute_dtype, name="features")
+    return keras.Model(inputs, _on_features(inputs, num_classes, dropout, dense_units), name="head")
 
 
 _FACTS = dict(
@@ -116,7 +146,7 @@ _FACTS = dict(
     default_input_size=224,
     size_multiple=1,
     hyperparameters=_HP,
-    backbone=FrozenBackbone(split_at_features, backbone_digest, head_weights, unfreeze_top),
+    backbone=FrozenBackbone(split_at_features, backbone_digest, head_model, unfreeze_top),
 )
 
 
@@ -124,13 +154,15 @@ _FACTS = dict(
     "inception_resnet_v2",
     min_input_size=75,
     preprocess="x / 127.5 - 1 (inception_resnet_v2.preprocess_input), inside the model",
-    preprocess_input=keras.applications.inception_resnet_v2.preprocess_input,
+    preprocess_input=keras_function("keras.applications.inception_resnet_v2.preprocess_input"),
     imagenet_weights="inception_resnet_v2_weights_tf_dim_ordering_tf_kernels_notop.h5",
     keras_application="InceptionResNetV2",
     description="InceptionResNetV2 (keras.applications) with the study's 256-unit head",
     **_FACTS,
 )
 def inception_resnet_v2(**kw) -> keras.Model:
+    import keras
+
     return _classifier(keras.applications.InceptionResNetV2, name="inception_resnet_v2", **kw)
 
 
@@ -138,7 +170,7 @@ def inception_resnet_v2(**kw) -> keras.Model:
     "nasnet_large",
     min_input_size=32,
     preprocess="x / 127.5 - 1 (nasnet.preprocess_input), inside the model",
-    preprocess_input=keras.applications.nasnet.preprocess_input,
+    preprocess_input=keras_function("keras.applications.nasnet.preprocess_input"),
     imagenet_weights="nasnet_large_no_top.h5",
     imagenet_input_size=331,
     keras_application="NASNetLarge",
@@ -146,6 +178,8 @@ def inception_resnet_v2(**kw) -> keras.Model:
     **_FACTS,
 )
 def nasnet_large(**kw) -> keras.Model:
+    import keras
+
     return _classifier(keras.applications.NASNetLarge, name="nasnet_large", **kw)
 
 
@@ -159,39 +193,45 @@ _SELF_NORMALISING = dict(min_input_size=32, **_FACTS)
 
 @register(
     "resnet50",
-    preprocess_input=keras.applications.resnet50.preprocess_input,
+    preprocess_input=keras_function("keras.applications.resnet50.preprocess_input"),
     imagenet_weights="resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
     keras_application="ResNet50",
     description="ResNet50 (keras.applications) with the study's head",
     **_CAFFE,
 )
 def resnet50(**kw) -> keras.Model:
+    import keras
+
     return _classifier(keras.applications.ResNet50, name="resnet50", scaling=caffe_scaling, **kw)
 
 
 @register(
     "vgg16",
-    preprocess_input=keras.applications.vgg16.preprocess_input,
+    preprocess_input=keras_function("keras.applications.vgg16.preprocess_input"),
     imagenet_weights="vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
     keras_application="VGG16",
     description="VGG16 (keras.applications) with the study's head; no BatchNorm",
     **_CAFFE,
 )
 def vgg16(**kw) -> keras.Model:
+    import keras
+
     return _classifier(keras.applications.VGG16, name="vgg16", scaling=caffe_scaling, **kw)
 
 
-def _register_self_normalising(name: str, app: str, weights_file: str, preprocess: str, module) -> None:
+def _register_self_normalising(name: str, app: str, weights_file: str, preprocess: str, module: str) -> None:
     """A backbone whose first layers scale its [0, 255] input (keras.applications' include_preprocessing=True)."""
 
     def builder(**kw) -> keras.Model:
+        import keras
+
         application = getattr(keras.applications, app)
         return _classifier(application, name=name, scaling=None, app_kwargs={"include_preprocessing": True}, **kw)
 
     register(
         name,
         preprocess=preprocess,
-        preprocess_input=module.preprocess_input,
+        preprocess_input=keras_function(f"{module}.preprocess_input"),
         imagenet_weights=weights_file,
         keras_application=app,
         description=f"{app} (keras.applications) with the study's head",
@@ -208,12 +248,12 @@ for _name, _app, _file, _pre, _module in (
         "EfficientNetV2B0",
         "efficientnetv2-b0_notop.h5",
         _EFFNET_B,
-        keras.applications.efficientnet_v2,
+        "keras.applications.efficientnet_v2",
     ),
-    ("efficientnetv2_s", "EfficientNetV2S", "efficientnetv2-s_notop.h5", _EFFNET, keras.applications.efficientnet_v2),
-    ("efficientnetv2_l", "EfficientNetV2L", "efficientnetv2-l_notop.h5", _EFFNET, keras.applications.efficientnet_v2),
-    ("convnext_tiny", "ConvNeXtTiny", "convnext_tiny_notop.h5", _CONVNEXT, keras.applications.convnext),
-    ("convnext_base", "ConvNeXtBase", "convnext_base_notop.h5", _CONVNEXT, keras.applications.convnext),
+    ("efficientnetv2_s", "EfficientNetV2S", "efficientnetv2-s_notop.h5", _EFFNET, "keras.applications.efficientnet_v2"),
+    ("efficientnetv2_l", "EfficientNetV2L", "efficientnetv2-l_notop.h5", _EFFNET, "keras.applications.efficientnet_v2"),
+    ("convnext_tiny", "ConvNeXtTiny", "convnext_tiny_notop.h5", _CONVNEXT, "keras.applications.convnext"),
+    ("convnext_base", "ConvNeXtBase", "convnext_base_notop.h5", _CONVNEXT, "keras.applications.convnext"),
 ):
     _register_self_normalising(_name, _app, _file, _pre, _module)
 
@@ -239,6 +279,9 @@ def custom_cnn(
 ) -> keras.Model:
     """Seed 003's custom CNN, sized for CPUs: block k has base_filters × 2^k filters (width: base_filters, depth:
     blocks). It has no pretrained weights and trains whole, BatchNorm in training mode."""
+    import keras
+    from keras import layers
+
     del weights  # none exist
     from models.registry import ModelError
 

@@ -40,7 +40,8 @@ class FrozenBackbone:
 
     split_at_features: Callable  # model -> (extractor: image -> features, head: features -> output), layers shared
     digest: Callable  # model -> str: a digest of the backbone's weights; equal digests give equal features
-    head_weights: Callable  # model -> the weights outside the backbone (a head checkpoint holds these)
+    head: Callable  # (feature_shape, *, num_classes, **hp) -> the head alone, features -> output, its layers named
+    #                 as in the whole model (a trial on cached features trains this; its weights go into the whole)
     unfreeze_top: Callable  # (model, n_layers) -> layers made trainable (the fine-tuning stage)
 
 
@@ -75,6 +76,20 @@ class ModelInfo:
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
+
+
+def keras_function(path: str) -> Callable:
+    """The Keras function at dotted ``path`` (``keras.applications.resnet50.preprocess_input``), imported when first
+    called: registering a model (and so validating a study) does not import Keras."""
+    import importlib
+
+    module, name = path.rsplit(".", 1)
+
+    def call(*args, **kwargs):
+        return getattr(importlib.import_module(module), name)(*args, **kwargs)
+
+    call.__name__, call.__qualname__ = name, path
+    return call
 
 
 def register(name: str, **facts) -> Callable:
@@ -181,3 +196,44 @@ def build(
     path = resolve_weights(info, weights)
     with _dtype_policy(mixed_precision):
         return info.builder(num_classes=num_classes, input_shape=tuple(input_shape), weights=path, **hyperparameters)
+
+
+def build_head(
+    name: str,
+    *,
+    feature_shape: tuple[int, ...],
+    num_classes: int,
+    mixed_precision: str | None = None,
+    **hyperparameters,
+) -> keras.Model:
+    """The head alone of registered model ``name`` (one with a frozen backbone), taking the backbone's features:
+    what a trial on cached features trains. Its layers are the whole model's, by name (``assemble`` puts them back)."""
+    info = get(name)
+    if info.backbone is None:
+        raise ModelError(f"{name} has no frozen backbone: it has no head to train alone")
+    with _dtype_policy(mixed_precision):
+        return info.backbone.head(tuple(feature_shape), num_classes=num_classes, **hyperparameters)
+
+
+def assemble(
+    name: str,
+    head: keras.Model,
+    backbone_weights: str | Path,
+    *,
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    mixed_precision: str | None = None,
+    **hyperparameters,
+) -> keras.Model:
+    """The whole model of registered ``name`` that a frozen backbone (its feature extractor's saved weights,
+    ``backbone_weights``) and a ``head`` trained on its features make together: built with weights=None, then both
+    put in, the head's layers by name."""
+    info = get(name)
+    whole = build(name, num_classes=num_classes, input_shape=input_shape, mixed_precision=mixed_precision,
+                  **hyperparameters)  # fmt: skip
+    extractor, _ = info.backbone.split_at_features(whole)
+    extractor.load_weights(backbone_weights)
+    for layer in head.layers:
+        if layer.weights:
+            whole.get_layer(layer.name).set_weights(layer.get_weights())
+    return whole

@@ -8,17 +8,21 @@ All take RGB [0, 255] (scaled inside the model) and end in one sigmoid channel k
 
 from __future__ import annotations
 
-import keras
-from keras import layers
+from typing import TYPE_CHECKING
 
 from models.classifiers import caffe_scaling
-from models.registry import register
+from models.registry import keras_function, register
+
+if TYPE_CHECKING:
+    import keras
 
 _DEPTH = 4
 _HP = ("dropout", "base_filters")
 
 
 def _conv_block(x, filters: int, dropout: float, name: str):
+    from keras import layers
+
     for k in (1, 2):
         x = layers.Conv2D(filters, 3, padding="same", name=f"{name}_conv{k}")(x)
         x = layers.Activation("relu", name=f"{name}_relu{k}")(x)
@@ -28,6 +32,8 @@ def _conv_block(x, filters: int, dropout: float, name: str):
 def _fpn(stages: list, filters: int, activation: str) -> list:
     """Feature Pyramid Network over encoder stages (fine to coarse): lateral 1×1 convolutions, a top-down path of
     upsample-and-add, then a 3×3 smoothing convolution with ``activation`` on every merged map."""
+    from keras import layers
+
     laterals = [layers.Conv2D(filters, 1, name=f"fpn_lateral{i}")(c) for i, c in enumerate(stages)]
     merged = [laterals[-1]]
     for i in range(len(stages) - 2, -1, -1):
@@ -42,6 +48,9 @@ def _fpn(stages: list, filters: int, activation: str) -> list:
 
 
 def _unet(*, name, num_classes, input_shape, weights, dropout=0.0, base_filters=32, fpn_activation=None):
+    import keras
+    from keras import layers
+
     del num_classes, weights  # one sigmoid channel; no pretrained weights exist for these
     inputs = keras.Input(input_shape, name="image")
     x = layers.Rescaling(1 / 255.0, name="preprocess")(inputs)
@@ -94,6 +103,8 @@ def unet_fpn_gelu(**kw) -> keras.Model:
 
 def _conv_bn_relu(x, filters: int, name: str, kernel_size: int = 3, dilation_rate: int = 1, use_bias: bool = False):
     """keras.io DeepLabV3+'s convolution_block: convolution (He normal), BatchNorm, ReLU."""
+    from keras import layers
+
     x = layers.Conv2D(
         filters,
         kernel_size,
@@ -109,6 +120,8 @@ def _conv_bn_relu(x, filters: int, name: str, kernel_size: int = 3, dilation_rat
 
 def _aspp(x, filters: int):
     """Atrous Spatial Pyramid Pooling: image pooling, a 1×1 and three dilated 3×3 branches (rates 6, 12, 18)."""
+    from keras import layers
+
     h, w = x.shape[1], x.shape[2]
     pooled = layers.AveragePooling2D(pool_size=(h, w), name="aspp_pool")(x)
     pooled = _conv_bn_relu(pooled, filters, "aspp_image", kernel_size=1, use_bias=True)
@@ -129,11 +142,15 @@ ENCODER_TAPS = {  # the keras.applications layers each model reads, fine to coar
 def _encoder(app, input_shape, weights, taps: tuple[str, ...]) -> keras.Model:
     """A keras.applications backbone (its ImageNet file, a user's file, or None) as one nested model that returns
     the ``taps`` layers' outputs: built whole first, so a no-top weights file loads exactly as for a classifier."""
+    import keras
+
     backbone = app(include_top=False, weights=weights, input_shape=input_shape)
     return keras.Model(backbone.input, [backbone.get_layer(t).output for t in taps], name=ENCODER)
 
 
 def _mask_head(x, dropout: float):
+    from keras import layers
+
     x = layers.Dropout(dropout, name="head_drop")(x) if dropout else x
     return layers.Conv2D(1, 1, activation="sigmoid", dtype="float32", name="mask")(x)
 
@@ -141,6 +158,9 @@ def _mask_head(x, dropout: float):
 def _deeplabv3_plus(*, num_classes, input_shape, weights, dropout=0.0, base_filters=256):
     """keras.io's DeepLabV3+: ResNet50 features at stride 16 (conv4) through ASPP, upsampled 4× and joined with the
     stride-4 features (conv2, reduced to 48 channels), two 3×3 blocks, upsampled 4× to the input size."""
+    import keras
+    from keras import layers
+
     del num_classes  # one sigmoid channel
     inputs = keras.Input(input_shape, name="image")
     low, deep = _encoder(keras.applications.ResNet50, input_shape, weights, ENCODER_TAPS["deeplabv3_plus"])(
@@ -161,6 +181,9 @@ def _unet_xception(*, num_classes, input_shape, weights, dropout=0.0, base_filte
     """keras.io's Oxford-pets "U-Net-like" model: a strided entry convolution, three Xception-style downsampling
     blocks (separable convolutions, max pooling, a strided 1×1 residual), four upsampling blocks (transposed
     convolutions, upsampling, a 1×1 residual). Widths base_filters × (1, 2, 4, 8)."""
+    import keras
+    from keras import layers
+
     del num_classes, weights  # one sigmoid channel; no pretrained weights exist
     f = base_filters
     inputs = keras.Input(input_shape, name="image")
@@ -193,6 +216,9 @@ def _fcn8(*, num_classes, input_shape, weights, dropout=0.0, base_filters=512):
     """FCN-8s (Long et al.; keras.io's fully-convolutional-network example): VGG16's pools 3, 4 and 5; the fully
     connected layers as convolutions (7×7 then 1×1, ``base_filters`` wide, dropout after each); a score map per
     stage, added coarse to fine with 2× upsampling, then upsampled 8× to the input size."""
+    import keras
+    from keras import layers
+
     del num_classes  # one sigmoid channel
     inputs = keras.Input(input_shape, name="image")
     encoder = _encoder(keras.applications.VGG16, input_shape, weights, ENCODER_TAPS["fcn8"])
@@ -225,7 +251,7 @@ _CAFFE_FACTS = dict(
 @register(
     "deeplabv3_plus",
     size_multiple=16,
-    preprocess_input=keras.applications.resnet50.preprocess_input,
+    preprocess_input=keras_function("keras.applications.resnet50.preprocess_input"),
     imagenet_weights="resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",  # the encoder's: ResNet50's
     keras_application="ResNet50",
     description="DeepLabV3+: ResNet50 encoder (stride 16), ASPP, decoder with stride-4 skip (base_filters 256)",
@@ -253,7 +279,7 @@ def unet_xception(**kw) -> keras.Model:
 @register(
     "fcn8",
     size_multiple=32,
-    preprocess_input=keras.applications.vgg16.preprocess_input,
+    preprocess_input=keras_function("keras.applications.vgg16.preprocess_input"),
     imagenet_weights="vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",  # the encoder's: VGG16's
     keras_application="VGG16",
     description="FCN-8s: VGG16 encoder, convolutional fc6/fc7 (base_filters 512), scores fused at strides 32/16/8",

@@ -2,77 +2,110 @@
 
 Every epoch reports a checkpoint, so a trial resumed after a crash, a killed driver or a lost node continues from its
 last completed epoch. Ray Tune keeps two per trial (``CheckpointConfig(num_to_keep=1)`` keeps the best by
-``SCORE`` and always the latest):
+``SCORE`` and always the latest). A checkpoint folder holds:
 
-- an epoch that improved the validation metric: the whole model (``model.keras``, compiled, optimizer included),
-  the one the results, the report and `sweep export` use;
-- any other epoch: the whole model too, except for a classifier on a frozen pretrained backbone, which never
-  changes and is rebuilt identically from its weights file: there the head's weights and the optimizer's state
-  (``head.npz``) are enough, a few MB instead of the backbone's hundreds.
-
-``state.json`` beside either holds the epoch, the best validation value so far and, for a head checkpoint, the
-backbone's digest: a rebuilt backbone that differs is an error, never a silent mix.
+- ``model.keras`` (compiled, optimizer included), or with cross-validation one ``fold<i>.keras`` per fold: the
+  whole model, or for a trial on a frozen backbone (``search.features``) its head alone (features -> output), a few
+  MB instead of the backbone's hundreds;
+- ``state.json``: the epoch, the best validation value so far and, for a head, ``backbone``: which backbone it was
+  trained on (its ``Backbone`` record and weights digest) and how the whole model is built. The experiment keeps
+  each backbone once (``backbones/<digest>.weights.h5``); ``whole_model`` puts the two together where a whole
+  model is needed (export, Grad-CAM, test-time augmentation).
 """
 
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 CHECKPOINT_MODEL = "model.keras"
-CHECKPOINT_HEAD = "head.npz"
+CHECKPOINT_FOLD = "fold{}.keras"  # cross-validation: one model per fold, trained in lockstep
 CHECKPOINT_STATE = "state.json"
 SCORE = "checkpoint_score"  # what Ray ranks checkpoints by: the validation metric where it improved, else -inf
 
 
-def head_suffices(info, train, epochs_done: int) -> bool:
-    """Whether the checkpoint after ``epochs_done`` epochs may hold the head alone: model ``info`` (its registry
-    entry) has a backbone that is pretrained (a weights file rebuilds it exactly; a random one may not be rebuilt
-    alike in a reused worker), frozen, and not yet in the fine-tuning stage (after ``fine_tune_after`` epochs).
-    ``train``: the trial's ``spec.Train``."""
-    fine_tuning = train.fine_tune_layers > 0 and epochs_done > train.fine_tune_after
-    frozen = train.freeze_backbone and not fine_tuning
-    return info.backbone is not None and train.weights is not None and frozen
-
-
-def write(folder: Path, model, state: dict[str, Any], *, whole: bool, info=None) -> None:
-    """Write one checkpoint into ``folder``: the whole model, or (``whole=False``) the head and optimizer state of
-    model ``info`` (its registry entry, whose backbone facts say what the head is)."""
-    if whole:
-        model.save(folder / CHECKPOINT_MODEL)
-    else:
-        head = {f"w{i}": np.asarray(w.numpy()) for i, w in enumerate(info.backbone.head_weights(model))}
-        opt = {f"o{i}": np.asarray(v.numpy()) for i, v in enumerate(model.optimizer.variables)}
-        np.savez(folder / CHECKPOINT_HEAD, **head, **opt)
-        state = {**state, "backbone": info.backbone.digest(model)}
+def write(folder: Path, models: list, state: dict[str, Any]) -> None:
+    """Write one checkpoint into ``folder``: the model (or each fold's) and ``state``."""
+    names = [CHECKPOINT_MODEL] if len(models) == 1 else [CHECKPOINT_FOLD.format(i) for i in range(len(models))]
+    for model, name in zip(models, names):
+        model.save(folder / name)
     (folder / CHECKPOINT_STATE).write_text(json.dumps(state))
 
 
-def read(folder: Path) -> tuple[Any, dict[str, Any], dict | None]:
-    """(the whole model or None, state, head arrays or None) of a checkpoint folder."""
+def model_files(folder: Path) -> list[Path]:
+    """A checkpoint's model files: its fold models in fold order, or its one model."""
+    folder, out = Path(folder), []
+    while (folder / CHECKPOINT_FOLD.format(len(out))).is_file():
+        out.append(folder / CHECKPOINT_FOLD.format(len(out)))
+    return out or [folder / CHECKPOINT_MODEL]
+
+
+def read_state(folder: Path) -> dict[str, Any]:
+    return json.loads((Path(folder) / CHECKPOINT_STATE).read_text())
+
+
+def load(folder: Path, *, compile: bool = True) -> list:
+    """The checkpoint's models as they were saved (heads or whole models; compiled: a resumed trial goes on)."""
     import keras
 
-    state = json.loads((folder / CHECKPOINT_STATE).read_text())
-    if (folder / CHECKPOINT_MODEL).is_file():
-        return keras.saving.load_model(folder / CHECKPOINT_MODEL, compile=True), state, None
-    with np.load(folder / CHECKPOINT_HEAD) as f:
-        return None, state, {k: f[k] for k in f.files}
+    return [keras.saving.load_model(f, compile=compile) for f in model_files(folder)]
 
 
-def restore_head(info, model, trained, head: dict, state: dict[str, Any]) -> None:
-    """Put a head checkpoint back into a freshly built ``model`` (registry entry ``info``) whose ``trained`` part
-    (the model itself, or its head on cached features, sharing the optimizer) is what the epochs fit."""
-    if info.backbone.digest(model) != state["backbone"]:
-        raise RuntimeError(
-            "the rebuilt backbone differs from the one this trial's checkpoint was trained on "
-            "(its weights file changed?): start the sweep again rather than mix the two"
-        )
-    weights = info.backbone.head_weights(model)
-    for i, w in enumerate(weights):
-        w.assign(head[f"w{i}"])
-    model.optimizer.build(trained.trainable_variables)
-    for i, v in enumerate(model.optimizer.variables):
-        v.assign(head[f"o{i}"])
+def ensemble(members: list):
+    """One Keras model whose output is the mean of the members' outputs (probabilities or masks), as nnU-Net
+    ensembles its cross-validation folds. Member i is the nested model ``fold_i``; preprocessing stays inside each."""
+    import keras
+
+    for i, m in enumerate(members):
+        m.name = f"fold_{i}"
+    inputs = keras.Input(members[0].input_shape[1:], dtype=members[0].inputs[0].dtype)
+    return keras.Model(inputs, keras.layers.Average()([m(inputs) for m in members]), name="ensemble")
+
+
+def fold_member(model, i: int):
+    """Fold model i of an ensemble built by ``ensemble``."""
+    return model.get_layer(f"fold_{i}")
+
+
+def saved_model(folder: Path):
+    """What a checkpoint holds as one model (its model, or the ensemble of its fold models): for a trial on a frozen
+    backbone a head, which scores the backbone's cached features."""
+    members = load(folder, compile=False)
+    return members[0] if len(members) == 1 else ensemble(members)
+
+
+def head_record(folder: Path) -> dict[str, Any] | None:
+    """The backbone a head checkpoint was trained on (``backbone`` of its state), None for a whole model."""
+    return read_state(folder).get("backbone")
+
+
+def whole_model(folder: Path, experiment_dir: str):
+    """The whole model (image -> output) of a checkpoint: its model, or each head put on the experiment's copy of
+    its backbone (``models.assemble``); the ensemble of the folds with cross-validation."""
+    import models
+    from search import storage as store
+    from search.experiment import backbone_file
+
+    record = head_record(folder)
+    members = load(folder, compile=False)
+    if record is not None:
+        spec, size = record["spec"], record["spec"]["input_size"]
+        with tempfile.TemporaryDirectory() as tmp:
+            weights = Path(tmp) / "backbone.weights.h5"
+            weights.write_bytes(store.read_bytes(backbone_file(experiment_dir, record["digest"])))
+            members = [
+                models.assemble(
+                    spec["model"],
+                    head,
+                    weights,
+                    input_shape=(size, size, 3),
+                    mixed_precision=spec["policy"],
+                    **record["build"],
+                )
+                for head in members
+            ]
+        if models.get(spec["model"]).backbone.digest(members[0]) != record["digest"]:
+            raise RuntimeError(f"the experiment's backbone {record['digest']} is not the one its file holds")
+    return members[0] if len(members) == 1 else ensemble(members)

@@ -2,6 +2,8 @@
 
 - ``sweep.json``: the resolved study, the data's fingerprints and leakage audit, resources, package versions;
 - one folder per trial (``trial_dirname``): TensorBoard event files, progress.csv, result.json, checkpoints;
+- ``backbones/<digest>.weights.h5``: each frozen backbone the trials' heads were trained on, once (a trial on a
+  frozen backbone checkpoints its head alone; export and Grad-CAM put the two together);
 - ``results.csv`` / ``results.json``: one row per trial, test metrics included (written last: it marks the sweep
   finished), and each trial's test report; ``predictions.npz``: what the report's paired statistics and figures need;
 - ``timings.json``: where the driver that finished the sweep spent its time, seconds per phase (``runner.Phases``),
@@ -37,6 +39,7 @@ RESULTS_CSV = "results.csv"
 RESULTS_JSON = "results.json"
 BASELINES_JSON = "baselines.json"  # segmentation: the classical baselines scored on the test split (no training)
 TIMINGS_JSON = "timings.json"
+BACKBONES = "backbones"  # frozen backbones by weights digest: ``backbone_file``
 PREDICTIONS = "predictions.npz"  # per trial: test probabilities, or per-image Dice and a few predicted masks
 PACKAGES = (
     "ray",
@@ -147,6 +150,11 @@ def trial_dir(experiment: str, row: dict[str, Any] | pd.Series) -> str | None:
     """A results row's trial folder, or None when the row has no trial id (a trial that never reported)."""
     trial_id = row.get("trial_id")
     return store.join(experiment, trial_dirname(row["trial"], trial_id)) if isinstance(trial_id, str) else None
+
+
+def backbone_file(experiment: str, digest: str) -> str:
+    """Where the experiment keeps the frozen backbone of weights digest ``digest``."""
+    return store.join(experiment, BACKBONES, f"{digest}.weights.h5")
 
 
 # ---- sweep.json -----------------------------------------------------------------------------------------------------

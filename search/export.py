@@ -26,13 +26,12 @@ import pandas as pd
 
 from data_pipeline.files import data_folders, publish_folder, refuse_inside, write_file, write_image
 from models.tasks import TASKS, task_info
+from search import checkpoints
 from search import storage as store
-from search.checkpoints import CHECKPOINT_MODEL
 from search.errors import SweepError
 from search.experiment import load_details, load_results, load_study, load_sweep
 from search.results import CONFIG_KEYS, best_row
 from search.spec import Study, study_from_record
-from search.trial import checkpoint_model, fold_files
 
 EXPORT_FILE = "export.json"
 STUDY_FILE = "study.json"
@@ -169,14 +168,15 @@ def export_best(experiment: str | Path, to: str | Path, family: str | None = Non
     manifest = export_manifest(row, study, sweep, metric, family, experiment, detail)
     with publish_folder(to) as staging, tempfile.TemporaryDirectory() as tmp:
         checkpoint = store.download(row["checkpoint"], tmp)
-        source = checkpoint / CHECKPOINT_MODEL
-        if fold_files(checkpoint):  # cross-validation: the fold models as one ensemble (mean of outputs)
-            checkpoint_model(checkpoint).save(staging / MODEL_FILE)
-            manifest["ensemble"] = {"folds": len(fold_files(checkpoint)), "combine": "mean of outputs"}
-        elif source.is_file():
-            shutil.copyfile(source, staging / MODEL_FILE)
+        files = checkpoints.model_files(checkpoint)
+        if not all(f.is_file() for f in files):
+            raise SweepError(f"the best trial's checkpoint {row['checkpoint']} has no {checkpoints.CHECKPOINT_MODEL}")
+        if len(files) > 1:  # cross-validation: the fold models as one ensemble (mean of outputs)
+            manifest["ensemble"] = {"folds": len(files), "combine": "mean of outputs"}
+        if len(files) > 1 or checkpoints.head_record(checkpoint) is not None:  # a head: on its backbone
+            checkpoints.whole_model(checkpoint, experiment).save(staging / MODEL_FILE)
         else:
-            raise SweepError(f"the best trial's checkpoint {row['checkpoint']} has no {CHECKPOINT_MODEL}")
+            shutil.copyfile(files[0], staging / MODEL_FILE)
         model = keras.saving.load_model(staging / MODEL_FILE, safe_mode=True, compile=False)  # loadable as shipped
         manifest["parameters"] = int(model.count_params())
         (staging / EXPORT_FILE).write_text(json.dumps(manifest, indent=2))

@@ -1,13 +1,23 @@
-"""Frozen-backbone feature cache: a frozen backbone maps an image to the same features in every epoch of every
-trial, so compute them once per (backbone weights, input size, image set, backend, precision) and train the heads
-on them. Features live on the node's disk (``SWEEP_CACHE_DIR/features``); a file lock makes the first trial that
-needs them compute them while the others wait and read.
+"""Frozen backbones, once per node: a frozen backbone maps an image to the same features in every epoch of every trial,
+so each node builds it once, keeps its weights, computes each image's features once, and trials train their heads
+on those features alone (they never build, save or load the backbone).
+
+One cache entry per backbone (``SWEEP_CACHE_DIR/features/<key>/``, the key: model, weights, input size, backend,
+precision and, for a random backbone, its seed): ``backbone.json`` (the weights' digest), ``backbone.weights.h5``
+(the feature extractor's weights: a random backbone is made once, from its seed, and kept) and the features of
+every image seen so far, keyed by each image's content (``chunk-*.npz``): the two loading options split the same
+images two ways, cross-validation folds share them, and none is computed twice. A file lock makes the first trial
+that needs an image's features compute them while the others wait and read.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import io
+import json
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +25,8 @@ import numpy as np
 from search import storage as store
 
 FEATURE_BATCH = 128  # forward-only batches: no gradients, so larger than training's
+BACKBONE_RECORD = "backbone.json"
+BACKBONE_WEIGHTS = "backbone.weights.h5"  # Keras's name for a weights-only file must end so
 
 
 def feature_cache_off_because(info, train) -> str | None:
@@ -33,52 +45,169 @@ def feature_cache_off_because(info, train) -> str | None:
     return None
 
 
-def head_on_features(model, info, splits: dict[str, np.ndarray], *, backend: str, policy: str, cache_dir):
-    """Split ``model`` at its features (its registry entry's facts) and put each split's images through the frozen
-    backbone once per cache key. Returns (head: features -> output, sharing ``model``'s layers, so training it
-    trains ``model``; features per split; how many splits were cache hits)."""
-    extractor, head = info.backbone.split_at_features(model)
-    digest = info.backbone.digest(model)
+@dataclass(frozen=True)
+class Backbone:
+    """What a frozen backbone's features depend on; JSON-ready (a head checkpoint records it)."""
 
-    def extract(images: np.ndarray) -> np.ndarray:
-        return extractor.predict(images, batch_size=FEATURE_BATCH, verbose=0)
+    model: str  # registry name
+    input_size: int
+    weights: str | None  # as the study gives it: "imagenet", a file, or None (random, from ``seed``)
+    seed: int
+    backend: str
+    policy: str | None  # mixed precision policy, or None
 
-    features, hits = {}, 0
-    for name, images in splits.items():
-        key = feature_key(
-            model=info.name,
-            backbone=digest,
-            input_shape=model.input_shape[1:],
-            backend=backend,
-            policy=policy,
-            images=images,
+    def key(self) -> str:
+        """The cache entry's name. A weights file counts by its path, size and modification time; a random
+        backbone by its seed; Keras's version too (its initialisers and layers make the numbers)."""
+        import keras
+
+        from models.registry import get, resolve_weights
+
+        source = f"random:{self.seed}"
+        if self.weights is not None:
+            path = Path(resolve_weights(get(self.model), self.weights))
+            stat = path.stat()
+            source = f"{path}:{stat.st_size}:{stat.st_mtime_ns}"
+        h = hashlib.blake2b(digest_size=16)
+        h.update(f"{self.model}|{self.input_size}|{source}|{self.backend}|{self.policy}|{keras.__version__}".encode())
+        return h.hexdigest()
+
+    def build(self, weights_file: str | Path | None = None) -> tuple:
+        """(extractor: image -> features, the backbone's weights digest): the weights from ``weights_file`` (an
+        extractor's saved weights), else as the study asks: from its weights file, or random from ``seed``."""
+        import keras
+
+        import models
+
+        info = models.get(self.model)
+        keras.utils.set_random_seed(self.seed)
+        whole = models.build(
+            self.model,
+            num_classes=2,  # the head is not used: only the backbone's layers are
+            input_shape=(self.input_size, self.input_size, 3),
+            weights=None if weights_file is not None else self.weights,
+            mixed_precision=self.policy,
         )
-        features[name], hit = cached_features(extract, key, images, cache_dir)
-        hits += hit
-    return head, features, hits
+        extractor = info.backbone.split_at_features(whole)[0]
+        if weights_file is not None:
+            extractor.load_weights(weights_file)
+        return extractor, info.backbone.digest(whole)
 
 
-def feature_key(*, model: str, backbone: str, input_shape: tuple, backend: str, policy: str, images: np.ndarray) -> str:
-    """Cache key: everything the features depend on. ``backbone`` is the weights digest; the images are hashed."""
-    h = hashlib.blake2b(digest_size=20)
-    h.update(f"{model}|{backbone}|{tuple(input_shape)}|{backend}|{policy}|{images.shape}|{images.dtype}".encode())
-    h.update(np.ascontiguousarray(images).data)
-    return h.hexdigest()
+def image_hashes(images: np.ndarray) -> list[bytes]:
+    """Each image's content hash (its pixels, shape and dtype): the features cache's key per image."""
+    head = f"{images.shape[1:]}{images.dtype}".encode()
+    return [hashlib.blake2b(head + np.ascontiguousarray(im).data, digest_size=16).digest() for im in images]
 
 
-def cached_features(extract, key: str, images: np.ndarray, cache_dir: str | Path) -> tuple[np.ndarray, bool]:
-    """The features of ``images`` (computed by ``extract(images)`` on a miss, then kept); and whether it was a hit."""
+@dataclass
+class Features:
+    """A backbone's features of each split's images, and how they came."""
+
+    by_split: dict[str, np.ndarray]
+    digest: str  # the backbone's weights digest
+    weights_file: Path  # its saved weights, in the node's cache
+    computed: int  # images whose features this call computed (0: all read from the cache)
+    read: int  # images whose features came from the cache
+
+
+_LOADED: dict[str, tuple] = {}  # this process's last backbone: key -> (extractor, digest); a reused worker keeps it
+
+
+def backbone_features(
+    backbone: Backbone, splits: dict[str, np.ndarray], cache_dir: str | Path, *, weights_file: Callable | None = None
+) -> Features:
+    """The features of every split's images through ``backbone``, each image computed once per node.
+    ``weights_file``: a function giving a local file of the backbone's weights, called when this node has no entry
+    for it (a checkpoint scored on another node: the experiment's copy); without it the backbone is built as the
+    study asks."""
     from filelock import FileLock
 
     from data_pipeline.cache import cache_folder, mark_used
 
-    path = cache_folder("features", cache_dir) / f"{key}.npy"
-    with FileLock(str(path) + ".lock"):
-        if path.is_file():
-            mark_used(path)
-            return np.load(path), True
-        features = np.asarray(extract(images), dtype="float32")
-        buffer = io.BytesIO()
-        np.save(buffer, features)
-        store.write_bytes(str(path), buffer.getvalue())  # atomic: readers never see half a file
-        return features, False
+    key = backbone.key()
+    folder = cache_folder("features", cache_dir) / key
+    with FileLock(str(folder) + ".lock"):
+        record = folder / BACKBONE_RECORD
+        if not record.is_file():  # a new entry (or one a trim left half): the backbone first, then its features
+            _new_entry(backbone, folder, weights_file() if weights_file is not None else None)
+        digest = json.loads(record.read_text())["digest"]
+        known = _read_chunks(folder)
+        hashes = {name: image_hashes(images) for name, images in splits.items()}
+        missing: dict[bytes, np.ndarray] = {}
+        for name, images in splits.items():
+            missing |= {h: im for h, im in zip(hashes[name], images) if h not in known}
+        if missing:
+            extractor = _extractor(backbone, key, folder, digest)
+            batch = np.stack(list(missing.values()))
+            values = np.asarray(extractor.predict(batch, batch_size=FEATURE_BATCH, verbose=0), dtype="float32")
+            _write_chunk(folder, list(missing), values)
+            known |= dict(zip(missing, values))
+        mark_used(folder)
+    by_split = {name: np.stack([known[h] for h in hashes[name]]) for name in splits}
+    read = sum(len(h) for h in hashes.values()) - len(missing)
+    return Features(by_split, digest, folder / BACKBONE_WEIGHTS, computed=len(missing), read=read)
+
+
+def _new_entry(backbone: Backbone, folder: Path, weights_file: Path | None) -> None:
+    """Build the backbone (or load ``weights_file``), keep its weights and digest: the entry's first files."""
+    import shutil
+
+    from data_pipeline.files import write_file
+
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(mode=0o700)
+    extractor, digest = backbone.build(weights_file)
+    extractor.save_weights(folder / BACKBONE_WEIGHTS)
+    write_file(folder / BACKBONE_RECORD, json.dumps({**asdict(backbone), "digest": digest}).encode())
+    _LOADED.clear()
+    _LOADED[backbone.key()] = (extractor, digest)
+
+
+def _extractor(backbone: Backbone, key: str, folder: Path, digest: str):
+    """This node's extractor of ``backbone``: the one this process holds, or built and given the entry's weights."""
+    if key in _LOADED and _LOADED[key][1] == digest:
+        return _LOADED[key][0]
+    extractor, found = backbone.build(folder / BACKBONE_WEIGHTS)
+    if found != digest:
+        raise RuntimeError(f"{folder / BACKBONE_WEIGHTS} does not hold the backbone {folder / BACKBONE_RECORD} names")
+    _LOADED.clear()
+    _LOADED[key] = (extractor, digest)
+    return extractor
+
+
+def _read_chunks(folder: Path) -> dict[bytes, np.ndarray]:
+    known: dict[bytes, np.ndarray] = {}
+    for path in sorted(folder.glob("chunk-*.npz")):
+        with np.load(path) as f:
+            known |= dict(zip((bytes(h) for h in f["hashes"]), f["features"]))
+    return known
+
+
+def _write_chunk(folder: Path, hashes: list[bytes], values: np.ndarray) -> None:
+    """Features of new images, one file per computation (atomic: readers never see half a file)."""
+    from data_pipeline.files import write_file
+
+    name = hashlib.blake2b(b"".join(hashes), digest_size=10).hexdigest()
+    keys = np.frombuffer(b"".join(hashes), dtype=np.uint8).reshape(len(hashes), -1)
+    write_file(folder / f"chunk-{name}.npz", lambda out: np.savez(out, hashes=keys, features=values))
+
+
+def publish_backbone(features: Features, experiment_dir: str) -> str:
+    """The experiment's copy of the backbone's weights (``backbones/<digest>.weights.h5``), written once: a whole
+    model is assembled from it and a head wherever the experiment is read (export, Grad-CAM, another node). The
+    cache never changes a file in place, so on one file system the copy is a hard link (clearing the cache leaves
+    the experiment's name of the file)."""
+    from search.experiment import backbone_file
+
+    target = backbone_file(experiment_dir, features.digest)
+    if store.exists(target):
+        return target
+    if not store.is_uri(target):  # on the cache's file system: a second name for the cache's file, not a copy
+        Path(target).parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(OSError):
+            os.link(features.weights_file, target)
+            return target
+    store.write_bytes(target, features.weights_file.read_bytes())
+    return target

@@ -25,13 +25,14 @@ from search.results import (
     TRIAL_PHASES,
     UNSCORED,
     best_epoch,
+    best_row,
     error_line,
     first_epoch_overhead,
     trial_dirname,
     trial_name,
     trial_status,
 )
-from search.scoring import SHOWN_MASKS, evaluate_all, gradcam_of_best, score_baselines
+from search.scoring import SHOWN_MASKS, evaluate_all, score_baselines, start_gradcam
 from search.spec import Study, param_space
 from search.trial import TrialContext, train_trial
 
@@ -282,6 +283,7 @@ SPEED_COLUMNS = (
     "backend",
     "mixed_precision",
     "feature_cache_hits",
+    "features_computed",
     "compile_cache_hits",
     "compile_cache_misses",
     *TRIAL_PHASES,
@@ -381,8 +383,12 @@ def finalize(experiment_dir: str, grid, study: Study, datasets: dict, phases: Ph
         if checkpoint is not None:
             jobs.append((len(rows), row["checkpoint"], config.get("option", study.data.option)))
         rows.append(row)
-    reports = evaluate_all([(p, o) for _, p, o in jobs], study, datasets, sweep["resources"])
-    phases.end("test_scoring")
+    gradcam = None
+    if study.task == "classification":  # the best classifier's Grad-CAM heatmaps on a few test images per class
+        gradcam = _extra("Grad-CAM of the best trial", start_gradcam, rows, study, datasets, sweep["resources"],
+                         experiment_dir)  # fmt: skip
+    reports = evaluate_all([(p, o) for _, p, o in jobs], study, datasets, sweep["resources"], experiment_dir)
+    phases.end("test_scoring")  # Grad-CAM runs beside it: "extras" is what it takes beyond
     details, arrays = {}, {}
     for (i, _, _), outcome in zip(jobs, reports, strict=True):
         if isinstance(outcome, Exception):  # this trial alone goes without test metrics; it is never the best
@@ -399,13 +405,21 @@ def finalize(experiment_dir: str, grid, study: Study, datasets: dict, phases: Ph
         baselines = _extra("the classical baselines", score_baselines, first)
         if baselines is not None:
             exp.save_baselines(experiment_dir, baselines)
-    else:  # the best classifier's Grad-CAM heatmaps on a few test images per class, for the report
-        arrays |= _extra("Grad-CAM of the best trial", gradcam_of_best, rows, study, datasets, sweep["resources"]) or {}
+    elif gradcam is not None:  # kept while its trial is still the best once scored (a trial left unscored is not)
+        best = best_row(pd.DataFrame(rows), study.metric, study.mode)
+        if best is not None and best["trial"] == gradcam[0]:
+            arrays |= _extra("Grad-CAM of the best trial", _ray_get, gradcam[1]) or {}
     phases.end("extras")
     exp.save_results(experiment_dir, pd.DataFrame(rows), details, arrays)
     phases.end("results")
     exp.save_timings(experiment_dir, phases.seconds)
     return experiment_dir
+
+
+def _ray_get(ref):
+    import ray
+
+    return ray.get(ref)
 
 
 def _extra(what: str, make, *args):

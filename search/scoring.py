@@ -6,8 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from search import storage as store
+from search.checkpoints import fold_member, head_record, saved_model, whole_model
 from search.spec import Study
-from search.trial import checkpoint_model, fold_member
 
 SHOWN_MASKS = 8  # test images whose predicted masks are kept for the report's figure
 GRADCAM_PER_CLASS = 2  # test images per class the report shows the best classifier's Grad-CAM heatmaps of
@@ -20,14 +20,18 @@ def evaluate_checkpoint(
     data,
     compile_cache=None,
     *,
+    experiment_dir: str,
+    cache_dir: str | None = None,
     tta: bool = False,
     calibrate: bool = False,
 ) -> tuple[dict, dict]:
     """Test-split metrics of one checkpoint (the only place the test split is used), and what the report needs:
     the test probabilities (classification) or the per-image Dice and the first predicted masks (segmentation).
+    A head on a frozen backbone scores the backbone's cached features of the test images (``search.features``:
+    the same numbers as its whole model on the images, without running the backbone again).
     ``compile_cache``: (backend, wanted, cache_dir) as the trials had it: checkpoints of one model share a compiled
-    program. ``tta``: also the metrics with test-time augmentation (``tta_*``). ``calibrate``: fit a temperature
-    on the validation split, ECE before and after (``calibration``)."""
+    program. ``tta``: also the metrics with test-time augmentation (``tta_*``, the whole model on turned images).
+    ``calibrate``: fit a temperature on the validation split, ECE before and after (``calibration``)."""
     import tempfile
 
     from search import compile_cache as jax_cache
@@ -36,23 +40,33 @@ def evaluate_checkpoint(
         jax_cache.enable_for(*compile_cache)
     import numpy as np
 
+    from data_pipeline.cache import default_cache_dir
     from data_pipeline.config import positive_index
     from models import stats
     from models.evaluation import binary_report, per_image_dice, predict, report_from_probs
 
-    with tempfile.TemporaryDirectory() as tmp:
-        model = checkpoint_model(store.download(checkpoint_path, tmp))
     folds = data if isinstance(data, tuple) else (data,)
     data = folds[0]  # every fold has the same test split
-    probs = predict(model, data.test.images, batch_size)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = store.download(checkpoint_path, tmp)
+        model, record = saved_model(folder), head_record(folder)
+        inputs = {"test": data.test.images} | {f"val{i}": f.val.images for i, f in enumerate(folds)}
+        if record is not None:
+            features = _head_inputs(record, inputs, cache_dir or default_cache_dir(), experiment_dir, tmp)
+            if features is None:  # this node's backbone is another (a random one built apart): the whole model
+                model, record = whole_model(folder, experiment_dir), None
+            else:
+                inputs = features
+        whole = whole_model(folder, experiment_dir) if tta and record is not None else model
+    probs = predict(model, inputs["test"], batch_size)
     report = report_from_probs(data.test, probs, task, data.classes)
     if tta:
-        tta_probs = predict(model, data.test.images, batch_size, tta=True)
+        tta_probs = predict(whole, data.test.images, batch_size, tta=True)
         with_tta = report_from_probs(data.test, tta_probs, task, data.classes)
         report |= {f"tta_{k}": v for k, v in with_tta.items() if isinstance(v, float)}
     positive = positive_index(data.classes, data.config.positive_class) if task == "classification" else None
     if positive is not None or (task == "classification" and calibrate):
-        val_probs, val_labels = _validation_probs(model, folds, batch_size)
+        val_probs, val_labels = _validation_probs(model, folds, inputs, batch_size)
     if positive is not None:  # two classes: binary metrics of the positive class, its threshold chosen on validation
         binary = binary_report(val_labels, val_probs, data.test.labels, probs, positive, data.classes[positive])
         report |= binary_columns(binary) | {"binary": binary}
@@ -67,6 +81,23 @@ def evaluate_checkpoint(
         "dice": per_image_dice(data.test.masks, probs[..., 0]),
         "masks": (probs[:SHOWN_MASKS, ..., 0] >= 0.5).astype(np.uint8),
     }
+
+
+def _head_inputs(record: dict, images: dict, cache_dir, experiment_dir: str, tmp: str) -> dict | None:
+    """The backbone's features of ``images`` (split -> images) for a head checkpoint (its state's ``record``),
+    from this node's feature cache; None when this node's backbone is not the one the head was trained on."""
+    from pathlib import Path
+
+    from search.experiment import backbone_file
+    from search.features import Backbone, backbone_features
+
+    def experiment_copy() -> Path:  # only when this node has no entry for the backbone
+        local = Path(tmp) / "backbone.weights.h5"
+        local.write_bytes(store.read_bytes(backbone_file(experiment_dir, record["digest"])))
+        return local
+
+    features = backbone_features(Backbone(**record["spec"]), images, cache_dir, weights_file=experiment_copy)
+    return features.by_split if features.digest == record["digest"] else None
 
 
 BINARY_AT_HALF = ("roc_auc", "sensitivity", "specificity")  # of the positive class, at probability 0.5
@@ -84,16 +115,17 @@ def binary_columns(binary: dict) -> dict[str, float]:
     }
 
 
-def _validation_probs(model, folds: tuple, batch_size: int):
+def _validation_probs(model, folds: tuple, inputs: dict, batch_size: int):
     """Validation probabilities to calibrate on: the model's own, or for an ensemble of fold models each fold
-    model's on its own validation fold (out-of-fold: no image is scored by a model that trained on it)."""
+    model's on its own validation fold (out-of-fold: no image is scored by a model that trained on it).
+    ``inputs``: ``val<i>`` -> fold i's validation images, or their features for a head."""
     import numpy as np
 
     from models.evaluation import predict
 
     if len(folds) == 1:
-        return predict(model, folds[0].val.images, batch_size), folds[0].val.labels
-    probs = [predict(fold_member(model, i), f.val.images, batch_size) for i, f in enumerate(folds)]
+        return predict(model, inputs["val0"], batch_size), folds[0].val.labels
+    probs = [predict(fold_member(model, i), inputs[f"val{i}"], batch_size) for i in range(len(folds))]
     return np.concatenate(probs), np.concatenate([f.val.labels for f in folds])
 
 
@@ -114,7 +146,7 @@ def score_baselines(data) -> list[dict]:
     return rows
 
 
-def gradcam_examples(checkpoint_path: str, data, per_class: int = GRADCAM_PER_CLASS) -> dict:
+def gradcam_examples(checkpoint_path: str, data, experiment_dir: str, per_class: int = GRADCAM_PER_CLASS) -> dict:
     """Grad-CAM heatmaps (models.gradcam, for the predicted class) of one checkpoint on the first ``per_class`` test
     images of each class, with those images, their labels and predictions; {} for a model without a single feature
     map (a k-fold ensemble)."""
@@ -126,7 +158,7 @@ def gradcam_examples(checkpoint_path: str, data, per_class: int = GRADCAM_PER_CL
     from models.gradcam import gradcam, has_map
 
     with tempfile.TemporaryDirectory() as tmp:
-        model = checkpoint_model(store.download(checkpoint_path, tmp))
+        model = whole_model(store.download(checkpoint_path, tmp), experiment_dir)
     if not has_map(model):
         return {}
     data = data[0] if isinstance(data, tuple) else data
@@ -141,8 +173,9 @@ def gradcam_examples(checkpoint_path: str, data, per_class: int = GRADCAM_PER_CL
     }
 
 
-def gradcam_of_best(rows: list[dict], study: Study, datasets: dict, resources: dict) -> dict:
-    """``gradcam_examples`` of the best trial (chosen on validation) as a Ray task, as the test scoring runs."""
+def start_gradcam(rows: list[dict], study: Study, datasets: dict, resources: dict, experiment_dir: str):
+    """``gradcam_examples`` of the best trial (chosen on validation, so known before the test scoring, beside which
+    it runs) as a Ray task: (that trial's name, the task's reference), or None without a checkpoint to explain."""
     import pandas as pd
     import ray
 
@@ -150,13 +183,15 @@ def gradcam_of_best(rows: list[dict], study: Study, datasets: dict, resources: d
 
     best = best_row(pd.DataFrame(rows), study.metric, study.mode)
     if best is None or not best.get("checkpoint"):
-        return {}
+        return None
     data = datasets[int(best.get("option", study.data.option))]
     task = ray.remote(num_cpus=resources["cpus_per_trial"], num_gpus=resources["gpus_per_trial"])(gradcam_examples)
-    return ray.get(task.remote(best["checkpoint"], data))
+    return best["trial"], task.remote(best["checkpoint"], data, experiment_dir)
 
 
-def evaluate_all(jobs: list[tuple[str, Any]], study: Study, datasets: dict, resources: dict) -> list:
+def evaluate_all(
+    jobs: list[tuple[str, Any]], study: Study, datasets: dict, resources: dict, experiment_dir: str
+) -> list:
     """Evaluate checkpoints as parallel Ray tasks (on the cluster's GPUs when trials had them): per job, what
     ``evaluate_checkpoint`` returns, or the ``ray.exceptions.RayError`` its task ended with (an unreadable checkpoint,
     an exception while scoring, a worker killed for memory), so that one trial's failure costs only its own scores."""
@@ -166,7 +201,8 @@ def evaluate_all(jobs: list[tuple[str, Any]], study: Study, datasets: dict, reso
     cpus, gpus = resources["cpus_per_trial"], resources["gpus_per_trial"]
     task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=1)(evaluate_checkpoint)
     cache = (study.train.backend, study.train.compile_cache, resources.get("cache_dir"))
-    options = {"tta": study.search.tta, "calibrate": study.train.calibrate}
+    options = {"tta": study.search.tta, "calibrate": study.train.calibrate, "experiment_dir": experiment_dir}
+    options["cache_dir"] = resources.get("cache_dir")
     pending = [task.remote(path, study.task, study.train.batch_size, refs[opt], cache, **options) for path, opt in jobs]
     return [_outcome(ref) for ref in pending]
 

@@ -1,4 +1,5 @@
-"""One trial, top to bottom: config -> data -> models.build -> compile -> for each epoch: fit, validate, report.
+"""One trial, top to bottom: config -> data (a frozen backbone's features) -> models.build (or build_head) -> compile
+-> for each epoch: fit, validate, checkpoint, report.
 
 Runs inside a Ray Tune actor. The Keras backend and the GPU memory share must be set before Keras is imported, so
 every framework import happens inside ``train_trial``.
@@ -7,7 +8,7 @@ every framework import happens inside ``train_trial``.
 from __future__ import annotations
 
 import contextlib
-import json
+import dataclasses
 import math
 import os
 import tempfile
@@ -17,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from search import checkpoints
-from search.checkpoints import CHECKPOINT_MODEL
-from search.features import feature_cache_off_because, head_on_features
+from search.features import Backbone, backbone_features, feature_cache_off_because, publish_backbone
+from search.results import TRIAL_PHASES
 from search.spec import Study, Train
 
 
@@ -54,58 +55,19 @@ def fine_tune_starts(epoch: int, train: Train) -> bool:
     return train.fine_tune_layers > 0 and epoch == train.fine_tune_after
 
 
-CHECKPOINT_FOLD = "fold{}.keras"  # cross-validation: one model per fold, trained in lockstep
-
-
-def fold_files(folder: Path) -> list[Path]:
-    """A checkpoint's fold models in fold order (empty for a single model)."""
-    out, i = [], 0
-    while (folder / CHECKPOINT_FOLD.format(i)).is_file():
-        out.append(folder / CHECKPOINT_FOLD.format(i))
-        i += 1
-    return out
-
-
-def ensemble(members: list):
-    """One Keras model whose output is the mean of the members' outputs (probabilities or masks), as nnU-Net
-    ensembles its cross-validation folds. Member i is the nested model ``fold_i``; preprocessing stays inside each."""
-    import keras
-
-    for i, m in enumerate(members):
-        m.name = f"fold_{i}"
-    inputs = keras.Input(members[0].input_shape[1:])
-    return keras.Model(inputs, keras.layers.Average()([m(inputs) for m in members]), name="ensemble")
-
-
-def fold_member(model, i: int):
-    """Fold model i of an ensemble built by ``ensemble``."""
-    return model.get_layer(f"fold_{i}")
-
-
-def checkpoint_model(folder: Path):
-    """The model a checkpoint holds, for evaluation and export: its model, or the ensemble of its fold models."""
-    import keras
-
-    folds = fold_files(Path(folder))
-    if not folds:
-        return keras.saving.load_model(Path(folder) / CHECKPOINT_MODEL, compile=False)
-    return ensemble([keras.saving.load_model(f, compile=False) for f in folds])
-
-
 def fold_mean(per_fold: list[dict[str, Any]], metric: str) -> dict[str, Any]:
-    """One report from the folds' epoch metrics: numbers averaged (feature-cache counts and seconds summed),
-    ``diverged`` if any fold diverged, the rest from fold 0; with several folds, the validation metric's standard
-    deviation across folds as ``<metric>_std`` (the configuration's score is mean ± std)."""
+    """One report from the folds' epoch metrics: numbers averaged, ``diverged`` if any fold diverged, the rest from
+    fold 0; with several folds, the validation metric's standard deviation across folds as ``<metric>_std`` (the
+    configuration's score is mean ± std)."""
     import statistics
 
-    summed = ("feature_cache_hits", "feature_seconds")
     out = dict(per_fold[0])
     for key, value in per_fold[0].items():
         values = [m[key] for m in per_fold]
         if key == "diverged":
             out[key] = any(values)
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            out[key] = sum(values) if key in summed else (sum(values) / len(values))
+            out[key] = sum(values) / len(values)
     if len(per_fold) > 1 and all(metric in m for m in per_fold):
         out[f"{metric}_std"] = statistics.stdev(m[metric] for m in per_fold)
     return out
@@ -123,45 +85,78 @@ def train_trial(config: dict[str, Any], datasets: dict, context: TrialContext) -
     os.environ["KERAS_BACKEND"] = train.backend
     for key, value in limit_gpu_memory(train.backend, context.gpus_per_trial).items():
         os.environ.setdefault(key, value)
+    import keras
+
     import models
     from data_pipeline.cache import default_cache_dir
     from search import compile_cache
+    from search.gpu import compute_capability, resolve_mixed_precision
 
     cache_dir = context.cache_dir or default_cache_dir()  # node-local: features and compiled programs
     compiled = compile_cache.enable_for(train.backend, train.compile_cache, cache_dir)  # None: off
     if train.backend == "torch":
         _limit_torch_memory(context.gpus_per_trial)
+    seconds = dict.fromkeys(TRIAL_PHASES, 0.0)  # this trial's time by phase, reported with every epoch
+    started = time.perf_counter()  # the first epoch's time includes the features and the build: costs stay honest
 
-    # ---- data and start: the trial's loading option (segmentation: the study's), its checkpoint if resumed ---------
+    # ---- data: the trial's loading option (segmentation: the study's); a frozen backbone's features ---------------
     info = models.get(config["model"])
     data = datasets[config.get("option", study.data.option)]
     folds = data if isinstance(data, tuple) else (data,)
     seed = int(config.get("seed", study.search.seed)) + int(config.get("repeat", 0))  # repeats differ by seed only
+    gpu = compute_capability() if context.gpus_per_trial > 0 else None
+    policy = resolve_mixed_precision(train.mixed_precision, gpu)
+    hp = {k: getattr(train, k) for k in info.hyperparameters if k != "dropout"}  # by its registry entry
+    build = {"num_classes": 1 if study.task == "segmentation" else len(folds[0].classes), **hp}
+    build["dropout"] = float(config["dropout"])
+    on_features = feature_cache_off_because(info, train) is None
+    record, extra = None, {"mixed_precision": policy or "float32", "backend": keras.backend.backend()}
+    if on_features:  # the head trains on the backbone's features: computed once per node (search.features)
+        with _timed(seconds, "feature_seconds"):
+            size = folds[0].config.image_size
+            backbone = Backbone(info.name, size, train.weights, seed, train.backend, policy)
+            features = backbone_features(backbone, _every_image(datasets, config, study), cache_dir)
+            publish_backbone(features, context.experiment_dir)
+        record = {"spec": dataclasses.asdict(backbone), "digest": features.digest, "build": build}
+        extra |= {"features_computed": features.computed, "feature_cache_hits": features.read}
+    fits = [_Fold.of(f, study, features.by_split if on_features else None, i) for i, f in enumerate(folds)]
+
+    # ---- models: the heads (or whole models) built, or resumed from this trial's last checkpoint ------------------
     start_epoch, best = 0, -math.inf
     checkpoint = tune.get_checkpoint()  # the latest: resume after the last finished epoch
-    with checkpoint.as_directory() if checkpoint is not None else contextlib.nullcontext() as d:
-        saved, head = [None] * len(folds), None
-        if d is not None:
-            state = json.loads((Path(d) / checkpoints.CHECKPOINT_STATE).read_text())
-            start_epoch, best = state["epoch"], state["best"]
-            if (Path(d) / checkpoints.CHECKPOINT_HEAD).is_file():  # a head, for a rebuilt frozen backbone
-                head = (checkpoints.read(Path(d))[2], state)
-            else:
-                saved = fold_files(Path(d)) or [Path(d) / CHECKPOINT_MODEL]
-        learners = [
-            _fold_epochs(config, info, train, f, context, seed, s, start_epoch, cache_dir, head)
-            for f, s in zip(folds, saved)
-        ]
-        models_ = [next(learner) for learner in learners]  # built or resumed
-    started = time.perf_counter()  # the first epoch's time includes the features: cost tables stay honest
+    with _timed(seconds, "build_seconds"):
+        if checkpoint is not None:
+            with checkpoint.as_directory() as d:
+                state = checkpoints.read_state(Path(d))
+                start_epoch, best = state["epoch"], state["best"]
+                for fit, model in zip(fits, checkpoints.load(Path(d)), strict=True):
+                    fit.model = model
+        else:
+            for fit in fits:
+                keras.utils.set_random_seed(seed)
+                if on_features:
+                    shape = fit.x_train.shape[1:]
+                    fit.model = models.build_head(info.name, feature_shape=shape, mixed_precision=policy, **build)
+                else:
+                    shape = (fit.data.config.image_size,) * 2 + (3,)
+                    fit.model = models.build(
+                        info.name, input_shape=shape, weights=train.weights, mixed_precision=policy, **build
+                    )
+                fit.compile(train, study, float(config["lr"]))
 
     # ---- epochs: every fold one epoch, then one report (ASHA reads the fold-mean validation metric) --------------
     metric = study.metric
     for epoch in range(start_epoch, train.epochs):
         t0 = started if epoch == start_epoch else time.perf_counter()
-        metrics = fold_mean([next(learner) for learner in learners], metric)
+        if fine_tune_starts(epoch, train):  # the top backbone layers train from now on, at a lower learning rate
+            for fit in fits:
+                info.backbone.unfreeze_top(fit.model, train.fine_tune_layers)
+                fit.compile(train, study, float(config["lr"]) * train.fine_tune_lr_factor)
+        with _timed(seconds, "fit_seconds"):
+            per_fold = [fit.epoch(epoch, train, seed) for fit in fits]
+        metrics = fold_mean(per_fold, metric) | extra
         metrics |= {"epoch": epoch + 1, "epoch_seconds": time.perf_counter() - t0, "diverged": False}
-        metrics["trainable_params"] = sum(int(math.prod(w.shape)) for w in models_[0].trainable_weights)
+        metrics["trainable_params"] = sum(int(math.prod(w.shape)) for w in fits[0].model.trainable_weights)
         if compiled is not None:
             now = compile_cache.counts()
             metrics |= {f"compile_cache_{k}": now[k] - compiled[k] for k in now}
@@ -170,110 +165,98 @@ def train_trial(config: dict[str, Any], datasets: dict, context: TrialContext) -
             # ASHA gets the best value so far (0 if none) so it can rank the trial without a NaN.
             tune.report({"epoch": epoch + 1, "diverged": True, metric: best if math.isfinite(best) else 0.0})
             return
-        # Every epoch is checkpointed (a resumed trial continues from its last one); an improvement as the whole
-        # model(s) (the best, for the tables and export), any other epoch as cheaply as it can be (see checkpoints).
+        # Every epoch is checkpointed (a resumed trial continues from its last one); Ray keeps the best and the last.
         improved = metrics[metric] > best
         best = max(best, metrics[metric])
         metrics[checkpoints.SCORE] = metrics[metric] if improved else -math.inf  # a tie never displaces the best
-        state = {"epoch": epoch + 1, "best": best}
+        state = {"epoch": epoch + 1, "best": best} | ({"backbone": record} if record else {})
         with tempfile.TemporaryDirectory() as d:
-            if len(models_) == 1:
-                whole = improved or not checkpoints.head_suffices(info, train, epoch + 1)
-                checkpoints.write(Path(d), models_[0], state, whole=whole, info=info)
-            else:
-                for i, model in enumerate(models_):
-                    model.save(Path(d) / CHECKPOINT_FOLD.format(i))
-                (Path(d) / checkpoints.CHECKPOINT_STATE).write_text(json.dumps(state))
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+            with _timed(seconds, "checkpoint_seconds"):
+                checkpoints.write(Path(d), [fit.model for fit in fits], state)
+            tune.report(metrics | seconds, checkpoint=tune.Checkpoint.from_directory(d))
 
 
-def _fold_epochs(config, info, train: Train, data, context: TrialContext, seed, saved, start_epoch, cache_dir, head):
-    """One model on one train/validation split: yields the model once it is built (or loaded from ``saved``), then
-    each epoch's train and validation metrics, one epoch per ``next`` (the first also caches the features)."""
-    import keras
+def _every_image(datasets: dict, config: dict[str, Any], study: Study) -> dict:
+    """The images of every split of every loading option and fold, this trial's first: the first trial on a node
+    computes the features every later one reads (the options split the same images two ways)."""
+    mine = config.get("option", study.data.option)
+    out = {}
+    for option in sorted(datasets, key=lambda o: o != mine):
+        data = datasets[option]
+        for i, fold in enumerate(data if isinstance(data, tuple) else (data,)):
+            prefix = "" if option == mine else f"option{option}-"
+            out |= {f"{prefix}{split}{i}": fold.split(split).images for split in ("train", "val", "test")}
+    return out
 
-    import models
-    from data_pipeline.augment import augment, epoch_seed
-    from models.batchnorm import recompute_batchnorm_statistics
-    from models.metrics import get_loss, training_metrics
-    from models.optimizers import build_optimizer
-    from search.gpu import compute_capability, resolve_mixed_precision
 
-    study = context.study
-    task, seg = study.task, study.task == "segmentation"
+@contextlib.contextmanager
+def _timed(seconds: dict[str, float], phase: str):
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds[phase] += time.perf_counter() - t0
 
-    # ---- data: the object store's arrays as they are (uint8 images; the model casts on the device) ---------------
-    def xy(split):
-        s = data.split(split)
-        return s.images, (s.masks[..., None].astype("float32") if seg else s.labels)
 
-    (x_train, y_train), (x_val, y_val) = xy("train"), xy("val")
+@dataclass
+class _Fold:
+    """One model on one train/validation split: the arrays it trains on (images, or a frozen backbone's features of
+    them), and the model once built."""
 
-    # ---- model: fresh, or resumed from this trial's last checkpoint ---------------------------------------------
-    keras.utils.set_random_seed(seed)
-    gpu = compute_capability() if context.gpus_per_trial > 0 else None
-    policy = resolve_mixed_precision(train.mixed_precision, gpu)
-    steps_per_epoch = math.ceil(len(x_train) / train.batch_size)
+    data: Any  # PreparedData
+    x_train: Any
+    y_train: Any
+    x_val: Any
+    y_val: Any
+    seg: bool
+    model: Any = None
 
-    def compile_with_lr(lr: float) -> None:  # at the start, and again when the fine-tuning stage begins
+    @classmethod
+    def of(cls, data, study: Study, features: dict | None, i: int) -> _Fold:
+        """Fold ``i``'s arrays: the object store's as they are (uint8 images; the model casts on the device)."""
+        seg = study.task == "segmentation"
+
+        def xy(split):
+            s = data.split(split)
+            x = s.images if features is None else features[f"{split}{i}"]
+            return x, (s.masks[..., None].astype("float32") if seg else s.labels)
+
+        return cls(data, *xy("train"), *xy("val"), seg=seg)
+
+    def compile(self, train: Train, study: Study, lr: float) -> None:
+        """At the start, and again when the fine-tuning stage begins."""
+        from models.metrics import get_loss, training_metrics
+        from models.optimizers import build_optimizer
+
         optimizer = build_optimizer(
             train.optimizer,
             lr,
             weight_decay=train.weight_decay,
             schedule=train.lr_schedule,
-            steps_per_epoch=steps_per_epoch,
+            steps_per_epoch=math.ceil(len(self.x_train) / train.batch_size),
             epochs=train.epochs,
         )
-        model.compile(optimizer=optimizer, loss=get_loss(train.loss or study.loss), metrics=training_metrics(task))
+        loss = get_loss(train.loss or study.loss)
+        self.model.compile(optimizer=optimizer, loss=loss, metrics=training_metrics(study.task))
 
-    if saved is not None:
-        model = keras.saving.load_model(saved, compile=True)
-    else:
-        size = data.config.image_size
-        # The hyperparameters this model takes, by its registry entry: dropout from the trial, the rest from train.
-        hp = {k: getattr(train, k) for k in info.hyperparameters if k != "dropout"}
-        model = models.build(
-            info.name,
-            num_classes=1 if seg else len(data.classes),
-            input_shape=(size, size, 3),
-            weights=train.weights,
-            mixed_precision=policy,
-            dropout=float(config["dropout"]),
-            **hp,
-        )
-        compile_with_lr(float(config["lr"]))
-    yield model
+    def epoch(self, epoch: int, train: Train, seed: int) -> dict[str, Any]:
+        """Fit one epoch, then validate: this fold's metrics."""
+        import keras
 
-    # ---- frozen backbone: train the head on cached features (exact; see search.features) ------------------------
-    started = time.perf_counter()
-    net, extra = model, {"mixed_precision": policy or "float32", "backend": keras.backend.backend()}
-    if feature_cache_off_because(info, train) is None:
-        splits = {"train": x_train, "val": x_val}
-        net, features, hits = head_on_features(
-            model, info, splits, backend=train.backend, policy=str(policy), cache_dir=cache_dir
-        )
-        net.compile(optimizer=model.optimizer, loss=get_loss(train.loss or study.loss), metrics=training_metrics(task))
-        x_train, x_val = features["train"], features["val"]
-        extra |= {"feature_cache_hits": hits, "feature_seconds": time.perf_counter() - started}
+        from data_pipeline.augment import augment, epoch_seed
+        from models.batchnorm import recompute_batchnorm_statistics
 
-    if head is not None:  # (head arrays, state) of a head checkpoint: onto this rebuilt model
-        checkpoints.restore_head(info, model, net, *head)
-
-    # ---- epochs: fit, validate ----------------------------------------------------------------------------------
-    for epoch in range(start_epoch, train.epochs):
-        if fine_tune_starts(epoch, train):
-            info.backbone.unfreeze_top(model, train.fine_tune_layers)
-            compile_with_lr(float(config["lr"]) * train.fine_tune_lr_factor)
-        xs, ys = x_train, y_train
+        xs, ys = self.x_train, self.y_train
         if train.online_augmentation:
-            masks = data.train.masks if seg else None
-            xs, masks = augment(data.train.images, masks, seed=epoch_seed(seed, epoch))
-            ys = masks[..., None].astype("float32") if seg else y_train
-        hist = net.fit(xs, ys, batch_size=train.batch_size, epochs=1, verbose=0, shuffle=True)
+            masks = self.data.train.masks if self.seg else None
+            xs, masks = augment(self.data.train.images, masks, seed=epoch_seed(seed, epoch))
+            ys = masks[..., None].astype("float32") if self.seg else ys
+        model = self.model
+        hist = model.fit(xs, ys, batch_size=train.batch_size, epochs=1, verbose=0, shuffle=True)
         # Validation (and the checkpoint, test and export after it) scores the weights with BatchNorm statistics of
         # this epoch's training images, not moving averages that lag a few fast steps behind (models.batchnorm).
-        recompute_batchnorm_statistics(net, xs, train.batch_size)
-        val = net.evaluate(x_val, y_val, batch_size=train.batch_size, verbose=0, return_dict=True)
+        recompute_batchnorm_statistics(model, xs, train.batch_size)
+        val = model.evaluate(self.x_val, self.y_val, batch_size=train.batch_size, verbose=0, return_dict=True)
         metrics = {f"train_{k}": float(v[-1]) for k, v in hist.history.items()}
         metrics |= {f"val_{k}": float(v) for k, v in val.items()}
         # What the trial really ran with: the optimizer's class, its step count (epochs × ceil(n / batch size)) and
@@ -281,4 +264,4 @@ def _fold_epochs(config, info, train: Train, data, context: TrialContext, seed, 
         opt = model.optimizer
         metrics |= {"optimizer_class": type(opt).__name__, "optimizer_steps": int(opt.iterations)}
         metrics |= {"batch_size": train.batch_size, "lr_now": float(keras.ops.convert_to_numpy(opt.learning_rate))}
-        yield metrics | extra
+        return metrics

@@ -13,7 +13,7 @@ from conftest import ROOT
 
 from data_pipeline import cache, load, scan, synth
 from search.cli import main
-from search.features import cached_features
+from search.features import Backbone, backbone_features
 
 
 def _cli(capsys, *args):
@@ -41,9 +41,10 @@ def _real_entries(root: Path, data: Path) -> dict[str, Path]:
     made["decoded_32"] = next((root / "decoded").iterdir())
     load(scan(data), 48, cache_dir=root)
     made["decoded_48"] = next(p for p in (root / "decoded").iterdir() if p != made["decoded_32"])
-    images = np.random.default_rng(0).random((5, 8, 8, 3), dtype=np.float32)
-    cached_features(lambda x: x.mean(axis=(1, 2)), "k" * 40, images, root)
-    made["features"] = root / "features" / f"{'k' * 40}.npy"
+    images = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    backbone = Backbone("efficientnetv2_b0", 32, None, 0, "tensorflow", None)  # the smallest frozen backbone
+    backbone_features(backbone, {"train": images}, root)
+    made["features"] = root / "features" / backbone.key()
     code = "import sys; from search.compile_cache import enable_for; enable_for('jax', True, sys.argv[1]); "
     code += "import jax; print(jax.jit(lambda x: x * 2 + 1)(1.0))"  # one program into JAX's compilation cache
     env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}

@@ -1,63 +1,55 @@
-"""A classifier's latest checkpoint on a frozen pretrained backbone is its head and optimizer state: put back onto
-a rebuilt model it has the same weights and optimizer state (Adam's moments, step count) as when it was written, and
-a different backbone is refused rather than mixed."""
+"""A trial on a frozen backbone checkpoints its head alone (a few MB): the checkpoint resumes with its optimizer's
+state, scores the backbone's features as its whole model scores the images, and is put together with the
+experiment's copy of the backbone into that whole model (export, Grad-CAM); a backbone file that is not the one
+the head was trained on is refused rather than mixed."""
 
-from dataclasses import replace
+import dataclasses
 
 import numpy as np
 import pytest
 
-from search.spec import Train
 
-
-def _build(seed: int):
+def test_head_checkpoint_resumes_and_assembles_into_its_whole_model(tmp_path):
     import keras
 
     import models
     from models.metrics import get_loss
-
-    keras.utils.set_random_seed(seed)
-    model = models.build(
-        "inception_resnet_v2", num_classes=4, input_shape=(75, 75, 3), weights=None, dropout=0.2, freeze_backbone=True
-    )
-    model.compile(optimizer=keras.optimizers.Adam(0.01), loss=get_loss("categorical_crossentropy"))
-    return model
-
-
-def test_head_checkpoint_resumes_exactly_and_refuses_another_backbone(tmp_path):
-    import models
     from search import checkpoints
+    from search.experiment import backbone_file
+    from search.features import Backbone, backbone_features, publish_backbone
 
     rng = np.random.default_rng(0)
-    x = rng.integers(0, 255, (8, 75, 75, 3), dtype=np.uint8)
+    x = rng.integers(0, 255, (8, 32, 32, 3), dtype=np.uint8)
     y = rng.integers(0, 4, 8)
-    model = _build(seed=7)
-    model.fit(x, y, batch_size=4, epochs=1, verbose=0)
-    irv2, unet = models.get("inception_resnet_v2"), models.get("unet")
-    pretrained = Train(weights="imagenet", freeze_backbone=True)
-    fine_tuned = replace(pretrained, fine_tune_layers=5, fine_tune_after=1)
-    assert checkpoints.head_suffices(irv2, pretrained, 1)
-    assert not checkpoints.head_suffices(irv2, replace(pretrained, weights=None), 1)  # random backbone
-    assert not checkpoints.head_suffices(irv2, replace(pretrained, freeze_backbone=False), 1)
-    assert checkpoints.head_suffices(irv2, fine_tuned, 1)
-    assert not checkpoints.head_suffices(irv2, fine_tuned, 2)
-    assert not checkpoints.head_suffices(unet, pretrained, 1)
-    checkpoints.write(tmp_path, model, {"epoch": 1, "best": 0.5}, whole=False, info=irv2)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["head.npz", "state.json"]  # no backbone weights
-    assert (tmp_path / "head.npz").stat().st_size < 0.2 * sum(w.numpy().nbytes for w in model.weights)
+    backbone = Backbone("efficientnetv2_b0", 32, None, 7, "tensorflow", None)
+    features = backbone_features(backbone, {"train": x}, tmp_path / "cache")
+    experiment = str(tmp_path / "experiment")
+    publish_backbone(features, experiment)
+    build = {"num_classes": 4, "dropout": 0.2, "dense_units": 16, "freeze_backbone": True}
+    head = models.build_head("efficientnetv2_b0", feature_shape=features.by_split["train"].shape[1:], **build)
+    head.compile(optimizer=keras.optimizers.Adam(0.01), loss=get_loss("categorical_crossentropy"))
+    head.fit(features.by_split["train"], y, batch_size=4, epochs=1, verbose=0)
+    record = {"spec": dataclasses.asdict(backbone), "digest": features.digest, "build": build}
+    folder = tmp_path / "checkpoint"
+    folder.mkdir()
+    checkpoints.write(folder, [head], {"epoch": 1, "best": 0.5, "backbone": record})
+    whole_size = sum(w.numpy().nbytes for w in models.build("efficientnetv2_b0", num_classes=4,
+                                                             input_shape=(32, 32, 3)).weights)  # fmt: skip
+    assert (folder / checkpoints.CHECKPOINT_MODEL).stat().st_size < 0.2 * whole_size  # no backbone in it
 
-    whole, state, head = checkpoints.read(tmp_path)
-    assert whole is None and state["epoch"] == 1 and state["best"] == 0.5
-    again = _build(seed=7)
-    backbone = again.get_layer("backbone")  # as a pretrained backbone is: the same weights file, the same weights
-    backbone.set_weights(model.get_layer("backbone").get_weights())
-    checkpoints.restore_head(irv2, again, again, head, state)
-    np.testing.assert_array_equal(again.predict(x, verbose=0), model.predict(x, verbose=0))
-    for a, b in zip(again.optimizer.variables, model.optimizer.variables, strict=True):
-        np.testing.assert_array_equal(a.numpy(), b.numpy())  # Adam's moments and step count too
-    assert int(again.optimizer.iterations.numpy()) == 2  # two steps done: the next epoch continues from there
+    (resumed,) = checkpoints.load(folder)  # compiled: Adam's moments and step count come back
+    assert int(resumed.optimizer.iterations.numpy()) == 2
+    for a, b in zip(resumed.optimizer.variables, head.optimizer.variables, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    on_features = checkpoints.saved_model(folder).predict(features.by_split["train"], verbose=0)
+    whole = checkpoints.whole_model(folder, experiment)
+    assert whole.name == "efficientnetv2_b0" and whole.input_shape == (None, 32, 32, 3)
+    np.testing.assert_allclose(whole.predict(x, verbose=0), on_features, atol=1e-5)
 
-    first = backbone.weights[0]
-    first.assign(first.numpy() + 1e-3)  # another backbone (a changed weights file)
-    with pytest.raises(RuntimeError, match="rebuilt backbone differs"):
-        checkpoints.restore_head(irv2, again, again, head, state)
+    other = Backbone("efficientnetv2_b0", 32, None, 8, "tensorflow", None)  # another seed: another backbone
+    stranger = backbone_features(other, {"train": x}, tmp_path / "cache")
+    assert stranger.digest != features.digest
+    with open(backbone_file(experiment, features.digest), "wb") as f:
+        f.write(stranger.weights_file.read_bytes())
+    with pytest.raises(RuntimeError, match="not the one its file holds"):
+        checkpoints.whole_model(folder, experiment)

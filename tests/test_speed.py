@@ -33,7 +33,7 @@ from search.bench import (
     trial_count,
     way_summary,
 )
-from search.features import cached_features, feature_cache_off_because, feature_key
+from search.features import feature_cache_off_because
 from search.gpu import BusySampler, resolve_mixed_precision
 from search.results import TRIAL_PHASES
 from search.spec import SpecError, Train, load_study, merge
@@ -67,86 +67,79 @@ def _compile(model, optimizer=None):
 
 
 def test_head_on_cached_features_trains_exactly_like_the_whole_classifier(dropout=0.4):
-    """Same initial weights, same batches: the whole classifier trained on images and the head trained on the
-    backbone's features end with the same weights, predictions and metrics (the dropout masks included)."""
+    """Same initial weights, same batches: the whole classifier trained on images and the head alone (what a trial on
+    a frozen backbone builds and trains) trained on the backbone's features end with the same weights, predictions
+    and metrics (the dropout masks included)."""
+    import models
     from models.classifiers import split_at_features
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (24, 75, 75, 3), dtype=np.uint8)
     labels = rng.integers(0, 4, 24).astype("int32")
-    whole, cached = _classifier(dropout), _classifier(dropout)
-    for a, b in zip(whole.weights, cached.weights):
-        np.testing.assert_array_equal(np.asarray(a.value), np.asarray(b.value))
-    _compile(whole)
-    _compile(cached)
-    extractor, head = split_at_features(cached)
-    _compile(head, optimizer=cached.optimizer)  # as trials do: one optimizer, saved with the whole model
+    whole = _classifier(dropout)
+    extractor, _ = split_at_features(whole)
     features = extractor.predict(images, verbose=0)
+    head = models.build_head("inception_resnet_v2", feature_shape=features.shape[1:], num_classes=4, dropout=dropout)
+    trained = [layer for layer in head.layers if layer.weights]
+    for layer in trained:  # the head's layers are the whole model's, by name
+        layer.set_weights(whole.get_layer(layer.name).get_weights())
+    masks = whole.get_layer("dropout").seed_generator.state  # the same dropout masks: the same seed
+    head.get_layer("dropout").seed_generator.state.assign(masks)
+    _compile(whole)
+    _compile(head)
     for batch in (slice(0, 8), slice(8, 16), slice(16, 24)):
         loss_whole = whole.train_on_batch(images[batch], labels[batch], return_dict=True)
         loss_head = head.train_on_batch(features[batch], labels[batch], return_dict=True)
         assert loss_head["loss"] == pytest.approx(loss_whole["loss"], rel=1e-4, abs=1e-5)
-    for a, b in zip(whole.trainable_weights, cached.trainable_weights):
-        np.testing.assert_allclose(np.asarray(a.value), np.asarray(b.value), rtol=1e-4, atol=1e-5)
+    for layer in trained:
+        for a, b in zip(layer.weights, whole.get_layer(layer.name).weights, strict=True):
+            np.testing.assert_allclose(np.asarray(a.value), np.asarray(b.value), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(head.predict(features, verbose=0), whole.predict(images, verbose=0), atol=1e-5)
     on_images = whole.evaluate(images, labels, verbose=0, return_dict=True)
     on_features = head.evaluate(features, labels, verbose=0, return_dict=True)
     assert on_features == pytest.approx(on_images, rel=1e-4, abs=1e-5)
-    assert cached.optimizer.iterations.numpy() == 3  # the whole model's optimizer is the one that stepped
 
 
-def test_head_training_survives_a_checkpoint_round_trip(tmp_path):
-    """A resumed trial loads the whole classifier and trains its head again: the optimizer's state comes back."""
-    import keras
+def test_features_are_computed_once_per_image_on_a_node_and_keyed_on_what_they_depend_on(tmp_path):
+    """Two trials at once need a backbone's features: one builds the backbone and computes them while the other
+    waits and reads them. Images already seen are never computed again, whatever split or set they come in;
+    another seed (a random backbone), input size, backend or precision is another backbone."""
+    from search.features import Backbone, backbone_features
 
-    from models.classifiers import split_at_features
-
-    model = _classifier(0.2, "resnet50", 32)  # the same split as the study's model, a fraction of its build time
-    _compile(model)
-    extractor, head = split_at_features(model)
-    _compile(head, optimizer=model.optimizer)
-    x = np.random.default_rng(1).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
-    y = np.arange(8, dtype="int32") % 4
-    head.train_on_batch(extractor.predict(x, verbose=0), y)
-    model.save(tmp_path / "model.keras")
-    loaded = keras.saving.load_model(tmp_path / "model.keras", compile=True)
-    extractor2, head2 = split_at_features(loaded)
-    _compile(head2, optimizer=loaded.optimizer)
-    head2.train_on_batch(extractor2.predict(x, verbose=0), y)
-    assert loaded.optimizer.iterations.numpy() == 2
-    assert not np.array_equal(loaded.get_layer("fc").kernel.numpy(), model.get_layer("fc").kernel.numpy())
-
-
-def test_feature_cache_computes_once_under_concurrency_and_keys_on_what_features_depend_on(tmp_path):
-    images = np.random.default_rng(0).integers(0, 256, (5, 8, 8, 3), dtype=np.uint8)
-    calls = []
-
-    def extract(x):
-        calls.append(len(x))
-        return x.reshape(len(x), -1)[:, :4].astype("float32")
-
-    key = feature_key(model="m", backbone="abc", input_shape=(8, 8, 3), backend="jax", policy="None", images=images)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    backbone = Backbone("efficientnetv2_b0", 32, None, 3, "tensorflow", None)
+    splits = {"train": images[:4], "val": images[4:], "again": images[:2]}  # "again": seen in train already
     results = []
-    threads = [
-        threading.Thread(target=lambda: results.append(cached_features(extract, key, images, tmp_path)))
-        for _ in range(4)
-    ]
+    threads = [threading.Thread(target=lambda: results.append(backbone_features(backbone, splits, tmp_path)))]
+    threads.append(threading.Thread(target=lambda: results.append(backbone_features(backbone, splits, tmp_path))))
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert calls == [5] and sorted(hit for _, hit in results) == [False, True, True, True]
-    for features, _ in results:
-        np.testing.assert_array_equal(features, images.reshape(5, -1)[:, :4])
-    assert not list((tmp_path / "features").glob(".sweep-tmp-*"))  # no temporary file left
-    other = images.copy()
-    other[0, 0, 0, 0] ^= 1
+    assert sorted((r.computed, r.read) for r in results) == [(0, 8), (6, 2)]
+    first, second = results
+    for name in splits:
+        np.testing.assert_array_equal(first.by_split[name], second.by_split[name])
+    np.testing.assert_array_equal(first.by_split["again"], first.by_split["train"][:2])
+    entry = tmp_path / "features" / backbone.key()
+    assert sorted(p.name for p in entry.iterdir() if not p.name.startswith("chunk-")) == [
+        "backbone.json",
+        "backbone.weights.h5",
+    ]
+    assert not list(entry.glob(".sweep-tmp-*"))  # no temporary file left
+
+    more = rng.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    later = backbone_features(backbone, {"test": np.concatenate([images[:1], more])}, tmp_path)
+    assert (later.computed, later.read, later.digest) == (3, 1, first.digest)  # only the new images
     keys = {
-        feature_key(model="m", backbone=b, input_shape=(8, 8, 3), backend=be, policy=p, images=im)
-        for b, be, p, im in [("abc", "jax", "None", other), ("abd", "jax", "None", images),
-                             ("abc", "tensorflow", "None", images), ("abc", "jax", "mixed_bfloat16", images)]
-    }  # fmt: skip
-    assert key not in keys and len(keys) == 4
+        Backbone("efficientnetv2_b0", 32, None, 4, "tensorflow", None).key(),
+        Backbone("efficientnetv2_b0", 48, None, 3, "tensorflow", None).key(),
+        Backbone("efficientnetv2_b0", 32, None, 3, "jax", None).key(),
+        Backbone("efficientnetv2_b0", 32, None, 3, "tensorflow", "mixed_bfloat16").key(),
+        Backbone("resnet50", 32, None, 3, "tensorflow", None).key(),
+    }
+    assert backbone.key() not in keys and len(keys) == 5
 
 
 @pytest.mark.parametrize(

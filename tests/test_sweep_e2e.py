@@ -16,6 +16,8 @@ import pytest
 import yaml
 from conftest import read_hparams, run_sweep, tree_state
 
+from search.export import evaluate_export, export_best
+
 ROOT = Path(__file__).parent.parent
 
 
@@ -232,11 +234,24 @@ def test_classification_sweep_trains_heads_on_cached_features(tmp_path):
     storage = tmp_path / "runs"
     proc = _sweep("run", tmp_path / "cls.yaml", "--storage", storage, "--name", "cached", timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    frame = pd.read_csv(storage / "cached" / "results.csv")
+    exp = storage / "cached"
+    frame = pd.read_csv(exp / "results.csv")
     assert len(frame) == 2 and (frame["status"] == "completed").all()
-    # The first trial computes the backbone's features of the train and val images; the second reads both.
-    assert sorted(frame["feature_cache_hits"]) == [0, 2]
-    assert frame["test_accuracy"].map(np.isfinite).all()
+    # The first trial builds the backbone and computes the features of every image (train, val and test); the
+    # second reads them all. Each trial trained and checkpointed its head alone; the experiment keeps the backbone.
+    n = int(frame["features_computed"].max())
+    assert n == sum(s["n"] for s in json.loads((exp / "sweep.json").read_text())["data"]["2"]["splits"].values())
+    assert sorted(frame["features_computed"]) == [0, n] and sorted(frame["feature_cache_hits"]) == [0, n]
+    (backbone,) = (exp / "backbones").iterdir()
+    for checkpoint in frame["checkpoint"]:
+        assert (Path(checkpoint) / "model.keras").stat().st_size < 0.1 * backbone.stat().st_size
+    # Scored on the cached test features; exported as the whole model (head on that backbone), which gives the same
+    # test metrics on the test images.
+    now, recorded = evaluate_export(export_best(exp, tmp_path / "export"))
+    assert {k for k, v in now.items() if isinstance(v, float)} >= {"accuracy", "loss", "f1", "recall"}
+    for key, value in now.items():
+        if isinstance(value, float):
+            assert value == pytest.approx(recorded[key], abs=1e-5), key
 
 
 def test_jax_sweep_leaves_out_a_corrupt_image_and_records_a_trial_out_of_memory(tmp_path):

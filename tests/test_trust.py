@@ -135,13 +135,13 @@ def test_fold_mean_averages_folds_and_reports_their_spread():
 
     same = {"mixed_precision": "float32"}
     folds = [
-        {"val_accuracy": 0.6, "val_loss": 1.0, "diverged": False, "feature_cache_hits": 1, **same},
-        {"val_accuracy": 0.8, "val_loss": 2.0, "diverged": True, "feature_cache_hits": 2, **same},
+        {"val_accuracy": 0.6, "val_loss": 1.0, "diverged": False, "optimizer_steps": 4, **same},
+        {"val_accuracy": 0.8, "val_loss": 2.0, "diverged": True, "optimizer_steps": 4, **same},
     ]
     out = fold_mean(folds, "val_accuracy")
     assert out["val_accuracy"] == pytest.approx(0.7) and out["val_loss"] == 1.5
     assert out["val_accuracy_std"] == pytest.approx(np.std([0.6, 0.8], ddof=1))
-    assert out["diverged"] is True and out["mixed_precision"] == "float32" and out["feature_cache_hits"] == 3
+    assert out["diverged"] is True and out["mixed_precision"] == "float32" and out["optimizer_steps"] == 4
     assert "val_accuracy_std" not in fold_mean(folds[:1], "val_accuracy")
 
 
