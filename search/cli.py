@@ -3,31 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before any TensorFlow import: keep the terminal readable
-
-# Commands that validate a study, which loads the model registry and with it Keras, TensorFlow and JAX.
-_STUDY_COMMANDS = ("run", "resume", "bench", "submit")
-
-
-@contextlib.contextmanager
-def _native_stderr_silenced():
-    """File descriptor 2 sent to /dev/null. TensorFlow and XLA log from C++ straight to it while they load ("All log
-    messages before absl::InitializeLog() is called ...", "Could not find cuda drivers ..."), which
-    TF_CPP_MIN_LOG_LEVEL no longer holds back (TensorFlow 2.21): a refused input must stay one line."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
 
 
 def _add_data_commands(sub) -> None:
@@ -585,9 +565,6 @@ def main(argv: list[str] | None = None) -> int:
         ("evaluate", None): _evaluate,
         ("serve", None): _serve,
     }
-    if args.cmd in _STUDY_COMMANDS:
-        with _native_stderr_silenced():  # an exception raised inside still prints, after fd 2 is back
-            import keras  # noqa: F401  (the frameworks behind it: their load-time logs)
     try:
         return handlers[(args.cmd, getattr(args, "data_cmd", None))](args)
     except Exception as exc:
