@@ -178,7 +178,9 @@ def train_trial(config: dict[str, Any], datasets: dict, context: TrialContext) -
 
 def _every_image(datasets: dict, config: dict[str, Any], study: Study) -> dict:
     """The images of every split of every loading option and fold, this trial's first: the first trial on a node
-    computes the features every later one reads (the options split the same images two ways)."""
+    computes the features every later one reads (the options split the same images two ways). The test images'
+    features are computed here too, never looked at: the test split is scored only after the sweep
+    (``search.scoring``)."""
     mine = config.get("option", study.data.option)
     out = {}
     for option in sorted(datasets, key=lambda o: o != mine):
