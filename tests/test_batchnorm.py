@@ -62,7 +62,7 @@ def test_the_trial_validates_with_the_epochs_statistics():
 
     from search.runner import prepare_all
     from search.spec import load_study
-    from search.trial import TrialContext, _fold_epochs
+    from search.trial import _Fold
 
     batch_size = 64
     overrides = {
@@ -74,12 +74,14 @@ def test_the_trial_validates_with_the_epochs_statistics():
     study = load_study("classification", "quickstart", overrides)
     data = prepare_all(study)[study.data.option]
     assert len(data.train) <= batch_size
-    config = {"model": "custom_cnn", "lr": 0.01, "dropout": 0.0, "option": study.data.option}
-    info = models.get("custom_cnn")
-    context = TrialContext(study, gpus_per_trial=0, experiment_dir="unused")
-    epochs = _fold_epochs(config, info, study.trial_train(config), data, context, 0, None, 0, None, None)
-    model = next(epochs)
-    metrics = next(epochs)
+    train = study.trial_train({"model": "custom_cnn", "lr": 0.01, "dropout": 0.0})
+    fit = _Fold.of(data, study, None, 0)  # what the trial trains: one model on one split, one epoch per call
+    keras.utils.set_random_seed(0)
+    hp = {"base_filters": 4, "blocks": 2, "dense_units": 8, "dropout": 0.0}
+    fit.model = models.build("custom_cnn", num_classes=len(data.classes), input_shape=(32, 32, 3), **hp)
+    fit.compile(train, study, 0.01)
+    metrics = fit.epoch(0, train, seed=0)
+    model = fit.model
     x = data.train.images
     inference = keras.ops.convert_to_numpy(model(x, training=False))
     np.testing.assert_allclose(inference, keras.ops.convert_to_numpy(model(x, training=True)), atol=1e-4)

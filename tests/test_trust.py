@@ -205,8 +205,8 @@ def test_ensemble_averages_its_fold_models_survives_saving_and_calibrates_out_of
     import keras
 
     from models.evaluation import predict
+    from search.checkpoints import ensemble, fold_member
     from search.scoring import _validation_probs
-    from search.trial import ensemble, fold_member
 
     def tiny(seed):
         keras.utils.set_random_seed(seed)
@@ -224,6 +224,7 @@ def test_ensemble_averages_its_fold_models_survives_saving_and_calibrates_out_of
 
     # out-of-fold: fold i's validation images are scored by fold model i only
     folds = tuple(SimpleNamespace(val=SimpleNamespace(images=images[i::2], labels=np.arange(5)[i::2])) for i in (0, 1))
-    probs, labels = _validation_probs(loaded, folds, 8)
+    inputs = {f"val{i}": fold.val.images for i, fold in enumerate(folds)}  # images (a head's: their features)
+    probs, labels = _validation_probs(loaded, folds, inputs, 8)
     np.testing.assert_allclose(probs, np.concatenate([alone[0][0::2], alone[1][1::2]]), atol=1e-6)
     assert labels.tolist() == [0, 2, 4, 1, 3] and fold_member(loaded, 1).name == "fold_1"
