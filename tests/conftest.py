@@ -164,8 +164,9 @@ def assert_reproduces_test_metrics(model_dir, best, metrics) -> None:
 def classification_experiment(tmp_path_factory):
     """A finished classification sweep (2 trials, fine-tuning stage, stored through a file:// URI as cloud storage
     is), shared by the export and the serving tests. EfficientNetV2-B0 at 32 px: the same classifier code and head
-    as the study's InceptionResNetV2 (whose frozen-backbone sweeps run in test_sweep_e2e and test_cluster) at a
-    fraction of its build and prediction time in every test that serves or predicts with the export."""
+    as the study's InceptionResNetV2 (stepped in test_models, its head checked against the whole model in test_speed,
+    its smoke sweep under `make test-slow`) at a fraction of its build and prediction time in every test that serves
+    or predicts with the export."""
     import yaml
 
     tmp = tmp_path_factory.mktemp("cls")
