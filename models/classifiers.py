@@ -97,20 +97,13 @@ def unfreeze_top(model: keras.Model, n_layers: int) -> int:
     return sum(layer.trainable for layer in layers_)
 
 
-def split_at_features(model: keras.Model) -> tuple[keras.Model, keras.Model]:
-    """(extractor, head) of a classifier: image -> pooled backbone features, and features -> probabilities.
-
-    The head reuses the classifier's own head layers (shared weights), so training the head on cached features
-    trains ``model``: checkpoints and exports stay the whole classifier. Exact only while the backbone is frozen.
-    """
+def feature_extractor(model: keras.Model) -> keras.Model:
+    """A classifier's image -> pooled backbone features (the ``FEATURES`` layer's output), its layers shared with
+    ``model``: what the feature cache runs, and what a saved backbone's weights are loaded into. ``head_model``
+    takes its output."""
     import keras
 
-    features = model.get_layer(FEATURES).output
-    extractor = keras.Model(model.input, features, name=f"{model.name}_features")
-    x = inputs = keras.Input(features.shape[1:], dtype=features.dtype, name="features")
-    for layer in model.layers[model.layers.index(model.get_layer(FEATURES)) + 1 :]:
-        x = layer(x)
-    return extractor, keras.Model(inputs, x, name=f"{model.name}_head")
+    return keras.Model(model.input, model.get_layer(FEATURES).output, name=f"{model.name}_features")
 
 
 def backbone_digest(model: keras.Model) -> str:
@@ -146,7 +139,7 @@ _FACTS = dict(
     default_input_size=224,
     size_multiple=1,
     hyperparameters=_HP,
-    backbone=FrozenBackbone(split_at_features, backbone_digest, head_model, unfreeze_top),
+    backbone=FrozenBackbone(feature_extractor, backbone_digest, head_model, unfreeze_top),
 )
 
 

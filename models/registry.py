@@ -38,7 +38,7 @@ class FrozenBackbone:
     """What a model built around a pretrained backbone can do for a sweep (timm's forward_features/forward_head):
     the sweep asks its registry entry, never a model family's internals."""
 
-    split_at_features: Callable  # model -> (extractor: image -> features, head: features -> output), layers shared
+    extractor: Callable  # model -> its feature extractor (image -> features), layers shared with the model
     digest: Callable  # model -> str: a digest of the backbone's weights; equal digests give equal features
     head: Callable  # (feature_shape, *, num_classes, **hp) -> the head alone, features -> output, its layers named
     #                 as in the whole model (a trial on cached features trains this; its weights go into the whole)
@@ -231,8 +231,7 @@ def assemble(
     info = get(name)
     whole = build(name, num_classes=num_classes, input_shape=input_shape, mixed_precision=mixed_precision,
                   **hyperparameters)  # fmt: skip
-    extractor, _ = info.backbone.split_at_features(whole)
-    extractor.load_weights(backbone_weights)
+    info.backbone.extractor(whole).load_weights(backbone_weights)
     for layer in head.layers:
         if layer.weights:
             whole.get_layer(layer.name).set_weights(layer.get_weights())

@@ -81,20 +81,31 @@ def head_record(folder: Path) -> dict[str, Any] | None:
     return read_state(folder).get("backbone")
 
 
+def backbone_weights(record: dict[str, Any], experiment_dir: str, tmp: str | Path) -> Path:
+    """A local file of the experiment's copy of a head checkpoint's backbone (``record``: its ``head_record``): the
+    file itself in a local experiment, downloaded into ``tmp`` from cloud storage."""
+    from search import storage as store
+    from search.experiment import backbone_file
+
+    location = backbone_file(experiment_dir, record["digest"])
+    if not store.is_uri(location):
+        return Path(location)
+    local = Path(tmp) / Path(location).name
+    local.write_bytes(store.read_bytes(location))
+    return local
+
+
 def whole_model(folder: Path, experiment_dir: str):
     """The whole model (image -> output) of a checkpoint: its model, or each head put on the experiment's copy of
     its backbone (``models.assemble``); the ensemble of the folds with cross-validation."""
     import models
-    from search import storage as store
-    from search.experiment import backbone_file
 
     record = head_record(folder)
     members = load(folder, compile=False)
     if record is not None:
         spec, size = record["spec"], record["spec"]["input_size"]
         with tempfile.TemporaryDirectory() as tmp:
-            weights = Path(tmp) / "backbone.weights.h5"
-            weights.write_bytes(store.read_bytes(backbone_file(experiment_dir, record["digest"])))
+            weights = backbone_weights(record, experiment_dir, tmp)
             members = [
                 models.assemble(
                     spec["model"],

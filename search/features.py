@@ -88,7 +88,7 @@ class Backbone:
             weights=None if weights_file is not None else self.weights,
             mixed_precision=self.policy,
         )
-        extractor = info.backbone.split_at_features(whole)[0]
+        extractor = info.backbone.extractor(whole)
         if weights_file is not None:
             extractor.load_weights(weights_file)
         return extractor, info.backbone.digest(whole)

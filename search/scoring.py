@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from search import storage as store
-from search.checkpoints import fold_member, head_record, saved_model, whole_model
+from search.checkpoints import backbone_weights, fold_member, head_record, saved_model, whole_model
 from search.spec import Study
 
 SHOWN_MASKS = 8  # test images whose predicted masks are kept for the report's figure
@@ -86,15 +86,10 @@ def evaluate_checkpoint(
 def _head_inputs(record: dict, images: dict, cache_dir, experiment_dir: str, tmp: str) -> dict | None:
     """The backbone's features of ``images`` (split -> images) for a head checkpoint (its state's ``record``),
     from this node's feature cache; None when this node's backbone is not the one the head was trained on."""
-    from pathlib import Path
-
-    from search.experiment import backbone_file
     from search.features import Backbone, backbone_features
 
-    def experiment_copy() -> Path:  # only when this node has no entry for the backbone
-        local = Path(tmp) / "backbone.weights.h5"
-        local.write_bytes(store.read_bytes(backbone_file(experiment_dir, record["digest"])))
-        return local
+    def experiment_copy():  # only when this node has no entry for the backbone
+        return backbone_weights(record, experiment_dir, tmp)
 
     features = backbone_features(Backbone(**record["spec"]), images, cache_dir, weights_file=experiment_copy)
     return features.by_split if features.digest == record["digest"] else None

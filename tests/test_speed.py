@@ -70,14 +70,13 @@ def test_head_on_cached_features_trains_exactly_like_the_whole_classifier(dropou
     a frozen backbone builds and trains) trained on the backbone's features end with the same weights, predictions
     and metrics (the dropout masks included)."""
     import models
-    from models.classifiers import split_at_features
+    from models.classifiers import feature_extractor
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (24, 75, 75, 3), dtype=np.uint8)
     labels = rng.integers(0, 4, 24).astype("int32")
     whole = _classifier(dropout)
-    extractor, _ = split_at_features(whole)
-    features = extractor.predict(images, verbose=0)
+    features = feature_extractor(whole).predict(images, verbose=0)
     head = models.build_head("inception_resnet_v2", feature_shape=features.shape[1:], num_classes=4, dropout=dropout)
     trained = [layer for layer in head.layers if layer.weights]
     for layer in trained:  # the head's layers are the whole model's, by name
