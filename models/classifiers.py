@@ -1,7 +1,8 @@
 """Classifiers: a Keras Applications backbone plus the study's head, and a small CNN that trains from scratch.
 
 RGB [0, 255] -> the backbone's own input scaling (a layer inside the model) -> backbone (frozen by default)
--> global average pooling -> Dense(dense_units, relu) -> Dropout(dropout) -> Dense(num_classes, softmax, float32)
+-> global average pooling -> [Normalization, with standardize_features] -> Dense(dense_units, relu) -> Dropout(dropout)
+-> Dense(num_classes, softmax, float32)
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ if TYPE_CHECKING:
 
 BACKBONE = "backbone"  # the nested backbone model's name inside every classifier
 FEATURES = "pool"  # the layer whose output the head reads: what a frozen backbone's feature cache holds
-_HP = ("dropout", "freeze_backbone", "dense_units")
+STANDARDIZE = "standardize"  # the head's fixed feature standardization (train.standardize_features), when it has one
+_HP = ("dropout", "freeze_backbone", "dense_units", "standardize_features")
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)  # ImageNet channel means, BGR (keras imagenet_utils, mode "caffe")
 
 
@@ -38,15 +40,17 @@ def caffe_scaling(x):
     return y
 
 
-def _head(x, *, num_classes, dropout, dense_units):
+def _head(x, **head):
     from keras import layers
 
-    return _on_features(layers.GlobalAveragePooling2D(name=FEATURES)(x), num_classes, dropout, dense_units)
+    return _on_features(layers.GlobalAveragePooling2D(name=FEATURES)(x), **head)
 
 
-def _on_features(x, num_classes, dropout, dense_units):
+def _on_features(x, *, num_classes, dropout, dense_units, standardize_features):
     from keras import layers
 
+    if standardize_features:  # its mean and variance: fitted on the training split by fit_standardization
+        x = layers.Normalization(axis=-1, name=STANDARDIZE)(x)
     x = layers.Dense(dense_units, activation="relu", name="fc")(x)
     x = layers.Dropout(dropout, name="dropout")(x)
     return layers.Dense(num_classes, activation="softmax", dtype="float32", name="probabilities")(x)
@@ -64,6 +68,7 @@ def _classifier(
     dropout=0.0,
     freeze_backbone=True,
     dense_units=256,
+    standardize_features=False,
 ):
     import keras
 
@@ -77,8 +82,8 @@ def _classifier(
     # A frozen backbone runs in inference mode so its BatchNorm statistics stay ImageNet's (transfer learning); a
     # trained one (from scratch or fine-tuned whole) learns its batch statistics like any other layer.
     x = backbone(x, training=False) if freeze_backbone else backbone(x)
-    outputs = _head(x, num_classes=num_classes, dropout=dropout, dense_units=dense_units)
-    return keras.Model(inputs, outputs, name=name)
+    head = dict(dropout=dropout, dense_units=dense_units, standardize_features=standardize_features)
+    return keras.Model(inputs, _head(x, num_classes=num_classes, **head), name=name)
 
 
 def unfreeze_top(model: keras.Model, n_layers: int) -> int:
@@ -122,7 +127,13 @@ def backbone_digest(model: keras.Model) -> str:
 
 
 def head_model(
-    feature_shape: tuple[int, ...], *, num_classes: int, dropout: float = 0.0, dense_units: int = 256, **backbone_hp
+    feature_shape: tuple[int, ...],
+    *,
+    num_classes: int,
+    dropout: float = 0.0,
+    dense_units: int = 256,
+    standardize_features: bool = False,
+    **backbone_hp,
 ) -> keras.Model:
     """The classifier's head alone, features -> probabilities: the same layers (names, shapes, dtypes) as the part of
     the whole classifier after ``FEATURES``, so its weights go into a whole classifier as they are. A trial on a
@@ -131,7 +142,20 @@ def head_model(
 
     del backbone_hp
     inputs = keras.Input(feature_shape, dtype=keras.config.dtype_policy().compute_dtype, name="features")
-    return keras.Model(inputs, _on_features(inputs, num_classes, dropout, dense_units), name="head")
+    head = dict(dropout=dropout, dense_units=dense_units, standardize_features=standardize_features)
+    return keras.Model(inputs, _on_features(inputs, num_classes=num_classes, **head), name="head")
+
+
+def fit_standardization(model: keras.Model, features) -> None:
+    """Fit the feature standardization of ``model`` (a head or a whole classifier built with standardize_features)
+    on ``features``, the training split's pooled backbone features: each feature centred on its mean, all scaled by
+    one standard deviation pooled over the features (scaling each by its own would blow up features that are nearly
+    constant on the training images). Once, on a new model: checkpoints keep it."""
+    f = np.asarray(features, dtype="float64")
+    layer = model.get_layer(STANDARDIZE)
+    layer.adapt_mean.assign(f.mean(axis=0).astype("float32"))
+    layer.adapt_variance.assign(np.full(f.shape[1], f.var(axis=0).mean(), dtype="float32"))
+    layer.finalize_state()
 
 
 _FACTS = dict(
@@ -139,7 +163,7 @@ _FACTS = dict(
     default_input_size=224,
     size_multiple=1,
     hyperparameters=_HP,
-    backbone=FrozenBackbone(feature_extractor, backbone_digest, head_model, unfreeze_top),
+    backbone=FrozenBackbone(feature_extractor, backbone_digest, head_model, unfreeze_top, fit_standardization),
 )
 
 
@@ -289,5 +313,5 @@ def custom_cnn(
         x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"block{k}_bn")(x)
         x = layers.Activation("relu", name=f"block{k}_relu")(x)
         x = layers.MaxPooling2D(2, name=f"block{k}_pool")(x)
-    outputs = _head(x, num_classes=num_classes, dropout=dropout, dense_units=dense_units)
+    outputs = _head(x, num_classes=num_classes, dropout=dropout, dense_units=dense_units, standardize_features=False)
     return keras.Model(inputs, outputs, name="custom_cnn")

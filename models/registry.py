@@ -43,6 +43,7 @@ class FrozenBackbone:
     head: Callable  # (feature_shape, *, num_classes, **hp) -> the head alone, features -> output, its layers named
     #                 as in the whole model (a trial on cached features trains this; its weights go into the whole)
     unfreeze_top: Callable  # (model, n_layers) -> layers made trainable (the fine-tuning stage)
+    standardize: Callable  # (model or head, training features) -> fits the head's feature standardization, if any
 
 
 @dataclass(frozen=True)
@@ -234,5 +235,8 @@ def assemble(
     info.backbone.extractor(whole).load_weights(backbone_weights)
     for layer in head.layers:
         if layer.weights:
-            whole.get_layer(layer.name).set_weights(layer.get_weights())
+            part = whole.get_layer(layer.name)
+            part.set_weights(layer.get_weights())
+            if finalize := getattr(part, "finalize_state", None):  # Normalization computes from its weights once
+                finalize()
     return whole

@@ -7,9 +7,9 @@ Schema (every key optional unless marked):
               | {choice: [...]}. Axes: model (required), lr (required), dropout, option (classification), and
               the train settings in TRAIN_AXES (optimizer, weight_decay, batch_size, lr_schedule, ...; loss for
               segmentation, one of the task table's losses)
-  train       batch_size, epochs, loss, weights, freeze_backbone, base_filters, blocks, dense_units, optimizer,
-              weight_decay, lr_schedule, mixed_precision, backend, online_augmentation, fine_tune_*,
-              feature_cache, compile_cache, calibrate
+  train       batch_size, epochs, loss, weights, freeze_backbone, base_filters, blocks, dense_units,
+              standardize_features, optimizer, weight_decay, lr_schedule, mixed_precision, backend,
+              online_augmentation, fine_tune_*, feature_cache, compile_cache, calibrate
   data        the fields of data_pipeline.DataConfig (option and seed come from space/search)
   scheduler   ASHA: {grace_period: int, reduction_factor: number}
   resources   {cpus_per_trial: number, gpus_per_trial: number | auto, max_concurrent_trials: int}
@@ -82,6 +82,11 @@ class Train:
     base_filters: int = 32  # U-Nets, custom_cnn: filters of the first stage (doubling at each stage)
     blocks: int = 4  # custom_cnn: conv-BN-ReLU-pool blocks
     dense_units: int = 256  # classifiers: the head's dense layer
+    # Classifiers: standardize the pooled backbone features (a fixed Normalization layer fitted on the training
+    # split) before the head's dense layer. auto: on where the backbone is frozen and random (weights: null), whose
+    # features vary too little between images for the head to learn from them as they are; off with pretrained
+    # weights (the study's head).
+    standardize_features: bool | str = "auto"
     optimizer: str = "adam"  # adam | rmsprop | sgd (momentum 0.9) | adamw
     weight_decay: float = 0.0  # decoupled weight decay, any optimizer
     lr_schedule: str = "constant"  # constant | cosine | exponential (× 0.9 per epoch)
@@ -221,7 +226,7 @@ def _section(cls, raw: Any, where: str, problems: list[str]):
             value = tuple(value)
         ok_types = {type(default)} | ({int, float} if isinstance(default, float) else set())
         mistyped = default is not None and value is not None and not isinstance(value, tuple(ok_types))
-        if mistyped and key != "gpus_per_trial":  # gpus_per_trial: a number or "auto", checked later
+        if mistyped and key not in ("gpus_per_trial", "standardize_features"):  # a value or "auto", checked later
             problems.append(f"{where}.{key}: expected {type(default).__name__}, got {value!r}")
             continue
         kwargs[key] = value
@@ -362,6 +367,8 @@ def _train_problems(study: Study) -> list[str]:
         problems.append("train.calibrate: temperature scaling calibrates class probabilities: classification only")
     if t.backend not in BACKENDS:
         problems.append(f"train.backend: {t.backend!r} is not one of {', '.join(BACKENDS)}")
+    if t.standardize_features not in (True, False, "auto"):
+        problems.append(f"train.standardize_features: {t.standardize_features!r} is not true, false or auto")
     if t.mixed_precision not in (None, "auto", *models.MIXED_PRECISION):
         allowed = ", ".join(("auto", *models.MIXED_PRECISION))
         problems.append(f"train.mixed_precision: {t.mixed_precision!r} is not null or one of {allowed}")
@@ -487,7 +494,14 @@ def _study(name: str, raw: dict[str, Any], here: bool = True) -> Study:
     _validate(study, problems, here)
     if problems:
         raise SpecError(f"study {name} has {len(problems)} problem(s):\n  " + "\n  ".join(problems))
-    return study
+    return dataclasses.replace(study, train=resolve_standardize(study.train))
+
+
+def resolve_standardize(train: Train) -> Train:
+    """``standardize_features: auto`` decided: on for a frozen random backbone (weights: null), off otherwise."""
+    if train.standardize_features != "auto":
+        return train
+    return dataclasses.replace(train, standardize_features=train.weights is None and train.freeze_backbone)
 
 
 def param_space(study: Study) -> dict[str, Any]:

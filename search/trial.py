@@ -142,6 +142,10 @@ def train_trial(config: dict[str, Any], datasets: dict, context: TrialContext) -
                     fit.model = models.build(
                         info.name, input_shape=shape, weights=train.weights, mixed_precision=policy, **build
                     )
+                if build.get("standardize_features"):  # on the training split's features, as the head sees them
+                    extract = info.backbone.extractor
+                    x = fit.x_train if on_features else extract(fit.model).predict(fit.x_train, verbose=0)
+                    info.backbone.standardize(fit.model, x)
                 fit.compile(train, study, float(config["lr"]))
 
     # ---- epochs: every fold one epoch, then one report (ASHA reads the fold-mean validation metric) --------------

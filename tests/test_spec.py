@@ -32,6 +32,23 @@ def test_smoke_preset_merges_over_the_study():
     assert smoke.train.batch_size == 16 and smoke.data.protocol == "leak_free"  # untouched keys survive
 
 
+def test_features_are_standardized_by_default_only_on_a_frozen_random_backbone(tmp_path):
+    """auto: on with weights: null and a frozen backbone, off with a weights file (the study's head) or a backbone
+    that trains; an explicit value is kept; anything else is refused with its field."""
+    weights = tmp_path / "backbone.weights.h5"
+    weights.write_bytes(b"")  # a weights file the study names: its existence is what validation checks
+
+    def standardized(**train):
+        return load_study("classification", "smoke", {"train": train}).train.standardize_features
+
+    assert standardized() is True
+    assert standardized(weights=str(weights)) is False and standardized(freeze_backbone=False) is False
+    assert standardized(weights=str(weights), standardize_features=True) is True
+    assert standardized(standardize_features=False) is False
+    with pytest.raises(SpecError, match=r"train\.standardize_features: 'yes' is not true, false or auto"):
+        standardized(standardize_features="yes")
+
+
 def _write(tmp_path, spec):
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(spec))

@@ -44,13 +44,13 @@ CLASSIFICATION = {"train": {"weights": None}}  # the built-in grid without the (
 # ---- feature cache -------------------------------------------------------------------------------------------------
 
 
-def _classifier(dropout, name="inception_resnet_v2", size=75):
+def _classifier(dropout, name="inception_resnet_v2", size=75, **hp):
     import keras
 
     import models
 
     keras.utils.set_random_seed(7)
-    return models.build(name, num_classes=4, input_shape=(size, size, 3), dropout=dropout)
+    return models.build(name, num_classes=4, input_shape=(size, size, 3), dropout=dropout, **hp)
 
 
 def _compile(model, optimizer=None):
@@ -68,19 +68,27 @@ def _compile(model, optimizer=None):
 def test_head_on_cached_features_trains_exactly_like_the_whole_classifier(dropout=0.4):
     """Same initial weights, same batches: the whole classifier trained on images and the head alone (what a trial on
     a frozen backbone builds and trains) trained on the backbone's features end with the same weights, predictions
-    and metrics (the dropout masks included)."""
+    and metrics (the dropout masks included). Both standardize the features (as trials on a random backbone do),
+    each fitting its standardization on the training features."""
     import models
-    from models.classifiers import feature_extractor
+    from models.classifiers import STANDARDIZE, feature_extractor, fit_standardization
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (24, 75, 75, 3), dtype=np.uint8)
     labels = rng.integers(0, 4, 24).astype("int32")
-    whole = _classifier(dropout)
+    whole = _classifier(dropout, standardize_features=True)
     features = feature_extractor(whole).predict(images, verbose=0)
-    head = models.build_head("inception_resnet_v2", feature_shape=features.shape[1:], num_classes=4, dropout=dropout)
-    trained = [layer for layer in head.layers if layer.weights]
-    for layer in trained:  # the head's layers are the whole model's, by name
-        layer.set_weights(whole.get_layer(layer.name).get_weights())
+    fit_standardization(whole, features)
+    standardized = np.asarray(whole.get_layer(STANDARDIZE)(features))
+    np.testing.assert_allclose(standardized.mean(axis=0), 0, atol=1e-4)  # centred; one pooled scale, unit on average
+    assert standardized.var(axis=0).mean() == pytest.approx(1, rel=1e-3)
+    hp = {"num_classes": 4, "dropout": dropout, "standardize_features": True}
+    head = models.build_head("inception_resnet_v2", feature_shape=features.shape[1:], **hp)
+    fit_standardization(head, features)
+    for layer in head.layers:  # the head's layers are the whole model's, by name
+        if layer.trainable_weights:
+            layer.set_weights(whole.get_layer(layer.name).get_weights())
+    trained = [layer for layer in head.layers if layer.weights]  # the standardization's statistics too
     masks = whole.get_layer("dropout").seed_generator.state  # the same dropout masks: the same seed
     head.get_layer("dropout").seed_generator.state.assign(masks)
     _compile(whole)
