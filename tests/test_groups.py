@@ -232,3 +232,13 @@ def test_the_sweep_record_says_no_group_crosses(data, folds):
             patients = [{n.split("/")[-1][:3] for n in names[fold.split(s).sources]} for s in SPLITS]
             assert not (patients[0] & patients[1] or patients[0] & patients[2] or patients[1] & patients[2])
             assert min(len(p) for p in patients) >= 1
+
+
+def test_the_study_types_its_group_and_column_settings():
+    from search.spec import SpecError, load_study
+
+    with pytest.raises(SpecError, match=r"data\.group_by: 5 must be null or a non-empty text") as err:
+        load_study("classification", "smoke", {"data": {"group_by": 5, "image_column": " "}})
+    assert "data.image_column: ' ' must be null" in str(err.value)
+    study = load_study("classification", "smoke", {"data": {"group_by": "patient", "label_column": "finding"}})
+    assert study.data.columns == {"image": None, "label": "finding", "mask": None}
