@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from data_pipeline.errors import DataError
+
 OPTIONS = (1, 2)
 PROTOCOLS = ("leak_free", "study")
 SPLITS = ("train", "val", "test")
@@ -179,6 +181,10 @@ def fold_plans(
         raise ValueError("cross-validation needs the leak_free protocol (the study protocol leaks across folds)")
     labels = np.asarray(labels)
     pool = np.sort(np.concatenate([base.train[base.train[:, 1] == 0, 0], base.val[:, 0]]))
+    units = len(pool) if groups is None else len(np.unique(np.asarray(groups)[pool]))
+    if k > units:
+        what = "images" if groups is None else "groups (data.group_by)"
+        raise DataError(f"search.folds: {k} folds need {k} {what} outside the test split, there are {units}: use fewer")
     if groups is None:
         splitter = (StratifiedKFold if stratify else KFold)(n_splits=k, shuffle=True, random_state=seed)
         folds = splitter.split(pool, labels[pool])

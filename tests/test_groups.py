@@ -242,3 +242,15 @@ def test_the_study_types_its_group_and_column_settings():
     assert "data.image_column: ' ' must be null" in str(err.value)
     study = load_study("classification", "smoke", {"data": {"group_by": "patient", "label_column": "finding"}})
     assert study.data.columns == {"image": None, "label": "finding", "mask": None}
+
+
+def test_more_folds_than_groups_is_a_data_error():
+    from data_pipeline.errors import DataError
+
+    labels, groups = np.repeat([0, 1], 12), np.repeat(np.arange(8), 3)
+    base = plan_splits(labels, option=2, seed=0, groups=groups)
+    with pytest.raises(
+        DataError, match=r"search.folds: 8 folds need 8 groups \(data.group_by\) outside the test split"
+    ):
+        fold_plans(labels, base, 8, groups=groups)
+    assert len(fold_plans(labels, base, 8)) == 8  # without groups: 8 images suffice
