@@ -1,9 +1,9 @@
 """Groups of images that must stay in one split (a patient's fields of view, a scan's neighbouring slices).
 
 ``data.group_by`` names a column of the CSV manifest, or is a regular expression with one capture group, tried on
-each image's path as the dataset names it (``benign/P01_a.png``, as ``sweep data check`` lists it) and then on its
-file name alone (``P01_a.png``), so ``^(P\\d+)_`` works in class folders too. An image without a group (an empty
-cell, a path the pattern does not match) is its own group.
+each image's path as the dataset names it (``benign/P01_a.png``: relative to the images folder, or as the
+manifest writes it) and then on its file name alone (``P01_a.png``), so ``^(P\\d+)_`` works in class folders too.
+An image without a group (an empty cell, a path the pattern does not match) is its own group.
 
 Splitting takes the groups as one integer id per image (``group_ids``), so any other source of groups (duplicate
 clusters, say) can feed the same splits.

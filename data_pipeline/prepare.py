@@ -102,18 +102,26 @@ def materialise(data: LoadedData, plan: SplitPlan, seed: int) -> dict[str, Split
     return {s: gather(plan.split(s)) for s in SPLITS}
 
 
-def _group_ids(index: DatasetIndex, cfg: DataConfig, names: tuple[str, ...]) -> np.ndarray | None:
-    """The group id of each loaded image (``names``), None without ``data.group_by``; refuses, before anything is
-    decoded, a group spanning classes under option 1 (which splits each class on its own)."""
-    if cfg.group_by is None:
-        return None
-    if cfg.option == 1 and (spanning := spanning_classes(index.groups, index.labels, index.classes)):
+def _refuse_spanning_groups(index: DatasetIndex, cfg: DataConfig) -> None:
+    """Option 1 splits each class on its own: a group with images of two classes cannot stay whole. Asked of the
+    index, so the refusal comes before anything is decoded."""
+    if (
+        cfg.group_by is not None
+        and cfg.option == 1
+        and (spanning := spanning_classes(index.groups, index.labels, index.classes))
+    ):
         group, classes = next(iter(spanning.items()))
         more = f" (and {len(spanning) - 1} more groups)" if len(spanning) > 1 else ""
         raise DataError(
             f"data.group_by: group {group!r} holds images of classes {', '.join(classes)}{more}, but loading option 1 "
             "splits each class on its own: use option 2 (space.option: [2]), or fix the labels or the groups"
         )
+
+
+def _group_ids(index: DatasetIndex, names: tuple[str, ...]) -> np.ndarray | None:
+    """The group id of each loaded image (``names``: the index's, less unreadable ones); None without groups."""
+    if not index.groups:
+        return None
     of = dict(zip(index.names, index.groups, strict=True))
     return group_ids([of[n] for n in names])
 
@@ -123,7 +131,7 @@ def _load(cfg: DataConfig, cache_dir: str | Path | None):
     if problems:
         raise DataError("invalid data settings:\n  " + "\n  ".join(problems))
     index = scan(resolve_root(cfg, cache_dir), cfg.task, cfg.layout, columns=cfg.columns, group_by=cfg.group_by)
-    _group_ids(index, cfg, index.names)  # refuse before decoding
+    _refuse_spanning_groups(index, cfg)
     from data_pipeline.io import load  # OpenCV: only when images are read
 
     data = load(
@@ -137,7 +145,7 @@ def _load(cfg: DataConfig, cache_dir: str | Path | None):
     present = np.unique(data.labels)
     if len(present) < 2 and cfg.task == "classification":
         raise DataError(f"after skipping unreadable images only {len(present)} class is left under {index.root}")
-    groups = _group_ids(index, cfg, data.names)
+    groups = _group_ids(index, data.names)
     plan = plan_splits(
         data.labels,
         option=cfg.option,
