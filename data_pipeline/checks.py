@@ -12,10 +12,12 @@ import numpy as np
 
 from data_pipeline import masks as mask_rules
 from data_pipeline.errors import DataError
+from data_pipeline.groups import group_summary
 from data_pipeline.io import MaskSample, decode, read_mask, resolve_mask_rule, sample_masks
 from data_pipeline.layout import DatasetIndex
 
 FEW_IMAGES = 10  # a class with fewer images than this gets a warning
+_SHOWN_GROUPS = 5  # groups spanning classes named in the text report (all in --json)
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,7 @@ class CheckReport:
     foreground_fraction: dict[str, float] | None
     problems: tuple[dict[str, str], ...]
     warnings: tuple[dict[str, str], ...] = field(default=())
+    groups: dict[str, object] | None = None  # with a group_by: groups.group_summary
 
     @property
     def ok(self) -> bool:
@@ -195,6 +198,7 @@ def check(index: DatasetIndex, mask_rule: str = "auto", workers: int | None = No
         foreground_fraction=stats,
         problems=tuple({"path": f.path, "problem": f.problem} for f in facts if f.problem),
         warnings=tuple(warnings),
+        groups=group_summary(index.groups, index.labels, index.classes) if index.groups else None,
     )
 
 
@@ -218,6 +222,8 @@ def render_text(report: CheckReport) -> str:
             f"foreground fraction per image: min {f['min']:.3f}, median {f['median']:.3f}, max {f['max']:.3f}, "
             f"mean {f['mean']:.3f} ({f['empty']} empty, {f['full']} full)"
         )
+    if report.groups:
+        lines += _group_lines(report.groups)
     for w in report.warnings:
         lines.append(f"warning: {w['path']}: {w['problem']}")
     if report.ok:
@@ -226,3 +232,20 @@ def render_text(report: CheckReport) -> str:
         lines.append(f"{len(report.problems)} problem(s):")
         lines += [f"  {p['problem']}" for p in report.problems]
     return "\n".join(lines)
+
+
+def _group_lines(groups: dict[str, object]) -> list[str]:
+    per, classes = groups["images_per_group"], groups["classes_per_group"]
+    loose = (
+        f", {groups['ungrouped_images']} image(s) without a group (each its own)" if groups["ungrouped_images"] else ""
+    )
+    lines = [
+        f"groups: {groups['groups']}{loose}; images per group: min {per['min']}, median {per['median']:g}, "
+        f"max {per['max']}; " + ", ".join(f"{n} with {k} class(es)" for k, n in classes.items())
+    ]
+    spanning = groups["spanning_classes"]
+    if spanning:
+        shown = "; ".join(f"{g} ({', '.join(c)})" for g, c in list(spanning.items())[:_SHOWN_GROUPS])
+        more = f"; and {len(spanning) - _SHOWN_GROUPS} more" if len(spanning) > _SHOWN_GROUPS else ""
+        lines.append(f"groups spanning classes (loading option 1 refuses them): {shown}{more}")
+    return lines

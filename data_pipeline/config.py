@@ -51,7 +51,10 @@ class DataConfig:
     ``{name: {param: value}}``, run on every image (and mask) before resizing. ``synthetic``: which embedded set
     (SYNTHETIC) a study reads when ``data_dir`` is null; ``synthetic_counts``: its images per class (empty: that
     set's default). ``positive_class``: of a two-class classification, the class binary metrics (sensitivity,
-    specificity, ROC AUC, ...) call positive; null: the second class in sorted order (``yes`` of ``no``/``yes``)."""
+    specificity, ROC AUC, ...) call positive; null: the second class in sorted order (``yes`` of ``no``/``yes``).
+    ``group_by``: a manifest column or a regular expression with one capture group giving each image's patient (or
+    subject): a group's images stay in one split (data_pipeline.groups). ``image_column``, ``label_column``,
+    ``mask_column``: a CSV manifest's columns, where they are not found by their usual names (layout.USUAL_COLUMNS)."""
 
     task: str = "classification"
     data_dir: str | None = None  # a dataset folder, or a CSV manifest
@@ -70,6 +73,15 @@ class DataConfig:
     synthetic_size: int = 224
     preprocess: tuple = ()
     positive_class: str | None = None
+    group_by: str | None = None
+    image_column: str | None = None
+    label_column: str | None = None
+    mask_column: str | None = None
+
+    @property
+    def columns(self) -> dict[str, str | None]:
+        """The manifest columns named, by role (image, label, mask)."""
+        return {"image": self.image_column, "label": self.label_column, "mask": self.mask_column}
 
     def __post_init__(self):
         for name in ("preprocess", "synthetic_counts"):  # a list from YAML or JSON, kept as a tuple
@@ -112,6 +124,12 @@ class DataConfig:
                 out.append(
                     f"synthetic_counts: {list(counts)} must be {len(classes)} positive integers (images of "
                     f"{', '.join(classes)} in the {self.synthetic} set), or empty for its default"
+                )
+        for name in ("group_by", "image_column", "label_column", "mask_column"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, str) and value.strip()):
+                out.append(
+                    f"{name}: {value!r} must be null or a non-empty text (a manifest column, or for group_by a pattern)"
                 )
         if self.layout != "auto" and self.layout not in LAYOUTS:
             out.append(f"layout: {self.layout!r} is not auto or one of {', '.join(LAYOUTS)}")

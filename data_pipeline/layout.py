@@ -1,8 +1,10 @@
 """Find the images (and masks) of a dataset in whichever layout it ships.
 
 Layouts (``data.layout``; ``auto`` recognises them in this order):
-  csv                 a CSV manifest (``--data-dir file.csv`` or ROOT/manifest.csv) with columns ``image`` and
-                      ``label`` and/or ``mask``; paths relative to the CSV's folder (or absolute)
+  csv                 a CSV manifest (``--data-dir file.csv`` or ROOT/manifest.csv) with an image column and a
+                      label and/or mask column, found by their usual names (USUAL_COLUMNS) or named by
+                      ``data.image_column`` / ``label_column`` / ``mask_column``; paths relative to the CSV's folder
+                      (or absolute); other columns are kept (``data.group_by`` may name one)
   original_segmented  ROOT/Original/[<class>/]<image> and ROOT/Segmented/[<class>/]<mask> (the Kaggle ALL set)
   images_masks        ROOT/images/[<class>/]<image> and ROOT/masks/[<class>/]<mask>; also image/ + mask/,
                       imgs/ + labels/, or one folder named like images (image, img, input) and one named like masks
@@ -21,7 +23,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from data_pipeline.errors import DataError
@@ -38,6 +40,12 @@ _MASK_WORDS = ("mask", "groundtruth", "ground_truth", "label", "segmentation")
 IGNORED_DIRS = frozenset({"__macosx"})  # zip debris from macOS: ._x.jpg files that are not images
 _MASK_NAME = re.compile(r"^(?P<stem>.+?)(?P<suffix>[_-](?:mask|segmentation)(?:_\d+)?)?$", re.IGNORECASE)
 _SHOWN = 8  # problems listed in one error message
+# A manifest's columns by role, found under these names (any letter case; the first present wins) unless named.
+USUAL_COLUMNS = {
+    "image": ("image", "path", "file", "filename", "filepath", "image_path", "img"),
+    "label": ("label", "class", "target", "diagnosis"),
+    "mask": ("mask", "mask_path", "segmentation"),
+}
 
 
 @dataclass(frozen=True)
@@ -51,6 +59,7 @@ class DatasetIndex:
     masks: tuple[tuple[Path, ...], ...] | None  # parallel to images (one or more each); None for classification
     names: tuple[str, ...] = ()  # each image as the dataset names it: relative to its images folder, or as in the CSV
     layout: str = "original_segmented"
+    groups: tuple[str, ...] = ()  # with data.group_by: each image's group name ("" = its own group; see groups.py)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -71,6 +80,7 @@ class _Found:
     images: list[tuple[str, str, Path]]  # (class or "", name, path)
     masks: list[tuple[Path, ...]] | None
     where: str  # the folder a user should look into, for messages
+    fields: dict[str, list[str]] = field(default_factory=dict)  # a manifest's columns, parallel to images
 
 
 @dataclass(frozen=True)
@@ -338,7 +348,23 @@ def _detect_csv(root: Path) -> bool:
     return manifest_path(root) is not None
 
 
-def _read_csv(root: Path, want_masks: bool) -> _Found:
+def manifest_columns(present: list[str], named: dict[str, str | None], csv: Path) -> dict[str, str | None]:
+    """The manifest column of each role (image, label, mask): the one ``named`` (data.<role>_column, any letter
+    case) or the first of USUAL_COLUMNS present; None where there is none. A named column that is not there is a
+    DataError."""
+    out = {}
+    for role, usual in USUAL_COLUMNS.items():
+        name = (named.get(role) or "").strip().lower()
+        if name and name not in present:
+            raise DataError(
+                f"{csv} has no column {named[role]!r} (data.{role}_column; columns: "
+                f"{', '.join(map(_quoted, present))}): name one of its columns"
+            )
+        out[role] = name or next((c for c in usual if c in present), None)
+    return out
+
+
+def _read_csv(root: Path, want_masks: bool, named: dict[str, str | None]) -> _Found:
     import pandas as pd
 
     csv = manifest_path(root)
@@ -354,12 +380,13 @@ def _read_csv(root: Path, want_masks: bool) -> _Found:
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise DataError(f"{csv} is not a readable CSV file ({str(exc).splitlines()[0]})") from None
     frame.columns = [str(c).strip().lower() for c in frame.columns]
-    need = ["image", "mask" if want_masks else "label"]
-    missing = [c for c in need if c not in frame.columns]
+    cols = manifest_columns(list(frame.columns), named, csv)
+    missing = [role for role in ("image", "mask" if want_masks else "label") if cols[role] is None]
     if missing:
         raise DataError(
-            f"{csv} has no column {', '.join(missing)} (columns: {', '.join(map(_quoted, frame.columns))}); a "
-            "manifest has columns image, and label (classification) and/or mask (segmentation)"
+            f"{csv} has no {' or '.join(missing)} column (columns: {', '.join(map(_quoted, frame.columns))}); a "
+            "manifest has an image column, and a label (classification) and/or mask (segmentation) column: "
+            + "; ".join(f"{r} is found as {', '.join(USUAL_COLUMNS[r])}, or set data.{r}_column" for r in missing)
         )
     if frame.empty:
         raise DataError(f"{csv} has a header but no rows: list one image per row")
@@ -384,25 +411,32 @@ def _read_csv(root: Path, want_masks: bool) -> _Found:
         return path
 
     images, masks, seen = [], [], {}
+    image_col, label_col, mask_col = cols["image"], cols["label"], cols["mask"]
     for i, row in enumerate(frame.to_dict("records"), start=2):
-        path = resolve(row["image"], i, "image")
+        path = resolve(row[image_col], i, image_col)
         if path in seen:
             problems.append((path, f"row {i}: listed twice (also row {seen[path]})"))
         seen[path] = i
-        label = str(row.get("label", "")).strip() if "label" in frame.columns else ""
-        images.append((label, row["image"].strip(), path))
+        label = str(row[label_col]).strip() if label_col else ""
+        images.append((label, row[image_col].strip(), path))
         if want_masks:
-            masks.append((resolve(row["mask"], i, "mask"),))
+            masks.append((resolve(row[mask_col], i, mask_col),))
     _raise(problems, f"problem(s) in manifest {csv}", f"Fix the rows of {csv} (paths are relative to its folder).")
-    if "label" in frame.columns and any(not label for label, _, _ in images):
-        raise DataError(f"{csv}: some rows have an empty label; give every row a label, or drop the column")
-    return _Found(folder, images, masks if want_masks else None, str(csv))
+    if label_col and any(not label for label, _, _ in images):
+        raise DataError(f"{csv}: some rows have an empty {label_col}; give every row a label, or drop the column")
+    fields = {c: frame[c].tolist() for c in dict.fromkeys(frame.columns)}
+    return _Found(folder, images, masks if want_masks else None, str(csv), fields)
 
 
 LAYOUTS: dict[str, Layout] = {
     layout.name: layout
     for layout in (
-        Layout("csv", "FILE.csv or ROOT/manifest.csv with columns image, label and/or mask", _detect_csv, _read_csv),
+        Layout(
+            "csv",
+            "FILE.csv or ROOT/manifest.csv with columns image (or path, file), label (or class) and/or mask",
+            _detect_csv,
+            _read_csv,
+        ),
         Layout(
             "original_segmented",
             "ROOT/Original/[<class>/]<image> + ROOT/Segmented/[<class>/]<mask>",
@@ -454,10 +488,19 @@ def detect(root: Path) -> str:
     )
 
 
-def scan(root: str | Path, task: str = "classification", layout: str = "auto") -> DatasetIndex:
+def scan(
+    root: str | Path,
+    task: str = "classification",
+    layout: str = "auto",
+    *,
+    columns: dict[str, str | None] | None = None,
+    group_by: str | None = None,
+) -> DatasetIndex:
     """Index ROOT (a folder, or a CSV manifest); raise DataError naming the path and the fix for any problem.
 
-    ``task`` "auto": segmentation when the dataset has masks, classification otherwise.
+    ``task`` "auto": segmentation when the dataset has masks, classification otherwise. ``columns``: a manifest's
+    column of each role (image, label, mask), where it is not found by its usual name. ``group_by``: a manifest
+    column or a pattern giving each image's group (data_pipeline.groups).
     """
     if task not in (*TASKS, "auto"):
         raise DataError(f"task must be one of {', '.join(TASKS)} or auto, not {task!r}")
@@ -467,15 +510,23 @@ def scan(root: str | Path, task: str = "classification", layout: str = "auto") -
     if not root.exists():
         raise DataError(f"data folder {root} does not exist. Pass the folder that holds the dataset (or its CSV).")
     name = detect(root) if layout == "auto" else layout
+    named = {role: c for role, c in (columns or {}).items() if c}
+    if named and name != "csv":
+        role = next(iter(named))
+        raise DataError(
+            f"data.{role}_column {named[role]!r} names a manifest column, but {root} is read in layout {name}, not "
+            "as a CSV manifest: remove the setting, or point data_dir at the manifest"
+        )
     if task == "auto":
-        task = "segmentation" if _has_masks(root, name) else "classification"
-    found = LAYOUTS[name].read(root, task == "segmentation")
+        task = "segmentation" if _has_masks(root, name, named) else "classification"
+    read = LAYOUTS[name].read
+    found = read(root, task == "segmentation", named) if name == "csv" else read(root, task == "segmentation")
     if not found.images:
         raise DataError(f"{found.where} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))}); layout {name}")
-    return _index(found, task, name)
+    return _index(found, task, name, group_by)
 
 
-def _has_masks(root: Path, layout: str) -> bool:
+def _has_masks(root: Path, layout: str, named: dict[str, str | None]) -> bool:
     if layout == "original_segmented":
         return _child(root, SEGMENTED_DIR) is not None
     if layout == "images_masks":
@@ -484,15 +535,16 @@ def _has_masks(root: Path, layout: str) -> bool:
         import pandas as pd
 
         try:
-            return "mask" in [c.strip().lower() for c in pd.read_csv(manifest_path(root), nrows=0).columns]
+            present = [str(c).strip().lower() for c in pd.read_csv(manifest_path(root), nrows=0).columns]
         except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError):
             return False  # the reader reports it
+        return manifest_columns(present, named, manifest_path(root))["mask"] is not None
     files = _walk(root)
     stems = {(f.parent, f.stem) for f in files}
     return any(_is_mask_beside(f, stems) for f in files)
 
 
-def _index(found: _Found, task: str, layout: str) -> DatasetIndex:
+def _index(found: _Found, task: str, layout: str, group_by: str | None = None) -> DatasetIndex:
     classed = [c for c, _, _ in found.images if c]
     if classed and len(classed) < len(found.images):
         loose = next(p for c, _, p in found.images if not c)
@@ -509,12 +561,19 @@ def _index(found: _Found, task: str, layout: str) -> DatasetIndex:
         )
     order = sorted(range(len(found.images)), key=lambda i: (found.images[i][0], found.images[i][1]))
     label_of = {c: i for i, c in enumerate(classes)}
+    names = tuple(found.images[i][1] for i in order)
+    groups = ()
+    if group_by is not None:
+        from data_pipeline.groups import group_names
+
+        groups = group_names(names, group_by, {c: [v[i] for i in order] for c, v in found.fields.items()}, found.where)
     return DatasetIndex(
         root=found.root,
         classes=classes,
         images=tuple(found.images[i][2] for i in order),
         labels=tuple(label_of[found.images[i][0] or ONE_CLASS] for i in order),
         masks=None if found.masks is None else tuple(found.masks[i] for i in order),
-        names=tuple(found.images[i][1] for i in order),
+        names=names,
         layout=layout,
+        groups=groups,
     )

@@ -10,7 +10,8 @@ import numpy as np
 
 from data_pipeline.config import DataConfig, positive_index, synthetic_set
 from data_pipeline.errors import DataError
-from data_pipeline.layout import scan
+from data_pipeline.groups import group_ids, spanning_classes
+from data_pipeline.layout import DatasetIndex, scan
 from data_pipeline.splits import SPLITS, SplitPlan, fold_plans, leakage_audit, plan_splits
 
 if TYPE_CHECKING:
@@ -35,7 +36,7 @@ class PreparedData:
     train: Split
     val: Split
     test: Split
-    audit: dict[str, int]  # leakage audit: val/test images whose source is also in training
+    audit: dict[str, int]  # leakage audit: val/test images whose source is also in training (and groups_crossing)
     fingerprint: str
     skipped: tuple[tuple[str, str], ...]
     names: tuple[str, ...]  # of the loaded originals; Split.sources index into it
@@ -101,11 +102,36 @@ def materialise(data: LoadedData, plan: SplitPlan, seed: int) -> dict[str, Split
     return {s: gather(plan.split(s)) for s in SPLITS}
 
 
+def _refuse_spanning_groups(index: DatasetIndex, cfg: DataConfig) -> None:
+    """Option 1 splits each class on its own: a group with images of two classes cannot stay whole. Asked of the
+    index, so the refusal comes before anything is decoded."""
+    if (
+        cfg.group_by is not None
+        and cfg.option == 1
+        and (spanning := spanning_classes(index.groups, index.labels, index.classes))
+    ):
+        group, classes = next(iter(spanning.items()))
+        more = f" (and {len(spanning) - 1} more groups)" if len(spanning) > 1 else ""
+        raise DataError(
+            f"data.group_by: group {group!r} holds images of classes {', '.join(classes)}{more}, but loading option 1 "
+            "splits each class on its own: use option 2 (space.option: [2]), or fix the labels or the groups"
+        )
+
+
+def _group_ids(index: DatasetIndex, names: tuple[str, ...]) -> np.ndarray | None:
+    """The group id of each loaded image (``names``: the index's, less unreadable ones); None without groups."""
+    if not index.groups:
+        return None
+    of = dict(zip(index.names, index.groups, strict=True))
+    return group_ids([of[n] for n in names])
+
+
 def _load(cfg: DataConfig, cache_dir: str | Path | None):
     problems = cfg.problems()
     if problems:
         raise DataError("invalid data settings:\n  " + "\n  ".join(problems))
-    index = scan(resolve_root(cfg, cache_dir), cfg.task, cfg.layout)
+    index = scan(resolve_root(cfg, cache_dir), cfg.task, cfg.layout, columns=cfg.columns, group_by=cfg.group_by)
+    _refuse_spanning_groups(index, cfg)
     from data_pipeline.io import load  # OpenCV: only when images are read
 
     data = load(
@@ -119,6 +145,7 @@ def _load(cfg: DataConfig, cache_dir: str | Path | None):
     present = np.unique(data.labels)
     if len(present) < 2 and cfg.task == "classification":
         raise DataError(f"after skipping unreadable images only {len(present)} class is left under {index.root}")
+    groups = _group_ids(index, data.names)
     plan = plan_splits(
         data.labels,
         option=cfg.option,
@@ -126,11 +153,12 @@ def _load(cfg: DataConfig, cache_dir: str | Path | None):
         balance_to=cfg.balance_to,
         seed=cfg.seed,
         fractions=cfg.fractions,
+        groups=groups,
     )
-    return data, plan
+    return data, plan, groups
 
 
-def _prepared(data: LoadedData, plan: SplitPlan, cfg: DataConfig) -> PreparedData:
+def _prepared(data: LoadedData, plan: SplitPlan, cfg: DataConfig, groups: np.ndarray | None) -> PreparedData:
     if cfg.task == "classification":
         positive_index(tuple(data.classes), cfg.positive_class)  # a class that is not there: stop before training
     splits = materialise(data, plan, cfg.seed)
@@ -139,7 +167,7 @@ def _prepared(data: LoadedData, plan: SplitPlan, cfg: DataConfig) -> PreparedDat
         train=splits["train"],
         val=splits["val"],
         test=splits["test"],
-        audit=leakage_audit(plan),
+        audit=leakage_audit(plan, groups),
         fingerprint=data.fingerprint,
         skipped=data.skipped,
         names=data.names,
@@ -151,14 +179,14 @@ def _prepared(data: LoadedData, plan: SplitPlan, cfg: DataConfig) -> PreparedDat
 
 def prepare(cfg: DataConfig, cache_dir: str | Path | None = None) -> PreparedData:
     """Find, decode (through the cache), split, balance and augment; raise DataError naming every bad field."""
-    data, plan = _load(cfg, cache_dir)
-    return _prepared(data, plan, cfg)
+    data, plan, groups = _load(cfg, cache_dir)
+    return _prepared(data, plan, cfg, groups)
 
 
 def prepare_folds(cfg: DataConfig, k: int, cache_dir: str | Path | None = None) -> tuple[PreparedData, ...]:
     """k-fold cross-validation: one PreparedData per fold (its own train/val, audited), all with the test split
     ``prepare(cfg)`` has (see ``splits.fold_plans``)."""
-    data, plan = _load(cfg, cache_dir)
+    data, plan, groups = _load(cfg, cache_dir)
     plans = fold_plans(
         data.labels,
         plan,
@@ -167,10 +195,11 @@ def prepare_folds(cfg: DataConfig, k: int, cache_dir: str | Path | None = None) 
         seed=cfg.seed,
         fractions=cfg.fractions,
         stratify=cfg.task == "classification",
+        groups=groups,
     )
     if any(min(len(p.train), len(p.val)) == 0 for p in plans):
         raise DataError(f"{k} folds leave a fold without training or validation images: use fewer folds")
-    return tuple(_prepared(data, p, cfg) for p in plans)
+    return tuple(_prepared(data, p, cfg, groups) for p in plans)
 
 
 def folds_summary(folds: tuple[PreparedData, ...]) -> dict[str, object]:

@@ -34,6 +34,11 @@ def _add_data_commands(sub) -> None:
     )
     check.add_argument("--layout", default="auto", help="auto (default) or a layout name (see the README)")
     check.add_argument("--mask-rule", default="auto", help="auto (default), nonzero, threshold:N or color_on_black")
+    check.add_argument(
+        "--group-by", help="a manifest column, or a pattern with one capture group, giving each image's patient"
+    )
+    for role in ("image", "label", "mask"):
+        check.add_argument(f"--{role}-column", help=f"the manifest's {role} column (default: found by its usual names)")
     check.add_argument("--json", action="store_true", help="print one JSON object (for scripts)")
     check.add_argument("--sheet", type=Path, help="also write a PNG contact sheet with the mask outlines")
 
@@ -69,7 +74,8 @@ def _data_check(args) -> int:
     from data_pipeline.checks import render_text
     from data_pipeline.files import refuse_inside, write_image
 
-    index = scan(args.dir, args.task, args.layout)
+    columns = {role: getattr(args, f"{role}_column") for role in ("image", "label", "mask")}
+    index = scan(args.dir, args.task, args.layout, columns=columns, group_by=args.group_by)
     sheet_path = refuse_inside(args.sheet, {index.root.resolve(): "the data folder"}, "--sheet") if args.sheet else None
     if sheet_path and sheet_path.suffix.lower() != ".png":
         raise DataError(f"--sheet {sheet_path}: the contact sheet is a PNG file; name it FILE.png")

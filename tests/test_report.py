@@ -137,6 +137,16 @@ def test_the_leaky_protocol_gets_a_banner():
     assert "WARNING" in leaky[0] and "optimistic" in leaky[0]
 
 
+def test_the_audit_line_counts_groups_crossing_only_when_grouped():
+    agg = tables.aggregate(_frame())
+    grouped = {"2": {**DATA["2"], "leakage_audit": {"val": 0, "test": 0, "groups_crossing": 0}}}
+    assert (
+        "0 groups (data.group_by) in more than one split"
+        in tables.trust_lines(tables.trust(agg, _study(), grouped))[-1]
+    )
+    assert "groups" not in tables.trust_lines(tables.trust(agg, _study(), DATA))[-1]
+
+
 def test_plots_write_real_pngs(tmp_path):
     import matplotlib.image
 

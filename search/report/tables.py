@@ -273,7 +273,11 @@ def trust_lines(t: dict[str, Any]) -> list[str]:
             f"Cross-validation: {t['folds']} folds. Validation numbers are means over the folds (± their std "
             f"across folds); test numbers are those of the {t['folds']} fold models' ensemble (mean of outputs)."
         )
-    audit = ", ".join(f"option {k}: {v['val']} val / {v['test']} test" for k, v in t["leakage_audit"].items())
+    audit = ", ".join(
+        f"option {k}: {v['val']} val / {v['test']} test"
+        + (f" / {v['groups_crossing']} groups (data.group_by) in more than one split" if "groups_crossing" in v else "")
+        for k, v in t["leakage_audit"].items()
+    )
     lines.append(f"Leakage audit (val/test images derived from a training image): {audit}.")
     return lines
 
