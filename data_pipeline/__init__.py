@@ -23,6 +23,7 @@ _WHERE = {
     "CheckReport": "checks",
     "check": "checks",
     "DataError": "errors",
+    "duplicate_clusters": "duplicates",
     "LoadedData": "io",
     "load": "io",
     "LAYOUTS": "layout",

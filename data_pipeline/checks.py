@@ -1,16 +1,19 @@
 """What ``sweep data check`` reports: layout, classes, counts, sizes, the mask rule and what it makes of the masks,
-the problems that stop a sweep and the warnings a user should read before spending GPU hours."""
+exact and near-duplicate images (the same image under two classes is a problem), the problems that stop a sweep and
+the warnings a user should read before spending GPU hours."""
 
 from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import cv2
 import numpy as np
 
 from data_pipeline import masks as mask_rules
+from data_pipeline.duplicates import Cluster, duplicate_clusters
 from data_pipeline.errors import DataError
 from data_pipeline.groups import group_summary
 from data_pipeline.io import MaskSample, decode, read_mask, resolve_mask_rule, sample_masks
@@ -18,6 +21,7 @@ from data_pipeline.layout import DatasetIndex
 
 FEW_IMAGES = 10  # a class with fewer images than this gets a warning
 _SHOWN_GROUPS = 5  # groups spanning classes named in the text report (all in --json)
+SHOWN_CLUSTERS = 20  # duplicate clusters listed in the text report (--json lists all)
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,10 @@ class CheckReport:
     problems: tuple[dict[str, str], ...]
     warnings: tuple[dict[str, str], ...] = field(default=())
     groups: dict[str, object] | None = None  # with a group_by: groups.group_summary
+    # clusters of copies: [{kind: exact|near, classes: [...], files: [path, ...]}]; label_conflicts: those whose
+    # files are filed under two or more classes (each also a problem)
+    duplicates: tuple[dict[str, object], ...] = field(default=())
+    label_conflicts: tuple[dict[str, object], ...] = field(default=())
 
     @property
     def ok(self) -> bool:
@@ -59,6 +67,7 @@ class CheckReport:
         out = dict(self.__dict__)
         out["classes"] = list(self.classes)
         out["problems"], out["warnings"] = list(self.problems), list(self.warnings)
+        out["duplicates"], out["label_conflicts"] = list(self.duplicates), list(self.label_conflicts)
         return out
 
 
@@ -154,8 +163,52 @@ def _sample_facts(sample: MaskSample, rule: str) -> dict[str, object]:
     }
 
 
-def check(index: DatasetIndex, mask_rule: str = "auto", workers: int | None = None) -> CheckReport:
-    """Decode every image and mask once (no cache), report sizes, foreground fractions, problems and warnings."""
+def _cluster_facts(cluster: Cluster, index: DatasetIndex) -> dict[str, object]:
+    return {
+        "kind": cluster.kind,
+        "classes": list(cluster.classes),
+        "files": [str(index.images[i]) for i in cluster.images],
+    }
+
+
+def duplicate_findings(
+    clusters: list[Cluster], images: tuple[Path, ...], root: str
+) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """(problems, warnings) about duplicate clusters of the dataset's ``images`` (pure): each label conflict is a
+    problem (the same image cannot be two diagnoses: one label is wrong); copies within one class are one warning (a
+    copy in training and its twin in test inflate the test score)."""
+    problems = [
+        {
+            "path": str(images[c.images[-1]]),
+            "problem": f"the same image ({c.kind} copies) is filed under classes {' and '.join(c.classes)}: "
+            f"{', '.join(c.names)}; keep it under its true class and remove the other copies",
+        }
+        for c in clusters
+        if c.label_conflict
+    ]
+    within = [c for c in clusters if not c.label_conflict]
+    warnings = []
+    if within:
+        files = sum(len(c.images) for c in within)
+        warnings.append(
+            {
+                "path": root,
+                "problem": f"{len(within)} cluster(s) of duplicate images within a class ({files} files, listed "
+                "under duplicates): a copy in training and its twin in test inflate the test score; remove the "
+                "copies, or let sweeps keep each cluster in one split (data.duplicates: group, the default)",
+            }
+        )
+    return problems, warnings
+
+
+def check(
+    index: DatasetIndex,
+    mask_rule: str = "auto",
+    workers: int | None = None,
+    cache_dir: str | Path | None = None,
+) -> CheckReport:
+    """Decode every image and mask once (no cache), report sizes, foreground fractions, duplicate clusters (cached
+    per dataset content, see ``data_pipeline.duplicates``), problems and warnings."""
     sample = None if index.masks is None else sample_masks(index)
     rule = resolve_mask_rule(index, mask_rule, sample)
     with ThreadPoolExecutor(max_workers=workers or min(32, (os.cpu_count() or 1) + 2)) as pool:
@@ -184,6 +237,8 @@ def check(index: DatasetIndex, mask_rule: str = "auto", workers: int | None = No
     warnings = dataset_warnings(
         index.classes, list(index.labels), sizes, [f.channels for f in facts], fg, folders, str(index.root), rule
     )
+    clusters = duplicate_clusters(index, cache_dir=cache_dir, workers=workers)
+    dup_problems, dup_warnings = duplicate_findings(clusters, index.images, str(index.root))
     counts = {**index.counts(), "total": len(index)}
     return CheckReport(
         root=str(index.root),
@@ -196,8 +251,10 @@ def check(index: DatasetIndex, mask_rule: str = "auto", workers: int | None = No
         mask_rule_configured=None if rule is None else mask_rule,
         mask_sample=None if sample is None else _sample_facts(sample, rule),
         foreground_fraction=stats,
-        problems=tuple({"path": f.path, "problem": f.problem} for f in facts if f.problem),
-        warnings=tuple(warnings),
+        problems=tuple([{"path": f.path, "problem": f.problem} for f in facts if f.problem] + dup_problems),
+        warnings=tuple(warnings + dup_warnings),
+        duplicates=tuple(_cluster_facts(c, index) for c in clusters),
+        label_conflicts=tuple(_cluster_facts(c, index) for c in clusters if c.label_conflict),
         groups=group_summary(index.groups, index.labels, index.classes) if index.groups else None,
     )
 
@@ -224,6 +281,7 @@ def render_text(report: CheckReport) -> str:
         )
     if report.groups:
         lines += _group_lines(report.groups)
+    lines += _duplicate_lines(report)
     for w in report.warnings:
         lines.append(f"warning: {w['path']}: {w['problem']}")
     if report.ok:
@@ -248,4 +306,25 @@ def _group_lines(groups: dict[str, object]) -> list[str]:
         shown = "; ".join(f"{g} ({', '.join(c)})" for g, c in list(spanning.items())[:_SHOWN_GROUPS])
         more = f"; and {len(spanning) - _SHOWN_GROUPS} more" if len(spanning) > _SHOWN_GROUPS else ""
         lines.append(f"groups spanning classes (loading option 1 refuses them): {shown}{more}")
+    return lines
+
+
+def _duplicate_lines(report: CheckReport) -> list[str]:
+    """The duplicates section: a count, then the clusters (label conflicts first), files relative to the root."""
+    found = report.duplicates
+    if not found:
+        return ["duplicates: none (exact or near)"]
+    exact = sum(c["kind"] == "exact" for c in found)
+    lines = [
+        f"duplicates: {len(found)} cluster(s) of {sum(len(c['files']) for c in found)} images ({exact} exact, "
+        f"{len(found) - exact} near), {len(report.label_conflicts)} label conflict(s)"
+    ]
+    root = Path(report.root)
+    ordered = sorted(found, key=lambda c: len(c["classes"]) < 2)  # label conflicts first, stable otherwise
+    for c in ordered[:SHOWN_CLUSTERS]:
+        files = ", ".join(str(Path(f).relative_to(root)) if Path(f).is_relative_to(root) else f for f in c["files"])
+        conflict = " LABEL CONFLICT" if len(c["classes"]) > 1 else ""
+        lines.append(f"  {c['kind']:<5} {' + '.join(c['classes'])}{conflict}: {files}")
+    if len(found) > SHOWN_CLUSTERS:
+        lines.append(f"  ... and {len(found) - SHOWN_CLUSTERS} more (--json lists them all)")
     return lines

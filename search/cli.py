@@ -23,7 +23,9 @@ def _add_data_commands(sub) -> None:
     synth.add_argument("--contact-sheet", type=Path, help="also write a PNG grid of a few images per class")
 
     check = data.add_parser(
-        "check", help="layout, classes, counts, sizes, what the mask rule makes of the masks; exit 1 on problems"
+        "check",
+        help="layout, classes, counts, sizes, what the mask rule makes of the masks, duplicate images; exit 1 on "
+        "problems (an unreadable file, the same image under two classes), 2 on bad input",
     )
     check.add_argument("dir", type=Path, help="dataset folder, or a CSV manifest")
     check.add_argument(

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import ROOT
 
-from data_pipeline import cache, load, scan, synth
+from data_pipeline import cache, duplicate_clusters, load, scan, synth
 from search.cli import main
 from search.features import Backbone, backbone_features
 
@@ -41,6 +41,8 @@ def _real_entries(root: Path, data: Path) -> dict[str, Path]:
     made["decoded_32"] = next((root / "decoded").iterdir())
     load(scan(data), 48, cache_dir=root)
     made["decoded_48"] = next(p for p in (root / "decoded").iterdir() if p != made["decoded_32"])
+    duplicate_clusters(scan(data), cache_dir=root)
+    made["duplicates"] = next((root / "duplicates").iterdir())
     images = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
     backbone = Backbone("efficientnetv2_b0", 32, None, 0, "tensorflow", None)  # the smallest frozen backbone
     backbone_features(backbone, {"train": images}, root)
@@ -63,7 +65,7 @@ def test_sizes_per_kind_clear_and_trim_least_recently_used_first(synth_root, tmp
     rows = {r["kind"]: r for r in cache.usage()}
     for kind in cache.KINDS:
         assert rows[kind]["bytes"] == _bytes_under(root / kind) > 0, kind
-    assert [rows[k]["entries"] for k in cache.KINDS] == [2, 1, len(cache.entries("jax-compile")), 1]
+    assert [rows[k]["entries"] for k in cache.KINDS] == [2, 1, 1, len(cache.entries("jax-compile")), 1]
     assert any(p.name.endswith(".lock") for p in (root / "features").iterdir())  # a sidecar: not an entry
     code, out, err = _cli(capsys)
     assert code == 0 and not err and f"cache folder: {root}" in out
@@ -73,7 +75,8 @@ def test_sizes_per_kind_clear_and_trim_least_recently_used_first(synth_root, tmp
     # A cache hit marks its entry used: reading decoded_32 again makes it the most recently used.
     assert load(scan(synth_root), 32, cache_dir=root).from_cache
     jax = cache.entries("jax-compile")
-    order = [made["synthetic"], made["decoded_48"], made["features"], *[e.paths[0] for e in jax], made["decoded_32"]]
+    order = [made["synthetic"], made["decoded_48"], made["duplicates"], made["features"], *[e.paths[0] for e in jax]]
+    order.append(made["decoded_32"])
     by_age = sorted((e for k in cache.KINDS for e in cache.entries(k)), key=lambda e: e.used)
     assert [e.paths[0] for e in by_age] == order
     total = sum(e.size for e in by_age)
@@ -96,7 +99,7 @@ def test_bad_requests_remove_nothing_and_others_writing_the_cache_is_warned(synt
     load(scan(synth_root), 32, cache_dir=root)
     before = cache.usage()
     for args, says in (
-        (("--clear", "../data"), "not a kind of cache entry; choose one of decoded, features"),
+        (("--clear", "../data"), "not a kind of cache entry; choose one of decoded, duplicates, features"),
         (("--clear", "decoded", "--max-size", "5 parsecs"), "--max-size '5 parsecs': not a size"),
     ):
         code, _, err = _cli(capsys, *args)

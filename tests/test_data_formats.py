@@ -122,9 +122,9 @@ def _imgs_labels(root: Path) -> float:
 def _busi(root: Path) -> float:
     """<class>/name (k).png + name (k)_mask.png [+ _mask_1.png], masks in the same folders; normal: empty masks."""
     fr = []
-    for c in ("benign", "malignant", "normal"):
+    for k, c in enumerate(("benign", "malignant", "normal")):
         for i in range(3):
-            img, mask = _scene(i + 7)
+            img, mask = _scene(7 + 3 * k + i)  # a different scene in each class: the same one would be a label conflict
             if c == "normal":
                 mask[:] = False
             stem = f"{c} ({i + 1})"
@@ -145,9 +145,9 @@ def _busi(root: Path) -> float:
 def _lgg(root: Path) -> float:
     """<patient>/<patient>_k.tif + <patient>_k_mask.tif (LGG brain MRI); patient folders are the classes."""
     fr = []
-    for p in ("TCGA_CS_4941_19960909", "TCGA_DU_5872_19950223"):
+    for n, p in enumerate(("TCGA_CS_4941_19960909", "TCGA_DU_5872_19950223")):
         for k in range(1, 4):
-            img, mask = _scene(k)
+            img, mask = _scene(k + 3 * n)  # each patient's own slices: the same ones would be label conflicts
             _save(root / p / f"{p}_{k}.tif", img)
             _save(root / p / f"{p}_{k}_mask.tif", _binary(mask))
             fr.append(mask.mean())
@@ -244,8 +244,8 @@ def test_keras_class_folders_odd_names_mixed_sizes_grey_and_warnings(tmp_path, c
     root = tmp_path / "flowers"
     for i in range(3):  # odd class names; a file name containing "_mask" that is an image, not a mask
         _save(root / "with_mask" / f"with_mask_{i}.jpg", _scene(i)[0])
-        _save(root / "Ärger class" / f"{i}.png", cv2.cvtColor(_scene(i)[0], cv2.COLOR_RGB2GRAY))  # grey
-        _save(root / "big" / "nested" / f"{i}.jpeg", _scene(i, 64, 48)[0])  # Keras recurses into sub-folders
+        _save(root / "Ärger class" / f"{i}.png", cv2.cvtColor(_scene(i + 3)[0], cv2.COLOR_RGB2GRAY))  # grey
+        _save(root / "big" / "nested" / f"{i}.jpeg", _scene(i + 6, 64, 48)[0])  # Keras recurses into sub-folders
     (root / ".DS_Store").write_bytes(b"\0")
     (root / "__MACOSX").mkdir()
     (root / "__MACOSX" / "._0.jpg").write_bytes(b"\0")
