@@ -12,6 +12,10 @@ from data_pipeline.layout import LAYOUTS, TASKS, manifest_path
 from data_pipeline.masks import rule_problem
 from data_pipeline.splits import OPTIONS, PROTOCOLS
 
+# data.duplicates: a cluster of copies is one group (never in two splits), or all but its first image are dropped
+# (a cluster filed under two classes: all of it), or copies are split like any images (the audit still counts them)
+DUPLICATES = ("group", "drop", "ignore")
+
 # The embedded sets (blood smears, brain-MRI slices), by name -> module; imported only when one is used.
 SYNTHETIC = {"leukemia": "data_pipeline.synth", "brain_mri": "data_pipeline.synth_mri"}
 
@@ -54,7 +58,9 @@ class DataConfig:
     specificity, ROC AUC, ...) call positive; null: the second class in sorted order (``yes`` of ``no``/``yes``).
     ``group_by``: a manifest column or a regular expression with one capture group giving each image's patient (or
     subject): a group's images stay in one split (data_pipeline.groups). ``image_column``, ``label_column``,
-    ``mask_column``: a CSV manifest's columns, where they are not found by their usual names (layout.USUAL_COLUMNS)."""
+    ``mask_column``: a CSV manifest's columns, where they are not found by their usual names (layout.USUAL_COLUMNS).
+    ``duplicates``: what a sweep does with exact and near copies (data_pipeline.duplicates): ``group`` keeps each
+    cluster in one split, ``drop`` keeps its first image only, ``ignore`` splits them as any images (DUPLICATES)."""
 
     task: str = "classification"
     data_dir: str | None = None  # a dataset folder, or a CSV manifest
@@ -74,6 +80,7 @@ class DataConfig:
     preprocess: tuple = ()
     positive_class: str | None = None
     group_by: str | None = None
+    duplicates: str = "group"
     image_column: str | None = None
     label_column: str | None = None
     mask_column: str | None = None
@@ -97,6 +104,8 @@ class DataConfig:
             out.append(f"option: {self.option!r} is not one of {', '.join(map(str, OPTIONS))}")
         if self.protocol not in PROTOCOLS:
             out.append(f"protocol: {self.protocol!r} is not one of {', '.join(PROTOCOLS)}")
+        if self.duplicates not in DUPLICATES:
+            out.append(f"duplicates: {self.duplicates!r} is not one of {', '.join(DUPLICATES)}")
         if self.on_bad_image not in ON_BAD_IMAGE:
             out.append(f"on_bad_image: {self.on_bad_image!r} is not one of {', '.join(ON_BAD_IMAGE)}")
         if not (isinstance(self.image_size, int) and self.image_size >= 32):

@@ -1,5 +1,6 @@
 """Exact and near-duplicate images of a dataset, as clusters: what ``sweep data check`` lists and what splits keep
-together (``groups``: one group per cluster, so a copy never lands in training and its twin in test).
+together (``data.duplicates: group``: ``groups.joined`` makes each cluster one group, so a copy never lands in
+training and its twin in test).
 
 Exact: the same decoded pixels at the stored size (uint8 RGB, EXIF orientation ignored as everywhere else). A byte
 copy, a PNG re-save, a lossless change of format, a grey image stored as RGB or a file with other metadata are the
@@ -147,16 +148,6 @@ def find_clusters(sig: Signatures) -> list[tuple[str, tuple[int, ...]]]:
             kind = "exact" if len({sig.pixels[i] for i in images}) == 1 else "near"
             out.append((kind, tuple(images)))
     return sorted(out, key=lambda c: c[1])
-
-
-def groups(clusters: list[Cluster], n: int) -> np.ndarray:
-    """One group id per image (``n`` images): a cluster's images share one, every other image has its own (pure).
-    Ids are 0..groups-1, numbered in order of each group's first image."""
-    owner = np.arange(n)
-    for cluster in clusters:
-        owner[list(cluster.images)] = cluster.images[0]
-    _, ids = np.unique(owner, return_inverse=True)
-    return ids
 
 
 # ---- the cached decision ---------------------------------------------------------------------------------------------

@@ -108,3 +108,23 @@ def group_summary(names: Sequence[str], labels: Sequence[int], classes: Sequence
         "classes_per_group": {str(k): int((classes_per_group == k).sum()) for k in np.unique(classes_per_group)},
         "spanning_classes": spanning_classes(names, labels, classes),
     }
+
+
+def joined(groups: np.ndarray | None, clusters: Sequence[Sequence[int]], n: int) -> np.ndarray | None:
+    """One group id per image (``n`` images) where images that share a group or a cluster of copies (``clusters``:
+    image indices) share one: the connected components of both relations, so a copy of one patient's image filed
+    under another patient joins the two. None when there are neither groups nor clusters (each image on its own)."""
+    if groups is None and not clusters:
+        return None
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    rows, cols = list(range(n)), list(range(n))
+    if groups is not None:  # every image linked to its group's first image
+        first: dict[int, int] = {}
+        cols = [first.setdefault(g, i) for i, g in enumerate(np.asarray(groups).tolist())]
+    for members in clusters:
+        rows += list(members)
+        cols += [members[0]] * len(members)
+    graph = coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, n))
+    return connected_components(graph, directed=False)[1].astype(np.int64)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -10,7 +10,7 @@ import numpy as np
 
 from data_pipeline.config import DataConfig, positive_index, synthetic_set
 from data_pipeline.errors import DataError
-from data_pipeline.groups import group_ids, spanning_classes
+from data_pipeline.groups import group_ids, joined, spanning_classes
 from data_pipeline.layout import DatasetIndex, scan
 from data_pipeline.splits import SPLITS, SplitPlan, fold_plans, leakage_audit, plan_splits
 
@@ -126,12 +126,67 @@ def _group_ids(index: DatasetIndex, names: tuple[str, ...]) -> np.ndarray | None
     return group_ids([of[n] for n in names])
 
 
-def _load(cfg: DataConfig, cache_dir: str | Path | None):
+def _copies(index: DatasetIndex, cfg: DataConfig, cache_dir: str | Path | None) -> list:
+    """The dataset's clusters of exact and near copies (decided once per dataset content, cached). Under
+    ``duplicates: group`` a classification set with one image filed under two classes is refused: which label is
+    right is the user's to say."""
+    from data_pipeline.duplicates import duplicate_clusters
+
+    clusters = duplicate_clusters(index, cache_dir=cache_dir)
+    conflicts = [c for c in clusters if c.label_conflict] if cfg.task == "classification" else []
+    if conflicts and cfg.duplicates == "group":
+        first = conflicts[0]
+        more = f" (and {len(conflicts) - 1} more such clusters)" if len(conflicts) > 1 else ""
+        raise DataError(
+            f"data.duplicates: {first.names[0]} and {first.names[1]} are copies of one image filed under classes "
+            f"{', '.join(first.classes)}{more}; `sweep data check` lists them all: fix the labels, or set "
+            "data.duplicates: drop (leaves such images out) or ignore"
+        )
+    return clusters
+
+
+def _without_copies(data: LoadedData, clusters: list, task: str) -> LoadedData:
+    """``duplicates: drop``: every cluster's first image kept, the others left out (recorded as skipped); a cluster
+    filed under two classes (classification) left out whole."""
+    row = {n: i for i, n in enumerate(data.names)}
+    dropped: dict[int, str] = {}
+    for c in clusters:
+        conflict = c.label_conflict and task == "classification"
+        for name in c.names if conflict else c.names[1:]:
+            if name in row:
+                why = f"filed under {' and '.join(c.classes)}" if conflict else f"a copy of {c.names[0]}"
+                dropped[row[name]] = f"{why} (data.duplicates: drop)"
+    if not dropped:
+        return data
+    keep = np.asarray([i for i in range(len(data.names)) if i not in dropped], dtype=np.int64)
+    return replace(
+        data,
+        images=data.images[keep],
+        labels=data.labels[keep],
+        masks=None if data.masks is None else data.masks[keep],
+        names=tuple(data.names[i] for i in keep),
+        skipped=data.skipped + tuple((data.names[i], why) for i, why in sorted(dropped.items())),
+    )
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    """A dataset decoded and planned: its images, the plan, and what splits honour (patients, copies)."""
+
+    data: LoadedData
+    plan: SplitPlan
+    groups: np.ndarray | None  # what splits keep whole: patients and clusters of copies joined (None: each image)
+    patients: np.ndarray | None  # data.group_by's groups alone (the audit's groups_crossing)
+    copies: list[list[int]]  # clusters of copies still in the data, as image indices (duplicates_crossing)
+
+
+def _load(cfg: DataConfig, cache_dir: str | Path | None) -> _Loaded:
     problems = cfg.problems()
     if problems:
         raise DataError("invalid data settings:\n  " + "\n  ".join(problems))
     index = scan(resolve_root(cfg, cache_dir), cfg.task, cfg.layout, columns=cfg.columns, group_by=cfg.group_by)
     _refuse_spanning_groups(index, cfg)
+    clusters = _copies(index, cfg, cache_dir)
     from data_pipeline.io import load  # OpenCV: only when images are read
 
     data = load(
@@ -142,10 +197,15 @@ def _load(cfg: DataConfig, cache_dir: str | Path | None):
         cache_dir=cache_dir,
         preprocess_steps=cfg.preprocess,
     )
+    if cfg.duplicates == "drop":
+        data = _without_copies(data, clusters, cfg.task)
     present = np.unique(data.labels)
     if len(present) < 2 and cfg.task == "classification":
         raise DataError(f"after skipping unreadable images only {len(present)} class is left under {index.root}")
-    groups = _group_ids(index, data.names)
+    row = {n: i for i, n in enumerate(data.names)}
+    copies = [m for c in clusters if len(m := [row[n] for n in c.names if n in row]) > 1]
+    patients = _group_ids(index, data.names)
+    groups = joined(patients, copies if cfg.duplicates == "group" else [], len(data.names))
     plan = plan_splits(
         data.labels,
         option=cfg.option,
@@ -155,10 +215,11 @@ def _load(cfg: DataConfig, cache_dir: str | Path | None):
         fractions=cfg.fractions,
         groups=groups,
     )
-    return data, plan, groups
+    return _Loaded(data, plan, groups, patients, copies)
 
 
-def _prepared(data: LoadedData, plan: SplitPlan, cfg: DataConfig, groups: np.ndarray | None) -> PreparedData:
+def _prepared(loaded: _Loaded, plan: SplitPlan, cfg: DataConfig) -> PreparedData:
+    data = loaded.data
     if cfg.task == "classification":
         positive_index(tuple(data.classes), cfg.positive_class)  # a class that is not there: stop before training
     splits = materialise(data, plan, cfg.seed)
@@ -167,7 +228,7 @@ def _prepared(data: LoadedData, plan: SplitPlan, cfg: DataConfig, groups: np.nda
         train=splits["train"],
         val=splits["val"],
         test=splits["test"],
-        audit=leakage_audit(plan, groups),
+        audit=leakage_audit(plan, loaded.patients, loaded.copies),
         fingerprint=data.fingerprint,
         skipped=data.skipped,
         names=data.names,
@@ -179,27 +240,27 @@ def _prepared(data: LoadedData, plan: SplitPlan, cfg: DataConfig, groups: np.nda
 
 def prepare(cfg: DataConfig, cache_dir: str | Path | None = None) -> PreparedData:
     """Find, decode (through the cache), split, balance and augment; raise DataError naming every bad field."""
-    data, plan, groups = _load(cfg, cache_dir)
-    return _prepared(data, plan, cfg, groups)
+    loaded = _load(cfg, cache_dir)
+    return _prepared(loaded, loaded.plan, cfg)
 
 
 def prepare_folds(cfg: DataConfig, k: int, cache_dir: str | Path | None = None) -> tuple[PreparedData, ...]:
     """k-fold cross-validation: one PreparedData per fold (its own train/val, audited), all with the test split
     ``prepare(cfg)`` has (see ``splits.fold_plans``)."""
-    data, plan, groups = _load(cfg, cache_dir)
+    loaded = _load(cfg, cache_dir)
     plans = fold_plans(
-        data.labels,
-        plan,
+        loaded.data.labels,
+        loaded.plan,
         k,
         balance_to=cfg.balance_to,
         seed=cfg.seed,
         fractions=cfg.fractions,
         stratify=cfg.task == "classification",
-        groups=groups,
+        groups=loaded.groups,
     )
     if any(min(len(p.train), len(p.val)) == 0 for p in plans):
         raise DataError(f"{k} folds leave a fold without training or validation images: use fewer folds")
-    return tuple(_prepared(data, p, cfg, groups) for p in plans)
+    return tuple(_prepared(loaded, p, cfg) for p in plans)
 
 
 def folds_summary(folds: tuple[PreparedData, ...]) -> dict[str, object]:

@@ -18,6 +18,8 @@ Protocols:
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -146,16 +148,29 @@ def plan_splits(
     return SplitPlan(rng.permutation(train), rng.permutation(val), rng.permutation(test), option, protocol)
 
 
-def leakage_audit(plan: SplitPlan, groups: np.ndarray | None = None) -> dict[str, int]:
+def leakage_audit(
+    plan: SplitPlan, groups: np.ndarray | None = None, copies: Sequence[Sequence[int]] | None = None
+) -> dict[str, int]:
     """How many validation/test images share their source image with training (as original or augmented copy);
     with ``groups``, also ``groups_crossing``: how many groups have images in more than one split (absent without
-    groups, where it could only be 0)."""
+    groups, where it could only be 0); with ``copies`` (clusters of duplicate images, as source indices), also
+    ``duplicates_crossing``: how many pairs of copies have one image in one split and the other in another."""
     in_train = set(plan.train[:, 0].tolist())
     out = {name: int(sum(s in in_train for s in plan.split(name)[:, 0].tolist())) for name in ("val", "test")}
     if groups is not None:
         groups = np.asarray(groups)
         seen = [set(groups[plan.split(s)[:, 0]].tolist()) for s in SPLITS]
         out["groups_crossing"] = len((seen[0] & seen[1]) | (seen[0] & seen[2]) | (seen[1] & seen[2]))
+    if copies is not None:
+        where: dict[int, set[str]] = {}
+        for s in SPLITS:
+            for source in plan.split(s)[:, 0].tolist():
+                where.setdefault(source, set()).add(s)
+        out["duplicates_crossing"] = sum(
+            any(x != y for x in where.get(a, ()) for y in where.get(b, ()))
+            for members in copies
+            for a, b in itertools.combinations(members, 2)
+        )
     return out
 
 

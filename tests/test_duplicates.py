@@ -20,10 +20,10 @@ from data_pipeline.duplicates import (
     Signatures,
     duplicate_clusters,
     find_clusters,
-    groups,
     pair_distances,
     signature,
 )
+from data_pipeline.groups import joined
 from search.cli import main
 
 PHOTOS = ("astronaut", "camera", "coffee", "chelsea", "rocket", "coins", "moon", "page", "text", "hubble_deep_field")
@@ -153,7 +153,7 @@ def test_issue_27_copies_across_classes_and_reencodings_found_by_data_check(tmp_
     assert "near  Early: Early/00.png, Early/re-00.jpg" in text
 
     index = scan(root)
-    ids = groups(duplicate_clusters(index), len(index))
+    ids = joined(None, [c.images for c in duplicate_clusters(index)], len(index))
     assert len(set(ids)) == len(index) - 24  # each cluster one group, every other image its own
     names = index.names
     assert all(ids[names.index(a)] == ids[names.index(b)] for a, b in exact | near)
@@ -189,3 +189,43 @@ def test_a_damaged_entry_is_decided_again(tmp_path, damage):
     entry.write_text(damage)
     assert duplicate_clusters(scan(root), cache_dir=cache) == first
     assert json.loads(entry.read_text()) == [[c.kind, list(c.images)] for c in first]
+
+
+def _prepared(root, cache, **data):
+    from data_pipeline import DataConfig, prepare
+
+    cfg = DataConfig(data_dir=str(root), image_size=32, option=2, balance_to=None, **data)
+    return prepare(cfg, cache_dir=cache)
+
+
+def _split_of(prepared) -> dict[str, str]:
+    return {prepared.names[i]: s for s in ("train", "val", "test") for i in prepared.split(s).sources.tolist()}
+
+
+def test_sweeps_keep_copies_in_one_split_or_drop_them_and_refuse_a_label_conflict(tmp_path, capsys):
+    """data.duplicates through the real pipeline on issue 27's set: group (the default) refuses images filed under
+    two classes, in one line, writing nothing; drop leaves those out whole and keeps one image of every other
+    cluster; group keeps each pair of copies in one split where ignore lets them cross, as the audit counts."""
+    root, cache = tmp_path / "data", tmp_path / "cache"
+    exact, near = _issue_27_set(root)
+    before = sorted((p, p.stat().st_mtime_ns) for p in root.rglob("*"))
+    storage = tmp_path / "runs"
+    code = main(["run", "classification", "--preset", "smoke", "--data-dir", str(root), "--storage", str(storage)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "filed under classes Benign, Early (and 11 more" in err, err
+    assert "data.duplicates: drop" in err and not storage.exists()
+    assert sorted((p, p.stat().st_mtime_ns) for p in root.rglob("*")) == before
+
+    dropped = _prepared(root, cache, duplicates="drop")
+    gone = {name for name, _ in dropped.skipped}
+    assert gone == {n for pair in exact for n in pair} | {b for _, b in near}  # conflicts whole, second copies
+    assert dict(dropped.skipped)["Early/re-03.jpg"] == "a copy of Early/03.png (data.duplicates: drop)"
+    assert not gone & set(dropped.names) and dropped.audit["duplicates_crossing"] == 0
+
+    for _, b in exact:  # without the label conflicts: 12 pairs of near copies within Early
+        (root / b).unlink()
+    grouped, ignored = _prepared(root, cache), _prepared(root, cache, duplicates="ignore")
+    where, loose = _split_of(grouped), _split_of(ignored)
+    assert all(where[a] == where[b] for a, b in near) and grouped.audit["duplicates_crossing"] == 0
+    crossing = sum(loose[a] != loose[b] for a, b in near)
+    assert ignored.audit["duplicates_crossing"] == crossing > 0

@@ -137,12 +137,13 @@ def _dataset(root):
     """Two classes, 6 patients each, 3 fields of view per patient (P01_a.png ...), and a manifest naming them with
     columns path,label,patient,site (the usual names: no column settings needed)."""
     rows = ["path,label,patient,site"]
-    for c, (cls, patients) in enumerate((("benign", range(1, 7)), ("malignant", range(7, 13)))):
+    rng = np.random.default_rng(0)  # every image its own (no copies: those would join patients)
+    for cls, patients in (("benign", range(1, 7)), ("malignant", range(7, 13))):
         (root / "images" / cls).mkdir(parents=True)
         for p in patients:
-            for k, view in enumerate("abc"):
+            for view in "abc":
                 name = f"images/{cls}/P{p:02d}_{view}.png"
-                assert cv2.imwrite(str(root / name), np.full((12, 12, 3), 40 * c + 7 * k, np.uint8))
+                assert cv2.imwrite(str(root / name), rng.integers(0, 256, (12, 12, 3), dtype=np.uint8))
                 rows.append(f"{name},{cls},P{p:02d},site{p % 2}")
     (root / "list.csv").write_text("\n".join(rows) + "\n")
     return root
@@ -254,3 +255,14 @@ def test_more_folds_than_groups_is_a_data_error():
     ):
         fold_plans(labels, base, 8, groups=groups)
     assert len(fold_plans(labels, base, 8)) == 8  # without groups: 8 images suffice
+
+
+def test_patients_and_copies_join_into_one_group():
+    """A copy of patient A's image filed under patient B joins A and B: neither may cross splits."""
+    from data_pipeline.groups import joined
+
+    patients = np.array([0, 0, 1, 1, 2, 3])
+    ids = joined(patients, [[1, 2]], 6)  # image 1 (A) and image 2 (B) are copies
+    assert ids[0] == ids[1] == ids[2] == ids[3] and len({ids[0], ids[4], ids[5]}) == 3
+    assert joined(None, [], 6) is None
+    np.testing.assert_array_equal(np.unique(joined(None, [[4, 5]], 6), return_counts=True)[1], [1, 1, 1, 1, 2])

@@ -139,11 +139,10 @@ def test_the_leaky_protocol_gets_a_banner():
 
 def test_the_audit_line_counts_groups_crossing_only_when_grouped():
     agg = tables.aggregate(_frame())
-    grouped = {"2": {**DATA["2"], "leakage_audit": {"val": 0, "test": 0, "groups_crossing": 0}}}
-    assert (
-        "0 groups (data.group_by) in more than one split"
-        in tables.trust_lines(tables.trust(agg, _study(), grouped))[-1]
-    )
+    audit = {"val": 0, "test": 0, "groups_crossing": 0, "duplicates_crossing": 3}
+    grouped = {"2": {**DATA["2"], "leakage_audit": audit}}
+    line = tables.trust_lines(tables.trust(agg, _study(), grouped))[-1]
+    assert "0 groups (data.group_by) in more than one split / 3 pairs of copies split apart" in line
     assert "groups" not in tables.trust_lines(tables.trust(agg, _study(), DATA))[-1]
 
 

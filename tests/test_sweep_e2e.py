@@ -112,7 +112,8 @@ def test_sweep_survives_real_faults_asha_stops_the_worse_logs_and_evaluates(tmp_
     sweep = json.loads((exp / "sweep.json").read_text())
     assert sweep["cluster"]["nodes"] == ["127.0.0.1"]  # a real local Ray cluster, on loopback only
     assert sweep["study"]["train"]["epochs"] == 3 and sweep["versions"]["ray"].startswith("2.60")
-    assert sweep["data"]["1"]["leakage_audit"] == {"val": 0, "test": 0} and sweep["data"]["1"]["fingerprint"]
+    assert sweep["data"]["1"]["leakage_audit"] == {"val": 0, "test": 0, "duplicates_crossing": 0}
+    assert sweep["data"]["1"]["fingerprint"]
 
     trial_dirs = {p.name.rsplit("-", 1)[0]: p for p in exp.iterdir() if (p / "result.json").is_file()}
     scalars = _event_scalars(trial_dirs["unet-lr1e-06-do0.1"])

@@ -33,11 +33,12 @@ def experiment(tmp_path_factory):
 
 def test_folds_are_leak_free_and_each_trial_keeps_one_model_per_fold(experiment):
     data = json.loads((experiment / "sweep.json").read_text())["data"]["2"]
-    assert len(data["folds"]) == 2 and data["leakage_audit"] == {"val": 0, "test": 0}
+    assert len(data["folds"]) == 2 and data["leakage_audit"] == {"val": 0, "test": 0, "duplicates_crossing": 0}
     val_sizes = [f["splits"]["val"]["n"] for f in data["folds"]]
     assert sum(val_sizes) == sum(COUNTS) - data["splits"]["test"]["n"]  # the non-test originals, validated once
     for fold in data["folds"]:  # validation holds untouched originals, none derived from the fold's training images
-        assert fold["splits"]["val"]["augmented"] == 0 and fold["leakage_audit"] == {"val": 0, "test": 0}
+        assert fold["splits"]["val"]["augmented"] == 0
+        assert fold["leakage_audit"] == {"val": 0, "test": 0, "duplicates_crossing": 0}
         assert fold["splits"]["test"] == data["splits"]["test"]  # one fixed test split
     frame = pd.read_csv(experiment / "results.csv")
     assert len(frame) == 2 and (frame["val_dice_std"] >= 0).all()  # the fold-mean score and its spread

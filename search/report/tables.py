@@ -276,6 +276,7 @@ def trust_lines(t: dict[str, Any]) -> list[str]:
     audit = ", ".join(
         f"option {k}: {v['val']} val / {v['test']} test"
         + (f" / {v['groups_crossing']} groups (data.group_by) in more than one split" if "groups_crossing" in v else "")
+        + (f" / {v['duplicates_crossing']} pairs of copies split apart" if "duplicates_crossing" in v else "")
         for k, v in t["leakage_audit"].items()
     )
     lines.append(f"Leakage audit (val/test images derived from a training image): {audit}.")
