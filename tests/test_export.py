@@ -101,7 +101,14 @@ def test_export_then_evaluate_and_predict_in_fresh_processes(experiment, tmp_pat
     best = frame.loc[frame["val_accuracy"].idxmax()]
     model_dir = tmp_path / "b0"
     manifest = export_best(experiment, model_dir, "--family", "efficientnetv2_b0")
-    assert sorted(p.name for p in model_dir.iterdir()) == ["README.md", "export.json", "model.keras", "study.json"]
+    assert sorted(p.name for p in model_dir.iterdir()) == [
+        "MODEL_CARD.md",
+        "README.md",
+        "export.json",
+        "model.keras",
+        "model_card.json",
+        "study.json",
+    ]
     assert manifest["trial"] == best["trial"] and manifest["classes"] == ["Benign", "Early", "Pre", "Pro"]
     assert manifest["hyperparameters"] == {"lr": best["lr"], "dropout": 0.2, "option": 2}
     assert manifest["test"]["accuracy"] == pytest.approx(best["test_accuracy"])
