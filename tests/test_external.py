@@ -144,6 +144,12 @@ def test_external_refusals_are_one_line_and_write_nothing(model_dir, external, t
     assert "not a CSV manifest" in err
     err = refused("--by", "site")  # the study's own data: no subgroups to take from it
     assert "external validation" in err
+    around = model_dir.parent  # a dataset whose folder holds the model: its files would land in the user's data
+    for name in rows["image"]:
+        (around / name).write_bytes((root / name).read_bytes())
+    rows.to_csv(around / "manifest.csv", index=False)
+    err = refused("--data-dir", around)
+    assert "inside the external dataset's folder" in err
     assert tree_state(model_dir) == state
 
 
