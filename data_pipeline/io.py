@@ -195,6 +195,22 @@ def fingerprint(index: DatasetIndex, **params: object) -> str:
     return h.hexdigest()[:24]
 
 
+def load_fingerprint(
+    index: DatasetIndex, image_size: int, mask_rule: str = "auto", preprocess_steps: tuple = ()
+) -> str:
+    """The fingerprint ``load`` records for ``index`` read with these settings (its cache key; sweep.json's
+    ``fingerprint``): the same files and settings give the same one."""
+    steps = preprocess.resolve(preprocess_steps)
+    # Every step's parameters, defaults written out, are part of the key (absent without steps: older keys hold).
+    return fingerprint(
+        index,
+        size=image_size,
+        mask_rule=mask_rule if index.masks is not None else None,
+        masks=index.masks is not None,
+        **({"preprocess": steps} if steps else {}),
+    )
+
+
 def load(
     index: DatasetIndex,
     image_size: int,
@@ -222,15 +238,7 @@ def load(
     if bad_steps:
         raise DataError("; ".join(bad_steps))
     steps = preprocess.resolve(preprocess_steps)
-    rule = mask_rule if index.masks is not None else None
-    # Every step's parameters, defaults written out, are part of the key (absent without steps: older keys hold).
-    fp = fingerprint(
-        index,
-        size=image_size,
-        mask_rule=rule,
-        masks=index.masks is not None,
-        **({"preprocess": steps} if steps else {}),
-    )
+    fp = load_fingerprint(index, image_size, mask_rule, preprocess_steps)
     entry = cache_folder("decoded", cache_dir) / fp
     data = _read_cache(entry, fp) if use_cache and entry.is_dir() else None
     if data is not None:

@@ -15,6 +15,7 @@ softmax(log p / T) equals softmax(z / T) for the logits z, so it works on the mo
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -55,27 +56,38 @@ def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarr
     return f1.mean(-1).reshape(lead)
 
 
-def paired_bootstrap(statistic, *arrays: np.ndarray, n_resamples: int = N_RESAMPLES, seed: int = SEED) -> dict:
-    """``statistic(*arrays)`` on the observed images, and its percentile ``CONFIDENCE`` interval over
-    ``n_resamples`` paired resamples of the images (the same images for every array). ``statistic`` takes
-    arrays whose last axis is the images and reduces it (it is called on batches of resamples)."""
-    from scipy.stats import bootstrap
+def bootstrap(statistic, *arrays: np.ndarray, n_resamples: int = N_RESAMPLES, seed: int = SEED, batch=None):
+    """(observed, low, high): ``statistic(*arrays)`` on the observed images and its percentile ``CONFIDENCE``
+    interval over ``n_resamples`` paired resamples of the images (the same images for every array; NaN with fewer
+    than 2). ``statistic`` takes arrays whose last axis is the images and reduces it (it is called on batches of
+    resamples); it may return one value or several (then three arrays). ``batch``: resamples per call, to bound
+    memory."""
+    from scipy.stats import bootstrap as scipy_bootstrap
 
-    observed = float(statistic(*arrays))
+    observed = np.asarray(statistic(*arrays), np.float64)
     if len(arrays[0]) < 2:
-        return {"difference": observed, "low": float("nan"), "high": float("nan")}
-    result = bootstrap(
-        arrays,
-        lambda *xs, axis=-1: statistic(*(np.moveaxis(x, axis, -1) for x in xs)),
-        paired=True,
-        vectorized=True,
-        n_resamples=n_resamples,
-        confidence_level=CONFIDENCE,
-        method="percentile",
-        rng=np.random.default_rng(seed),
-    )
+        return observed, np.full_like(observed, np.nan), np.full_like(observed, np.nan)
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a resample without some class: that metric is NaN there
+        result = scipy_bootstrap(
+            arrays,
+            lambda *xs, axis=-1: statistic(*(np.moveaxis(x, axis, -1) for x in xs)),
+            paired=True,
+            vectorized=True,
+            n_resamples=n_resamples,
+            batch=batch,
+            confidence_level=CONFIDENCE,
+            method="percentile",
+            rng=np.random.default_rng(seed),
+        )
     low, high = result.confidence_interval
-    return {"difference": observed, "low": float(low), "high": float(high)}
+    return observed, np.asarray(low, np.float64), np.asarray(high, np.float64)
+
+
+def paired_bootstrap(statistic, *arrays: np.ndarray, n_resamples: int = N_RESAMPLES, seed: int = SEED) -> dict:
+    """A difference between two models on the same images (``bootstrap`` of one value)."""
+    observed, low, high = bootstrap(statistic, *arrays, n_resamples=n_resamples, seed=seed)
+    return {"difference": float(observed), "low": float(low), "high": float(high)}
 
 
 def compare_classifiers(
@@ -149,24 +161,31 @@ def _interval(d: dict[str, float]) -> str:
 
 
 def reliability(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> dict[str, np.ndarray]:
-    """Per equal-width confidence bin ((0, 1/bins], ...): images, mean confidence, accuracy (NaN when empty)."""
+    """Per equal-width confidence bin ((0, 1/bins], ...): images, mean confidence, accuracy (NaN when empty).
+    ``probs`` (..., n, classes) and ``labels`` (..., n): leading axes are batches (of bootstrap resamples)."""
     probs = np.asarray(probs, np.float64)
     conf, correct = probs.max(-1), (probs.argmax(-1) == np.asarray(labels)).astype(np.float64)
     which = np.clip(np.ceil(conf * bins).astype(int) - 1, 0, bins - 1)
-    count = np.bincount(which, minlength=bins)
+    lead = conf.shape[:-1]
+    rows = np.arange(int(np.prod(lead, dtype=int)))[:, None] * bins  # each batch row its own run of bins
+    flat, size = (rows + which.reshape(len(rows), -1)).ravel(), len(rows) * bins
+
+    def per_bin(weights=None) -> np.ndarray:
+        w = None if weights is None else weights.ravel()
+        return np.bincount(flat, w, minlength=size).reshape(*lead, bins)
+
+    count = per_bin()
     with np.errstate(invalid="ignore", divide="ignore"):
-        return {
-            "count": count,
-            "confidence": np.bincount(which, conf, bins) / count,
-            "accuracy": np.bincount(which, correct, bins) / count,
-        }
+        return {"count": count, "confidence": per_bin(conf) / count, "accuracy": per_bin(correct) / count}
 
 
-def ece(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
-    """Expected calibration error: Σ over bins of (images in bin / all) × |accuracy − mean confidence|."""
+def ece(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS):
+    """Expected calibration error: Σ over bins of (images in bin / all) × |accuracy − mean confidence| (a float;
+    one per batch row when ``probs`` has leading axes)."""
     r = reliability(probs, labels, bins)
-    used = r["count"] > 0
-    return float((r["count"][used] * np.abs(r["accuracy"][used] - r["confidence"][used])).sum() / r["count"].sum())
+    gap = np.where(r["count"] > 0, np.abs(r["accuracy"] - r["confidence"]), 0.0)
+    out = (r["count"] * gap).sum(-1) / r["count"].sum(-1)
+    return float(out) if np.ndim(out) == 0 else out
 
 
 def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
@@ -190,3 +209,70 @@ def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
         return float(-(z[np.arange(len(labels)), labels] - np.log(np.exp(z).sum(-1))).mean())
 
     return float(np.exp(minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded").x))
+
+
+# ---- one model's metrics with intervals ------------------------------------------------------------------------------
+
+INTERVAL_METRICS = ("accuracy", "balanced_accuracy", "f1", "roc_auc", "ece")  # report keys; f1 is macro F1
+
+
+def _macro_auroc(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """One-vs-rest ROC AUC per class from ranks (Mann-Whitney U: the trapezoid AUC, ties counted half), averaged
+    over the classes with positives and negatives (NaN when none has), as the report's ``roc_auc``."""
+    from scipy.stats import rankdata
+
+    n = labels.shape[-1]
+    aucs = []
+    for c in range(probs.shape[-1]):
+        pos = labels == c
+        n_pos = pos.sum(-1)
+        u = (rankdata(probs[..., c], axis=-1) * pos).sum(-1) - n_pos * (n_pos + 1) / 2
+        with np.errstate(invalid="ignore", divide="ignore"):
+            aucs.append(np.where((n_pos > 0) & (n_pos < n), u / (n_pos * (n - n_pos)), np.nan))
+    return np.nanmean(np.stack(aucs), axis=0)
+
+
+def _balanced_accuracy(labels: np.ndarray, predicted: np.ndarray, n_classes: int) -> np.ndarray:
+    """Mean recall over the classes present (scikit-learn's ``balanced_accuracy_score``)."""
+    recalls = []
+    for c in range(n_classes):
+        pos = labels == c
+        with np.errstate(invalid="ignore", divide="ignore"):
+            recalls.append(np.where(pos.any(-1), (pos & (predicted == c)).sum(-1) / pos.sum(-1), np.nan))
+    return np.nanmean(np.stack(recalls), axis=0)
+
+
+def classifier_metrics(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """``INTERVAL_METRICS`` of probabilities (..., n, classes) against labels (..., n), in that order (pure,
+    batched over leading axes)."""
+    labels, probs = np.asarray(labels), np.asarray(probs, np.float64)
+    k, predicted = probs.shape[-1], probs.argmax(-1)
+    return np.stack(
+        [
+            (predicted == labels).mean(-1),
+            _balanced_accuracy(labels, predicted, k),
+            macro_f1(labels, predicted, k),
+            _macro_auroc(labels, probs),
+            np.asarray(ece(probs, labels)),
+        ]
+    )
+
+
+def classifier_intervals(
+    labels: np.ndarray, probs: np.ndarray, *, n_resamples: int = N_RESAMPLES, seed: int = SEED
+) -> dict[str, dict[str, float]]:
+    """Each of ``INTERVAL_METRICS`` with its percentile bootstrap ``CONFIDENCE`` interval over the images:
+    {metric: {"value", "low", "high"}}."""
+    labels, probs = np.asarray(labels).astype(np.int64), np.asarray(probs, np.float64)
+    batch = max(1, 4_000_000 // max(1, probs.size))  # resamples per call: bounded memory on large sets
+    value, low, high = bootstrap(
+        lambda i: classifier_metrics(labels[i], probs[i]),
+        np.arange(len(labels)),
+        n_resamples=n_resamples,
+        seed=seed,
+        batch=batch,
+    )
+    return {
+        m: {"value": float(v), "low": float(lo), "high": float(hi)}
+        for m, v, lo, hi in zip(INTERVAL_METRICS, value, low, high, strict=True)
+    }

@@ -365,9 +365,23 @@ def _add_cluster_commands(sub) -> None:
         "--gradcam", action="store_true", help="classification, with --out: a Grad-CAM heatmap PNG per image"
     )
 
-    evaluate = sub.add_parser("evaluate", help="re-compute an exported model's test metrics on its study's test split")
+    evaluate = sub.add_parser(
+        "evaluate",
+        help="re-compute an exported model's test metrics on its study's test split, or validate it on another "
+        "dataset (--data-dir OTHER)",
+    )
     evaluate.add_argument("model_dir", type=Path)
-    evaluate.add_argument("--data-dir", help="the dataset folder, when it is not where the sweep read it")
+    evaluate.add_argument(
+        "--data-dir",
+        help="a dataset in any layout (folder or CSV manifest). The data the model was trained on (the same "
+        "fingerprint: files, relative paths, sizes and times; e.g. moved with mv or cp -a) is scored on its test "
+        "split; any other is an external validation on every image: the model's class names required, metrics with "
+        "bootstrap 95%% intervals and calibration, written as external-<name>.md/.html/.json next to the model and "
+        "added to its MODEL_CARD.md",
+    )
+    evaluate.add_argument(
+        "--by", help="external validation on a CSV manifest: the same metrics per value of this column, with n"
+    )
     evaluate.add_argument("--tta", action="store_true", help="with test-time augmentation (flips and 90° turns)")
 
     serve = sub.add_parser("serve", help="serve an exported model over HTTP (Ray Serve): a web page and POST /predict")
@@ -509,8 +523,19 @@ def _predict(args) -> int:
 
 
 def _evaluate(args) -> int:
+    from search.errors import SweepError
     from search.export import evaluate_export
+    from search.external import external_set
 
+    found = external_set(args.model_dir, args.data_dir) if args.data_dir is not None else None
+    if found is not None:
+        return _external(args, found)
+    if args.by:
+        where = args.data_dir or "the study's own data"
+        raise SweepError(
+            f"--by {args.by}: {where} is the data the model was trained on; subgroups are for an external "
+            "validation: give --data-dir OTHER, a CSV manifest with that column"
+        )
     now, recorded = evaluate_export(args.model_dir, args.data_dir, tta=args.tta)
     print(f"{'metric':<16}{'now':>10}{'at export':>12}")
     for key, value in now.items():
@@ -518,6 +543,16 @@ def _evaluate(args) -> int:
             before = recorded.get(key)
             shown = "–" if before is None else format(before, ".4f")  # None: not recorded, or not finite (NaN)
             print(f"{key:<16}{value:>10.4f}{shown:>12}")
+    return 0
+
+
+def _external(args, found) -> int:
+    from search.external import external_sections, validate_external
+    from search.report.document import render
+
+    record, written = validate_external(args.model_dir, found, by=args.by, tta=args.tta)
+    print(render(external_sections(record), "md"))
+    print("written: " + ", ".join(str(p) for p in written))
     return 0
 
 

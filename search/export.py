@@ -6,7 +6,10 @@ An exported model folder holds:
 - ``export.json``: task, model name, trial and hyperparameters, class names, preprocessing (input size, what the
   model does to its input, mask rule), validation and test metrics, and how the trial was selected;
 - ``study.json``: the resolved study the sweep ran (data settings included, so the test split can be rebuilt);
-- ``README.md``: how to use it.
+- ``README.md``: how to use it;
+- ``MODEL_CARD.md`` and ``model_card.json``: the model card (``search.card``): intended use, data, how it was
+  chosen, test metrics with intervals, calibration, external validations, limitations;
+- ``external-<name>.json/.md/.html``: each external validation (``sweep evaluate --data-dir OTHER``), once run.
 """
 
 from __future__ import annotations
@@ -28,15 +31,16 @@ from data_pipeline.files import data_folders, publish_folder, refuse_inside, wri
 from models.tasks import TASKS, task_info
 from search import checkpoints
 from search import storage as store
+from search.card import CARD_FILE, CARD_JSON, HANDLING_KEYS, summarize, write_card
 from search.errors import SweepError
-from search.experiment import load_details, load_results, load_study, load_sweep
+from search.experiment import load_details, load_predictions, load_results, load_study, load_sweep
 from search.results import CONFIG_KEYS, best_row
 from search.spec import Study, study_from_record
 
 EXPORT_FILE = "export.json"
 STUDY_FILE = "study.json"
 MODEL_FILE = "model.keras"
-EXPORT_FILES = (MODEL_FILE, EXPORT_FILE, STUDY_FILE, "README.md")
+EXPORT_FILES = (MODEL_FILE, EXPORT_FILE, STUDY_FILE, "README.md", CARD_FILE, CARD_JSON)
 PREDICTION_THRESHOLD = 0.5
 
 
@@ -124,7 +128,13 @@ def export_manifest(
         "best_epoch": None if pd.isna(row.get("best_epoch")) else int(row["best_epoch"]),
         "validation": _clean({k[4:]: row[k] for k in row.index if k.startswith("val_")}),
         "test": _clean({k[5:]: row[k] for k in row.index if k.startswith("test_")}),
-        "data": {"fingerprint": data["fingerprint"], "leakage_audit": data["leakage_audit"], "splits": data["splits"]},
+        "data": {
+            "fingerprint": data["fingerprint"],
+            "layout": data.get("layout"),
+            "leakage_audit": data["leakage_audit"],
+            "splits": data["splits"],
+            **{k: data[k] for k in HANDLING_KEYS if k in data},  # patient groups and duplicates, when recorded
+        },
         "calibration": (detail or {}).get("calibration"),  # {"temperature": T, ...}: `sweep predict` applies it
     }
 
@@ -148,7 +158,8 @@ probs = model.predict(images)  # images: (n, S, S, 3) RGB 0..255, S = {m["prepro
 
 From the command line: `sweep predict THIS_FOLDER IMAGE_OR_FOLDER... [--out DIR]`; re-check its test metrics on
 the study's test split: `sweep evaluate THIS_FOLDER`. All facts (hyperparameters, metrics, data fingerprint) are in
-`export.json`; the study it came from is in `study.json`.
+`export.json`; the study it came from is in `study.json`. What it is for, what it was tested on, with
+what uncertainty, and its limitations: `MODEL_CARD.md`.
 """
 
 
@@ -166,6 +177,9 @@ def export_best(experiment: str | Path, to: str | Path, family: str | None = Non
         raise SweepError(f"{to} exists and is not empty: export into a new folder")
     detail = load_details(experiment).get(row["trial"])
     manifest = export_manifest(row, study, sweep, metric, family, experiment, detail)
+    preds = load_predictions(experiment)
+    if f"{row['trial']}/probs" in preds:  # a classifier's test predictions: its metrics with intervals
+        manifest["test_intervals"] = summarize(preds[f"{row['trial']}/labels"], preds[f"{row['trial']}/probs"])
     with publish_folder(to) as staging, tempfile.TemporaryDirectory() as tmp:
         checkpoint = store.download(row["checkpoint"], tmp)
         files = checkpoints.model_files(checkpoint)
@@ -182,6 +196,7 @@ def export_best(experiment: str | Path, to: str | Path, family: str | None = Non
         (staging / EXPORT_FILE).write_text(json.dumps(manifest, indent=2))
         (staging / STUDY_FILE).write_text(json.dumps(study.to_dict(), indent=2))
         (staging / "README.md").write_text(_readme(manifest))
+        write_card(staging)
     return to
 
 

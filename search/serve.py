@@ -46,6 +46,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from ray import serve
 from ray.serve.config import BackpressureConfig
 
+from search.card import CARD_JSON, DISCLAIMER, render_card, trained_on
 from search.errors import SweepError
 from search.export import MODEL_FILE, STUDY_FILE, Predictions, check_export
 from search.export import overlay as outlined
@@ -70,10 +71,7 @@ MIN_TOKEN_CHARS = 16
 # RFC 6750's b64token: what a browser and curl send in `Authorization: Bearer ...` without quoting
 _TOKEN_SYNTAX = re.compile(r"[A-Za-z0-9._~+/-]+=*")
 PAGE_TEMPLATE = Path(__file__).with_name("serve_page.html")
-DISCLAIMER = (
-    "This is a research model. It is not a diagnostic device: it must not be used to diagnose, treat or rule out "
-    "any disease. A qualified person must read every smear."
-)
+CARD_ROUTE = "model-card"  # the model card, as HTML, relative to the page
 
 
 class BadRequest(Exception):
@@ -95,30 +93,6 @@ def model_version(model_dir: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()[:12]
-
-
-def trained_on(manifest: dict, study: dict) -> str:
-    """A plain sentence saying what data the model learned from and was tested on."""
-    data = study.get("data", {})
-    splits = manifest.get("data", {}).get("splits", {})
-    source = (
-        "the built-in synthetic smear dataset: computer-generated pictures, not smears from patients"
-        if data.get("data_dir") is None
-        else f"the images in the folder {Path(data['data_dir']).name}"
-    )
-    size = manifest["preprocessing"]["input_size"]
-    target = (
-        f"the classes {', '.join(manifest['classes'])}"
-        if manifest["task"] == "classification"
-        else "which pixels belong to cells (the foreground)"
-    )
-    counts = ""
-    if "train" in splits and "test" in splits:
-        counts = (
-            f" It learned from {splits['train']['n']} images, was chosen on {splits.get('val', {}).get('n', '?')} "
-            f"others and tested on {splits['test']['n']} images it never saw before."
-        )
-    return f"Trained to predict {target} from {source}, at {size}×{size} pixels.{counts}"
 
 
 def app_name(manifest: dict, version: str) -> str:
@@ -164,8 +138,11 @@ def authorization_problem(header: str | None, token: str | None) -> str | None:
     return None
 
 
-def page_context(manifest: dict, study: dict, version: str, max_bytes: int, token_required: bool) -> dict[str, Any]:
-    """Everything the page shows, from the export's manifest and study; whether it must ask for a token."""
+def page_context(
+    manifest: dict, study: dict, version: str, max_bytes: int, token_required: bool, card: bool = False
+) -> dict[str, Any]:
+    """Everything the page shows, from the export's manifest and study; whether it must ask for a token; whether
+    it links to a model card (exports made before cards have none)."""
     metrics = [(k, v) for k, v in manifest.get("test", {}).items() if isinstance(v, int | float)]
     return {
         "model": manifest["model"],
@@ -178,6 +155,7 @@ def page_context(manifest: dict, study: dict, version: str, max_bytes: int, toke
         "disclaimer": DISCLAIMER,
         "max_mb": f"{max_bytes / 1e6:g}",
         "token_required": token_required,
+        "card_url": CARD_ROUTE if card else None,
     }
 
 
@@ -438,7 +416,11 @@ class ModelServer:
         self.max_bytes = max_bytes
         self.version = model_version(model_dir)
         study = json.loads((Path(model_dir) / STUDY_FILE).read_text())
-        self.page = render_page(page_context(self.manifest, study, self.version, max_bytes, token is not None))
+        card = Path(model_dir) / CARD_JSON
+        # the card as HTML, rendered once; shown like the page itself (the same facts, no token needed)
+        self.card = render_card(json.loads(card.read_text()), "html") if card.is_file() else None
+        context = page_context(self.manifest, study, self.version, max_bytes, token is not None, self.card is not None)
+        self.page = render_page(context)
         self.slots = asyncio.Semaphore(DECODE_SLOTS)
 
     def _identity(self) -> dict:
@@ -447,6 +429,12 @@ class ModelServer:
     @api.get("/", response_class=HTMLResponse)
     def page(self) -> HTMLResponse:
         return HTMLResponse(self.page)
+
+    @api.get(f"/{CARD_ROUTE}", response_class=HTMLResponse)
+    def model_card(self) -> HTMLResponse:
+        if self.card is None:
+            raise BadRequest(404, "this export has no model card: export it again with a newer `sweep export`")
+        return HTMLResponse(self.card)
 
     @api.get("/healthz")
     def healthz(self) -> dict:

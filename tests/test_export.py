@@ -101,7 +101,14 @@ def test_export_then_evaluate_and_predict_in_fresh_processes(experiment, tmp_pat
     best = frame.loc[frame["val_accuracy"].idxmax()]
     model_dir = tmp_path / "b0"
     manifest = export_best(experiment, model_dir, "--family", "efficientnetv2_b0")
-    assert sorted(p.name for p in model_dir.iterdir()) == ["README.md", "export.json", "model.keras", "study.json"]
+    assert sorted(p.name for p in model_dir.iterdir()) == [
+        "MODEL_CARD.md",
+        "README.md",
+        "export.json",
+        "model.keras",
+        "model_card.json",
+        "study.json",
+    ]
     assert manifest["trial"] == best["trial"] and manifest["classes"] == ["Benign", "Early", "Pre", "Pro"]
     assert manifest["hyperparameters"] == {"lr": best["lr"], "dropout": 0.2, "option": 2}
     assert manifest["test"]["accuracy"] == pytest.approx(best["test_accuracy"])
@@ -134,13 +141,13 @@ def test_export_then_evaluate_and_predict_in_fresh_processes(experiment, tmp_pat
     raw = predict(model, np.stack([resize(read_rgb(p), 32) for p in table["image"]]))
     np.testing.assert_allclose(probs, apply_temperature(raw, temperature), atol=1e-5)
 
-    # `sweep evaluate --data-dir` of other data (other classes): refused in one line, the folder untouched
+    # `sweep evaluate --data-dir` of other data with other classes: refused in one line, the folder untouched
     wrong = synth.write_dataset(tmp_path / "wrong", (2, 2, 2, 2), size=32, seed=6)
     (wrong / "Original" / "Pro").rename(wrong / "Original" / "Other")
     before = tree_state(wrong)
     code, _, err = _cli(capsys, "evaluate", str(model_dir), "--data-dir", str(wrong))
     assert code == 2 and len(err.strip().splitlines()) == 1, err
-    assert "Other" in err and "trained on Benign, Early, Pre, Pro" in err and "the study's dataset" in err, err
+    assert "not in the model: Other; missing: Pro" in err and "trained on Benign, Early, Pre, Pro" in err, err
     assert tree_state(wrong) == before
 
 

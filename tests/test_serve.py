@@ -559,6 +559,10 @@ def test_the_page_in_a_real_browser(server, images, browser, tmp_path):
     shown = {r.find_element(By.TAG_NAME, "th").text: float(r.find_element(By.TAG_NAME, "td").text) for r in rows}
     assert shown == pytest.approx({k: v for k, v in manifest["test"].items() if v is not None}, abs=5e-5)
     assert "Predicted" not in text  # nothing predicted yet
+    card = browser.find_element(By.ID, "model-card")  # the model card, served by the app (no token needed)
+    assert card.text == "Model card" and card.get_attribute("href") == server["url"] + "/model-card"
+    answer = requests.get(card.get_attribute("href"), timeout=30)
+    assert answer.ok and f"<h1>Model card: {manifest['model']}" in answer.text and "Intended use" in answer.text
 
     image = images / "pre.png"
     browser.find_element(By.ID, "file").send_keys(str(image))  # choose a file, as a person would

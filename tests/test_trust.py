@@ -4,7 +4,7 @@ ECE, temperature scaling, test-time augmentation."""
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.metrics import f1_score
+from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score
 
 from models import stats
 
@@ -228,3 +228,25 @@ def test_ensemble_averages_its_fold_models_survives_saving_and_calibrates_out_of
     probs, labels = _validation_probs(loaded, folds, inputs, 8)
     np.testing.assert_allclose(probs, np.concatenate([alone[0][0::2], alone[1][1::2]]), atol=1e-6)
     assert labels.tolist() == [0, 2, 4, 1, 3] and fold_member(loaded, 1).name == "fold_1"
+
+
+def test_a_classifiers_metrics_with_intervals_match_scikit_learn_and_the_report():
+    from models.evaluation import classification_report
+
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 4, 80)
+    logits = rng.normal(size=(80, 4))
+    logits[np.arange(80), labels] += 1.0
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    report = classification_report(labels, probs, ("a", "b", "c", "d"))
+    out = stats.classifier_intervals(labels, probs, n_resamples=2000)
+    assert out["accuracy"]["value"] == pytest.approx(report["accuracy"], abs=1e-12)
+    assert out["balanced_accuracy"]["value"] == pytest.approx(balanced_accuracy_score(labels, probs.argmax(1)))
+    assert out["f1"]["value"] == pytest.approx(report["f1"], abs=1e-12)
+    assert out["roc_auc"]["value"] == pytest.approx(roc_auc_score(labels, probs, multi_class="ovr"), abs=1e-12)
+    assert out["ece"]["value"] == pytest.approx(report["ece"], abs=1e-12)
+    for name, m in out.items():
+        assert m["low"] < m["value"] < m["high"], name  # 80 images: a real interval around the estimate
+    # batched ECE equals one ECE per resample
+    rows = rng.integers(0, 80, (3, 80))
+    np.testing.assert_allclose(stats.ece(probs[rows], labels[rows]), [stats.ece(probs[r], labels[r]) for r in rows])
