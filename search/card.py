@@ -25,8 +25,9 @@ CARD_JSON = "model_card.json"
 EXTERNAL_PREFIX = "external-"  # external validations written next to the model: external-<name>.json/.md/.html
 DISCLAIMER = (
     "This is a research model. It is not a diagnostic device: it must not be used to diagnose, treat or rule out "
-    "any disease. A qualified person must read every smear."
+    "any disease. A qualified person must read every image."
 )
+SYNTHETIC_WHAT = {"leukemia": "blood-smear", "brain_mri": "brain MRI"}  # data.synthetic -> what its images show
 # What the sweep may record about patient groups and duplicate images (sweep.json's data section, its leakage audit,
 # or the study's data settings): shown when present, "not grouped" / "not checked" otherwise.
 HANDLING_KEYS = ("group_by", "groups_crossing", "duplicates", "duplicates_crossing")
@@ -115,8 +116,9 @@ def trained_on(manifest: dict, study: dict) -> str:
     """A plain sentence saying what data the model learned from and was tested on."""
     data = study.get("data", {})
     splits = manifest.get("data", {}).get("splits", {})
+    what = SYNTHETIC_WHAT.get(data.get("synthetic", "leukemia"), "image")
     source = (
-        "the built-in synthetic smear dataset: computer-generated pictures, not smears from patients"
+        f"the built-in synthetic {what} dataset: computer-generated pictures, not images of patients"
         if data.get("data_dir") is None
         else f"the images in the folder {Path(data['data_dir']).name}"
     )
@@ -182,8 +184,8 @@ def _limitations(card: dict) -> list[str]:
     out = []
     if card["data"]["data_dir"] is None:
         out.append(
-            "Trained and tested on computer-generated images, not smears from patients: nothing here says how it "
-            "does on real smears."
+            "Trained and tested on computer-generated images, not images of patients: nothing here says how it "
+            "does on real ones."
         )
     n = card["test"].get("n") or card["data"]["splits"].get("test", {}).get("n")
     if not card["external"]:

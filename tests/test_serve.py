@@ -554,7 +554,7 @@ def test_the_page_in_a_real_browser(server, images, browser, tmp_path):
     assert browser.find_element(By.ID, "model-name").text == manifest["model"]
     assert "not a diagnostic device" in browser.find_element(By.ID, "disclaimer").text
     trained = browser.find_element(By.ID, "trained-on").text
-    assert "synthetic smear dataset" in trained and f"{manifest['data']['splits']['test']['n']} images" in trained
+    assert "synthetic blood-smear dataset" in trained and f"{manifest['data']['splits']['test']['n']} images" in trained
     rows = browser.find_elements(By.CSS_SELECTOR, "#metrics tbody tr")
     shown = {r.find_element(By.TAG_NAME, "th").text: float(r.find_element(By.TAG_NAME, "td").text) for r in rows}
     assert shown == pytest.approx({k: v for k, v in manifest["test"].items() if v is not None}, abs=5e-5)
@@ -685,9 +685,9 @@ def test_trained_on_says_what_data_and_how_much():
     }
     synthetic = trained_on(manifest, {"data": {"data_dir": None}})
     assert synthetic == (
-        "Trained to predict the classes Benign, Pro from the built-in synthetic smear dataset: computer-generated "
-        "pictures, not smears from patients, at 224×224 pixels. It learned from 70 images, was chosen on 15 others "
-        "and tested on 15 images it never saw before."
+        "Trained to predict the classes Benign, Pro from the built-in synthetic blood-smear dataset: computer-"
+        "generated pictures, not images of patients, at 224×224 pixels. It learned from 70 images, was chosen on 15 "
+        "others and tested on 15 images it never saw before."
     )
     real = trained_on({**manifest, "task": "segmentation"}, {"data": {"data_dir": "/data/kaggle/leukemia"}})
     assert real.startswith(
