@@ -31,6 +31,11 @@ SYNTHETIC_WHAT = {"leukemia": "blood-smear", "brain_mri": "brain MRI"}  # data.s
 # What the sweep may record about patient groups and duplicate images (sweep.json's data section, its leakage audit,
 # or the study's data settings): shown when present, "not grouped" / "not checked" otherwise.
 HANDLING_KEYS = ("group_by", "groups_crossing", "duplicates", "duplicates_crossing")
+DUPLICATES_DONE = {  # data.duplicates, in words
+    "group": "each cluster of copies kept in one split (data.duplicates: group)",
+    "drop": "one image of each cluster kept, the others left out (data.duplicates: drop)",
+    "ignore": "split like any images (data.duplicates: ignore)",
+}
 METRIC_NAMES = {
     "accuracy": "accuracy",
     "balanced_accuracy": "balanced accuracy",
@@ -164,10 +169,12 @@ def handling(manifest: dict, study: dict) -> dict[str, Any]:
             "not grouped (data.group_by not set): images were split one by one, so images of one patient may be "
             "in both training and test"
         )
-    if "duplicates" in facts:
-        duplicates = f"checked: {_fact(facts['duplicates'])}"
+    if "duplicates" in facts:  # the study's data.duplicates: what the sweep did with the copies it found
+        duplicates = "exact and near copies looked for; " + DUPLICATES_DONE.get(
+            facts["duplicates"], f"data.duplicates: {_fact(facts['duplicates'])}"
+        )
         if "duplicates_crossing" in facts:
-            duplicates += f"; duplicates across splits: {_fact(facts['duplicates_crossing'])}"
+            duplicates += f"; pairs of copies split apart: {_fact(facts['duplicates_crossing'])}"
     else:
         duplicates = "not checked: identical or near-identical images may sit in both training and test"
     copies = {k: v for k, v in audit.items() if k in ("val", "test")}

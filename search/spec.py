@@ -83,9 +83,9 @@ class Train:
     blocks: int = 4  # custom_cnn: conv-BN-ReLU-pool blocks
     dense_units: int = 256  # classifiers: the head's dense layer
     # Classifiers: standardize the pooled backbone features (a fixed Normalization layer fitted on the training
-    # split) before the head's dense layer. auto: on where the backbone is frozen and random (weights: null), whose
-    # features vary too little between images for the head to learn from them as they are; off with pretrained
-    # weights (the study's head).
+    # split) before the head's dense layer. auto: on where the backbone is random (weights: null) and frozen for the
+    # whole trial (no fine-tuning stage), whose features vary too little between images for the head to learn from
+    # them as they are; off with pretrained weights (the study's head).
     standardize_features: bool | str = "auto"
     optimizer: str = "adam"  # adam | rmsprop | sgd (momentum 0.9) | adamw
     weight_decay: float = 0.0  # decoupled weight decay, any optimizer
@@ -498,10 +498,13 @@ def _study(name: str, raw: dict[str, Any], here: bool = True) -> Study:
 
 
 def resolve_standardize(train: Train) -> Train:
-    """``standardize_features: auto`` decided: on for a frozen random backbone (weights: null), off otherwise."""
+    """``standardize_features: auto`` decided: on for a random backbone (weights: null) that stays frozen the whole
+    trial, off otherwise. A fine-tuning stage changes the features the statistics were fitted on, and their tiny
+    spread, scaled up, turned that drift into a divergence."""
     if train.standardize_features != "auto":
         return train
-    return dataclasses.replace(train, standardize_features=train.weights is None and train.freeze_backbone)
+    frozen = train.freeze_backbone and train.fine_tune_layers == 0
+    return dataclasses.replace(train, standardize_features=train.weights is None and frozen)
 
 
 def param_space(study: Study) -> dict[str, Any]:

@@ -68,7 +68,8 @@ def test_every_export_carries_a_model_card(model_dir):
     ):
         assert heading in text, heading
     assert "not a diagnostic device" in text and manifest["data"]["fingerprint"] in text
-    assert "not grouped" in text and "Duplicates: not checked" in text  # this sweep recorded neither
+    assert "not grouped" in text  # this sweep set no group_by; it kept copies together, as every sweep does
+    assert "each cluster of copies kept in one split (data.duplicates: group); pairs of copies split apart: 0" in text
     assert "computer-generated images" in text  # the synthetic set is a limitation, said so
     # the test metrics with intervals: the values are the ones the sweep recorded, each inside its interval
     test = card["test"]
@@ -163,9 +164,12 @@ def test_groups_and_duplicates_are_read_from_whatever_the_sweep_recorded():
     assert plain["groups"].startswith("not grouped") and plain["duplicates"].startswith("not checked")
     assert plain["augmented_copies"].startswith("0 validation and 1 test images")
     audit = {"val": 0, "test": 0, "groups_crossing": 0, "duplicates_crossing": 2}
-    recorded = handling({"data": {"leakage_audit": audit, "duplicates": 5}}, {"data": {"group_by": "patient"}})
+    recorded = handling({"data": {"leakage_audit": audit}}, {"data": {"group_by": "patient", "duplicates": "ignore"}})
     assert recorded["groups"].startswith("grouped by `patient`") and "more than one split: 0" in recorded["groups"]
-    assert recorded["duplicates"] == "checked: 5; duplicates across splits: 2"
+    assert recorded["duplicates"] == (
+        "exact and near copies looked for; split like any images (data.duplicates: ignore); pairs of copies split "
+        "apart: 2"
+    )
 
 
 def test_class_check_and_file_names_by_hand():

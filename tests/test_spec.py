@@ -33,8 +33,8 @@ def test_smoke_preset_merges_over_the_study():
 
 
 def test_features_are_standardized_by_default_only_on_a_frozen_random_backbone(tmp_path):
-    """auto: on with weights: null and a frozen backbone, off with a weights file (the study's head) or a backbone
-    that trains; an explicit value is kept; anything else is refused with its field."""
+    """auto: on with weights: null and a backbone frozen for the whole trial, off with a weights file (the study's
+    head) or a backbone that trains or fine-tunes; an explicit value is kept; anything else is refused."""
     weights = tmp_path / "backbone.weights.h5"
     weights.write_bytes(b"")  # a weights file the study names: its existence is what validation checks
 
@@ -43,6 +43,7 @@ def test_features_are_standardized_by_default_only_on_a_frozen_random_backbone(t
 
     assert standardized() is True
     assert standardized(weights=str(weights)) is False and standardized(freeze_backbone=False) is False
+    assert standardized(fine_tune_layers=2, fine_tune_after=1) is False  # the features drift once it fine-tunes
     assert standardized(weights=str(weights), standardize_features=True) is True
     assert standardized(standardize_features=False) is False
     with pytest.raises(SpecError, match=r"train\.standardize_features: 'yes' is not true, false or auto"):
