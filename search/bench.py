@@ -8,7 +8,9 @@ invocation.
     JAX compile cache, data decoded once and shared zero-copy, bf16 on GPUs that have it.
 
 Scale options (fraction of the trials, epochs, image size) make it fit a short window; a scaled run's time for (a)
-extrapolates to the full study linearly in trials and epochs and quadratically in image side (``full_scale``).
+extrapolates to the full study linearly in trials, epochs and images and quadratically in image side
+(``full_scale``). ``--data-scale`` (default 4) multiplies a sized synthetic set (the smoke presets'), so that
+validation holds enough images for the trials to differ.
 """
 
 from __future__ import annotations
@@ -49,11 +51,23 @@ def trial_count(study: Study) -> int:
     return n
 
 
-def scale_overrides(study: Study, *, fraction: float = 1.0, epochs: int | None = None, image_size: int | None = None):
+def scale_overrides(
+    study: Study,
+    *,
+    fraction: float = 1.0,
+    epochs: int | None = None,
+    image_size: int | None = None,
+    data_scale: int = 1,
+):
     """Overrides that scale ``study`` down: about ``fraction`` of its trials (every model kept, the other grid axes
-    thinned from their middle), ``epochs`` per trial (ASHA's grace period scaled alike), ``image_size`` pixels."""
+    thinned from their middle), ``epochs`` per trial (ASHA's grace period scaled alike), ``image_size`` pixels; and
+    up: ``data_scale`` times the images per class of a built-in synthetic set the study sizes itself
+    (``data.synthetic_counts``, and ``data.balance_to`` alike), so that validation holds enough images for trials to
+    differ. A user's data folder, or a synthetic set at its default size, is used as it is."""
     if not 0 < fraction <= 1:
         raise SpecError(f"--fraction must be in (0, 1], got {fraction}")
+    if data_scale < 1:
+        raise SpecError(f"--data-scale must be an integer >= 1, got {data_scale}")
     over: dict[str, Any] = {}
     if study.search.algorithm == "grid":
         space = dict(study.space)
@@ -71,8 +85,13 @@ def scale_overrides(study: Study, *, fraction: float = 1.0, epochs: int | None =
     if epochs is not None:
         grace = max(1, min(epochs, round(study.scheduler.grace_period * epochs / study.train.epochs)))
         over |= {"train": {"epochs": epochs}, "scheduler": {"grace_period": grace}}
+    data = study.data
     if image_size is not None:
         over["data"] = {"image_size": image_size}
+    if data_scale > 1 and data.data_dir is None and data.synthetic_counts:
+        over.setdefault("data", {})["synthetic_counts"] = [n * data_scale for n in data.synthetic_counts]
+        if data.balance_to:
+            over["data"]["balance_to"] = data.balance_to * data_scale
     return over
 
 
@@ -113,13 +132,20 @@ class ReadInTrial(Mapping):
 
 
 def full_scale(full: Study, scaled: Study) -> float:
-    """How much longer the full study takes run the study's way: trials × epochs × pixels (compute per image
-    grows with the pixel count for these convolutional models)."""
+    """How much longer the full study takes run the study's way: trials × epochs × images × pixels (compute per
+    image grows with the pixel count for these convolutional models)."""
     return (
         trial_count(full) / trial_count(scaled)
         * full.train.epochs / scaled.train.epochs
+        * _images(full) / _images(scaled)
         * (full.data.image_size / scaled.data.image_size) ** 2
     )  # fmt: skip
+
+
+def _images(study: Study) -> int:
+    """The images per epoch, where the study sizes them (a balanced training split, or a sized synthetic set); 1
+    otherwise (the same data in both studies)."""
+    return study.data.balance_to or sum(study.data.synthetic_counts) or 1
 
 
 def _total(frame: pd.DataFrame, col: str, kind=float):
@@ -216,6 +242,7 @@ def run_bench(
     fraction: float = 1.0,
     epochs: int | None = None,
     image_size: int | None = None,
+    data_scale: int = 1,
     storage: str | Path | None = None,
     name: str | None = None,
     gpus_per_trial: float | None = None,
@@ -228,7 +255,8 @@ def run_bench(
     from search.runner import init_ray, prepare_all, run_study
 
     full = load_study(study_name, preset, overrides)
-    scaled_over = merge(overrides or {}, scale_overrides(full, fraction=fraction, epochs=epochs, image_size=image_size))
+    scale = scale_overrides(full, fraction=fraction, epochs=epochs, image_size=image_size, data_scale=data_scale)
+    scaled_over = merge(overrides or {}, scale)
     service = load_study(study_name, preset, scaled_over)
     studies = {
         STUDY_WAY: load_study(study_name, preset, merge(scaled_over, study_way_overrides(service))),

@@ -220,6 +220,22 @@ def test_scaling_keeps_every_model_and_thins_the_grid_from_its_middle():
         scale_overrides(full, fraction=0)
 
 
+def test_data_scale_grows_a_sized_synthetic_set_only(tmp_path):
+    """--data-scale multiplies the smoke preset's synthetic set (and its balancing) so validation holds enough images
+    for trials to differ; the estimate for the full study divides the images back out; a user's folder and a
+    synthetic set at its own size are left as they are."""
+    smoke = load_study("classification", "smoke")
+    big = load_study("classification", "smoke", scale_overrides(smoke, data_scale=4))
+    assert big.data.synthetic_counts == tuple(4 * n for n in smoke.data.synthetic_counts) == (40, 64, 60, 48)
+    assert big.data.balance_to == 4 * smoke.data.balance_to
+    assert full_scale(smoke, big) == pytest.approx(1 / 4)
+    assert "data" not in scale_overrides(load_study("classification", overrides=CLASSIFICATION), data_scale=4)
+    users = replace(smoke, data=replace(smoke.data, data_dir=str(tmp_path)))
+    assert "data" not in scale_overrides(users, data_scale=4)
+    with pytest.raises(SpecError, match="data-scale"):
+        scale_overrides(smoke, data_scale=0)
+
+
 def test_the_studys_way_is_sequential_all_epochs_no_caches():
     service = load_study("segmentation", "smoke")
     way = load_study("segmentation", "smoke", study_way_overrides(service))
@@ -337,7 +353,7 @@ def test_sweep_bench_runs_three_ways_side_by_side(tmp_path):
     """`sweep bench` for real on a tiny segmentation study: the study's way runs every epoch of every trial one at a
     time; Ray Tune by hand and the service's way run them side by side with ASHA, by hand without the service's
     levers and with every trial decoding its own images; the table and bench.json are written."""
-    args = ["bench", "segmentation", "--preset", "smoke", "--fraction", "0.5", "--epochs", "2"]
+    args = ["bench", "segmentation", "--preset", "smoke", "--fraction", "0.5", "--epochs", "2", "--data-scale", "1"]
     proc = subprocess.run(
         [sys.executable, "-m", "search", *args, "--storage", str(tmp_path), "--name", "b"],
         env={**os.environ, "PYTHONPATH": str(ROOT)},
