@@ -365,6 +365,13 @@ def _add_cluster_commands(sub) -> None:
     export.add_argument("--to", required=True, type=Path, help="new folder to write the model into")
     export.add_argument("--family", help="best of this model family only (default: best overall)")
     export.add_argument("--metric", help="validation metric to choose by (default val_accuracy / val_dice)")
+    export.add_argument(
+        "--format",
+        choices=("keras", "onnx"),
+        default="keras",
+        help="onnx: also model.onnx (checked against Keras on the test split) and predict.py, which needs only "
+        "onnxruntime, numpy and opencv-python-headless",
+    )
 
     predict = sub.add_parser("predict", help="predict images with an exported model")
     predict.add_argument("model_dir", type=Path)
@@ -504,7 +511,7 @@ def _export(args) -> int:
 
     from search.export import EXPORT_FILE, export_best
 
-    out = export_best(args.experiment, args.to, family=args.family, metric=args.metric)
+    out = export_best(args.experiment, args.to, family=args.family, metric=args.metric, fmt=args.format)
     manifest = json.loads((out / EXPORT_FILE).read_text())
     metric = manifest["selected_by"]["metric"]
     print(f"exported {manifest['trial']} (best {metric} = {manifest['validation'][metric[4:]]:.4f}) to {out}")
@@ -513,6 +520,12 @@ def _export(args) -> int:
     headline = task_info(manifest["task"]).headline[0]
     print(f"  test {headline}: {manifest['test'][headline]:.4f} (not used to choose)")
     print(f"  use it: sweep predict {out} IMAGES...    (or keras.saving.load_model('{out / 'model.keras'}'))")
+    if manifest.get("onnx"):
+        onnx = manifest["onnx"]
+        print(
+            f"  model.onnx: {onnx['size_mb']} MB, within {onnx['max_abs_difference']:.1e} of Keras on "
+            f"{onnx['images']} test images; without this project: python {out / 'predict.py'} IMAGES..."
+        )
     return 0
 
 

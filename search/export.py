@@ -29,7 +29,7 @@ import pandas as pd
 
 from data_pipeline.files import data_folders, publish_folder, refuse_inside, write_file, write_image
 from models.tasks import TASKS, task_info
-from search import checkpoints
+from search import checkpoints, deploy
 from search import storage as store
 from search.card import CARD_FILE, CARD_JSON, HANDLING_KEYS, summarize, write_card
 from search.errors import SweepError
@@ -160,13 +160,44 @@ From the command line: `sweep predict THIS_FOLDER IMAGE_OR_FOLDER... [--out DIR]
 the study's test split: `sweep evaluate THIS_FOLDER`. All facts (hyperparameters, metrics, data fingerprint) are in
 `export.json`; the study it came from is in `study.json`. What it is for, what it was tested on, with
 what uncertainty, and its limitations: `MODEL_CARD.md`.
+{_standalone(m)}"""
+
+
+def _standalone(m: dict) -> str:
+    """The README's words on the ONNX bundle, when the export has one."""
+    if not m.get("onnx"):
+        return ""
+    requires = " ".join(m["onnx"]["standalone"]["requires"])
+    return f"""
+## Without this project: ONNX Runtime
+
+`model.onnx` is the same model (ONNX opset {m["onnx"]["opset"]}; on the {m["onnx"]["images"]} test images its
+outputs differ from the Keras model's by at most {m["onnx"]["max_abs_difference"]:.1e}). `predict.py` needs only
+`pip install {requires}`:
+
+```bash
+python predict.py IMAGE_OR_FOLDER... [--out predictions.csv]
+```
+
+It reads `export.json` (classes, input size, the preprocessing steps in `preprocess.py`, temperature, threshold).
 """
 
 
-def export_best(experiment: str | Path, to: str | Path, family: str | None = None, metric: str | None = None) -> Path:
-    """Write the best trial (by validation) of a finished sweep to a new folder ``to``; return it.
-    Everything is written to a temporary folder first and moved into place at the end: nothing partial is left."""
+def export_best(
+    experiment: str | Path,
+    to: str | Path,
+    family: str | None = None,
+    metric: str | None = None,
+    fmt: str = "keras",
+) -> Path:
+    """Write the best trial (by validation) of a finished sweep to a new folder ``to``; return it. ``fmt``: "keras",
+    or "onnx" for ``model.onnx`` and the standalone bundle beside the ``.keras`` (``search.deploy``), checked on the
+    study's test split. Everything is written to a temporary folder first and moved into place at the end: nothing
+    partial is left."""
     import keras
+
+    if fmt not in deploy.FORMATS:
+        raise SweepError(f"--format {fmt}: choose one of {', '.join(deploy.FORMATS)}")
 
     experiment = store.normalize(experiment)
     sweep, study = load_sweep(experiment), load_study(experiment)
@@ -193,6 +224,9 @@ def export_best(experiment: str | Path, to: str | Path, family: str | None = Non
             shutil.copyfile(files[0], staging / MODEL_FILE)
         model = keras.saving.load_model(staging / MODEL_FILE, safe_mode=True, compile=False)  # loadable as shipped
         manifest["parameters"] = int(model.count_params())
+        if fmt == "onnx":  # converted, then checked against the model just loaded on the test split
+            test = study_data(study, _option(manifest, study)).test.images
+            manifest["onnx"] = deploy.add_onnx(staging, staging / MODEL_FILE, model, test, study.train.batch_size)
         (staging / EXPORT_FILE).write_text(json.dumps(manifest, indent=2))
         (staging / STUDY_FILE).write_text(json.dumps(study.to_dict(), indent=2))
         (staging / "README.md").write_text(_readme(manifest))
@@ -222,6 +256,8 @@ def check_export(model_dir: str | Path) -> dict:
         raise SweepError(f"{model_dir / EXPORT_FILE} is malformed ({type(exc).__name__}: {exc}); {again}") from None
     if not (task in TASKS and isinstance(name, str) and isinstance(classes, list) and isinstance(size, int)):
         raise SweepError(f"{model_dir / EXPORT_FILE} is malformed (task, model, classes or input size); {again}")
+    if manifest.get("onnx") and not (model_dir / deploy.ONNX_FILE).is_file():
+        raise SweepError(f"{model_dir} is missing {deploy.ONNX_FILE} that its {EXPORT_FILE} lists; {again}")
     try:  # what serving and evaluating read from the recorded study before anything starts
         study = json.loads((model_dir / STUDY_FILE).read_text())
         backend, data = study["train"]["backend"], study.get("data", {})
@@ -439,22 +475,16 @@ def evaluate_export(model_dir: str | Path, data_dir: str | None = None, tta: boo
     study.json (or on ``data_dir``'s test split, same split settings). ``tta``: with test-time augmentation, set
     against the ``tta_*`` metrics recorded when the study had ``search.tta``. With a temperature, the ECE after
     it (``ece_calibrated``) too."""
-    import dataclasses
-
-    from data_pipeline import prepare
     from models import stats
     from models.evaluation import predict, report_from_probs
 
     model, manifest = load_export(model_dir)
     path = Path(model_dir).expanduser() / STUDY_FILE
     study = study_from_record(json.loads(path.read_text()), where=str(path))
-    cfg = dataclasses.replace(study.data, option=int(manifest["hyperparameters"].get("option", study.data.option)))
-    if data_dir is not None:
-        cfg = dataclasses.replace(cfg, data_dir=str(data_dir))
-    data = prepare(cfg)
+    data = study_data(study, _option(manifest, study), data_dir)
     if list(data.classes) != list(manifest["classes"]):
         raise SweepError(
-            f"{cfg.data_dir} holds classes {', '.join(data.classes)}, the model was trained on "
+            f"{data_dir or study.data.data_dir} holds classes {', '.join(data.classes)}, the model was trained on "
             f"{', '.join(manifest['classes'])}: pass the --data-dir of the study's dataset"
         )
     probs = predict(model, data.test.images, study.train.batch_size, tta=tta)
@@ -465,3 +495,19 @@ def evaluate_export(model_dir: str | Path, data_dir: str | None = None, tta: boo
     if tta:
         recorded = {k[4:]: v for k, v in recorded.items() if k.startswith("tta_")}
     return report, recorded
+
+
+def _option(manifest: dict, study: Study) -> int:
+    """The loading option the exported trial trained with."""
+    return int(manifest["hyperparameters"].get("option", study.data.option))
+
+
+def study_data(study: Study, option: int, data_dir: str | None = None):
+    """The study's data split as its sweep split it (with ``option``; ``data_dir``: the same files elsewhere): its
+    test split is the one the exported model was scored on."""
+    import dataclasses
+
+    from data_pipeline import prepare
+
+    cfg = dataclasses.replace(study.data, option=option)
+    return prepare(cfg if data_dir is None else dataclasses.replace(cfg, data_dir=str(data_dir)))

@@ -193,6 +193,43 @@ def classification_experiment(tmp_path_factory):
     return tmp / "runs" / "cls"
 
 
+@pytest.fixture(scope="session")
+def segmentation_experiment(tmp_path_factory):
+    """A finished segmentation sweep (one tiny U-Net trial of one epoch), shared by the serving and deployment tests."""
+    import yaml
+
+    tmp = tmp_path_factory.mktemp("seg")
+    spec = {
+        "task": "segmentation",
+        "space": {"model": ["unet"], "lr": [0.01], "dropout": [0.0]},
+        "train": {"batch_size": 8, "epochs": 1, "base_filters": 4},
+        "data": {"image_size": 32, "synthetic_counts": [6, 6, 6, 6], "synthetic_size": 64, "balance_to": None},
+        "scheduler": {"grace_period": 1, "reduction_factor": 2},
+        "resources": {"cpus_per_trial": 1, "gpus_per_trial": 0},
+    }
+    (tmp / "seg.yaml").write_text(yaml.safe_dump(spec))
+    out = run_sweep("run", str(tmp / "seg.yaml"), "--storage", str(tmp / "runs"), "--name", "seg")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return tmp / "runs" / "seg"
+
+
+@pytest.fixture(scope="session")
+def images(synth_root, tmp_path_factory) -> Path:
+    """A few smears as a user would bring them: PNGs, a JPEG, a non-square crop, and a larger image."""
+    import shutil
+
+    import cv2
+
+    folder = tmp_path_factory.mktemp("smears")
+    for cls in ("Benign", "Early", "Pre", "Pro"):
+        shutil.copy(sorted((synth_root / "Original" / cls).iterdir())[0], folder / f"{cls.lower()}.png")
+    rgb = cv2.imread(str(folder / "pre.png"))
+    cv2.imwrite(str(folder / "pre_photo.jpg"), rgb, [cv2.IMWRITE_JPEG_QUALITY, 85])
+    cv2.imwrite(str(folder / "pro_crop.png"), cv2.imread(str(folder / "pro.png"))[5:60, 0:40])
+    cv2.imwrite(str(folder / "early_large.png"), cv2.resize(cv2.imread(str(folder / "early.png")), (300, 300)))
+    return folder
+
+
 def read_hparams(trial_dir) -> dict:
     """A trial's HParams as TensorBoard's own reader finds them in its event files."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -23,7 +23,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import requests
-import yaml
 from conftest import free_port, ray_head_command, run_sweep, stop_node
 
 ROOT = Path(__file__).parent.parent
@@ -72,24 +71,7 @@ def _assert_all_gone(pids: set[int], what: str, timeout: float = 60) -> None:
     assert not left, f"{what} left processes behind: {sorted(left)}"
 
 
-# ---- a tiny segmentation sweep, and one running server per task ----------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def segmentation_experiment(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("seg")
-    spec = {
-        "task": "segmentation",
-        "space": {"model": ["unet"], "lr": [0.01], "dropout": [0.0]},
-        "train": {"batch_size": 8, "epochs": 1, "base_filters": 4},
-        "data": {"image_size": 32, "synthetic_counts": [6, 6, 6, 6], "synthetic_size": 64, "balance_to": None},
-        "scheduler": {"grace_period": 1, "reduction_factor": 2},
-        "resources": {"cpus_per_trial": 1, "gpus_per_trial": 0},
-    }
-    (tmp / "seg.yaml").write_text(yaml.safe_dump(spec))
-    out = run_sweep("run", str(tmp / "seg.yaml"), "--storage", str(tmp / "runs"), "--name", "seg")
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    return tmp / "runs" / "seg"
+# ---- one running server per task (the tiny segmentation sweep is conftest's) -----------------------------------------
 
 
 def _cli(*args) -> tuple[int, str, str]:
@@ -177,19 +159,6 @@ def server(request, tmp_path_factory):
         "pid": proc.pid,
     }
     _stop_server(proc, log)
-
-
-@pytest.fixture(scope="module")
-def images(synth_root, tmp_path_factory) -> Path:
-    """A few smears as a user would bring them: PNGs, a JPEG, a non-square crop, and a larger image."""
-    folder = tmp_path_factory.mktemp("smears")
-    for cls in ("Benign", "Early", "Pre", "Pro"):
-        shutil.copy(sorted((synth_root / "Original" / cls).iterdir())[0], folder / f"{cls.lower()}.png")
-    rgb = cv2.imread(str(folder / "pre.png"))
-    cv2.imwrite(str(folder / "pre_photo.jpg"), rgb, [cv2.IMWRITE_JPEG_QUALITY, 85])
-    cv2.imwrite(str(folder / "pro_crop.png"), cv2.imread(str(folder / "pro.png"))[5:60, 0:40])
-    cv2.imwrite(str(folder / "early_large.png"), cv2.resize(cv2.imread(str(folder / "early.png")), (300, 300)))
-    return folder
 
 
 def _post_file(server: dict, path: Path, field: str = "file", **params) -> requests.Response:

@@ -1,0 +1,187 @@
+"""An exported model without a deep-learning framework: ONNX, checked against Keras, and a standalone bundle.
+
+``sweep export EXPERIMENT --to DIR --format onnx`` adds to the export folder (beside ``model.keras``, not instead):
+- ``model.onnx``: the whole model (its preprocessing layers included), converted by tf2onnx through Keras's own
+  ``Model.export(format="onnx")`` in a child process on the TensorFlow backend, whatever backend the sweep ran on.
+  It is checked on the study's test split: ONNX Runtime's outputs must match Keras's within ``ONNX_TOLERANCE`` or
+  the export fails, naming the difference, and nothing is written.
+- ``predict.py`` and ``preprocess.py``: what a clinic needs to predict with ``onnxruntime``, ``numpy`` and
+  ``opencv-python-headless`` alone (``preprocess.py`` is this service's own ``data_pipeline/preprocess.py``, copied:
+  the same crop/MUSICA/... steps the model was trained with). ``export.json`` holds the rest: classes, input size,
+  steps, temperature, threshold.
+
+Why tf2onnx: it is the converter Keras itself calls for the TensorFlow backend, which this service always installs;
+Keras's other routes need jax2onnx (for JAX, with flax/orbax behind it) or PyTorch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from search.errors import SweepError
+
+ONNX_FILE = "model.onnx"
+PREDICT_SCRIPT = "predict.py"
+PREPROCESS_SCRIPT = "preprocess.py"
+BUNDLE_FILES = (ONNX_FILE, PREDICT_SCRIPT, PREPROCESS_SCRIPT)
+BUNDLE_REQUIREMENTS = ("onnxruntime", "numpy", "opencv-python-headless")  # all predict.py imports
+ONNX_TOLERANCE = 1e-4  # largest |ONNX Runtime - Keras| allowed on any output value of the test split
+FORMATS = ("keras", "onnx")
+
+
+def convert(keras_file: Path, onnx_file: Path) -> dict:
+    """Convert a ``.keras`` file to ONNX in a child process on the TensorFlow backend (tf2onnx, through
+    ``keras.Model.export``); what the conversion used (converter, opset). A model that cannot be converted: a
+    SweepError with tf2onnx's reason."""
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    cmd = [sys.executable, "-m", "search.deploy", str(keras_file), str(onnx_file)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0 or not onnx_file.is_file():
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        reason = lines[-1] if lines else f"exit code {done.returncode}"
+        raise SweepError(f"--format onnx: this model cannot be converted to ONNX ({reason}); export it without it")
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def _convert_here(keras_file: str, onnx_file: str) -> None:
+    """The child process of ``convert``: prints what it used as one JSON line, or exits 1 with the reason as its
+    last line on stderr (tf2onnx writes a graph with the ops it cannot convert left in, so the result is loaded
+    with ONNX Runtime here, and what tf2onnx called unsupported becomes the reason)."""
+    import logging
+
+    import keras
+    import onnx
+    import tf2onnx
+
+    _register_erfc()
+    unsupported: list[str] = []
+
+    class _Unsupported(logging.Handler):
+        def emit(self, record):
+            if record.getMessage().startswith("Unsupported ops"):
+                unsupported.append(record.getMessage())
+
+    logging.getLogger("tf2onnx").addHandler(_Unsupported())
+    model = keras.saving.load_model(keras_file, safe_mode=True, compile=False)
+    for layer in _layers(model):  # their statistics as graph constants, not extra inputs (see _layers)
+        if isinstance(layer, keras.layers.Normalization) and layer.mean is not None:
+            layer.mean, layer.variance = np.asarray(layer.mean), np.asarray(layer.variance)
+    model(np.zeros((1, *model.input_shape[1:]), np.float32))  # Keras exports only a model that has been called
+    model.export(onnx_file, format="onnx", verbose=False)
+    try:
+        inputs = session(Path(onnx_file)).get_inputs()
+    except Exception as exc:  # onnxruntime's own error types
+        reason = unsupported[-1] if unsupported else str(exc).splitlines()[0]
+        sys.exit(f"tf2onnx left TensorFlow operations it cannot convert: {reason}")
+    if len(inputs) != 1:
+        names = ", ".join(i.name for i in inputs)
+        sys.exit(f"the ONNX model takes {len(inputs)} inputs ({names}), not one batch of images")
+    opset = max(o.version for o in onnx.load(onnx_file).opset_import if o.domain in ("", "ai.onnx"))
+    print(json.dumps({"converter": f"tf2onnx {tf2onnx.__version__} (keras.Model.export)", "opset": opset}))
+
+
+def _layers(layer):
+    """Every layer inside ``layer``, nested models included. Keras's Normalization layers (EfficientNetV2's
+    input scaling, a random frozen backbone's feature standardization) hold their mean and variance as eager tensors,
+    which a traced function captures as placeholders: tf2onnx would make them inputs of the ONNX model."""
+    yield layer
+    for sub in getattr(layer, "layers", ()):
+        yield from _layers(sub)
+
+
+def _register_erfc() -> None:
+    """A tf2onnx handler for TensorFlow's Erfc, which Keras's exact GELU calls (U-Net+FPN with GELU): ONNX has Erf,
+    so erfc(x) = 1 - erf(x)."""
+    from tf2onnx import utils
+    from tf2onnx.handler import tf_op
+
+    @tf_op("Erfc")
+    class _Erfc:
+        @classmethod
+        def version_9(cls, ctx, node, **kwargs):
+            dtype = utils.map_onnx_to_numpy_type(ctx.get_dtype(node.input[0]))
+            erf = ctx.make_node("Erf", [node.input[0]], op_name_scope=node.name)
+            one = ctx.make_const(utils.make_name(f"{node.name}_one"), np.array(1, dtype))
+            node.type = "Sub"
+            ctx.replace_inputs(node, [one.output[0], erf.output[0]])
+
+
+def session(onnx_file: Path, threads: int | None = None):
+    """An ONNX Runtime session on the CPU (``threads``: intra-op threads; None: all cores)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
+
+
+def onnx_outputs(onnx_file: Path, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    """The ONNX model's outputs for uint8 RGB images, batch by batch (as ``models.evaluation.predict``)."""
+    run = session(onnx_file)
+    name = run.get_inputs()[0].name
+    batches = [
+        run.run(None, {name: images[i : i + batch_size].astype(np.float32)})[0]
+        for i in range(0, len(images), batch_size)
+    ]
+    return np.concatenate(batches).astype(np.float32)
+
+
+def parity_problem(keras_out: np.ndarray, onnx_out: np.ndarray, n_images: int, tolerance: float = ONNX_TOLERANCE):
+    """Why the ONNX model is not the Keras model on these images, or None (pure)."""
+    if keras_out.shape != onnx_out.shape:
+        return f"ONNX Runtime's outputs have shape {onnx_out.shape}, Keras's {keras_out.shape}"
+    diff = float(np.abs(keras_out - onnx_out).max()) if keras_out.size else 0.0
+    if not diff <= tolerance:  # a NaN fails too
+        return (
+            f"ONNX Runtime's outputs differ from Keras's by up to {diff:.2e} on the {n_images} test images "
+            f"(allowed: {tolerance:g})"
+        )
+    return None
+
+
+def add_onnx(staging: Path, keras_file: Path, model, test_images: np.ndarray, batch_size: int) -> dict:
+    """``model.onnx`` in ``staging`` (converted from ``keras_file``, checked against ``model``, the same model loaded,
+    on the test split's images), and the standalone bundle beside it; the manifest's ``onnx`` section. Raises
+    SweepError when the conversion fails or does not match."""
+    from data_pipeline.layout import IMAGE_EXTENSIONS
+    from models.evaluation import predict
+
+    used = convert(keras_file, staging / ONNX_FILE)
+    keras_out = predict(model, test_images, batch_size)
+    onnx_out = onnx_outputs(staging / ONNX_FILE, test_images, batch_size)
+    problem = parity_problem(keras_out, onnx_out, len(test_images))
+    if problem:
+        raise SweepError(f"--format onnx: {problem}: the conversion is not faithful; export without --format onnx")
+    write_bundle(staging)
+    return {
+        "file": ONNX_FILE,
+        **used,
+        "checked_on": "test split",
+        "images": len(test_images),
+        "max_abs_difference": float(np.abs(keras_out - onnx_out).max()) if keras_out.size else 0.0,
+        "tolerance": ONNX_TOLERANCE,
+        "size_mb": round((staging / ONNX_FILE).stat().st_size / 2**20, 2),
+        "standalone": {"script": PREDICT_SCRIPT, "requires": list(BUNDLE_REQUIREMENTS)},
+        "image_extensions": sorted(IMAGE_EXTENSIONS),  # what predict.py reads from a folder
+    }
+
+
+def write_bundle(folder: Path) -> None:
+    """``predict.py`` (this package's ``bundle/predict.py``) and ``preprocess.py`` (``data_pipeline/preprocess.py``:
+    numpy and OpenCV only) into ``folder``."""
+    from data_pipeline import preprocess
+
+    shutil.copyfile(Path(__file__).parent / "bundle" / PREDICT_SCRIPT, folder / PREDICT_SCRIPT)
+    shutil.copyfile(preprocess.__file__, folder / PREPROCESS_SCRIPT)
+
+
+if __name__ == "__main__":
+    _convert_here(*sys.argv[1:3])

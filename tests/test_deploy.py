@@ -1,0 +1,129 @@
+"""`sweep export --format onnx`: model.onnx checked against Keras on the test split, and a bundle whose predict.py
+gives `sweep predict`'s answers in a fresh virtual environment holding only onnxruntime, numpy and OpenCV."""
+
+import importlib.metadata
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import cli
+
+from search.deploy import BUNDLE_FILES, BUNDLE_REQUIREMENTS, ONNX_TOLERANCE, parity_problem
+from search.export import predict_images
+
+FRAMEWORKS = ("tensorflow", "keras", "jax", "torch", "search", "data_pipeline", "models")
+BARE = {"PATH": "/usr/bin:/bin", "HOME": os.environ["HOME"]}  # a clinic's shell: no PYTHONPATH, no project variable
+
+
+@pytest.fixture(scope="module")
+def bare_python(tmp_path_factory) -> Path:
+    """A fresh virtual environment (no system site-packages) with predict.py's three packages only, at the
+    versions installed here."""
+    venv = tmp_path_factory.mktemp("bare") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    python = venv / "bin" / "python"
+    pins = [f"{p}=={importlib.metadata.version(p)}" for p in BUNDLE_REQUIREMENTS]
+    done = subprocess.run(
+        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *pins],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=BARE,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    probe = "import importlib.util, sys; print([m for m in sys.argv[1:] if importlib.util.find_spec(m)])"
+    found = subprocess.run([str(python), "-c", probe, *FRAMEWORKS], capture_output=True, text=True, cwd=venv, env=BARE)
+    assert found.stdout.strip() == "[]", found.stdout + found.stderr  # nothing of ours, no framework
+    return python
+
+
+def _bundle(python: Path, model_dir: Path, *args) -> subprocess.CompletedProcess:
+    """predict.py of a bundle copied elsewhere (no path of the export folder baked in), run by ``python``."""
+    elsewhere = model_dir.parent / f"{model_dir.name}-copied"
+    if not elsewhere.exists():
+        shutil.copytree(model_dir, elsewhere)
+    return subprocess.run(
+        [str(python), str(elsewhere / "predict.py"), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=elsewhere.parent,
+        env=BARE,
+    )
+
+
+@pytest.mark.parametrize("task", ["classification", "segmentation"])
+def test_onnx_bundle_predicts_as_sweep_predict_without_a_framework(
+    task, request, bare_python, images, tmp_path, capsys
+):
+    experiment = request.getfixturevalue(f"{task}_experiment")
+    model_dir = tmp_path / "model"
+    code, out, err = cli(capsys, "export", experiment, "--to", model_dir, "--format", "onnx")
+    assert code == 0, err
+    assert "model.onnx" in out and "predict.py" in out
+    assert all((model_dir / f).is_file() for f in (*BUNDLE_FILES, "model.keras", "export.json", "MODEL_CARD.md"))
+    manifest = json.loads((model_dir / "export.json").read_text())
+    onnx = manifest["onnx"]
+    assert onnx["images"] == manifest["data"]["splits"]["test"]["n"] > 0  # checked on the whole test split
+    assert 0 <= onnx["max_abs_difference"] <= ONNX_TOLERANCE
+    assert onnx["opset"] >= 13 and onnx["converter"].startswith("tf2onnx")
+    assert "python predict.py" in (model_dir / "README.md").read_text()
+
+    if task == "classification":
+        assert manifest["calibration"]["temperature"] != 1.0  # predict.py must apply it to match
+        code, _, err = cli(capsys, "predict", model_dir, images, "--out", tmp_path / "pred")
+        assert code == 0, err
+        want = pd.read_csv(tmp_path / "pred" / "predictions.csv")
+        done = _bundle(bare_python, model_dir, images, "--out", tmp_path / "bundle.csv")
+        assert done.returncode == 0, done.stderr[-3000:]
+        got = pd.read_csv(tmp_path / "bundle.csv")
+        assert list(got.columns) == list(want.columns)
+        assert [Path(p).name for p in got["image"]] == [Path(p).name for p in want["image"]]
+        assert list(got["label"]) == list(want["label"])
+        probs = [c for c in want.columns if c.startswith("p_")]
+        assert np.abs(got[probs].to_numpy() - want[probs].to_numpy()).max() <= ONNX_TOLERANCE
+    else:
+        code, _, err = cli(capsys, "predict", model_dir, images, "--out", tmp_path / "pred")
+        assert code == 0, err
+        done = _bundle(bare_python, model_dir, images, "--masks", tmp_path / "masks")
+        assert done.returncode == 0, done.stderr[-3000:]
+        got = pd.read_csv(io.StringIO(done.stdout))
+        size = manifest["preprocessing"]["input_size"]
+        foreground = predict_images(model_dir, [images])["foreground"]  # sweep predict's, at size × size
+        assert np.abs(got["foreground"] - foreground).max() <= 2 / size**2  # at most two pixels at the threshold
+        for path in sorted(images.iterdir()):
+            want = cv2.imread(str(tmp_path / "pred" / f"{path.stem}_mask.png"), cv2.IMREAD_GRAYSCALE)
+            mask = cv2.imread(str(tmp_path / "masks" / f"{path.stem}_mask.png"), cv2.IMREAD_GRAYSCALE)
+            assert mask.shape == want.shape == cv2.imread(str(path)).shape[:2]
+            assert (mask == want).mean() >= 0.995  # a pixel at 0.5 ± 1e-4 may fall either side
+
+
+def test_an_unfaithful_conversion_fails_the_export_and_writes_nothing(
+    classification_experiment, tmp_path, capsys, monkeypatch
+):
+    from search import deploy
+
+    real = deploy.onnx_outputs
+    monkeypatch.setattr(deploy, "onnx_outputs", lambda *a, **k: real(*a, **k) + 1e-3)  # off by 1e-3 everywhere
+    code, _, err = cli(capsys, "export", classification_experiment, "--to", tmp_path / "model", "--format", "onnx")
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and "differ from Keras's by up to 1.00e-03" in err, err
+    assert not (tmp_path / "model").exists()
+
+
+def test_parity_problem_names_shape_size_and_nan():
+    a = np.zeros((3, 4), np.float32)
+    assert parity_problem(a, a + ONNX_TOLERANCE / 2, 3) is None
+    assert "by up to 2.00e-04" in parity_problem(a, a + 2e-4, 3)
+    assert "shape (3, 2)" in parity_problem(a, a[:, :2], 3)
+    nan = a.copy()
+    nan[0, 0] = np.nan
+    assert parity_problem(a, nan, 3) is not None
