@@ -526,6 +526,12 @@ def _export(args) -> int:
             f"  model.onnx: {onnx['size_mb']} MB, within {onnx['max_abs_difference']:.1e} of Keras on "
             f"{onnx['images']} test images; without this project: python {out / 'predict.py'} IMAGES..."
         )
+        fast = onnx["latency_ms"]
+        print(
+            f"  one image on this CPU: {fast['one_thread']['median']:.1f} ms median, {fast['one_thread']['p95']:.1f} "
+            f"ms p95 on one thread; {fast['all_threads']['median']:.1f} / {fast['all_threads']['p95']:.1f} ms on "
+            f"{fast['cores']} cores"
+        )
     return 0
 
 

@@ -34,6 +34,7 @@ BUNDLE_FILES = (ONNX_FILE, PREDICT_SCRIPT, PREPROCESS_SCRIPT)
 BUNDLE_REQUIREMENTS = ("onnxruntime", "numpy", "opencv-python-headless")  # all predict.py imports
 ONNX_TOLERANCE = 1e-4  # largest |ONNX Runtime - Keras| allowed on any output value of the test split
 FORMATS = ("keras", "onnx")
+LATENCY_RUNS = 30  # timed runs per setting (after two warm-up runs)
 
 
 def convert(keras_file: Path, onnx_file: Path) -> dict:
@@ -44,8 +45,10 @@ def convert(keras_file: Path, onnx_file: Path) -> dict:
     cmd = [sys.executable, "-m", "search.deploy", str(keras_file), str(onnx_file)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0 or not onnx_file.is_file():
-        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        lines = [line.strip() for line in done.stderr.splitlines() if line.strip()]
         reason = lines[-1] if lines else f"exit code {done.returncode}"
+        if done.returncode < 0:  # killed: most often by the kernel for memory (a large model on a small machine)
+            reason = f"the converter was killed by signal {-done.returncode}; out of memory?"
         raise SweepError(f"--format onnx: this model cannot be converted to ONNX ({reason}); export it without it")
     return json.loads(done.stdout.splitlines()[-1])
 
@@ -134,6 +137,23 @@ def onnx_outputs(onnx_file: Path, images: np.ndarray, batch_size: int = 32) -> n
     return np.concatenate(batches).astype(np.float32)
 
 
+def latency(onnx_file: Path, image: np.ndarray, threads: int | None, runs: int = LATENCY_RUNS) -> dict:
+    """Milliseconds ONNX Runtime takes for one image (batch 1) on this machine's CPU with ``threads`` intra-op
+    threads (None: all cores): median and 95th percentile of ``runs`` timed runs after two warm-up runs."""
+    import time
+
+    run = session(onnx_file, threads)
+    feed = {run.get_inputs()[0].name: image[None].astype(np.float32)}
+    for _ in range(2):
+        run.run(None, feed)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        run.run(None, feed)
+        times.append((time.perf_counter() - start) * 1000)
+    return {"median": round(float(np.median(times)), 3), "p95": round(float(np.percentile(times, 95)), 3), "runs": runs}
+
+
 def parity_problem(keras_out: np.ndarray, onnx_out: np.ndarray, n_images: int, tolerance: float = ONNX_TOLERANCE):
     """Why the ONNX model is not the Keras model on these images, or None (pure)."""
     if keras_out.shape != onnx_out.shape:
@@ -161,6 +181,8 @@ def add_onnx(staging: Path, keras_file: Path, model, test_images: np.ndarray, ba
     if problem:
         raise SweepError(f"--format onnx: {problem}: the conversion is not faithful; export without --format onnx")
     write_bundle(staging)
+    cpu = {"cores": os.cpu_count(), "one_thread": latency(staging / ONNX_FILE, test_images[0], 1)}
+    cpu["all_threads"] = latency(staging / ONNX_FILE, test_images[0], None)
     return {
         "file": ONNX_FILE,
         **used,
@@ -169,6 +191,7 @@ def add_onnx(staging: Path, keras_file: Path, model, test_images: np.ndarray, ba
         "max_abs_difference": float(np.abs(keras_out - onnx_out).max()) if keras_out.size else 0.0,
         "tolerance": ONNX_TOLERANCE,
         "size_mb": round((staging / ONNX_FILE).stat().st_size / 2**20, 2),
+        "latency_ms": {"batch": 1, "measured_on": "the machine that exported it", **cpu},
         "standalone": {"script": PREDICT_SCRIPT, "requires": list(BUNDLE_REQUIREMENTS)},
         "image_extensions": sorted(IMAGE_EXTENSIONS),  # what predict.py reads from a folder
     }

@@ -75,6 +75,10 @@ def test_onnx_bundle_predicts_as_sweep_predict_without_a_framework(
     assert onnx["images"] == manifest["data"]["splits"]["test"]["n"] > 0  # checked on the whole test split
     assert 0 <= onnx["max_abs_difference"] <= ONNX_TOLERANCE
     assert onnx["opset"] >= 13 and onnx["converter"].startswith("tf2onnx")
+    for threads in ("one_thread", "all_threads"):  # batch-1 latency measured here, 30 runs
+        timed = onnx["latency_ms"][threads]
+        assert 0 < timed["median"] <= timed["p95"] and timed["runs"] == 30
+    assert "ms median" in out
     assert "python predict.py" in (model_dir / "README.md").read_text()
 
     if task == "classification":
