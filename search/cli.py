@@ -365,9 +365,11 @@ def _add_cluster_commands(sub) -> None:
     export.add_argument("--to", required=True, type=Path, help="new folder to write the model into")
     export.add_argument("--family", help="best of this model family only (default: best overall)")
     export.add_argument("--metric", help="validation metric to choose by (default val_accuracy / val_dice)")
+    from search.deploy import FORMATS
+
     export.add_argument(
         "--format",
-        choices=("keras", "onnx"),
+        choices=FORMATS,
         default="keras",
         help="onnx: also model.onnx (checked against Keras on the test split) and predict.py, which needs only "
         "onnxruntime, numpy and opencv-python-headless",
@@ -523,7 +525,7 @@ def _export(args) -> int:
     if manifest.get("onnx"):
         onnx = manifest["onnx"]
         print(
-            f"  model.onnx: {onnx['size_mb']} MB, within {onnx['max_abs_difference']:.1e} of Keras on "
+            f"  model.onnx: {onnx['size_mb']} MiB, within {onnx['max_abs_difference']:.1e} of Keras on "
             f"{onnx['images']} test images; without this project: python {out / 'predict.py'} IMAGES..."
         )
         fast = onnx["latency_ms"]
