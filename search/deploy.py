@@ -22,10 +22,12 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from search.errors import SweepError
+
+if TYPE_CHECKING:  # numpy only where it is used: `sweep --help` reads FORMATS
+    import numpy as np
 
 ONNX_FILE = "model.onnx"
 PREDICT_SCRIPT = "predict.py"
@@ -60,6 +62,7 @@ def _convert_here(keras_file: str, onnx_file: str) -> None:
     import logging
 
     import keras
+    import numpy as np
     import onnx
     import tf2onnx
 
@@ -109,6 +112,8 @@ def _register_erfc() -> None:
     class _Erfc:
         @classmethod
         def version_9(cls, ctx, node, **kwargs):
+            import numpy as np
+
             dtype = utils.map_onnx_to_numpy_type(ctx.get_dtype(node.input[0]))
             erf = ctx.make_node("Erf", [node.input[0]], op_name_scope=node.name)
             one = ctx.make_const(utils.make_name(f"{node.name}_one"), np.array(1, dtype))
@@ -128,6 +133,8 @@ def session(onnx_file: Path, threads: int | None = None):
 
 def onnx_outputs(onnx_file: Path, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
     """The ONNX model's outputs for uint8 RGB images, batch by batch (as ``models.evaluation.predict``)."""
+    import numpy as np
+
     run = session(onnx_file)
     name = run.get_inputs()[0].name
     batches = [
@@ -141,6 +148,8 @@ def latency(onnx_file: Path, image: np.ndarray, threads: int | None, runs: int =
     """Milliseconds ONNX Runtime takes for one image (batch 1) on this machine's CPU with ``threads`` intra-op
     threads (None: all cores): median and 95th percentile of ``runs`` timed runs after two warm-up runs."""
     import time
+
+    import numpy as np
 
     run = session(onnx_file, threads)
     feed = {run.get_inputs()[0].name: image[None].astype(np.float32)}
@@ -156,6 +165,8 @@ def latency(onnx_file: Path, image: np.ndarray, threads: int | None, runs: int =
 
 def parity_problem(keras_out: np.ndarray, onnx_out: np.ndarray, n_images: int, tolerance: float = ONNX_TOLERANCE):
     """Why the ONNX model is not the Keras model on these images, or None (pure)."""
+    import numpy as np
+
     if keras_out.shape != onnx_out.shape:
         return f"ONNX Runtime's outputs have shape {onnx_out.shape}, Keras's {keras_out.shape}"
     diff = float(np.abs(keras_out - onnx_out).max()) if keras_out.size else 0.0
@@ -171,6 +182,8 @@ def add_onnx(staging: Path, keras_file: Path, model, test_images: np.ndarray, ba
     """``model.onnx`` in ``staging`` (converted from ``keras_file``, checked against ``model``, the same model loaded,
     on the test split's images), and the standalone bundle beside it; the manifest's ``onnx`` section. Raises
     SweepError when the conversion fails or does not match."""
+    import numpy as np
+
     from data_pipeline.layout import IMAGE_EXTENSIONS
     from models.evaluation import predict
 
