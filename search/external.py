@@ -106,7 +106,7 @@ def subgroup_values(found: ExternalSet, by: str) -> list[str]:
     """Each image's value in the manifest's column ``by`` (case-insensitive, as the layout reads columns)."""
     import pandas as pd
 
-    from data_pipeline.layout import manifest_path
+    from data_pipeline.layout import manifest_columns, manifest_path
 
     csv = manifest_path(Path(found.source).expanduser().resolve())
     if found.index.layout != "csv" or csv is None:
@@ -116,14 +116,15 @@ def subgroup_values(found: ExternalSet, by: str) -> list[str]:
         )
     frame = pd.read_csv(csv, dtype=str, keep_default_na=False, skipinitialspace=True)
     frame.columns = [str(c).strip().lower() for c in frame.columns]
+    roles = manifest_columns(list(frame.columns), {}, csv)  # the image, label and mask columns, as scan found them
     column = by.strip().lower()
-    if column not in frame.columns or column in ("image", "label", "mask"):
-        others = [c for c in frame.columns if c not in ("image", "label", "mask")]
+    if column not in frame.columns or column in roles.values():
+        others = [c for c in frame.columns if c not in roles.values()]
         raise SweepError(
             f"--by {by}: {csv} has no such column to group by (its other columns: {', '.join(others) or 'none'}); "
             "give one of them, or add the column"
         )
-    value = {img.strip(): v.strip() or BLANK for img, v in zip(frame["image"], frame[column], strict=True)}
+    value = {img.strip(): v.strip() or BLANK for img, v in zip(frame[roles["image"]], frame[column], strict=True)}
     return [value[name] for name in found.index.names]
 
 

@@ -5,11 +5,13 @@ files, and every refusal in one line with nothing written. Reuses the session's 
 import json
 
 import cv2
+import numpy as np
 import pandas as pd
 import pytest
 from conftest import cli, tree_state
 
 from data_pipeline import synth
+from search.errors import SweepError
 
 SITES = ("north", "south", "west")
 
@@ -170,6 +172,22 @@ def test_groups_and_duplicates_are_read_from_whatever_the_sweep_recorded():
         "exact and near copies looked for; split like any images (data.duplicates: ignore); pairs of copies split "
         "apart: 2"
     )
+
+
+def test_subgroups_of_a_manifest_with_other_column_names(tmp_path):
+    """A manifest as hospitals write it (path, diagnosis, site): the image column is found by its usual names, as
+    scan finds it, and is no subgroup column."""
+    from data_pipeline import scan
+    from search.external import ExternalSet, subgroup_values
+
+    rows = [(f"{c}{i}.png", c, f"site{i}") for c in ("A", "B") for i in range(2)]
+    for name, _, _ in rows:
+        assert cv2.imwrite(str(tmp_path / name), np.full((8, 8, 3), len(name), np.uint8))
+    pd.DataFrame(rows, columns=["path", "diagnosis", "site"]).to_csv(tmp_path / "manifest.csv", index=False)
+    found = ExternalSet(scan(tmp_path, "classification", "auto"), "0" * 24, str(tmp_path / "manifest.csv"))
+    assert subgroup_values(found, "Site") == [f"site{int(n[1])}" for n in found.index.names]
+    with pytest.raises(SweepError, match=r"no such column to group by .*site"):
+        subgroup_values(found, "path")
 
 
 def test_class_check_and_file_names_by_hand():
