@@ -38,6 +38,7 @@ import numpy as np
 from data_pipeline.cache import cache_folder, mark_used
 from data_pipeline.errors import DataError
 from data_pipeline.files import write_file
+from data_pipeline.groups import joined
 from data_pipeline.io import read_rgb
 from data_pipeline.layout import DatasetIndex
 
@@ -127,9 +128,6 @@ def near_pairs(phash: np.ndarray, thumbs: np.ndarray, usable: np.ndarray) -> np.
 def find_clusters(sig: Signatures) -> list[tuple[str, tuple[int, ...]]]:
     """(kind, image indices) of every cluster of two or more images (pure): connected components of the exact
     pairs (same pixel hash) and the near pairs; "exact" when all of a cluster's images have the same pixels."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
     n = len(sig.pixels)
     decoded = np.asarray([p is not None for p in sig.pixels], bool)
     usable = decoded & (sig.thumbs.std(axis=1) >= FLAT_STD)
@@ -137,8 +135,9 @@ def find_clusters(sig: Signatures) -> list[tuple[str, tuple[int, ...]]]:
     exact = [(first.setdefault(p, i), i) for i, p in enumerate(sig.pixels) if p is not None]
     exact = [pair for pair in exact if pair[0] != pair[1]]
     edges = np.concatenate([np.asarray(exact, np.intp).reshape(-1, 2), near_pairs(sig.phash, sig.thumbs, usable)])
-    graph = coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(n, n))
-    _, component = connected_components(graph, directed=False)
+    component = joined(None, edges.tolist(), n)  # each pair a cluster of two: the components of all pairs
+    if component is None:  # no pair at all
+        return []
     members: dict[int, list[int]] = {}
     for i in np.flatnonzero(decoded):
         members.setdefault(int(component[i]), []).append(int(i))
