@@ -159,13 +159,18 @@ def test_issue_27_copies_across_classes_and_reencodings_found_by_data_check(tmp_
     assert all(ids[names.index(a)] == ids[names.index(b)] for a, b in exact | near)
 
 
-def test_decision_cached_by_content(tmp_path, monkeypatch):
-    """The second check decodes nothing (the entry is read); changing one file's content decides again."""
-    root = tmp_path / "data"
+def _decided_once(tmp_path):
+    """The issue's set written and its duplicates decided once: (root, cache folder, clusters, the cache entry)."""
+    root, cache = tmp_path / "data", tmp_path / "cache"
     _issue_27_set(root)
-    cache = tmp_path / "cache"
     first = duplicate_clusters(scan(root), cache_dir=cache)
     (entry,) = (cache / "duplicates").iterdir()
+    return root, cache, first, entry
+
+
+def test_decision_cached_by_content(tmp_path, monkeypatch):
+    """The second check decodes nothing (the entry is read); changing one file's content decides again."""
+    root, cache, first, entry = _decided_once(tmp_path)
     assert [c for c, _ in json.loads(entry.read_text())].count("exact") == 12
 
     def no_decoding(*args, **kwargs):
@@ -181,11 +186,7 @@ def test_decision_cached_by_content(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("damage", ["not json", '[["exact", [0, 9999]]]'])
 def test_a_damaged_entry_is_decided_again(tmp_path, damage):
-    root = tmp_path / "data"
-    _issue_27_set(root)
-    cache = tmp_path / "cache"
-    first = duplicate_clusters(scan(root), cache_dir=cache)
-    (entry,) = (cache / "duplicates").iterdir()
+    root, cache, first, entry = _decided_once(tmp_path)
     entry.write_text(damage)
     assert duplicate_clusters(scan(root), cache_dir=cache) == first
     assert json.loads(entry.read_text()) == [[c.kind, list(c.images)] for c in first]
