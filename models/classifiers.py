@@ -46,9 +46,15 @@ def _head(x, **head):
     return _on_features(layers.GlobalAveragePooling2D(name=FEATURES)(x), **head)
 
 
-def _on_features(x, *, num_classes, dropout, dense_units, standardize_features):
+def _on_features(x, *, num_classes, dropout, dense_units, standardize_features, head_seed=None):
+    """The study's head on pooled features. With ``head_seed``, its layers draw their initial weights and their dropout
+    stream from that seed alone, whatever was built before them: a whole classifier (its backbone drawn first) and
+    its head built alone start identical, so a trial trains alike on images and on cached features."""
+    import keras
     from keras import layers
 
+    if head_seed is not None:
+        keras.utils.set_random_seed(head_seed)
     if standardize_features:  # its mean and variance: fitted on the training split by fit_standardization
         x = layers.Normalization(axis=-1, name=STANDARDIZE)(x)
     x = layers.Dense(dense_units, activation="relu", name="fc")(x)
@@ -69,6 +75,7 @@ def _classifier(
     freeze_backbone=True,
     dense_units=256,
     standardize_features=False,
+    head_seed=None,
 ):
     import keras
 
@@ -83,7 +90,7 @@ def _classifier(
     # trained one (from scratch or fine-tuned whole) learns its batch statistics like any other layer.
     x = backbone(x, training=False) if freeze_backbone else backbone(x)
     head = dict(dropout=dropout, dense_units=dense_units, standardize_features=standardize_features)
-    return keras.Model(inputs, _head(x, num_classes=num_classes, **head), name=name)
+    return keras.Model(inputs, _head(x, num_classes=num_classes, head_seed=head_seed, **head), name=name)
 
 
 def unfreeze_top(model: keras.Model, n_layers: int) -> int:
@@ -133,6 +140,7 @@ def head_model(
     dropout: float = 0.0,
     dense_units: int = 256,
     standardize_features: bool = False,
+    head_seed: int | None = None,
     **backbone_hp,
 ) -> keras.Model:
     """The classifier's head alone, features -> probabilities: the same layers (names, shapes, dtypes) as the part of
@@ -143,7 +151,7 @@ def head_model(
     del backbone_hp
     inputs = keras.Input(feature_shape, dtype=keras.config.dtype_policy().compute_dtype, name="features")
     head = dict(dropout=dropout, dense_units=dense_units, standardize_features=standardize_features)
-    return keras.Model(inputs, _on_features(inputs, num_classes=num_classes, **head), name="head")
+    return keras.Model(inputs, _on_features(inputs, num_classes=num_classes, head_seed=head_seed, **head), name="head")
 
 
 def fit_standardization(model: keras.Model, features) -> None:

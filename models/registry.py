@@ -171,9 +171,12 @@ def build(
     input_shape: tuple[int, int, int],
     weights: str | None = None,
     mixed_precision: str | None = None,
+    seed: int | None = None,
     **hyperparameters,
 ) -> keras.Model:
     """Build registered model ``name``. Inputs are RGB images in [0, 255]; preprocessing is inside the model.
+    ``seed``: a frozen-backbone model's head draws its initial weights and dropout from it alone, as ``build_head``'s
+    does with the same seed (the rest of the model draws from the global random state).
 
     Raises ModelError for an unknown name, a hyperparameter the model does not take, an impossible value or an
     input size the model cannot take; WeightsUnavailableError when 'imagenet' weights are not on this machine.
@@ -195,6 +198,8 @@ def build(
     if info.task == "segmentation" and num_classes != 1:
         raise ModelError(f"{name} predicts one binary mask: num_classes must be 1, got {num_classes}")
     path = resolve_weights(info, weights)
+    if seed is not None and info.backbone is not None:
+        hyperparameters["head_seed"] = seed
     with _dtype_policy(mixed_precision):
         return info.builder(num_classes=num_classes, input_shape=tuple(input_shape), weights=path, **hyperparameters)
 
@@ -205,15 +210,17 @@ def build_head(
     feature_shape: tuple[int, ...],
     num_classes: int,
     mixed_precision: str | None = None,
+    seed: int | None = None,
     **hyperparameters,
 ) -> keras.Model:
     """The head alone of registered model ``name`` (one with a frozen backbone), taking the backbone's features:
-    what a trial on cached features trains. Its layers are the whole model's, by name (``assemble`` puts them back)."""
+    what a trial on cached features trains. Its layers are the whole model's, by name (``assemble`` puts them back);
+    with the same ``seed`` as ``build``'s, their initial weights and dropout stream too."""
     info = get(name)
     if info.backbone is None:
         raise ModelError(f"{name} has no frozen backbone: it has no head to train alone")
     with _dtype_policy(mixed_precision):
-        return info.backbone.head(tuple(feature_shape), num_classes=num_classes, **hyperparameters)
+        return info.backbone.head(tuple(feature_shape), num_classes=num_classes, head_seed=seed, **hyperparameters)
 
 
 def assemble(

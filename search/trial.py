@@ -136,11 +136,13 @@ def train_trial(config: dict[str, Any], datasets: dict, context: TrialContext) -
                 keras.utils.set_random_seed(seed)
                 if on_features:
                     shape = fit.x_train.shape[1:]
-                    fit.model = models.build_head(info.name, feature_shape=shape, mixed_precision=policy, **build)
+                    fit.model = models.build_head(
+                        info.name, feature_shape=shape, mixed_precision=policy, seed=seed, **build
+                    )
                 else:
                     shape = (fit.data.config.image_size,) * 2 + (3,)
                     fit.model = models.build(
-                        info.name, input_shape=shape, weights=train.weights, mixed_precision=policy, **build
+                        info.name, input_shape=shape, weights=train.weights, mixed_precision=policy, seed=seed, **build
                     )
                 if build.get("standardize_features"):  # on the training split's features, as the head sees them
                     extract = info.backbone.extractor
@@ -258,6 +260,9 @@ class _Fold:
             xs, masks = augment(self.data.train.images, masks, seed=epoch_seed(seed, epoch))
             ys = masks[..., None].astype("float32") if self.seg else ys
         model = self.model
+        # The batch order is the trial's and the epoch's alone: the same on cached features as on images, and the
+        # same in a resumed trial as in an uninterrupted one.
+        keras.utils.set_random_seed(epoch_seed(seed, epoch))
         hist = model.fit(xs, ys, batch_size=train.batch_size, epochs=1, verbose=0, shuffle=True)
         # Validation (and the checkpoint, test and export after it) scores the weights with BatchNorm statistics of
         # this epoch's training images, not moving averages that lag a few fast steps behind (models.batchnorm).

@@ -50,7 +50,7 @@ def _classifier(dropout, name="inception_resnet_v2", size=75, **hp):
     import models
 
     keras.utils.set_random_seed(7)
-    return models.build(name, num_classes=4, input_shape=(size, size, 3), dropout=dropout, **hp)
+    return models.build(name, num_classes=4, input_shape=(size, size, 3), dropout=dropout, seed=7, **hp)
 
 
 def _compile(model, optimizer=None):
@@ -66,13 +66,16 @@ def _compile(model, optimizer=None):
 
 
 def test_head_on_cached_features_trains_exactly_like_the_whole_classifier(dropout=0.4):
-    """Same initial weights, same batches: the whole classifier trained on images and the head alone (what a trial on
+    """Built with one seed, the whole classifier (its backbone drawn first) and the head alone start from the same
+    weights and dropout stream; same batches: the whole classifier trained on images and the head alone (what a trial on
     a frozen backbone builds and trains) trained on the backbone's features end with the same weights, predictions
     and metrics (the dropout masks included). Both standardize the features (as trials on a random backbone do),
     each fitting its standardization on the training features. The features are computed in batches of the training
     batches' size, so both paths round alike: computed 32 at a time instead, float rounding in the backbone (about
     1e-7 of a feature), scaled up by the standardization and by Adam's first steps, moves a few weights by up to
     2.4e-4 after three steps."""
+    import keras
+
     import models
     from models.classifiers import STANDARDIZE, feature_extractor, fit_standardization
 
@@ -86,14 +89,17 @@ def test_head_on_cached_features_trains_exactly_like_the_whole_classifier(dropou
     np.testing.assert_allclose(standardized.mean(axis=0), 0, atol=1e-4)  # centred; one pooled scale, unit on average
     assert standardized.var(axis=0).mean() == pytest.approx(1, rel=1e-3)
     hp = {"num_classes": 4, "dropout": dropout, "standardize_features": True}
-    head = models.build_head("inception_resnet_v2", feature_shape=features.shape[1:], **hp)
+    keras.utils.set_random_seed(99)  # another global random state than the whole model's: the seed alone decides
+    head = models.build_head("inception_resnet_v2", feature_shape=features.shape[1:], seed=7, **hp)
     fit_standardization(head, features)
-    for layer in head.layers:  # the head's layers are the whole model's, by name
-        if layer.trainable_weights:
-            layer.set_weights(whole.get_layer(layer.name).get_weights())
+    for layer in (layer for layer in head.layers if layer.trainable_weights):  # the whole model's, by name
+        for a, b in zip(layer.trainable_weights, whole.get_layer(layer.name).trainable_weights, strict=True):
+            np.testing.assert_array_equal(np.asarray(a.value), np.asarray(b.value))
     trained = [layer for layer in head.layers if layer.weights]  # the standardization's statistics too
     masks = whole.get_layer("dropout").seed_generator.state  # the same dropout masks: the same seed
-    head.get_layer("dropout").seed_generator.state.assign(masks)
+    np.testing.assert_array_equal(
+        np.asarray(head.get_layer("dropout").seed_generator.state.value), np.asarray(masks.value)
+    )
     _compile(whole)
     _compile(head)
     for batch in (slice(0, 8), slice(8, 16), slice(16, 24)):
