@@ -237,15 +237,17 @@ def predict(model, images: np.ndarray, batch_size: int = 32, tta: bool = False) 
 
 
 def _predict_once(model, images: np.ndarray, batch_size: int) -> np.ndarray:
-    """Eager calls: for a single pass over a split they cost less than tracing a predict function used once."""
-    import keras
+    """Eager calls: for a single pass over a split they cost less than tracing a predict function used once. A model
+    that answers with NumPy arrays (``search.deploy.OnnxModel``) never imports Keras here."""
+    outs = []
+    for i in range(0, len(images), batch_size):
+        out = model(images[i : i + batch_size].astype("float32"), training=False)
+        if not isinstance(out, np.ndarray):  # a backend tensor
+            import keras
 
-    return np.concatenate(
-        [
-            keras.ops.convert_to_numpy(model(images[i : i + batch_size].astype("float32"), training=False))
-            for i in range(0, len(images), batch_size)
-        ]
-    ).astype(np.float32)
+            out = keras.ops.convert_to_numpy(out)
+        outs.append(out)
+    return np.concatenate(outs).astype(np.float32)
 
 
 def report_from_probs(split, probs: np.ndarray, task: str, class_names: tuple[str, ...]) -> dict:

@@ -374,6 +374,14 @@ def _add_cluster_commands(sub) -> None:
         help="onnx: also model.onnx (checked against Keras on the test split) and predict.py, which needs only "
         "onnxruntime, numpy and opencv-python-headless",
     )
+    from search.deploy import QUANTIZATIONS
+
+    export.add_argument(
+        "--quantize",
+        choices=QUANTIZATIONS,
+        help="with --format onnx: also model.int8.onnx, quantized by ONNX Runtime and calibrated on training images; "
+        "the test metrics of both are printed and recorded",
+    )
 
     predict = sub.add_parser("predict", help="predict images with an exported model")
     predict.add_argument("model_dir", type=Path)
@@ -417,6 +425,13 @@ def _add_cluster_commands(sub) -> None:
         "/m/<experiment>-<model>-<version>/, next to other models",
     )
     serve.add_argument("--max-mb", type=float, default=20.0, help="largest image accepted, in MB (default 20)")
+    serve.add_argument(
+        "--runtime",
+        choices=FORMATS,
+        default="keras",
+        help="keras (default: model.keras) or onnx (model.onnx with ONNX Runtime on the CPU, no deep-learning "
+        "framework in the replica; the export needs --format onnx)",
+    )
     serve.add_argument(
         "--token",
         help="bearer token that /predict and /model require (default $SWEEP_SERVE_TOKEN, the safer way: a command "
@@ -513,7 +528,9 @@ def _export(args) -> int:
 
     from search.export import EXPORT_FILE, export_best
 
-    out = export_best(args.experiment, args.to, family=args.family, metric=args.metric, fmt=args.format)
+    out = export_best(
+        args.experiment, args.to, family=args.family, metric=args.metric, fmt=args.format, quantize=args.quantize
+    )
     manifest = json.loads((out / EXPORT_FILE).read_text())
     metric = manifest["selected_by"]["metric"]
     print(f"exported {manifest['trial']} (best {metric} = {manifest['validation'][metric[4:]]:.4f}) to {out}")
@@ -534,6 +551,16 @@ def _export(args) -> int:
             f"ms p95 on one thread; {fast['all_threads']['median']:.1f} / {fast['all_threads']['p95']:.1f} ms on "
             f"{fast['cores']} cores"
         )
+        if q := onnx.get("int8"):
+            change = ", ".join(
+                f"{k} {q['test']['float32'][k]:.4f} -> {q['test']['int8'][k]:.4f} ({v:+.4f})"
+                for k, v in q["test_change"].items()
+            )
+            one = q["latency_ms"]["one_thread"]
+            print(
+                f"  model.int8.onnx: {q['size_mb']} MiB, calibrated on {q['calibration']['images']} training images; "
+                f"test {change}; one image {one['median']:.1f} ms median on one thread"
+            )
     return 0
 
 
@@ -599,6 +626,7 @@ def _serve(args) -> int:
         address=args.address,
         max_mb=args.max_mb,
         token=args.token if args.token is not None else os.environ.get(TOKEN_ENV) or None,
+        runtime=args.runtime,
     )
     return 0
 

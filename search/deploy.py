@@ -37,6 +37,9 @@ BUNDLE_REQUIREMENTS = ("onnxruntime", "numpy", "opencv-python-headless")  # all 
 ONNX_TOLERANCE = 1e-4  # largest |ONNX Runtime - Keras| allowed on any output value of the test split
 FORMATS = ("keras", "onnx")
 LATENCY_RUNS = 30  # timed runs per setting (after two warm-up runs)
+QUANTIZATIONS = ("int8",)
+INT8_FILE = "model.int8.onnx"
+CALIBRATION_IMAGES = 256  # at most, from the training split (its first, in split order)
 
 
 def convert(keras_file: Path, onnx_file: Path) -> dict:
@@ -131,17 +134,27 @@ def session(onnx_file: Path, threads: int | None = None):
     return ort.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
 
 
-def onnx_outputs(onnx_file: Path, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
-    """The ONNX model's outputs for uint8 RGB images, batch by batch (as ``models.evaluation.predict``)."""
-    import numpy as np
+class OnnxModel:
+    """An exported ``model.onnx`` called as the service calls a Keras model, ``model(batch, training=False)``, with
+    ONNX Runtime alone (its answer a NumPy array): so ``models.evaluation.predict`` (batches, test-time augmentation)
+    and everything after it (temperature, threshold, answers) are the same code for both runtimes."""
 
-    run = session(onnx_file)
-    name = run.get_inputs()[0].name
-    batches = [
-        run.run(None, {name: images[i : i + batch_size].astype(np.float32)})[0]
-        for i in range(0, len(images), batch_size)
-    ]
-    return np.concatenate(batches).astype(np.float32)
+    def __init__(self, onnx_file: Path, threads: int | None = None):
+        self.session = session(onnx_file, threads)
+        self.input = self.session.get_inputs()[0].name
+
+    def __call__(self, images, training: bool = False):
+        import numpy as np
+
+        del training  # an exported graph is the inference graph
+        return self.session.run(None, {self.input: np.asarray(images, np.float32)})[0]
+
+
+def onnx_outputs(onnx_file: Path, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    """The ONNX model's outputs for uint8 RGB images, batch by batch (``models.evaluation.predict``)."""
+    from models.evaluation import predict
+
+    return predict(OnnxModel(onnx_file), images, batch_size)
 
 
 def latency(onnx_file: Path, image: np.ndarray, threads: int | None, runs: int = LATENCY_RUNS) -> dict:
@@ -207,6 +220,75 @@ def add_onnx(staging: Path, keras_file: Path, model, test_images: np.ndarray, ba
         "latency_ms": {"batch": 1, "measured_on": "the machine that exported it", **cpu},
         "standalone": {"script": PREDICT_SCRIPT, "requires": list(BUNDLE_REQUIREMENTS)},
         "image_extensions": sorted(IMAGE_EXTENSIONS),  # what predict.py reads from a folder
+    }
+
+
+def quantize_int8(onnx_file: Path, out_file: Path, calibration: np.ndarray, batch_size: int = 16) -> dict:
+    """``out_file``: ``onnx_file`` quantized to int8 by ONNX Runtime's own static quantizer, its activation ranges
+    calibrated (min/max) on ``calibration`` images, which must be training images only. QDQ format, int8 weights
+    per channel, uint8 activations, 7-bit weight range: ONNX Runtime's advice for x86 CPUs with or without VNNI.
+    What it used, for the manifest."""
+    import tempfile
+
+    import numpy as np
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    name = session(onnx_file).get_inputs()[0].name
+    batches = (calibration[i : i + batch_size].astype(np.float32) for i in range(0, len(calibration), batch_size))
+
+    class Reader:  # onnxruntime.quantization.CalibrationDataReader: one feed per call, None at the end
+        def get_next(self):
+            return next(({name: b} for b in batches), None)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared = Path(tmp) / "prepared.onnx"  # shapes inferred and graph optimized, as the quantizer expects
+        # ONNX's own shape inference; the symbolic one (for transformers' dynamic shapes) would need sympy
+        quant_pre_process(str(onnx_file), str(prepared), skip_symbolic_shape=True)
+        quantize_static(
+            str(prepared),
+            str(out_file),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            reduce_range=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+        )
+    return {
+        "quantizer": "onnxruntime.quantization.quantize_static",
+        "format": "QDQ",
+        "weights": "int8, per channel, 7-bit range",
+        "activations": "uint8",
+        "calibration": {"split": "train", "images": len(calibration), "method": "min/max"},
+    }
+
+
+def add_int8(staging: Path, data, task: str, classes: tuple[str, ...], batch_size: int) -> dict:
+    """``model.int8.onnx`` beside ``model.onnx`` in ``staging``, calibrated on the training split's images; the test
+    split's metrics of both ONNX models (probabilities before any temperature, the study's default 0.5 threshold for
+    masks) and their change; size and batch-1 latency. The manifest's ``onnx.int8`` section."""
+    from models.evaluation import report_from_probs
+    from models.tasks import task_info
+
+    calibration = data.train.images[:CALIBRATION_IMAGES]
+    used = quantize_int8(staging / ONNX_FILE, staging / INT8_FILE, calibration, batch_size)
+    headline = task_info(task).headline
+    test = {}
+    for which, file in (("float32", ONNX_FILE), ("int8", INT8_FILE)):
+        report = report_from_probs(data.test, onnx_outputs(staging / file, data.test.images, batch_size), task, classes)
+        test[which] = {m: float(report[m]) for m in headline}
+    image = data.test.images[0]
+    cpu = {"cores": os.cpu_count(), "one_thread": latency(staging / INT8_FILE, image, 1)}
+    cpu["all_threads"] = latency(staging / INT8_FILE, image, None)
+    return {
+        "file": INT8_FILE,
+        **used,
+        "test": test,
+        "test_change": {m: round(test["int8"][m] - test["float32"][m], 6) for m in headline},
+        "size_mb": round((staging / INT8_FILE).stat().st_size / 2**20, 2),
+        "latency_ms": {"batch": 1, "measured_on": "the machine that exported it", **cpu},
     }
 
 

@@ -180,6 +180,17 @@ python predict.py IMAGE_OR_FOLDER... [--out predictions.csv]
 ```
 
 It reads `export.json` (classes, input size, the preprocessing steps in `preprocess.py`, temperature, threshold).
+{_int8(m["onnx"].get("int8"))}"""
+
+
+def _int8(q: dict | None) -> str:
+    """The README's words on the int8 model, when the export has one."""
+    if not q:
+        return ""
+    change = ", ".join(f"{k} {q['test']['float32'][k]:.4f} -> {q['test']['int8'][k]:.4f}" for k in q["test_change"])
+    return f"""
+`model.int8.onnx` is the same model quantized to int8 by ONNX Runtime (calibrated on {q["calibration"]["images"]}
+training images; {q["size_mb"]} MiB). On the test split: {change}. Use it with `python predict.py --int8 ...`.
 """
 
 
@@ -189,15 +200,19 @@ def export_best(
     family: str | None = None,
     metric: str | None = None,
     fmt: str = "keras",
+    quantize: str | None = None,
 ) -> Path:
     """Write the best trial (by validation) of a finished sweep to a new folder ``to``; return it. ``fmt``: "keras",
     or "onnx" for ``model.onnx`` and the standalone bundle beside the ``.keras`` (``search.deploy``), checked on the
-    study's test split. Everything is written to a temporary folder first and moved into place at the end: nothing
-    partial is left."""
+    study's test split; ``quantize`` "int8" adds ``model.int8.onnx`` (calibrated on training images, its test
+    metrics recorded beside the float model's). Everything is written to a temporary folder first and moved into
+    place at the end: nothing partial is left."""
     import keras
 
     if fmt not in deploy.FORMATS:
         raise SweepError(f"--format {fmt}: choose one of {', '.join(deploy.FORMATS)}")
+    if quantize is not None and (quantize not in deploy.QUANTIZATIONS or fmt != "onnx"):
+        raise SweepError(f"--quantize {quantize}: choose one of {', '.join(deploy.QUANTIZATIONS)}, with --format onnx")
 
     experiment = store.normalize(experiment)
     sweep, study = load_sweep(experiment), load_study(experiment)
@@ -225,8 +240,11 @@ def export_best(
         model = keras.saving.load_model(staging / MODEL_FILE, safe_mode=True, compile=False)  # loadable as shipped
         manifest["parameters"] = int(model.count_params())
         if fmt == "onnx":  # converted, then checked against the model just loaded on the test split
-            test = study_data(study, _option(manifest, study)).test.images
-            manifest["onnx"] = deploy.add_onnx(staging, staging / MODEL_FILE, model, test, study.train.batch_size)
+            data, batch = study_data(study, _option(manifest, study)), study.train.batch_size
+            manifest["onnx"] = deploy.add_onnx(staging, staging / MODEL_FILE, model, data.test.images, batch)
+            if quantize == "int8":
+                classes = tuple(manifest.get("classes") or ())
+                manifest["onnx"]["int8"] = deploy.add_int8(staging, data, study.task, classes, batch)
         (staging / EXPORT_FILE).write_text(json.dumps(manifest, indent=2))
         (staging / STUDY_FILE).write_text(json.dumps(study.to_dict(), indent=2))
         (staging / "README.md").write_text(_readme(manifest))
@@ -256,8 +274,10 @@ def check_export(model_dir: str | Path) -> dict:
         raise SweepError(f"{model_dir / EXPORT_FILE} is malformed ({type(exc).__name__}: {exc}); {again}") from None
     if not (task in TASKS and isinstance(name, str) and isinstance(classes, list) and isinstance(size, int)):
         raise SweepError(f"{model_dir / EXPORT_FILE} is malformed (task, model, classes or input size); {again}")
-    if manifest.get("onnx") and not (model_dir / deploy.ONNX_FILE).is_file():
-        raise SweepError(f"{model_dir} is missing {deploy.ONNX_FILE} that its {EXPORT_FILE} lists; {again}")
+    onnx = manifest.get("onnx") or {}
+    for listed in [onnx.get("file"), (onnx.get("int8") or {}).get("file")]:
+        if listed and not (model_dir / listed).is_file():
+            raise SweepError(f"{model_dir} is missing {listed} that its {EXPORT_FILE} lists; {again}")
     try:  # what serving and evaluating read from the recorded study before anything starts
         study = json.loads((model_dir / STUDY_FILE).read_text())
         backend, data = study["train"]["backend"], study.get("data", {})
@@ -277,12 +297,22 @@ def check_export(model_dir: str | Path) -> dict:
     return manifest
 
 
-def load_export(model_dir: str | Path):
-    """(model, manifest) of an exported folder; a clear error naming any missing or malformed file."""
+def load_export(model_dir: str | Path, runtime: str = "keras"):
+    """(model, manifest) of an exported folder; a clear error naming any missing or malformed file. ``runtime``
+    (one of ``deploy.FORMATS``): "keras" loads ``model.keras`` with Keras; "onnx" runs ``model.onnx`` with ONNX
+    Runtime and imports no deep-learning framework (an export made without ``--format onnx`` is refused)."""
+    manifest = check_export(model_dir)
+    folder = Path(model_dir).expanduser()
+    if runtime == "onnx":
+        if not manifest.get("onnx"):
+            raise SweepError(
+                f"{folder} has no {deploy.ONNX_FILE}: export it again with `sweep export EXPERIMENT --to DIR "
+                "--format onnx`, or use the Keras runtime"
+            )
+        return deploy.OnnxModel(folder / deploy.ONNX_FILE), manifest
     import keras
 
-    manifest = check_export(model_dir)
-    return keras.saving.load_model(Path(model_dir).expanduser() / MODEL_FILE, safe_mode=True, compile=False), manifest
+    return keras.saving.load_model(folder / MODEL_FILE, safe_mode=True, compile=False), manifest
 
 
 def image_paths(inputs: list[str | Path]) -> list[Path]:

@@ -35,6 +35,7 @@ import os
 import re
 import signal
 import socket
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -66,6 +67,7 @@ MAX_QUEUED_REQUESTS = 64  # waiting at the proxy beyond those; more are answered
 RETRY_AFTER_S = 5
 REQUEST_TIMEOUT_S = 120  # then 408
 TOKEN_ENV = "SWEEP_SERVE_TOKEN"
+FRAMEWORKS = ("keras", "tensorflow", "jax", "torch")  # what --runtime onnx never imports in a replica
 MAKE_TOKEN = 'python -c "import secrets; print(secrets.token_urlsafe(32))"'
 MIN_TOKEN_CHARS = 16
 # RFC 6750's b64token: what a browser and curl send in `Authorization: Bearer ...` without quoting
@@ -406,13 +408,14 @@ async def _own_page_only(request: Request, call_next):
 class ModelServer:
     """One replica: the exported model in memory, its page rendered once."""
 
-    def __init__(self, model_dir: str, max_bytes: int, loopback: bool, token: str | None):
+    def __init__(self, model_dir: str, max_bytes: int, loopback: bool, token: str | None, runtime: str):
         from search.export import load_export
 
         api.state.loopback = loopback
         self.token = token
 
-        self.model, self.manifest = load_export(model_dir)
+        self.model, self.manifest = load_export(model_dir, runtime)
+        self.runtime = runtime
         self.max_bytes = max_bytes
         self.version = model_version(model_dir)
         study = json.loads((Path(model_dir) / STUDY_FILE).read_text())
@@ -438,7 +441,9 @@ class ModelServer:
 
     @api.get("/healthz")
     def healthz(self) -> dict:
-        return {"status": "ok", "model": self._identity()}
+        """Up, which model, and what runs it: the runtime and the deep-learning frameworks this replica imported."""
+        imported = sorted(f for f in FRAMEWORKS if f in sys.modules)
+        return {"status": "ok", "model": self._identity(), "runtime": self.runtime, "frameworks": imported}
 
     @api.get("/model")
     def model(self, request: Request) -> dict:
@@ -470,6 +475,22 @@ class ModelServer:
 
 
 # ---- `sweep serve` -------------------------------------------------------------------------------------------------
+
+
+def runtime_problem(runtime: str, manifest: dict, gpus_per_replica: float) -> str | None:
+    """Why this export cannot be served with ``runtime``, or None (pure)."""
+    from search.deploy import FORMATS, ONNX_FILE
+
+    if runtime not in FORMATS:
+        return f"--runtime {runtime}: choose one of {', '.join(FORMATS)}"
+    if runtime == "onnx" and not manifest.get("onnx"):
+        return (
+            f"--runtime onnx needs {ONNX_FILE}, which this export does not have: export it again with "
+            "`sweep export EXPERIMENT --to DIR --format onnx`"
+        )
+    if runtime == "onnx" and gpus_per_replica:
+        return "--runtime onnx runs on the CPU (ONNX Runtime's CPU provider): leave --gpus-per-replica at 0"
+    return None
 
 
 def _check_options(host: str, port: int, replicas: int, gpus_per_replica: float, max_mb: float) -> None:
@@ -520,10 +541,13 @@ def serve_model(
     address: str | None = None,
     max_mb: float = DEFAULT_MAX_MB,
     token: str | None = None,
+    runtime: str = "keras",
 ) -> None:
     """Serve an exported model until Ctrl-C or SIGTERM, then take down what this command started: on a Ray of its
     own everything, on a shared cluster (``address``) its own application only. The folder, the options and the
-    token (required off loopback) are checked before anything starts or binds (SweepError)."""
+    token (required off loopback) are checked before anything starts or binds (SweepError). ``runtime``: "keras"
+    (``model.keras``) or "onnx" (``model.onnx`` with ONNX Runtime, on the CPU; no deep-learning framework in the
+    replica)."""
     import ray
 
     from search.runner import init_ray
@@ -532,6 +556,8 @@ def serve_model(
     model_dir = Path(model_dir).expanduser().resolve()
     manifest = check_export(model_dir)
     _check_options(host, port, replicas, gpus_per_replica, max_mb)
+    if problem := runtime_problem(runtime, manifest, gpus_per_replica):
+        raise SweepError(f"{model_dir}: {problem}")
     if problem := token_problem(host, token):
         raise SweepError(problem)
     if address is None:
@@ -559,13 +585,13 @@ def serve_model(
         app = ModelServer.options(
             num_replicas=replicas,
             ray_actor_options={"num_cpus": 1, "num_gpus": gpus_per_replica, "runtime_env": {"env_vars": env}},
-        ).bind(str(model_dir), int(max_mb * 1e6), is_loopback(host), token)
+        ).bind(str(model_dir), int(max_mb * 1e6), is_loopback(host), token, runtime)
         prefix = route_prefix(name, shared=address is not None)
         started = True
         serve.run(app, name=name, route_prefix=prefix)
         print(
-            f"serving {manifest['model']} ({manifest['task']}) from {model_dir} as {name} with {replicas} "
-            f"replica(s); Ctrl-C to stop\nthe page: {page_url(host, port, prefix, token)}",
+            f"serving {manifest['model']} ({manifest['task']}, {runtime} runtime) from {model_dir} as {name} with "
+            f"{replicas} replica(s); Ctrl-C to stop\nthe page: {page_url(host, port, prefix, token)}",
             flush=True,
         )
         while True:

@@ -214,6 +214,31 @@ def segmentation_experiment(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def onnx_export(request, tmp_path_factory):
+    """task -> (folder, what the command printed) of `sweep export --format onnx --quantize int8` of that task's
+    experiment, made once per session in this process: the deployment and the serving tests read the same folders."""
+    import contextlib
+    import io
+
+    from search.cli import main
+
+    made = {}
+
+    def export(task: str) -> tuple[Path, str]:
+        if task not in made:
+            experiment = request.getfixturevalue(f"{task}_experiment")
+            folder = tmp_path_factory.mktemp(f"onnx-{task}") / "model"
+            out, err = io.StringIO(), io.StringIO()
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                code = main(["export", str(experiment), "--to", str(folder), "--format", "onnx", "--quantize", "int8"])
+            assert code == 0, err.getvalue()
+            made[task] = (folder, out.getvalue())
+        return made[task]
+
+    return export
+
+
+@pytest.fixture(scope="session")
 def images(synth_root, tmp_path_factory) -> Path:
     """A few smears as a user would bring them: PNGs, a JPEG, a non-square crop, and a larger image."""
     import shutil

@@ -62,12 +62,9 @@ def _bundle(python: Path, model_dir: Path, *args) -> subprocess.CompletedProcess
 
 @pytest.mark.parametrize("task", ["classification", "segmentation"])
 def test_onnx_bundle_predicts_as_sweep_predict_without_a_framework(
-    task, request, bare_python, images, tmp_path, capsys
+    task, onnx_export, bare_python, images, tmp_path, capsys
 ):
-    experiment = request.getfixturevalue(f"{task}_experiment")
-    model_dir = tmp_path / "model"
-    code, out, err = cli(capsys, "export", experiment, "--to", model_dir, "--format", "onnx")
-    assert code == 0, err
+    model_dir, out = onnx_export(task)
     assert "model.onnx" in out and "predict.py" in out
     assert all((model_dir / f).is_file() for f in (*BUNDLE_FILES, "model.keras", "export.json", "MODEL_CARD.md"))
     manifest = json.loads((model_dir / "export.json").read_text())
@@ -80,6 +77,7 @@ def test_onnx_bundle_predicts_as_sweep_predict_without_a_framework(
         assert 0 < timed["median"] <= timed["p95"] and timed["runs"] == 30
     assert "ms median" in out
     assert "python predict.py" in (model_dir / "README.md").read_text()
+    _int8_is_recorded_as_measured(model_dir, manifest, out)
 
     if task == "classification":
         assert manifest["calibration"]["temperature"] != 1.0  # predict.py must apply it to match
@@ -94,6 +92,11 @@ def test_onnx_bundle_predicts_as_sweep_predict_without_a_framework(
         assert list(got["label"]) == list(want["label"])
         probs = [c for c in want.columns if c.startswith("p_")]
         assert np.abs(got[probs].to_numpy() - want[probs].to_numpy()).max() <= ONNX_TOLERANCE
+        done = _bundle(bare_python, model_dir, images, "--int8", "--out", tmp_path / "int8.csv")
+        assert done.returncode == 0, done.stderr[-3000:]
+        int8 = pd.read_csv(tmp_path / "int8.csv")  # the quantized model's own answers: a distribution per image
+        assert list(int8.columns) == list(want.columns) and len(int8) == len(want)
+        np.testing.assert_allclose(int8[probs].sum(axis=1), 1, atol=1e-4)
     else:
         code, _, err = cli(capsys, "predict", model_dir, images, "--out", tmp_path / "pred")
         assert code == 0, err
@@ -108,6 +111,39 @@ def test_onnx_bundle_predicts_as_sweep_predict_without_a_framework(
             mask = cv2.imread(str(tmp_path / "masks" / f"{path.stem}_mask.png"), cv2.IMREAD_GRAYSCALE)
             assert mask.shape == want.shape == cv2.imread(str(path)).shape[:2]
             assert (mask == want).mean() >= 0.995  # a pixel at 0.5 ± 1e-4 may fall either side
+
+
+def _int8_is_recorded_as_measured(model_dir: Path, manifest: dict, out: str) -> None:
+    """--quantize int8: model.int8.onnx beside model.onnx, calibrated on training images; the test metrics recorded
+    for both are what ONNX Runtime gives on the test split now (the float one the sweep's own), the change their
+    difference; printed; predict.py --int8 runs it."""
+    from models.evaluation import report_from_probs
+    from models.tasks import task_info
+    from search.deploy import CALIBRATION_IMAGES, INT8_FILE, onnx_outputs
+    from search.export import _option, study_data
+    from search.spec import study_from_record
+
+    q = manifest["onnx"]["int8"]
+    assert q["file"] == INT8_FILE and (model_dir / INT8_FILE).is_file()
+    assert q["size_mb"] < manifest["onnx"]["size_mb"]  # int8 weights
+    study = study_from_record(json.loads((model_dir / "study.json").read_text()))
+    data = study_data(study, _option(manifest, study))
+    assert q["calibration"] == {
+        "split": "train",
+        "images": min(CALIBRATION_IMAGES, len(data.train.images)),
+        "method": "min/max",
+    }
+    headline = task_info(manifest["task"]).headline
+    for which, file in (("float32", "model.onnx"), ("int8", INT8_FILE)):
+        probs = onnx_outputs(model_dir / file, data.test.images)
+        report = report_from_probs(data.test, probs, manifest["task"], tuple(manifest.get("classes") or ()))
+        for metric in headline:
+            assert q["test"][which][metric] == pytest.approx(report[metric], abs=1e-6), (which, metric)
+    first = headline[0]
+    assert q["test"]["float32"][first] == pytest.approx(manifest["test"][first], abs=1e-4)  # the sweep's own score
+    assert q["test_change"][first] == pytest.approx(q["test"]["int8"][first] - q["test"]["float32"][first], abs=1e-6)
+    assert "model.int8.onnx" in out and f"{first} " in out
+    assert "predict.py --int8" in (model_dir / "README.md").read_text()
 
 
 def test_an_unfaithful_conversion_fails_the_export_and_writes_nothing(

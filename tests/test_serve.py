@@ -193,7 +193,10 @@ def test_served_predictions_equal_sweep_predict(server, images, tmp_path):
     assert health == {
         "status": "ok",
         "model": {"name": manifest["model"], "version": model_version(model_dir), "task": server["task"]},
+        "runtime": "keras",
+        "frameworks": health["frameworks"],
     }
+    assert "keras" in health["frameworks"]
 
     paths = sorted(images.iterdir())
     one_by_one = [_post_file(server, p, overlay="true").json() for p in paths]  # multipart, one image per request
@@ -228,9 +231,9 @@ def test_served_predictions_equal_sweep_predict(server, images, tmp_path):
         assert any(a["foreground"] > 0 for a in served), "the tiny segmenter found no foreground: nothing compared"
 
 
-def test_bounded_load_all_answered(server, images):
-    """48 requests, 8 at a time: every one answered correctly; p50/p95 latency printed."""
-    url, data, http = server["url"], (images / "benign.png").read_bytes(), server["http"]
+def _load(http: requests.Session, url: str, data: bytes, task: str) -> str:
+    """The load test: LOAD_REQUESTS requests of one image, LOAD_CONCURRENCY at a time, every one answered with the
+    answer the image gets alone; what it measured, in words."""
     expected = http.post(f"{url}/predict", files={"file": ("a.png", data)}, timeout=120).json()["predictions"]
 
     def one(_):
@@ -243,15 +246,62 @@ def test_bounded_load_all_answered(server, images):
         results = list(pool.map(one, range(LOAD_REQUESTS)))
     wall = time.perf_counter() - start
     assert [code for _, code, _ in results] == [200] * LOAD_REQUESTS
-    key = "probabilities" if server["task"] == "classification" else "foreground"
+    key = "probabilities" if task == "classification" else "foreground"
     for _, _, got in results:  # batched with others or not, the same image gets the same answer
         assert got[0][key] == pytest.approx(expected[0][key], abs=1e-5)
     latencies = np.array([t for t, _, _ in results]) * 1000
-    print(
-        f"\n{server['task']}: {LOAD_REQUESTS} requests, {LOAD_CONCURRENCY} concurrent, {wall:.1f} s "
-        f"({LOAD_REQUESTS / wall:.1f}/s): p50 {np.percentile(latencies, 50):.0f} ms, "
-        f"p95 {np.percentile(latencies, 95):.0f} ms"
+    return (
+        f"{LOAD_REQUESTS} requests, {LOAD_CONCURRENCY} concurrent, {wall:.1f} s ({LOAD_REQUESTS / wall:.1f}/s): "
+        f"p50 {np.percentile(latencies, 50):.0f} ms, p95 {np.percentile(latencies, 95):.0f} ms"
     )
+
+
+def test_bounded_load_all_answered(server, images):
+    """48 requests, 8 at a time: every one answered correctly; p50/p95 latency printed."""
+    measured = _load(server["http"], server["url"], (images / "benign.png").read_bytes(), server["task"])
+    print(f"\n{server['task']}: {measured}")
+
+
+def test_the_onnx_runtime_serves_the_same_answers_with_no_framework(onnx_export, images, tmp_path):
+    """`sweep serve --runtime onnx` of an export made with --format onnx, then `--runtime keras` of the same folder,
+    each in a fresh process under the same load test: the ONNX replica imports no Keras, TensorFlow, JAX or PyTorch
+    (its own /healthz reads its sys.modules); the page is the same; its answers (temperature applied) are the Keras
+    replica's within 1e-4 and the same classes; p50/p95 latency and the replica's resident memory are printed for
+    both."""
+    from search.deploy import ONNX_TOLERANCE
+
+    model_dir, _ = onnx_export("classification")
+    manifest = json.loads((model_dir / "export.json").read_text())
+    assert manifest["calibration"]["temperature"] != 1.0  # the ONNX replica must apply it to match
+    paths = sorted(images.iterdir())
+    batch = {"images": [base64.b64encode(p.read_bytes()).decode() for p in paths]}
+    seen, measured = {}, {}
+    for runtime in ("onnx", "keras"):
+        log = tmp_path / f"serve-{runtime}.log"
+        proc, page = _start_server(model_dir, log, "--runtime", runtime)
+        try:
+            url = _base(page)
+            health = requests.get(f"{url}/healthz", timeout=30).json()
+            assert health["runtime"] == runtime
+            frameworks = health["frameworks"]
+            assert frameworks == [] if runtime == "onnx" else "keras" in frameworks, frameworks
+            assert f"{runtime} runtime" in log.read_text()
+            answers = requests.post(f"{url}/predict", json=batch, timeout=120).json()["predictions"]
+            page_html = requests.get(url + "/", timeout=30).text
+            load = _load(requests.Session(), url, (images / "benign.png").read_bytes(), "classification")
+            replica = _replica(proc.pid)
+            rss = f"replica resident memory {_memory_kb(replica, 'VmRSS') / 1024:.0f} MB"
+            measured[runtime] = f"{load}; {rss} (peak {_memory_kb(replica, 'VmHWM') / 1024:.0f} MB)"
+            seen[runtime] = (answers, page_html)
+        finally:
+            _stop_server(proc, log)
+    (onnx, onnx_page), (keras, keras_page) = seen["onnx"], seen["keras"]
+    assert onnx_page == keras_page  # the page says nothing of the runtime: it stays as it is
+    assert [a["class"] for a in onnx] == [a["class"] for a in keras]
+    for got, want in zip(onnx, keras, strict=True):
+        for c in manifest["classes"]:
+            assert got["probabilities"][c] == pytest.approx(want["probabilities"][c], abs=ONNX_TOLERANCE)
+    print("".join(f"\n{runtime} runtime: {text}" for runtime, text in measured.items()))
 
 
 def test_bad_inputs_get_a_4xx_json_error_and_the_server_goes_on(server, images, tmp_path):

@@ -1,7 +1,7 @@
 """Predict images with this exported model using ONNX Runtime alone: no TensorFlow, Keras or leukemia-sweep.
 
     pip install onnxruntime numpy opencv-python-headless
-    python predict.py IMAGE_OR_FOLDER... [--out predictions.csv] [--masks DIR]
+    python predict.py IMAGE_OR_FOLDER... [--out predictions.csv] [--masks DIR] [--int8]
 
 Give image files or folders (searched recursively). A classifier: one CSV row per image, ``image,label,p_<class>...``
 (the probabilities calibrated with the export's temperature when it has one), the same as ``sweep predict``. A
@@ -85,10 +85,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="write the CSV here (default: print it)")
     parser.add_argument("--masks", type=Path, help="segmentation: write <name>_mask.png files into this new folder")
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--int8", action="store_true", help="run model.int8.onnx (exported with --quantize int8)")
     args = parser.parse_args(argv)
     manifest = json.loads((HERE / "export.json").read_text())
+    model = "model.int8.onnx" if args.int8 else "model.onnx"
+    if not (HERE / model).is_file():
+        raise SystemExit(f"predict.py: {HERE / model} does not exist (export with --quantize int8 for --int8)")
     paths = image_paths(args.inputs, set(manifest["onnx"]["image_extensions"]))
-    session = ort.InferenceSession(str(HERE / "model.onnx"), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(HERE / model), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     originals = [read_rgb(p) for p in paths]
     x = np.stack([model_input(manifest, o) for o in originals]).astype(np.float32)
