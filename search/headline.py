@@ -1,6 +1,6 @@
 """The end of a sweep in a few lines: the winner (chosen on validation), its test metrics next to what a model
-that learned nothing scores, what ASHA stopped and saved, and where the report is. Pure functions of the results
-frame, the typed study and the sweep's record of its data; ``sweep run`` prints them and
+that learned nothing scores, the axis that mattered most, what ASHA stopped and saved, and where the report is. Pure
+functions of the results frame, the typed study and the sweep's record of its data; ``sweep run`` prints them and
 ``benchmarks/bench_quality.py`` tabulates them."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from typing import Any
 
 import pandas as pd
 
+from search import importance
 from search.report.tables import cost_table
 from search.results import best_row
 from search.spec import Study
@@ -29,6 +30,7 @@ def outcome(frame: pd.DataFrame, study: Study, data: dict[str, Any]) -> dict[str
         "saved_seconds": totals["saved by ASHA (seconds)"],
         "saved_percent": totals["saved by ASHA (%)"],
         "winner": None,
+        "importance": importance.importance(frame, metric, study.mode),
     }
     if row is None:
         return out
@@ -70,6 +72,7 @@ def lines(o: dict[str, Any], report: str | None) -> list[str]:
         test = ", ".join(f"{k} {v:.4f}" for k, v in o["test"].items())
         base = ", ".join(f"{k} {v:.4f}" for k, v in o["baseline"].items())
         out.append(f"  test: {test}   ({o['baseline_name']}: {base})")
+    out.append(importance.sentence(o["importance"]))
     out.append(
         f"ASHA stopped {o['stopped']} of {o['trials']} trials early, saving {o['saved_seconds']:.0f} s of "
         f"{o['trial_seconds'] + o['saved_seconds']:.0f} s of training ({o['saved_percent']:.0f}%)"

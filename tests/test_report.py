@@ -257,6 +257,7 @@ def test_markdown_html_and_latex_carry_the_same_sections_tables_and_figures(tmp_
         "Compared with the study's published figures (same configuration)",
         "inception_resnet_v2 / option 2",
         f"Best classifier per class (test split): {winner}",
+        "What mattered: importance of the searched axes for val_accuracy",
     ):
         assert title in titles["md"], title
     tables = {
@@ -265,7 +266,10 @@ def test_markdown_html_and_latex_carry_the_same_sections_tables_and_figures(tmp_
         "tex": text["tex"].count("\\begin{tabular}"),
     }
     figures = {"md": text["md"].count("!["), "html": text["html"].count("<img "), "tex": text["tex"].count("graphics")}
-    assert tables["md"] == tables["html"] == tables["tex"] == 9  # 2 trust, summary, versus, 2 families, class, 2 cost
+    # 2 trust, summary, importance, versus, 2 families, class, 2 cost
+    assert tables["md"] == tables["html"] == tables["tex"] == 10
+    for fmt, t in text.items():  # what mattered: a sentence and its table in every format
+        assert "What mattered most: " in t and "fANOVA" in t and "PED-ANOVA" in t, fmt
     names = sorted(p.stem for p in (out / "figures").glob("*.png"))
     assert figures["md"] == figures["html"] == figures["tex"] == len(names) == 5, names
     for fmt, t in text.items():  # what the HTML once lacked: the task line and the note on fractions
@@ -305,6 +309,41 @@ def test_the_headline_puts_the_winner_next_to_a_model_that_learned_nothing():
     text = lines(o, "r/report.html")
     assert text[0] == "winner (chosen on val_accuracy = 0.6900): nasnet_large-opt2-lr0.01-do0.4"
     assert "always the most frequent class: accuracy 0.4000" in text[1] and text[-1] == "report: r/report.html"
+    assert text[2].startswith("What mattered most: ")  # 24 trials over four axes: ranked
+
+
+def test_importance_ranks_the_axis_that_decides_the_metric_or_says_why_not():
+    """A grid where the learning rate decides validation accuracy, the model adds a little and dropout and the option
+    nothing (noise): both evaluators rank lr first, their shares sum to 1; the headline names it. Too few trials, or
+    one axis searched: no numbers, a reason instead."""
+    import itertools
+
+    from search.importance import MIN_TRIALS, importance, sentence, table
+
+    rng = np.random.default_rng(0)
+    rows = [
+        {"model": m, "option": o, "lr": lr, "dropout": d, "repeat": 0, "val_accuracy": 0.5 + 0.3 * (lr == 1e-3)
+         + 0.05 * (m == "nasnet_large") + rng.normal(0, 0.01)}
+        for m, o, lr, d in itertools.product(("inception_resnet_v2", "nasnet_large"), (1, 2),
+                                             (0.1, 0.01, 1e-3, 1e-4), (0.4, 0.2, 0.0))
+    ]  # fmt: skip
+    frame = pd.DataFrame(rows)
+    result = importance(frame, "val_accuracy", "max")
+    assert result["why_not"] is None and result["trials"] == 48
+    assert set(result["axes"]) == {"model", "option", "lr", "dropout"}  # repeat is not an axis
+    for key in ("fanova", "ped_anova"):
+        assert max(result[key], key=result[key].get) == "lr", result[key]
+        assert sum(result[key].values()) == pytest.approx(1)
+    assert result["axes"][:2] == ["lr", "model"]
+    assert list(table(result)["axis"]) == result["axes"]
+    assert sentence(result).startswith("What mattered most: lr, 0.")
+
+    few = importance(frame.head(MIN_TRIALS - 1), "val_accuracy", "max")
+    assert few["why_not"].startswith(f"{MIN_TRIALS - 1} trials") and not few["fanova"]
+    one_axis = frame[(frame["model"] == "nasnet_large") & (frame["option"] == 1) & (frame["dropout"] == 0.0)]
+    one_axis = pd.concat([one_axis] * 2)  # enough trials, one axis searched
+    assert importance(one_axis, "val_accuracy", "max")["why_not"] == "only lr was searched: nothing to rank it against"
+    assert importance(frame.assign(val_accuracy=np.nan), "val_accuracy", "max")["trials"] == 0  # never scored
 
 
 def test_sentences_keep_their_marks_and_are_escaped_in_every_format():

@@ -15,6 +15,7 @@ from typing import Any
 import pandas as pd
 
 from data_pipeline.files import data_folders, refuse_inside, write_file
+from search import importance
 from search import storage as store
 from search.errors import SweepError
 from search.experiment import (
@@ -56,6 +57,7 @@ def build(experiment: str | Path, out: Path) -> dict[str, Any]:
         "task": task,
         "tables": {tab.family_title(f): tab.family_table(agg, task, f, max_epochs) for f in tab.families(agg)},
         "summary": tab.summary_table(agg, task),
+        "importance": importance.importance(frame, study.metric, study.mode),
         "versus": tab.versus_study(agg, task, ref),
         "cost": per_trial,
         "unscored": tab.unscored_table(frame),

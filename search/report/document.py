@@ -16,6 +16,7 @@ import jinja2
 import pandas as pd
 from markupsafe import Markup
 
+from search import importance
 from search.report.tables import trust_lines
 
 TEMPLATES = {"md": "report.md.j2", "html": "report.html.j2", "tex": "report.tex.j2"}
@@ -33,6 +34,13 @@ BINARY_NOTE = (
     "class's probability, Youden's J (sensitivity + specificity - 1) maximised on the validation split."
 )
 FRACTIONS_NOTE = "Fractions; the study's percentages are divided by 100."
+IMPORTANCE_NOTE = (
+    "fANOVA: the share of the metric's variance over the searched space that each axis explains on its own (a random "
+    "forest fitted to the trials; Optuna's FanovaImportanceEvaluator, seed 0). PED-ANOVA: how far each axis's values "
+    "among the best 10% of trials differ from all trials' (Optuna's PedAnovaImportanceEvaluator). Each column sums "
+    "to 1. A grid tries every value equally often; an adaptive search (Optuna) samples where it expects good trials, "
+    "which both estimates inherit."
+)
 
 
 @dataclass(frozen=True)
@@ -93,6 +101,7 @@ def sections(parts: dict[str, Any]) -> list[Section]:
     ]
     out += _trust_sections(parts)
     out.append(Section("Best per family (chosen on validation)", blocks=(Table(parts["summary"]),)))
+    out.append(_importance_section(parts["importance"]))
     out.append(
         Section(
             "Compared with the study's published figures (same configuration)",
@@ -116,6 +125,15 @@ def sections(parts: dict[str, Any]) -> list[Section]:
     figs = parts["figures"]
     out.append(Section("Figures", blocks=tuple(Figure(figs.folder / f"{n}.png", c) for n, c in figs.items)))
     return out
+
+
+def _importance_section(result: dict[str, Any]) -> Section:
+    """What mattered: the axes ranked, or why the sweep cannot rank them."""
+    title = f"What mattered: importance of the searched axes for {result['metric']}"
+    if result["why_not"] is not None:
+        return Section(title, lead=(importance.sentence(result),))
+    blocks = (Table(importance.table(result)), Note(IMPORTANCE_NOTE))
+    return Section(title, lead=(importance.sentence(result),), blocks=blocks)
 
 
 def _trust_sections(parts: dict[str, Any]) -> list[Section]:
