@@ -246,6 +246,8 @@ def test_markdown_html_and_latex_carry_the_same_sections_tables_and_figures(tmp_
     from search.report import write_report
 
     out = write_report(_experiment(tmp_path / "exp"), tmp_path / "report")
+    for name in ("axis_effects", "parallel_coordinates"):  # what mattered, drawn: every trial, the winner marked
+        assert (out / "figures" / f"{name}.png").stat().st_size > 5000, name
     text = {fmt: (out / f"report.{fmt}").read_text() for fmt in ("md", "html", "tex")}
     titles = {fmt: _titles(t, fmt) for fmt, t in text.items()}
     assert titles["md"] == titles["html"] == titles["tex"]
@@ -271,7 +273,7 @@ def test_markdown_html_and_latex_carry_the_same_sections_tables_and_figures(tmp_
     for fmt, t in text.items():  # what mattered: a sentence and its table in every format
         assert "What mattered most: " in t and "fANOVA" in t and "PED-ANOVA" in t, fmt
     names = sorted(p.stem for p in (out / "figures").glob("*.png"))
-    assert figures["md"] == figures["html"] == figures["tex"] == len(names) == 5, names
+    assert figures["md"] == figures["html"] == figures["tex"] == len(names) == 7, names
     for fmt, t in text.items():  # what the HTML once lacked: the task line and the note on fractions
         assert "Task: classification." in t and "percentages are divided by 100" in t, fmt
     assert "<strong>" not in text["html"] and "**" not in text["html"]  # a leak-free sweep: no warning in bold

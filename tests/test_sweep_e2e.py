@@ -141,8 +141,8 @@ def test_sweep_survives_real_faults_asha_stops_the_worse_logs_and_evaluates(tmp_
     row = list(table["lr"]).index(best_lr)  # the chosen row, every cell of it (and only it) highlighted in HTML:
     highlighted = html.split("<h2>unet</h2>", 1)[1].split("background: #fff3b0")[0]
     assert highlighted.count(f"_row{row}_col") == len(table.columns) and highlighted.count("_row") == len(table.columns)
-    assert html.count("data:image/png;base64,") == 4 and "\\begin{tabular}" in (report / "report.tex").read_text()
-    for name in ("learning_curves", "heatmap", "asha_epochs", "best_segmenter"):
+    assert html.count("data:image/png;base64,") == 6 and "\\begin{tabular}" in (report / "report.tex").read_text()
+    for name in ("learning_curves", "heatmap", "asha_epochs", "best_segmenter", "axis_effects", "parallel_coordinates"):
         assert (report / "figures" / f"{name}.png").stat().st_size > 5000, name
     with np.load(exp / "predictions.npz") as preds:
         assert preds["images"].shape[1:] == (32, 32, 3) and preds["truth"].shape == preds["images"].shape[:3]
@@ -218,6 +218,54 @@ def test_killed_driver_resumes_each_trial_from_its_last_epoch_and_reruns_nothing
             resumed = [a for a in attempts if a["trial_id"] == trial][-1]
             assert resumed["start_epoch"] >= len(done) - 1 >= 1, (trial, done, resumed)  # its last epoch, not 0
     assert sum(len(e) for e in after.values()) - epochs * 4 <= sum(0 < len(e) < epochs for e in before.values())
+
+
+def test_an_optuna_sweep_keeps_its_study_in_sqlite_and_resume_continues_that_study(tmp_path):
+    """search.algorithm optuna: the Optuna study lives in the experiment folder's optuna.db, named after the
+    experiment, every finished trial written as it is told; the driver killed after the first trial finished, `sweep
+    resume` continues that study (its first trial kept as it was), and the study ends with every trial complete."""
+    import optuna
+
+    epochs, storage, log = 2, tmp_path / "runs", tmp_path / "log"
+    log.mkdir()
+    spec = yaml.safe_load(Path(_spec(tmp_path, [0.01], epochs=epochs, grace=epochs)).read_text())
+    spec["search"] = {"algorithm": "optuna", "num_samples": 3, "seed": 0}
+    spec["space"]["lr"] = {"loguniform": [1e-4, 1e-2]}
+    spec["resources"]["max_concurrent_trials"] = 1  # one trial at a time: the kill finds one running
+    (tmp_path / "optuna.yaml").write_text(yaml.safe_dump(spec))
+    faults = {"log": str(log), "report_delay_s": 0.5}
+    driver = subprocess.Popen(
+        [sys.executable, str(FAULTY_SWEEP), "run", tmp_path / "optuna.yaml", "--storage", storage, "--name", "o"],
+        env=_env(SWEEP_TEST_FAULTS=json.dumps(faults)),
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    exp, db = storage / "o", storage / "o" / "optuna.db"
+
+    def complete() -> list:
+        trials = optuna.load_study(study_name="o", storage=f"sqlite:///{db}").trials
+        return [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+
+    deadline = time.time() + 600
+    while time.time() < deadline:  # kill once Optuna has been told of one finished trial, the next running
+        assert driver.poll() is None, "the sweep ended before it could be killed"
+        if db.is_file() and complete() and any(1 <= len(e) < epochs for e in _reported(exp).values()):
+            break
+        time.sleep(0.2)
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    (first, *_) = before = complete()
+    assert len(before) < 3 and first.value is not None
+
+    proc = _faulty_sweep("resume", exp, faults={"log": str(log)})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert [s.study_name for s in optuna.get_all_study_summaries(f"sqlite:///{db}")] == ["o"]  # the same study
+    after = complete()
+    assert len(after) == 3 and (after[0].params, after[0].value) == (first.params, first.value)  # history kept
+    frame = pd.read_csv(exp / "results.csv")
+    assert len(frame) == 3 and sorted(frame["lr"]) == sorted(t.params["lr"] for t in after)
 
 
 def test_classification_sweep_trains_heads_on_cached_features(tmp_path):

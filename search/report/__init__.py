@@ -50,6 +50,9 @@ def build(experiment: str | Path, out: Path) -> dict[str, Any]:
     fig.plot_learning_curves(figs, experiment, best, task)
     fig.plot_heatmaps(figs, agg, task)
     fig.plot_epochs(figs, frame, max_epochs)
+    mattered = importance.importance(frame, study.metric, study.mode)
+    fig.plot_axis_effects(figs, frame, importance.searched_axes(frame), study.metric, study.mode)
+    fig.plot_parallel_coordinates(figs, frame, importance.searched_axes(frame), study.metric, study.mode)
     preds = load_predictions(experiment)
     comparisons, sentences = tab.paired_comparisons(frame, task, preds, tab.study_pick(ref, task))
     return {
@@ -57,7 +60,7 @@ def build(experiment: str | Path, out: Path) -> dict[str, Any]:
         "task": task,
         "tables": {tab.family_title(f): tab.family_table(agg, task, f, max_epochs) for f in tab.families(agg)},
         "summary": tab.summary_table(agg, task),
-        "importance": importance.importance(frame, study.metric, study.mode),
+        "importance": mattered,
         "versus": tab.versus_study(agg, task, ref),
         "cost": per_trial,
         "unscored": tab.unscored_table(frame),

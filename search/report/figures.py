@@ -184,3 +184,93 @@ def plot_gradcam(figs: Figures, images, heatmaps, labels, predicted, classes: li
         "predicted class lies, red strongest."
     )
     figs.save(fig, "gradcam", caption)
+
+
+def _positions(values: pd.Series) -> tuple[np.ndarray, list[str], list[float]]:
+    """An axis's values as x positions: numbers in order (a learning rate's on a log scale, evenly spaced as a grid
+    is), anything else by name; the tick labels and their positions."""
+    levels = sorted(values.dropna().unique().tolist(), key=lambda v: (isinstance(v, str), v))
+    where = {v: i for i, v in enumerate(levels)}
+    labels = [f"{v:g}" if isinstance(v, float | int) and not isinstance(v, bool) else str(v) for v in levels]
+    return values.map(where).to_numpy(dtype=float), labels, list(range(len(levels)))
+
+
+def plot_axis_effects(figs: Figures, frame: pd.DataFrame, axes: list[str], metric: str, mode: str) -> None:
+    """For each searched axis, the selection metric of every trial at each of its values (jittered), the winner
+    marked; with repeats, each configuration's mean ± standard deviation beside its points."""
+    from search.report.tables import config_keys
+    from search.results import best_row
+
+    scored = frame[pd.to_numeric(frame[metric], errors="coerce").notna()]
+    if scored.empty or not axes:
+        return
+    plt = _plt()
+    winner = best_row(scored, metric, mode)
+    rng = np.random.default_rng(0)
+    fig, grid = plt.subplots(1, len(axes), figsize=(3.2 * len(axes), 3.2), squeeze=False, sharey=True)
+    repeated = "repeat" in scored and scored["repeat"].nunique() > 1
+    for ax, axis in zip(grid[0], axes):
+        x, labels, ticks = _positions(scored[axis])
+        ax.scatter(x + rng.uniform(-0.12, 0.12, len(x)), scored[metric], s=14, alpha=0.6, color="C0", label="trial")
+        if repeated:  # the run-to-run spread of each configuration, its mean and standard deviation
+            keys = config_keys(scored)
+            spread = (
+                scored.assign(_x=x)
+                .groupby(keys, dropna=False)
+                .agg(x=("_x", "first"), mean=(metric, "mean"), std=(metric, "std"))
+            )
+            ax.errorbar(spread["x"] + 0.25, spread["mean"], yerr=spread["std"], fmt="_", color="C1", lw=1,
+                        label="configuration mean ± std")  # fmt: skip
+        if winner is not None:
+            wx = x[scored.index.get_loc(winner.name)]
+            ax.scatter([wx], [winner[metric]], marker="*", s=160, color="C3", zorder=3, label="winner")
+        ax.set_xticks(ticks, labels, rotation=30 if max(map(len, labels)) > 6 else 0, fontsize=8)
+        ax.set(xlabel=axis)
+        ax.grid(alpha=0.3)
+    grid[0][0].set_ylabel(metric)
+    fig.legend(
+        *grid[0][0].get_legend_handles_labels(), loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, fontsize=7
+    )
+    caption = f"Validation {metric} of every trial at each value of each searched axis; the star is the winner."
+    figs.save(
+        fig, "axis_effects", caption + (" Bars: each configuration's mean ± std over repeats." if repeated else "")
+    )
+
+
+def plot_parallel_coordinates(figs: Figures, frame: pd.DataFrame, axes: list[str], metric: str, mode: str) -> None:
+    """Every trial as a line across the searched axes and the metric, coloured by the metric; the winner bold."""
+    from search.results import best_row
+
+    scored = frame[pd.to_numeric(frame[metric], errors="coerce").notna()]
+    if len(scored) < 2 or not axes:
+        return
+    plt = _plt()
+    columns, labels = [], []
+    for axis in axes:  # every axis on [0, 1], its values evenly spaced
+        x, names, _ = _positions(scored[axis])
+        columns.append(x / max(len(names) - 1, 1))
+        labels.append(names)
+    values = scored[metric].to_numpy(dtype=float)
+    low, high = float(values.min()), float(values.max())
+    columns.append((values - low) / (high - low) if high > low else np.full(len(values), 0.5))
+    ys = np.column_stack(columns)
+    winner = best_row(scored, metric, mode)
+    fig, ax = plt.subplots(figsize=(1.8 * (len(axes) + 1) + 1, 4))
+    cmap = plt.get_cmap("viridis")
+    order = np.argsort(values if mode == "max" else -values)  # the best drawn last, on top
+    for i in order:
+        ax.plot(range(len(axes) + 1), ys[i], color=cmap(columns[-1][i]), alpha=0.7, lw=1)
+    if winner is not None:
+        ax.plot(range(len(axes) + 1), ys[scored.index.get_loc(winner.name)], color="C3", lw=2.5, label="winner")
+        ax.legend(fontsize=7, loc="lower right", bbox_to_anchor=(1.0, 1.0))
+    for k, names in enumerate(labels):
+        for j, name in enumerate(names):
+            ax.text(k + 0.03, j / max(len(names) - 1, 1), name, fontsize=7, va="center")
+    ax.text(len(axes) + 0.03, 0, f"{low:.3g}", fontsize=7, va="center")
+    ax.text(len(axes) + 0.03, 1, f"{high:.3g}", fontsize=7, va="center")
+    ax.set_xticks(range(len(axes) + 1), [*axes, metric])
+    ax.set_yticks([])
+    for k in range(len(axes) + 1):
+        ax.axvline(k, color="k", lw=0.6)
+    ax.set_xlim(-0.1, len(axes) + 0.6)
+    figs.save(fig, "parallel_coordinates", f"Every trial across the searched axes, coloured by validation {metric}.")
