@@ -50,6 +50,8 @@ def load(folder: Path, *, compile: bool = True) -> list:
     """The checkpoint's models as they were saved (heads or whole models; compiled: a resumed trial goes on)."""
     import keras
 
+    import models.metrics  # noqa: F401  registers the losses and metrics a compiled checkpoint names (bce_dice, ...)
+
     return [keras.saving.load_model(f, compile=compile) for f in model_files(folder)]
 
 
