@@ -144,6 +144,12 @@ def _add_run_commands(sub) -> None:
     run = sub.add_parser("run", help="run a study as a Ray Tune sweep")
     _add_study_options(run, "runs", "where experiments are written: a folder or s3://, gs:// URI (default ./runs)")
     run.add_argument("--address", help="Ray cluster address (default: start a local cluster on 127.0.0.1)")
+    run.add_argument(
+        "--mlflow",
+        metavar="URI",
+        help="also log every trial and the best model to this MLflow tracking store, e.g. sqlite:///PATH/mlflow.db "
+        "(needs: pip install 'leukemia-sweep[mlflow]')",
+    )
     resume = sub.add_parser("resume", help="continue an interrupted sweep where it stopped")
     resume.add_argument("experiment", type=Path)
     resume.add_argument("--address")
@@ -220,6 +226,7 @@ def _run(args) -> int:
         address=args.address,
         gpus_per_trial=args.gpus_per_trial,
         cpus_per_trial=args.cpus_per_trial,
+        mlflow=args.mlflow,
     )
     _print_summary(exp)
     return _auto_report(exp)

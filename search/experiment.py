@@ -39,6 +39,7 @@ RESULTS_CSV = "results.csv"
 RESULTS_JSON = "results.json"
 BASELINES_JSON = "baselines.json"  # segmentation: the classical baselines scored on the test split (no training)
 TIMINGS_JSON = "timings.json"
+OPTUNA_DB = "optuna.db"  # search.algorithm optuna, local experiments: the Optuna study (SQLite), `optuna-dashboard`'s
 BACKBONES = "backbones"  # frozen backbones by weights digest: ``backbone_file``
 PREDICTIONS = "predictions.npz"  # per trial: test probabilities, or per-image Dice and a few predicted masks
 PACKAGES = (

@@ -18,6 +18,7 @@ from ray.tune import Callback
 from data_pipeline import folds_summary, prepare, prepare_folds
 from search import experiment as exp
 from search import storage as store
+from search import tracking
 from search.checkpoints import SCORE
 from search.errors import SweepError
 from search.results import (
@@ -135,14 +136,24 @@ def _sweep_record(study: Study, datasets: dict, gpus: float, cpus: float, cache_
     }
 
 
-def _search_alg(study: Study):
+def _search_alg(study: Study, experiment_dir: str):
+    """Optuna's searcher, or None (grid and random: Ray Tune's own). The Optuna study lives in SQLite inside a local
+    experiment folder (``optuna.db``, study named after the experiment): every finished trial is written there as
+    it is told, ``optuna-dashboard`` reads it live, and ``sweep resume`` continues the same study (Ray Tune restores
+    the searcher, which reconnects to the file). In cloud storage it stays in memory, saved with Ray Tune's state."""
     if study.search.algorithm != "optuna":
         return None
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
+    storage = None
+    if not store.is_uri(experiment_dir):
+        from optuna.storages import RDBStorage
+
+        storage = RDBStorage(f"sqlite:///{Path(experiment_dir).resolve() / exp.OPTUNA_DB}")
+    searcher = OptunaSearch(seed=study.search.seed, storage=storage, study_name=os.path.basename(experiment_dir))
     # Optuna learns from finished trials: a few at a time unless the study sets its own limit.
-    return ConcurrencyLimiter(OptunaSearch(seed=study.search.seed), max_concurrent=_max_concurrent(study) or 4)
+    return ConcurrencyLimiter(searcher, max_concurrent=_max_concurrent(study) or 4)
 
 
 def _max_concurrent(study: Study) -> int | None:
@@ -178,11 +189,13 @@ def run_study(
     cache_dir: str | None = None,
     verbose: int = 1,
     trial_datasets: Mapping | None = None,
+    mlflow: str | None = None,
 ) -> str:
     """Run every trial of ``study``; return the experiment folder or URI (results.csv written).
     ``storage``: a local folder or a cloud URI (s3://, gs://, file://). ``cache_dir``: where trials keep cached
     features and compiled programs (default: each node's SWEEP_CACHE_DIR). ``trial_datasets``: what trials read
-    their data from instead of the arrays prepared here (``sweep bench``'s hand-written rival reads files itself)."""
+    their data from instead of the arrays prepared here (``sweep bench``'s hand-written rival reads files itself).
+    ``mlflow``: an MLflow tracking URI every trial is logged to, and the best trial's export (``search.tracking``)."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
@@ -190,6 +203,7 @@ def run_study(
     storage = store.normalize(storage)
     name = exp.check_name(name or f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     experiment_dir = store.join(storage, name)
+    logged = [tracking.callback(mlflow, name)] if mlflow is not None else []  # a bad store stops here, nothing written
     with exp.new_experiment(experiment_dir):  # claimed now (a second run of this name stops here), and locked
         _warn_if_open(cache_dir, storage)
         datasets = prepare_all(study)
@@ -210,7 +224,7 @@ def run_study(
                     grace_period=study.scheduler.grace_period,
                     reduction_factor=study.scheduler.reduction_factor,
                 ),
-                search_alg=_search_alg(study),
+                search_alg=_search_alg(study, experiment_dir),
                 max_concurrent_trials=None if study.search.algorithm == "optuna" else _max_concurrent(study),
                 num_samples=study.search.num_samples,
                 trial_dirname_creator=lambda trial: trial_dirname(trial_name(trial.config), trial.trial_id),
@@ -221,14 +235,17 @@ def run_study(
                 storage_path=storage,
                 failure_config=tune.FailureConfig(max_failures=1),
                 checkpoint_config=checkpoint_config(),
-                callbacks=[RetryCounter(experiment_dir)],
+                callbacks=[RetryCounter(experiment_dir), *logged],
                 verbose=verbose,
             ),
         )
         phases.end("start_up")
         grid = tuner.fit()
         phases.end("trials")
-        return finalize(experiment_dir, grid, study, datasets, phases)
+        finalize(experiment_dir, grid, study, datasets, phases)
+    if mlflow is not None:  # after the driver's lock: the export reads the finished experiment
+        _extra(f"logging the best model to MLflow ({mlflow})", tracking.log_best_model, mlflow, experiment_dir)
+    return experiment_dir
 
 
 def resume_study(experiment_dir: str | Path, *, address: str | None = None, verbose: int = 1) -> str:

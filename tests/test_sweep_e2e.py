@@ -83,6 +83,8 @@ def test_sweep_survives_real_faults_asha_stops_the_worse_logs_and_evaluates(tmp_
         storage,
         "--name",
         "e2e",
+        "--mlflow",
+        f"sqlite:///{tmp_path / 'tracking' / 'mlflow.db'}",
         faults={"raise": {"0.002": 2}},
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -159,6 +161,34 @@ def test_sweep_survives_real_faults_asha_stops_the_worse_logs_and_evaluates(tmp_
 
     listing = _sweep("ls", "--storage", str(storage))
     assert listing.returncode == 0 and "e2e" in listing.stdout and "finished" in listing.stdout
+    _logged_to_mlflow(tmp_path / "tracking", frame)
+
+
+def _logged_to_mlflow(tracking: Path, frame: pd.DataFrame) -> None:
+    """--mlflow: read back with MLflow's own client, one run per trial in the experiment named after the sweep, its
+    configuration as parameters, every epoch's validation Dice, FAILED for the trial that raised, FINISHED for the
+    rest; the best trial's run holds its export (model.keras, export.json) as artifacts beside the database."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tracking / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("e2e")
+    runs = {r.info.run_name.rsplit("_", 2)[-2] + "_" + r.info.run_name.rsplit("_", 1)[-1]: r
+            for r in client.search_runs([experiment.experiment_id])}  # fmt: skip
+    assert sorted(runs) == sorted(frame["trial_id"])
+    for _, row in frame.iterrows():
+        run = runs[row["trial_id"]]
+        assert float(run.data.params["lr"]) == pytest.approx(row["lr"]) and run.data.params["model"] == "unet"
+        assert run.info.status == ("FAILED" if row["status"] == "failed" else "FINISHED"), row["trial"]
+        if row["status"] != "failed":
+            history = client.get_metric_history(run.info.run_id, "val_dice")
+            assert len(history) == row["epochs"], row["trial"]  # one value per reported epoch
+    best = frame.loc[frame["val_dice"].idxmax()]
+    run = runs[best["trial_id"]]
+    assert run.data.tags["best_trial"] == best["trial"]
+    files = {a.path for a in client.list_artifacts(run.info.run_id, "model")}
+    assert {"model/model.keras", "model/export.json"} <= files
+    assert (tracking / "mlflow-artifacts" / "e2e").is_dir()  # beside the database, not in the working folder
+    assert not (ROOT / "mlruns").exists()
 
 
 def _reported(exp: Path) -> dict[str, list[int]]:
@@ -245,7 +275,10 @@ def test_an_optuna_sweep_keeps_its_study_in_sqlite_and_resume_continues_that_stu
     exp, db = storage / "o", storage / "o" / "optuna.db"
 
     def complete() -> list:
-        trials = optuna.load_study(study_name="o", storage=f"sqlite:///{db}").trials
+        try:
+            trials = optuna.load_study(study_name="o", storage=f"sqlite:///{db}").trials
+        except KeyError:  # the file is there, the study not yet
+            return []
         return [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
 
     deadline = time.time() + 600
