@@ -348,6 +348,28 @@ def test_importance_ranks_the_axis_that_decides_the_metric_or_says_why_not():
     assert importance(frame.assign(val_accuracy=np.nan), "val_accuracy", "max")["trials"] == 0  # never scored
 
 
+def test_effects_per_axis_show_the_spread_over_repeats_and_folds(tmp_path):
+    """Repeats: each configuration's mean ± std; cross-validation: each trial's spread over its folds; the caption
+    says which the figure shows, and neither without them."""
+    from search.report.figures import Figures, plot_axis_effects
+
+    frame = _frame()
+    captions = {}
+    for name, part in {
+        "plain": frame,
+        "repeats": pd.concat(
+            [frame.assign(repeat=0), frame.assign(repeat=1, val_accuracy=frame["val_accuracy"] - 0.02)]
+        ),
+        "folds": frame.assign(val_accuracy_std=0.03),
+    }.items():
+        figs = Figures(tmp_path / name)
+        plot_axis_effects(figs, part.reset_index(drop=True), ["lr", "dropout"], "val_accuracy", "max")
+        assert (tmp_path / name / "axis_effects.png").stat().st_size > 5000
+        captions[name] = figs.items[0][1]
+    assert "repeats" not in captions["plain"] and "folds" not in captions["plain"]
+    assert "over repeats" in captions["repeats"] and "folds" in captions["folds"]
+
+
 def test_sentences_keep_their_marks_and_are_escaped_in_every_format():
     from search.report.document import Note, Section, render
 

@@ -197,7 +197,8 @@ def _positions(values: pd.Series) -> tuple[np.ndarray, list[str], list[float]]:
 
 def plot_axis_effects(figs: Figures, frame: pd.DataFrame, axes: list[str], metric: str, mode: str) -> None:
     """For each searched axis, the selection metric of every trial at each of its values (jittered), the winner
-    marked; with repeats, each configuration's mean ± standard deviation beside its points."""
+    marked; with repeats, each configuration's mean ± standard deviation beside its points; with cross-validation,
+    each trial's spread over its folds (``<metric>_std``) as a bar through its point."""
     from search.report.tables import config_keys
     from search.results import best_row
 
@@ -209,9 +210,14 @@ def plot_axis_effects(figs: Figures, frame: pd.DataFrame, axes: list[str], metri
     rng = np.random.default_rng(0)
     fig, grid = plt.subplots(1, len(axes), figsize=(3.2 * len(axes), 3.2), squeeze=False, sharey=True)
     repeated = "repeat" in scored and scored["repeat"].nunique() > 1
+    folds = scored.get(f"{metric}_std")  # cross-validation: each trial's standard deviation over its folds
+    folds = folds if folds is not None and folds.notna().any() else None
     for ax, axis in zip(grid[0], axes):
         x, labels, ticks = _positions(scored[axis])
-        ax.scatter(x + rng.uniform(-0.12, 0.12, len(x)), scored[metric], s=14, alpha=0.6, color="C0", label="trial")
+        jittered = x + rng.uniform(-0.12, 0.12, len(x))
+        ax.scatter(jittered, scored[metric], s=14, alpha=0.6, color="C0", label="trial")
+        if folds is not None:
+            ax.errorbar(jittered, scored[metric], yerr=folds, fmt="none", ecolor="C0", alpha=0.5, lw=0.8)
         if repeated:  # the run-to-run spread of each configuration, its mean and standard deviation
             keys = config_keys(scored)
             spread = (
@@ -232,9 +238,9 @@ def plot_axis_effects(figs: Figures, frame: pd.DataFrame, axes: list[str], metri
         *grid[0][0].get_legend_handles_labels(), loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, fontsize=7
     )
     caption = f"Validation {metric} of every trial at each value of each searched axis; the star is the winner."
-    figs.save(
-        fig, "axis_effects", caption + (" Bars: each configuration's mean ± std over repeats." if repeated else "")
-    )
+    caption += " Orange bars: each configuration's mean ± std over repeats." if repeated else ""
+    caption += " Blue bars: each trial's ± std over its cross-validation folds." if folds is not None else ""
+    figs.save(fig, "axis_effects", caption)
 
 
 def plot_parallel_coordinates(figs: Figures, frame: pd.DataFrame, axes: list[str], metric: str, mode: str) -> None:
