@@ -716,6 +716,18 @@ def test_trained_on_says_what_data_and_how_much():
     assert context["metrics"] == [("accuracy", 0.9), ("loss", 0.3)] and context["max_mb"] == "20"
 
 
+def test_a_runtime_the_export_cannot_serve_is_refused_with_what_to_do():
+    """--runtime onnx needs model.onnx (an export made with --format onnx) and runs on the CPU: `sweep serve` checks
+    it right after the folder, before Ray starts, and says what to do (exit code 2 through SweepError)."""
+    from search.serve import runtime_problem
+
+    onnx = {"onnx": {"file": "model.onnx"}}
+    assert runtime_problem("keras", {}, 1.0) is None and runtime_problem("onnx", onnx, 0) is None
+    assert "export it again with `sweep export EXPERIMENT --to DIR --format onnx`" in runtime_problem("onnx", {}, 0)
+    assert "leave --gpus-per-replica at 0" in runtime_problem("onnx", onnx, 0.5)
+    assert runtime_problem("tflite", onnx, 0) == "--runtime tflite: choose one of keras, onnx"
+
+
 def test_requests_from_other_pages_and_other_hosts_are_told_apart():
     from search.serve import origin_problem
 
