@@ -8,6 +8,7 @@ import math
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -73,7 +74,7 @@ def _proposals(study, samples: int | None = None) -> list[dict]:
         lrs = space["lr"].sample(size=samples, random_state=study.search.seed)
         dropouts = space["dropout"].sample(size=samples, random_state=study.search.seed + 1)
         return [{"lr": lr, "dropout": do} for lr, do in zip(lrs, dropouts, strict=True)]
-    searcher = _search_alg(study)
+    searcher = _search_alg(study, tempfile.mkdtemp(prefix="experiment-"))  # a new experiment: its own optuna.db
     assert searcher.set_search_properties(study.metric, "max", space)
     out = []
     for i in range(samples or study.search.num_samples):
