@@ -251,16 +251,22 @@ def test_killed_driver_resumes_each_trial_from_its_last_epoch_and_reruns_nothing
 
 
 def test_an_optuna_sweep_keeps_its_study_in_sqlite_and_resume_continues_that_study(tmp_path):
-    """search.algorithm optuna: the Optuna study lives in the experiment folder's optuna.db, named after the
-    experiment, every finished trial written as it is told; the driver killed after the first trial finished, `sweep
-    resume` continues that study (its first trial kept as it was), and the study ends with every trial complete."""
+    """search.algorithm optuna samples the study's distributions (two models, lr log-uniform, dropout uniform; online
+    augmentation on); the Optuna study lives in the experiment folder's optuna.db, named after the experiment, every
+    finished trial written as it is told; the driver killed after the first trial finished, `sweep resume` continues
+    that study (its first trial kept as it was), and the study ends with every trial complete and scored."""
     import optuna
 
     epochs, storage, log = 2, tmp_path / "runs", tmp_path / "log"
     log.mkdir()
     spec = yaml.safe_load(Path(_spec(tmp_path, [0.01], epochs=epochs, grace=epochs)).read_text())
-    spec["search"] = {"algorithm": "optuna", "num_samples": 3, "seed": 0}
-    spec["space"]["lr"] = {"loguniform": [1e-4, 1e-2]}
+    spec["search"] = {"algorithm": "optuna", "num_samples": 3, "seed": 1}
+    spec["train"]["online_augmentation"] = True  # the trial re-augments the training split every epoch
+    spec["space"] = {
+        "model": ["unet", "unet_fpn_gelu"],
+        "lr": {"loguniform": [1e-4, 1e-2]},
+        "dropout": {"uniform": [0.0, 0.3]},
+    }
     spec["resources"]["max_concurrent_trials"] = 1  # one trial at a time: the kill finds one running
     (tmp_path / "optuna.yaml").write_text(yaml.safe_dump(spec))
     faults = {"log": str(log), "report_delay_s": 0.5}
@@ -299,6 +305,10 @@ def test_an_optuna_sweep_keeps_its_study_in_sqlite_and_resume_continues_that_stu
     assert len(after) == 3 and (after[0].params, after[0].value) == (first.params, first.value)  # history kept
     frame = pd.read_csv(exp / "results.csv")
     assert len(frame) == 3 and sorted(frame["lr"]) == sorted(t.params["lr"] for t in after)
+    assert (frame["backend"] == "tensorflow").all()  # what Keras ran on, recorded by each trial
+    assert frame["lr"].between(1e-4, 1e-2).all() and frame["dropout"].between(0, 0.3).all()
+    assert frame["lr"].nunique() == 3  # sampled, not a grid
+    assert frame["test_dice"].map(np.isfinite).all()
 
 
 def test_classification_sweep_trains_heads_on_cached_features(tmp_path):
@@ -382,26 +392,6 @@ def test_jax_sweep_leaves_out_a_corrupt_image_and_records_a_trial_out_of_memory(
         assert np.isfinite(small[col]), col
     loss = pd.read_csv(next(exp.glob("custom_cnn-*-du16-*/progress.csv")))["train_loss"]
     assert loss.iloc[-1] < loss.iloc[0], loss.tolist()  # it learned: the training loss fell
-
-
-def test_optuna_search_samples_distributions(tmp_path):
-    spec = yaml.safe_load(Path(_spec(tmp_path, [0.01], epochs=1)).read_text())
-    spec["search"] = {"algorithm": "optuna", "num_samples": 3, "seed": 1}
-    spec["train"]["online_augmentation"] = True  # the trial re-augments the training split every epoch
-    spec["space"] = {
-        "model": ["unet", "unet_fpn_gelu"],
-        "lr": {"loguniform": [1e-4, 1e-2]},
-        "dropout": {"uniform": [0.0, 0.3]},
-    }
-    path = tmp_path / "optuna.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    proc = _sweep("run", str(path), "--storage", str(tmp_path / "runs"), "--name", "tpe")
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    frame = pd.read_csv(tmp_path / "runs" / "tpe" / "results.csv")
-    assert (frame["backend"] == "tensorflow").all()  # what Keras ran on, recorded by each trial
-    assert len(frame) == 3 and frame["lr"].between(1e-4, 1e-2).all() and frame["dropout"].between(0, 0.3).all()
-    assert frame["lr"].nunique() == 3  # sampled, not a grid
-    assert frame["test_dice"].map(np.isfinite).all()
 
 
 def test_bad_input_gets_a_clear_message_and_writes_nothing(tmp_path):
