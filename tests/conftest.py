@@ -29,6 +29,7 @@ TINY_COUNTS = (6, 9, 8, 7)  # the real imbalance's shape, tiny
 SHARED = ("classification_experiment", "segmentation_experiment", "onnx_export")
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups
 def pytest_collection_modifyitems(config, items):
     """`make test` runs two pytest-xdist workers (`--dist loadgroup`). The files that read the session's finished
     experiments run in one worker, the group "experiments", so those sweeps run once; the tests of a file with a
@@ -42,7 +43,10 @@ def pytest_collection_modifyitems(config, items):
     def file(item):
         return item.nodeid.split("::")[0]
 
-    shared = {file(i) for i in items if any(name in fixtures(i) for name in SHARED)}
+    def reads_experiments(path) -> bool:  # by name: a fixture may ask for one with request.getfixturevalue
+        return any(name in Path(path).read_text() for name in SHARED)
+
+    shared = {file(i) for i in items if reads_experiments(i.path)}
     grouped = {file(i) for i in items if any(d.scope == "module" for defs in fixtures(i).values() for d in defs)}
     for item in items:
         if file(item) in shared:
