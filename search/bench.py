@@ -158,7 +158,7 @@ def breakdown(frame: pd.DataFrame, timings: dict[str, float]) -> dict[str, float
     run side by side, so these sums can exceed the trials phase's wall time), the trials phase's wall time, test
     scoring, finalize (Grad-CAM or baselines, then writing the results). ``timings``: the experiment's timings.json.
     None where nothing was recorded."""
-    finalize = [timings[p] for p in ("extras", "results") if p in timings]
+    finalize = [timings[p] for p in ("extras", "costs", "results") if p in timings]
     return {
         "start_up_seconds": timings.get("start_up"),
         **{f"{col}_summed": _total(frame, col) for col in TRIAL_PHASES},

@@ -294,6 +294,17 @@ def _report(args) -> int:
     return 0
 
 
+def _costs(args) -> int:
+    from search.deploy import measure_experiment
+    from search.report import publish_report
+
+    rows = measure_experiment(args.experiment)
+    columns = ["trial", "latency_ms", "latency_p95_ms", "latency_all_threads_ms", "params", "size_mb"]
+    print(rows[columns].sort_values("latency_ms").to_string(index=False))
+    print(f"costs written to results.csv; report: {publish_report(args.experiment)}")
+    return 0
+
+
 def _ls(args) -> int:
     import pandas as pd
 
@@ -363,6 +374,13 @@ def _add_cluster_commands(sub) -> None:
     report.add_argument("--out", type=Path, help="folder to write into (default EXPERIMENT/report)")
     report.add_argument("--format", help="comma-separated: md,html,csv,tex (default all)")
 
+    costs = sub.add_parser(
+        "costs",
+        help="time each architecture's best trial for deployment on this machine (ONNX Runtime, CPU, batch 1): "
+        "results.csv's latency_ms, size_mb, ... and the report's Deployment section",
+    )
+    costs.add_argument("experiment")
+
     tb = sub.add_parser("tensorboard", help="start TensorBoard (on localhost) on an experiment's logs")
     tb.add_argument("experiment")
     tb.add_argument("--port", type=int, default=6006)
@@ -389,6 +407,14 @@ def _add_cluster_commands(sub) -> None:
         help="with --format onnx: also model.int8.onnx, quantized by ONNX Runtime and calibrated on training images; "
         "the test metrics of both are printed and recorded",
     )
+
+    export.add_argument(
+        "--max-latency-ms",
+        type=float,
+        help="the best trial whose model answers one image within this many ms (median, one CPU thread, as measured "
+        "when the sweep finished); none fits: exit 2 naming the fastest",
+    )
+    export.add_argument("--max-size-mb", type=float, help="the best trial whose ONNX model is at most this many MiB")
 
     predict = sub.add_parser("predict", help="predict images with an exported model")
     predict.add_argument("model_dir", type=Path)
@@ -536,7 +562,14 @@ def _export(args) -> int:
     from search.export import EXPORT_FILE, export_best
 
     out = export_best(
-        args.experiment, args.to, family=args.family, metric=args.metric, fmt=args.format, quantize=args.quantize
+        args.experiment,
+        args.to,
+        family=args.family,
+        metric=args.metric,
+        fmt=args.format,
+        quantize=args.quantize,
+        max_latency_ms=args.max_latency_ms,
+        max_size_mb=args.max_size_mb,
     )
     manifest = json.loads((out / EXPORT_FILE).read_text())
     metric = manifest["selected_by"]["metric"]
@@ -546,6 +579,12 @@ def _export(args) -> int:
     headline = task_info(manifest["task"]).headline[0]
     print(f"  test {headline}: {manifest['test'][headline]:.4f} (not used to choose)")
     print(f"  use it: sweep predict {out} IMAGES...    (or keras.saving.load_model('{out / 'model.keras'}'))")
+    if cost := manifest.get("cost"):
+        print(
+            f"  cost when the sweep finished: {cost['latency_ms']:g} ms median ({cost['latency_p95_ms']:g} p95) per "
+            f"image on one CPU thread, {cost['latency_all_threads_ms']:g} ms on all cores; {cost['params']:,} "
+            f"parameters, {cost['size_mb']:g} MiB as ONNX"
+        )
     if manifest.get("onnx"):
         onnx = manifest["onnx"]
         print(
@@ -669,6 +708,7 @@ def main(argv: list[str] | None = None) -> int:
         ("stop", None): _stop,
         ("tensorboard", None): _tensorboard,
         ("report", None): _report,
+        ("costs", None): _costs,
         ("export", None): _export,
         ("predict", None): _predict,
         ("evaluate", None): _evaluate,

@@ -28,6 +28,7 @@ from search.errors import SweepError
 
 if TYPE_CHECKING:  # numpy only where it is used: `sweep --help` reads FORMATS
     import numpy as np
+    import pandas as pd
 
 ONNX_FILE = "model.onnx"
 PREDICT_SCRIPT = "predict.py"
@@ -174,6 +175,94 @@ def latency(onnx_file: Path, image: np.ndarray, threads: int | None, runs: int =
         run.run(None, feed)
         times.append((time.perf_counter() - start) * 1000)
     return {"median": round(float(np.median(times)), 3), "p95": round(float(np.percentile(times, 95)), 3), "runs": runs}
+
+
+def model_cost(model, image_size: int) -> dict:
+    """What a whole Keras model costs to run as it would be deployed (``results.COST_COLUMNS``): its ONNX
+    conversion's batch-1 latency on this machine's CPU (a random image of the input size; median and 95th
+    percentile of ``LATENCY_RUNS`` runs, on one thread and on all cores), its parameter count and its ONNX file size
+    in MiB. Raises SweepError when it cannot be converted."""
+    import tempfile
+
+    import numpy as np
+
+    with tempfile.TemporaryDirectory() as tmp:
+        keras_file, onnx_file = Path(tmp) / "model.keras", Path(tmp) / ONNX_FILE
+        model.save(keras_file)
+        convert(keras_file, onnx_file)
+        image = np.random.default_rng(0).integers(0, 256, (image_size, image_size, 3), dtype=np.uint8)
+        one, every = latency(onnx_file, image, 1), latency(onnx_file, image, None)
+        size = onnx_file.stat().st_size
+    return {
+        "latency_ms": one["median"],
+        "latency_p95_ms": one["p95"],
+        "latency_all_threads_ms": every["median"],
+        "latency_all_threads_p95_ms": every["p95"],
+        "params": int(model.count_params()),
+        "size_mb": round(size / 2**20, 3),
+    }
+
+
+def checkpoint_cost(checkpoint_path: str, experiment_dir: str, image_size: int) -> dict:
+    """``model_cost`` of a trial's checkpoint, its whole model assembled as the export assembles it."""
+    import tempfile
+
+    from search import storage as store
+    from search.checkpoints import whole_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model = whole_model(store.download(checkpoint_path, tmp), experiment_dir)
+    return model_cost(model, image_size)
+
+
+def measure_costs(frame, metric: str, mode: str, image_size: int, experiment_dir: str) -> dict:
+    """``checkpoint_cost`` of each of ``results.cost_candidates(frame)``: {row index: cost}. One at a time (two
+    measurements side by side would time each other), as Ray tasks on this node, the machine that finalizes the
+    sweep, asking for no CPU so that a head without CPUs for trials runs them too. A candidate that cannot be
+    measured is left without a cost, with a warning."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from search.results import cost_candidates, error_line
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    task = ray.remote(num_cpus=0, num_gpus=0, max_retries=0, scheduling_strategy=here)(checkpoint_cost)
+    costs = {}
+    for i, row in cost_candidates(frame, metric, mode).iterrows():
+        try:
+            costs[i] = ray.get(task.remote(row["checkpoint"], experiment_dir, image_size))
+        except Exception as exc:  # Ray's error around the task's own
+            why = error_line(exc)
+            print(f"warning: the deployment cost of {row['trial']} was not measured ({why})", file=sys.stderr)
+    return costs
+
+
+def measure_experiment(experiment: str) -> pd.DataFrame:
+    """``sweep costs``: ``measure_costs`` of a finished sweep on this machine (a local Ray), the cost columns of
+    results.csv replaced by what was measured now; the measured rows."""
+    import ray
+
+    from search import experiment as exp
+    from search import storage as store
+    from search.results import COST_COLUMNS, measured
+    from search.runner import init_ray
+
+    experiment = store.normalize(experiment)
+    frame, study = exp.load_results(experiment), exp.load_study(experiment)
+    started = not ray.is_initialized()
+    init_ray(None, study.train.backend)
+    try:
+        costs = measure_costs(frame, study.metric, study.mode, study.data.image_size, experiment)
+    finally:
+        if started:
+            ray.shutdown()
+    if not costs:
+        raise SweepError(f"no trial of {experiment} could be timed (the warnings above say why)")
+    frame = frame.drop(columns=[c for c in COST_COLUMNS if c in frame])
+    for column in COST_COLUMNS:
+        frame[column] = frame.index.map(lambda i, c=column: costs[i][c] if i in costs else float("nan"))
+    exp.save_results_table(experiment, frame)
+    return measured(frame)
 
 
 def parity_problem(keras_out: np.ndarray, onnx_out: np.ndarray, n_images: int, tolerance: float = ONNX_TOLERANCE):

@@ -187,6 +187,11 @@ def save_results(experiment: str, frame: pd.DataFrame, details: dict[str, Any], 
     """The finished sweep's files; results.csv last, since it marks the sweep finished."""
     store.write_bytes(store.join(experiment, PREDICTIONS), _npz(arrays))
     store.write_text(store.join(experiment, RESULTS_JSON), json.dumps(details, indent=2, default=float))
+    save_results_table(experiment, frame)
+
+
+def save_results_table(experiment: str, frame: pd.DataFrame) -> None:
+    """results.csv alone, in the study's order (``sweep costs`` adds its columns to a finished sweep's)."""
     store.write_text(store.join(experiment, RESULTS_CSV), in_study_order(frame).to_csv(index=False))
 
 

@@ -34,7 +34,7 @@ from search import storage as store
 from search.card import CARD_FILE, CARD_JSON, HANDLING_KEYS, summarize, write_card
 from search.errors import SweepError
 from search.experiment import load_details, load_predictions, load_results, load_study, load_sweep
-from search.results import CONFIG_KEYS, best_row
+from search.results import CONFIG_KEYS, COST_COLUMNS, best_row, measured, within_budget
 from search.spec import Study, study_from_record
 
 EXPORT_FILE = "export.json"
@@ -74,6 +74,38 @@ def select_best(frame: pd.DataFrame, metric: str, mode: str, family: str | None 
             "no trial finished an epoch with a checkpoint (all failed or diverged at once): nothing to export"
         )
     return best
+
+
+def select_within_budget(
+    frame: pd.DataFrame,
+    metric: str,
+    mode: str,
+    family: str | None,
+    max_latency_ms: float | None,
+    max_size_mb: float | None,
+) -> pd.Series:
+    """The best trial on validation ``metric`` whose measured cost fits the budget (median batch-1 latency on one
+    thread, ONNX file size): among the candidates timed when the sweep finished (``results.cost_candidates``)."""
+    asked = " ".join(
+        f"--{name} {value:g}" for name, value in (("max-latency-ms", max_latency_ms), ("max-size-mb", max_size_mb))
+        if value is not None
+    )  # fmt: skip
+    if family is not None:
+        frame = frame[frame["model"] == select_best(frame, metric, mode, family)["model"]]
+    if measured(frame).empty:
+        raise SweepError(
+            f"{asked}: no trial of this sweep has a measured cost (results.csv's latency_ms and size_mb, measured for "
+            "each architecture's best trial when a sweep finishes; a warning then said why not): export without a "
+            "budget, or run the sweep again"
+        )
+    row, fastest = within_budget(frame, metric, mode, max_latency_ms, max_size_mb)
+    if row is None:
+        raise SweepError(
+            f"no trial fits {asked}: the fastest candidate is {fastest['trial']} at {fastest['latency_ms']:g} ms "
+            f"(median, batch 1, one thread) and {fastest['size_mb']:g} MiB; raise the budget, or search smaller "
+            "models or input sizes"
+        )
+    return row
 
 
 def _clean(d: dict[str, Any]) -> dict[str, Any]:
@@ -136,7 +168,17 @@ def export_manifest(
             **{k: data[k] for k in HANDLING_KEYS if k in data},  # patient groups and duplicates, when recorded
         },
         "calibration": (detail or {}).get("calibration"),  # {"temperature": T, ...}: `sweep predict` applies it
+        "cost": _cost(row),
     }
+
+
+def _cost(row: pd.Series) -> dict[str, Any] | None:
+    """The row's measured deployment cost (``results.COST_COLUMNS``), None when it was not measured."""
+    if pd.isna(row.get("latency_ms")):
+        return None
+    cost = _clean({k: row[k] for k in COST_COLUMNS})
+    cost["params"] = int(cost["params"])
+    return {**cost, "measured_on": "the machine that finalized the sweep (ONNX Runtime, CPU, batch 1)"}
 
 
 def _readme(m: dict) -> str:
@@ -201,11 +243,14 @@ def export_best(
     metric: str | None = None,
     fmt: str = "keras",
     quantize: str | None = None,
+    max_latency_ms: float | None = None,
+    max_size_mb: float | None = None,
 ) -> Path:
     """Write the best trial (by validation) of a finished sweep to a new folder ``to``; return it. ``fmt``: "keras",
     or "onnx" for ``model.onnx`` and the standalone bundle beside the ``.keras`` (``search.deploy``), checked on the
     study's test split; ``quantize`` "int8" adds ``model.int8.onnx`` (calibrated on training images, its test
-    metrics recorded beside the float model's). Everything is written to a temporary folder first and moved into
+    metrics recorded beside the float model's). ``max_latency_ms``/``max_size_mb``: the best trial whose measured
+    cost fits (``select_within_budget``). Everything is written to a temporary folder first and moved into
     place at the end: nothing partial is left."""
     import keras
 
@@ -217,12 +262,18 @@ def export_best(
     experiment = store.normalize(experiment)
     sweep, study = load_sweep(experiment), load_study(experiment)
     metric, mode = selection_metric(study.task, metric)
-    row = select_best(load_results(experiment), metric, mode, family)
+    frame = load_results(experiment)
+    if max_latency_ms is None and max_size_mb is None:
+        row = select_best(frame, metric, mode, family)
+    else:
+        row = select_within_budget(frame, metric, mode, family, max_latency_ms, max_size_mb)
     to = refuse_inside(to, data_folders(study.data.data_dir), "--to")
     if to.exists() and (not to.is_dir() or any(to.iterdir())):
         raise SweepError(f"{to} exists and is not empty: export into a new folder")
     detail = load_details(experiment).get(row["trial"])
     manifest = export_manifest(row, study, sweep, metric, family, experiment, detail)
+    if max_latency_ms is not None or max_size_mb is not None:
+        manifest["selected_by"]["budget"] = {"max_latency_ms": max_latency_ms, "max_size_mb": max_size_mb}
     preds = load_predictions(experiment)
     if f"{row['trial']}/probs" in preds:  # a classifier's test predictions: its metrics with intervals
         manifest["test_intervals"] = summarize(preds[f"{row['trial']}/labels"], preds[f"{row['trial']}/probs"])

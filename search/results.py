@@ -142,3 +142,70 @@ def study_order(frame: pd.DataFrame) -> tuple[list[str], list[bool]]:
 def in_study_order(frame: pd.DataFrame) -> pd.DataFrame:
     keys, ascending = study_order(frame)
     return frame.sort_values(keys, ascending=ascending, ignore_index=True)
+
+
+# ---- deployment cost ------------------------------------------------------------------------------------------------
+
+# What running a trial's whole model costs on the CPU of the machine that finalized the sweep (``search.deploy``):
+# its ONNX model's batch-1 latency in milliseconds (median and 95th percentile; one thread and all cores), its
+# parameter count and file size. Measured for each architecture's best trial (``cost_candidates``) only.
+COST_COLUMNS = (
+    "latency_ms",  # median, one thread: what a budget is checked against
+    "latency_p95_ms",
+    "latency_all_threads_ms",
+    "latency_all_threads_p95_ms",
+    "params",
+    "size_mb",
+)
+# Axes that change a network's shape, so its cost: trials equal on these share one architecture.
+ARCHITECTURE_KEYS = ("model", "dense_units", "base_filters", "blocks")
+
+
+def cost_candidates(frame: pd.DataFrame, metric: str, mode: str = "max") -> pd.DataFrame:
+    """The trials whose cost is measured: the best (on validation ``metric``) of each architecture that left a
+    checkpoint. Trials of one architecture cost the same, so the best of each is the only one that can be on the
+    front of metric against cost."""
+    has_ckpt = frame.get("checkpoint", pd.Series("", index=frame.index)).fillna("").astype(str).str.len() > 0
+    keys = [k for k in ARCHITECTURE_KEYS if k in frame]
+    return best_by(frame[has_ckpt], metric, mode, by=keys)
+
+
+def measured(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows with a measured cost."""
+    return frame[frame["latency_ms"].notna()] if "latency_ms" in frame else frame.iloc[0:0]
+
+
+def pareto_front(frame: pd.DataFrame, metric: str, mode: str = "max", cost: str = "latency_ms") -> pd.DataFrame:
+    """The measured rows no other measured row beats: none is at most as costly and at least as good on ``metric``
+    while strictly better on one of the two. Cheapest first."""
+    rows = measured(frame)
+    rows = rows[rows[metric].notna()] if metric in rows else rows.iloc[0:0]
+    sign = 1 if mode == "max" else -1
+
+    def beaten(i) -> bool:
+        c, m = rows.at[i, cost], sign * rows.at[i, metric]
+        others = rows.drop(index=i)
+        cheaper, better = others[cost] <= c, sign * others[metric] >= m
+        return bool((cheaper & better & ((others[cost] < c) | (sign * others[metric] > m))).any())
+
+    front = rows[[not beaten(i) for i in rows.index]]
+    return front.sort_values(cost, kind="stable")
+
+
+def within_budget(
+    frame: pd.DataFrame,
+    metric: str,
+    mode: str = "max",
+    max_latency_ms: float | None = None,
+    max_size_mb: float | None = None,
+) -> tuple[pd.Series | None, pd.Series | None]:
+    """(the best measured row on validation ``metric`` whose median one-thread latency and file size fit the budget,
+    or None; the fastest measured row, or None when nothing was measured) (pure)."""
+    rows = measured(frame)
+    fits = rows
+    if max_latency_ms is not None:
+        fits = fits[fits["latency_ms"] <= max_latency_ms]
+    if max_size_mb is not None:
+        fits = fits[fits["size_mb"] <= max_size_mb]
+    fastest = None if rows.empty else rows.sort_values(["latency_ms", "size_mb"], kind="stable").iloc[0]
+    return best_row(fits, metric, mode), fastest

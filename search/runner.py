@@ -20,6 +20,7 @@ from search import experiment as exp
 from search import storage as store
 from search import tracking
 from search.checkpoints import SCORE
+from search.deploy import measure_costs
 from search.errors import SweepError
 from search.results import (
     CONFIG_KEYS,
@@ -354,7 +355,8 @@ class Phases:
     """Where a sweep's driver spent its time: seconds per phase, in order (``end`` closes the phase that ran since
     the previous one), kept as the experiment's timings.json. Phases: ``start_up`` (data, Ray, the record, up to the
     first trial), ``trials`` (Ray Tune's run of every trial), ``test_scoring``, ``extras`` (Grad-CAM or the
-    baselines), ``results`` (writing the results)."""
+    baselines), ``costs`` (with ``search.costs``: each architecture's best trial timed for deployment), ``results``
+    (writing them)."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
@@ -427,6 +429,12 @@ def finalize(experiment_dir: str, grid, study: Study, datasets: dict, phases: Ph
         if best is not None and best["trial"] == gradcam[0]:
             arrays |= _extra("Grad-CAM of the best trial", _ray_get, gradcam[1]) or {}
     phases.end("extras")
+    if study.search.costs:
+        costs = _extra("the deployment costs", measure_costs, pd.DataFrame(rows), study.metric, study.mode,
+                       study.data.image_size, experiment_dir)  # fmt: skip
+        for i, cost in (costs or {}).items():
+            rows[i] |= cost
+        phases.end("costs")
     exp.save_results(experiment_dir, pd.DataFrame(rows), details, arrays)
     phases.end("results")
     exp.save_timings(experiment_dir, phases.seconds)

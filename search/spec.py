@@ -2,7 +2,8 @@
 
 Schema (every key optional unless marked):
   task        classification | segmentation                                       (required)
-  search      {algorithm: grid | random | optuna, num_samples: int, seed: int, repeats: int, folds: int, tta: bool}
+  search      {algorithm: grid | random | optuna, num_samples: int, seed: int, repeats: int, folds: int, tta: bool,
+              costs: bool}
   space       axis -> list (a grid; random/optuna sample it) | {loguniform: [lo, hi]} | {uniform: [lo, hi]}
               | {choice: [...]}. Axes: model (required), lr (required), dropout, option (classification), and
               the train settings in TRAIN_AXES (optimizer, weight_decay, batch_size, lr_schedule, ...; loss for
@@ -118,6 +119,9 @@ class Search:
     # reports their mean validation metric; its test metrics are those of the k models' ensemble.
     folds: int = 1
     tta: bool = False  # also score every trial's checkpoint with test-time augmentation (flips, 90° turns)
+    # time each architecture's best trial for deployment when the sweep ends (search.deploy.measure_costs; minutes
+    # for large models): `sweep costs EXPERIMENT` does the same later, on the machine it runs on
+    costs: bool = False
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import cli
+from conftest import cli, run_sweep
 
 from search.deploy import BUNDLE_FILES, BUNDLE_REQUIREMENTS, ONNX_TOLERANCE, parity_problem
 from search.export import predict_images
@@ -167,3 +167,30 @@ def test_parity_problem_names_shape_size_and_nan():
     nan = a.copy()
     nan[0, 0] = np.nan
     assert parity_problem(a, nan, 3) is not None
+
+
+def test_sweep_costs_times_the_best_then_export_chooses_within_a_budget(segmentation_experiment, tmp_path, capsys):
+    """`sweep costs` on a finished sweep (a copy: the session's experiment stays as it was): its best trial timed on
+    this machine, results.csv and the report's Deployment section updated; `sweep export --max-latency-ms` exports
+    the best that fits with its cost in export.json, and a budget nothing fits exits 2 naming the fastest."""
+    experiment = tmp_path / "seg"
+    shutil.copytree(segmentation_experiment, experiment)
+    done = run_sweep("costs", experiment)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    frame = pd.read_csv(experiment / "results.csv")
+    (timed,) = frame[frame["latency_ms"].notna()].to_dict("records")  # one trial, one architecture
+    assert timed["trial"] in done.stdout and timed["latency_p95_ms"] >= timed["latency_ms"] > 0
+    assert timed["params"] > 0 and timed["size_mb"] > 0
+    report = (experiment / "report" / "report.md").read_text()
+    assert "## Deployment: validation metric against CPU latency" in report and timed["trial"] in report
+
+    code, out, err = cli(capsys, "export", experiment, "--to", tmp_path / "fits", "--max-latency-ms", 1e6)
+    assert code == 0, err
+    manifest = json.loads((tmp_path / "fits" / "export.json").read_text())
+    assert manifest["trial"] == timed["trial"] and manifest["selected_by"]["budget"]["max_latency_ms"] == 1e6
+    assert manifest["cost"]["latency_ms"] == timed["latency_ms"] and manifest["cost"]["params"] == timed["params"]
+    assert f"{timed['latency_ms']:g} ms median" in out
+
+    code, out, err = cli(capsys, "export", experiment, "--to", tmp_path / "none", "--max-latency-ms", 1e-6)
+    assert code == 2 and not (tmp_path / "none").exists()
+    assert err.count("\n") == 1 and f"the fastest candidate is {timed['trial']} at {timed['latency_ms']:g} ms" in err

@@ -49,6 +49,7 @@ def _frame(repeats=1):
 
 
 # sweep.json's record of the prepared data: one loading option, its leakage audit and classes
+DEPLOYMENT = "Deployment: validation metric against CPU latency"
 DATA = {"2": {"leakage_audit": {"val": 0, "test": 0}, "classes": ["Benign", "Early", "Pre", "Pro"]}}
 
 
@@ -185,6 +186,12 @@ def _experiment(folder):
     """A finished classification sweep on disk, by hand: its record, results, the winner's test details and the
     test predictions of every trial (so that the report has every section a classifier gets)."""
     frame = _frame()
+    for model, (ms, mib) in {"inception_resnet_v2": (41.5, 215.0), "nasnet_large": (120.25, 340.0)}.items():
+        best = frame[frame["model"] == model]["val_accuracy"].idxmax()  # each architecture's best is timed
+        frame.loc[best, ["latency_ms", "latency_p95_ms", "latency_all_threads_ms", "latency_all_threads_p95_ms"]] = (
+            ms, ms * 1.1, ms / 2, ms / 1.8,
+        )  # fmt: skip
+        frame.loc[best, ["params", "size_mb"]] = (mib * 2**18, mib)
     folder.mkdir()
     record = {"study": _study().to_dict(), "resources": {"gpus_per_trial": 0.5}, "data": DATA}
     (folder / "sweep.json").write_text(json.dumps(record))
@@ -252,7 +259,7 @@ def test_markdown_html_and_latex_carry_the_same_sections_tables_and_figures(tmp_
     titles = {fmt: _titles(t, fmt) for fmt, t in text.items()}
     assert titles["md"] == titles["html"] == titles["tex"]
     winner = _frame().sort_values("val_accuracy").iloc[-1]["trial"]
-    assert titles["md"][0] == "Sweep report: exp" and titles["md"][-2:] == ["Cost", "Figures"]
+    assert titles["md"][0] == "Sweep report: exp" and titles["md"][-3:-1] == ["Cost", DEPLOYMENT]
     for title in (
         "Is the winner really better? (test split)",
         "Calibration of the best classifier",
@@ -268,12 +275,17 @@ def test_markdown_html_and_latex_carry_the_same_sections_tables_and_figures(tmp_
         "tex": text["tex"].count("\\begin{tabular}"),
     }
     figures = {"md": text["md"].count("!["), "html": text["html"].count("<img "), "tex": text["tex"].count("graphics")}
-    # 2 trust, summary, importance, versus, 2 families, class, 2 cost
-    assert tables["md"] == tables["html"] == tables["tex"] == 10
+    # 2 trust, summary, importance, versus, 2 families, class, 2 cost, deployment
+    assert tables["md"] == tables["html"] == tables["tex"] == 11
     for fmt, t in text.items():  # what mattered: a sentence and its table in every format
         assert "What mattered most: " in t and "fANOVA" in t and "PED-ANOVA" in t, fmt
     names = sorted(p.stem for p in (out / "figures").glob("*.png"))
-    assert figures["md"] == figures["html"] == figures["tex"] == len(names) == 7, names
+    assert figures["md"] == figures["html"] == figures["tex"] == len(names) == 8, names
+    deployment = pd.read_csv(out / "deployment.csv")  # each architecture's best, fastest first; both on the front
+    assert list(deployment["trial"]) == ["inception_resnet_v2-opt2-lr0.01-do0.4", "nasnet_large-opt2-lr0.01-do0.4"]
+    assert list(deployment["latency_ms"]) == [41.5, 120.25] and list(deployment["pareto_front"]) == ["yes", "yes"]
+    for fmt, t in text.items():
+        assert "2 of the 2 candidates are on the Pareto front of " in t and "120.25" in t, fmt
     for fmt, t in text.items():  # what the HTML once lacked: the task line and the note on fractions
         assert "Task: classification." in t and "percentages are divided by 100" in t, fmt
     assert "<strong>" not in text["html"] and "**" not in text["html"]  # a leak-free sweep: no warning in bold

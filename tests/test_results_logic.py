@@ -281,3 +281,57 @@ def test_a_driver_refused_by_a_cluster_is_told_what_to_do():
     assert "is not the cluster's" in join_refused("10.0.0.1:6379", auth, "token")
     silent = join_refused("10.0.0.1:6379", refusal("TimeoutError: timed out"), None)
     assert "ray status" in silent and "RAY_AUTH_MODE" not in silent
+
+
+def _candidates():
+    """Four trials of three architectures; the best of each has a measured cost (as a finished sweep records it)."""
+    frame = pd.DataFrame(
+        {
+            "trial": ["small-a", "small-b", "mid", "big"],
+            "model": ["small", "small", "mid", "big"],
+            "val_accuracy": [0.70, 0.60, 0.65, 0.90],
+            "checkpoint": ["c0", "c1", "c2", "c3"],
+        }
+    )
+    cost = {"small-a": (2.0, 5.0), "mid": (8.0, 20.0), "big": (30.0, 80.0)}  # (ms, MiB)
+    frame["latency_ms"] = frame["trial"].map(lambda t: cost.get(t, (math.nan,))[0])
+    frame["size_mb"] = frame["trial"].map(lambda t: cost.get(t, (0, math.nan))[1])
+    return frame
+
+
+def test_costs_are_measured_for_each_architectures_best_and_the_front_drops_what_is_slower_and_worse():
+    from search.results import cost_candidates, pareto_front
+
+    frame = _candidates().drop(columns=["latency_ms", "size_mb"])
+    frame["dense_units"] = [64, 128, 64, 64]  # small-b is another architecture of its model: a candidate of its own
+    assert sorted(cost_candidates(frame, "val_accuracy")["trial"]) == ["big", "mid", "small-a", "small-b"]
+    frame.loc[3, "checkpoint"] = None  # a trial without a checkpoint cannot be run, so is not timed
+    assert "big" not in set(cost_candidates(frame, "val_accuracy")["trial"])
+
+    front = pareto_front(_candidates(), "val_accuracy", "max")
+    assert list(front["trial"]) == ["small-a", "big"]  # mid: slower than small-a and worse; fastest first
+    losses = _candidates().assign(val_loss=[0.3, 0.4, 0.2, 0.1])  # lower is better: mid now beats small-a
+    assert list(pareto_front(losses, "val_loss", "min")["trial"]) == ["small-a", "mid", "big"]
+
+
+def test_a_budget_picks_the_best_that_fits_and_names_the_fastest_when_none_does():
+    from search.export import select_within_budget
+    from search.results import within_budget
+
+    frame = _candidates()
+    best, fastest = within_budget(frame, "val_accuracy", "max", max_latency_ms=10)
+    assert best["trial"] == "small-a" and fastest["trial"] == "small-a"  # mid fits too, but is worse
+    assert within_budget(frame, "val_accuracy", "max", max_latency_ms=30)[0]["trial"] == "big"  # at the line: fits
+    assert within_budget(frame, "val_accuracy", "max", max_latency_ms=100, max_size_mb=50)[0]["trial"] == "small-a"
+    assert within_budget(frame, "val_accuracy", "max", max_latency_ms=1)[0] is None
+
+    with pytest.raises(SweepError) as none_fits:
+        select_within_budget(frame, "val_accuracy", "max", None, 1.5, None)
+    said = str(none_fits.value)
+    assert "no trial fits --max-latency-ms 1.5" in said and "fastest candidate is small-a at 2 ms" in said
+    assert "5 MiB" in said
+    assert select_within_budget(frame, "val_accuracy", "max", "mid", 100, None)["trial"] == "mid"  # that family
+    with pytest.raises(SweepError, match="no trial of model family 'tiny'"):
+        select_within_budget(frame, "val_accuracy", "max", "tiny", 100, None)
+    with pytest.raises(SweepError, match="--max-size-mb 10: no trial of this sweep has a measured cost"):
+        select_within_budget(frame.drop(columns=["latency_ms", "size_mb"]), "val_accuracy", "max", None, None, 10)

@@ -260,7 +260,7 @@ def test_an_optuna_sweep_keeps_its_study_in_sqlite_and_resume_continues_that_stu
     epochs, storage, log = 2, tmp_path / "runs", tmp_path / "log"
     log.mkdir()
     spec = yaml.safe_load(Path(_spec(tmp_path, [0.01], epochs=epochs, grace=epochs)).read_text())
-    spec["search"] = {"algorithm": "optuna", "num_samples": 3, "seed": 1}
+    spec["search"] = {"algorithm": "optuna", "num_samples": 3, "seed": 1, "costs": True}
     spec["train"]["online_augmentation"] = True  # the trial re-augments the training split every epoch
     spec["space"] = {
         "model": ["unet", "unet_fpn_gelu"],
@@ -309,6 +309,16 @@ def test_an_optuna_sweep_keeps_its_study_in_sqlite_and_resume_continues_that_stu
     assert frame["lr"].between(1e-4, 1e-2).all() and frame["dropout"].between(0, 0.3).all()
     assert frame["lr"].nunique() == 3  # sampled, not a grid
     assert frame["test_dice"].map(np.isfinite).all()
+    # search.costs: each model's best trial timed for deployment when the sweep ended, no other trial
+    best = {frame.loc[frame[frame["model"] == m]["val_dice"].idxmax(), "trial"] for m in set(frame["model"])}
+    timed = frame[frame["latency_ms"].notna()]
+    assert set(timed["trial"]) == best
+    assert (timed["latency_ms"] > 0).all() and (timed["latency_p95_ms"] >= timed["latency_ms"]).all()
+    assert (timed["params"] > 0).all() and (timed["size_mb"] > 0).all()
+    assert json.loads((exp / "timings.json").read_text())["costs"] > 0
+    deployment = pd.read_csv(exp / "report" / "deployment.csv")
+    assert sorted(deployment["trial"]) == sorted(best) and "yes" in set(deployment["pareto_front"])
+    assert (exp / "report" / "figures" / "deployment_pareto.png").stat().st_size > 5000
 
 
 def test_classification_sweep_trains_heads_on_cached_features(tmp_path):

@@ -53,6 +53,7 @@ def build(experiment: str | Path, out: Path) -> dict[str, Any]:
     mattered = importance.importance(frame, study.metric, study.mode)
     fig.plot_axis_effects(figs, frame, importance.searched_axes(frame), study.metric, study.mode)
     fig.plot_parallel_coordinates(figs, frame, importance.searched_axes(frame), study.metric, study.mode)
+    fig.plot_pareto(figs, frame, study.metric, study.mode)
     preds = load_predictions(experiment)
     comparisons, sentences = tab.paired_comparisons(frame, task, preds, tab.study_pick(ref, task))
     return {
@@ -63,6 +64,8 @@ def build(experiment: str | Path, out: Path) -> dict[str, Any]:
         "importance": mattered,
         "versus": tab.versus_study(agg, task, ref),
         "cost": per_trial,
+        "deployment": tab.deployment_table(frame, study.metric, study.mode),
+        "metric": study.metric,
         "unscored": tab.unscored_table(frame),
         "totals": pd.DataFrame([{"quantity": k, "value": v} for k, v in totals.items()]),
         "trust": tab.trust(agg, study, sweep["data"]),
@@ -144,6 +147,7 @@ def write_report(experiment: str | Path, out: str | Path | None = None, formats:
             write_file(out / f"report.{fmt}", render(doc, fmt).encode())
     if "csv" in formats:
         tables = {"summary": parts["summary"], "versus_study": parts["versus"], "cost": parts["cost"]}
+        tables["deployment"] = parts["deployment"]
         tables.update({f"table_{_slug(title)}": frame for title, frame in parts["tables"].items()})
         for name, frame in tables.items():
             write_file(out / f"{name}.csv", frame.to_csv(index=False).encode())

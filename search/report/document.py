@@ -17,6 +17,7 @@ import pandas as pd
 from markupsafe import Markup
 
 from search import importance
+from search.deploy import LATENCY_RUNS
 from search.report.tables import trust_lines
 
 TEMPLATES = {"md": "report.md.j2", "html": "report.html.j2", "tex": "report.tex.j2"}
@@ -40,6 +41,19 @@ IMPORTANCE_NOTE = (
     "among the best 10% of trials differ from all trials' (Optuna's PedAnovaImportanceEvaluator). Each column sums "
     "to 1. A grid tries every value equally often; an adaptive search (Optuna) samples where it expects good trials, "
     "which both estimates inherit."
+)
+
+DEPLOYMENT_NOTE = (
+    "Candidates: each architecture's best trial on validation (trials of one architecture cost the same). Each is "
+    "assembled as `sweep export` assembles it, converted to ONNX and run by ONNX Runtime at batch 1 on a random image "
+    "of the input size, on the CPU of the machine that finalized the sweep: median and 95th percentile of "
+    f"{LATENCY_RUNS} runs after 2 warm-up runs, on one thread (`latency_ms`, what a budget is checked against) "
+    "and on all cores. `size_mb`: the float32 ONNX file, MiB. On the front: no other candidate is at least as fast "
+    "and at least as good, and better in one."
+)
+DEPLOYMENT_NONE = (
+    "No candidate's cost was measured (each architecture's best trial is timed when a sweep finishes; a warning at "
+    "that time says why one was not)."
 )
 
 
@@ -122,6 +136,7 @@ def sections(parts: dict[str, Any]) -> list[Section]:
         lead = ("Trained, but their best checkpoint could not be scored on the test split; never chosen as best.",)
         out.append(Section("Trials whose test scoring failed", lead=lead, blocks=(Table(parts["unscored"]),)))
     out.append(Section("Cost", blocks=(Table(parts["totals"]), Table(parts["cost"]))))
+    out.append(_deployment_section(parts["deployment"], parts["metric"]))
     figs = parts["figures"]
     out.append(Section("Figures", blocks=tuple(Figure(figs.folder / f"{n}.png", c) for n, c in figs.items)))
     return out
@@ -134,6 +149,19 @@ def _importance_section(result: dict[str, Any]) -> Section:
         return Section(title, lead=(importance.sentence(result),))
     blocks = (Table(importance.table(result)), Note(IMPORTANCE_NOTE))
     return Section(title, lead=(importance.sentence(result),), blocks=blocks)
+
+
+def _deployment_section(table: pd.DataFrame, metric: str) -> Section:
+    """What each architecture's best trial costs to run, and the Pareto front of the metric against latency."""
+    title = "Deployment: validation metric against CPU latency"
+    if table.empty:
+        return Section(title, lead=(DEPLOYMENT_NONE,))
+    front = table[table["pareto_front"] == "yes"]
+    lead = (
+        f"{len(front)} of the {len(table)} candidates are on the Pareto front of {metric} against latency: for a "
+        f"latency budget, the best choice is the front's slowest that fits it (`sweep export --max-latency-ms`).",
+    )
+    return Section(title, lead=lead, blocks=(Table(table), Note(DEPLOYMENT_NOTE)))
 
 
 def _trust_sections(parts: dict[str, Any]) -> list[Section]:

@@ -16,7 +16,18 @@ import numpy as np
 import pandas as pd
 
 from models.tasks import task_info
-from search.results import CONFIG_KEYS, EXTRA_AXES, STATUSES, UNSCORED, best_by, config_label, study_order
+from search.results import (
+    CONFIG_KEYS,
+    COST_COLUMNS,
+    EXTRA_AXES,
+    STATUSES,
+    UNSCORED,
+    best_by,
+    config_label,
+    measured,
+    pareto_front,
+    study_order,
+)
 from search.spec import Study
 
 CONFIG = [k for k in CONFIG_KEYS if k != "repeat"]  # a configuration: the study's four axes and any other
@@ -422,3 +433,17 @@ def baselines_table(baselines: list[dict], best: pd.DataFrame) -> pd.DataFrame:
         for _, row in best.iterrows()
     ]
     return pd.DataFrame(rows, columns=["model", "kind", *BASELINE_COLUMNS])
+
+
+def deployment_table(frame: pd.DataFrame, metric: str, mode: str) -> pd.DataFrame:
+    """Each candidate whose cost was measured (each architecture's best trial): its validation ``metric``, batch-1
+    latency, parameters and size, and whether it is on the Pareto front of the metric against one-thread latency.
+    Fastest first."""
+    rows = measured(frame)
+    if rows.empty:
+        return pd.DataFrame(columns=["trial", metric, *COST_COLUMNS, "pareto_front"])
+    front = set(pareto_front(frame, metric, mode).index)
+    table = rows[["trial", metric, *COST_COLUMNS]].copy()
+    table["params"] = table["params"].astype("int64")
+    table["pareto_front"] = ["yes" if i in front else "no" for i in rows.index]
+    return table.sort_values(["latency_ms", "size_mb"], kind="stable").reset_index(drop=True)
