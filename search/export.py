@@ -94,9 +94,8 @@ def select_within_budget(
         frame = frame[frame["model"] == select_best(frame, metric, mode, family)["model"]]
     if measured(frame).empty:
         raise SweepError(
-            f"{asked}: no trial of this sweep has a measured cost (results.csv's latency_ms and size_mb, measured for "
-            "each architecture's best trial when a sweep finishes; a warning then said why not): export without a "
-            "budget, or run the sweep again"
+            f"{asked}: no trial of this sweep has a measured cost (results.csv's latency_ms and size_mb): time each "
+            "architecture's best trial on this machine with `sweep costs EXPERIMENT` first, or export without a budget"
         )
     row, fastest = within_budget(frame, metric, mode, max_latency_ms, max_size_mb)
     if row is None:

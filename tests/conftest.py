@@ -25,37 +25,6 @@ from data_pipeline import synth
 TINY_COUNTS = (6, 9, 8, 7)  # the real imbalance's shape, tiny
 
 
-# The session's finished experiments (and their exports): the files that read them run in one worker.
-SHARED = ("classification_experiment", "segmentation_experiment", "onnx_export")
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups
-def pytest_collection_modifyitems(config, items):
-    """`make test` runs two pytest-xdist workers (`--dist loadgroup`). The files that read the session's finished
-    experiments run in one worker, the group "experiments", so those sweeps run once; the tests of a file with a
-    module fixture stay together, so it is made once; any other test goes to whichever worker is free. The
-    experiments group goes first: it is the longest, and a long unit started last would leave a worker idle."""
-
-    def fixtures(item):
-        info = getattr(item, "_fixtureinfo", None)
-        return info.name2fixturedefs if info else {}
-
-    def file(item):
-        return item.nodeid.split("::")[0]
-
-    def reads_experiments(path) -> bool:  # by name: a fixture may ask for one with request.getfixturevalue
-        return any(name in Path(path).read_text() for name in SHARED)
-
-    shared = {file(i) for i in items if reads_experiments(i.path)}
-    grouped = {file(i) for i in items if any(d.scope == "module" for defs in fixtures(i).values() for d in defs)}
-    for item in items:
-        if file(item) in shared:
-            item.add_marker(pytest.mark.xdist_group("experiments"))
-        elif file(item) in grouped:
-            item.add_marker(pytest.mark.xdist_group(file(item)))
-    items.sort(key=lambda item: file(item) not in shared)  # stable: each file's own order kept
-
-
 @pytest.fixture(autouse=True)
 def _seeded():
     random.seed(0)
