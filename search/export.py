@@ -90,8 +90,9 @@ def select_within_budget(
         f"--{name} {value:g}" for name, value in (("max-latency-ms", max_latency_ms), ("max-size-mb", max_size_mb))
         if value is not None
     )  # fmt: skip
+    select_best(frame, metric, mode, family)  # its checks: the family, the metric, a checkpoint at all
     if family is not None:
-        frame = frame[frame["model"] == select_best(frame, metric, mode, family)["model"]]
+        frame = frame[frame["model"] == family]
     if measured(frame).empty:
         raise SweepError(
             f"{asked}: no trial of this sweep has a measured cost (results.csv's latency_ms and size_mb): time each "

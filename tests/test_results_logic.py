@@ -331,6 +331,8 @@ def test_a_budget_picks_the_best_that_fits_and_names_the_fastest_when_none_does(
     assert "no trial fits --max-latency-ms 1.5" in said and "fastest candidate is small-a at 2 ms" in said
     assert "5 MiB" in said
     assert select_within_budget(frame, "val_accuracy", "max", "mid", 100, None)["trial"] == "mid"  # that family
+    with pytest.raises(SweepError, match="--metric val_dice is not in this sweep's results"):
+        select_within_budget(frame, "val_dice", "max", None, 100, None)
     with pytest.raises(SweepError, match="no trial of model family 'tiny'"):
         select_within_budget(frame, "val_accuracy", "max", "tiny", 100, None)
     with pytest.raises(SweepError, match="--max-size-mb 10: no trial of this sweep has a measured cost"):
