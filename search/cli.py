@@ -411,8 +411,8 @@ def _add_cluster_commands(sub) -> None:
     export.add_argument(
         "--max-latency-ms",
         type=float,
-        help="the best trial whose model answers one image within this many ms (median, one CPU thread, as measured "
-        "when the sweep finished); none fits: exit 2 naming the fastest",
+        help="the best trial whose model answers one image within this many ms (median, one CPU thread, as timed "
+        "by `sweep costs` or search.costs); none fits: exit 2 naming the fastest",
     )
     export.add_argument("--max-size-mb", type=float, help="the best trial whose ONNX model is at most this many MiB")
 
@@ -581,7 +581,7 @@ def _export(args) -> int:
     print(f"  use it: sweep predict {out} IMAGES...    (or keras.saving.load_model('{out / 'model.keras'}'))")
     if cost := manifest.get("cost"):
         print(
-            f"  cost when the sweep finished: {cost['latency_ms']:g} ms median ({cost['latency_p95_ms']:g} p95) per "
+            f"  cost as timed: {cost['latency_ms']:g} ms median ({cost['latency_p95_ms']:g} p95) per "
             f"image on one CPU thread, {cost['latency_all_threads_ms']:g} ms on all cores; {cost['params']:,} "
             f"parameters, {cost['size_mb']:g} MiB as ONNX"
         )

@@ -85,7 +85,8 @@ def select_within_budget(
     max_size_mb: float | None,
 ) -> pd.Series:
     """The best trial on validation ``metric`` whose measured cost fits the budget (median batch-1 latency on one
-    thread, ONNX file size): among the candidates timed when the sweep finished (``results.cost_candidates``)."""
+    thread, ONNX file size): among the candidates timed (``results.cost_candidates``, by ``search.costs`` or
+    ``sweep costs``)."""
     asked = " ".join(
         f"--{name} {value:g}" for name, value in (("max-latency-ms", max_latency_ms), ("max-size-mb", max_size_mb))
         if value is not None
@@ -178,7 +179,7 @@ def _cost(row: pd.Series) -> dict[str, Any] | None:
         return None
     cost = _clean({k: row[k] for k in COST_COLUMNS})
     cost["params"] = int(cost["params"])
-    return {**cost, "measured_on": "the machine that finalized the sweep (ONNX Runtime, CPU, batch 1)"}
+    return {**cost, "measured_on": "the machine that ran search.costs or `sweep costs` (ONNX Runtime, CPU, batch 1)"}
 
 
 def _readme(m: dict) -> str:

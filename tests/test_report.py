@@ -391,3 +391,12 @@ def test_sentences_keep_their_marks_and_are_escaped_in_every_format():
     assert "<li><strong>WARNING: the <code>study</code> protocol</strong> &lt;5% &amp; a_b</li>" in html
     assert r"\item \textbf{WARNING: the \texttt{study} protocol} <5\% \& a\_b" in tex
     assert r"\title{a\_b}" in tex and r"x\textasciitilde{}y" in tex
+
+
+def test_a_sweep_never_timed_gets_a_deployment_section_that_says_how_to_time_it():
+    from search.report.document import DEPLOYMENT_NONE, _deployment_section
+
+    table = tables.deployment_table(_frame(), "val_accuracy", "max")  # no cost columns at all
+    assert table.empty and "pareto_front" in table.columns
+    section = _deployment_section(table, "val_accuracy")
+    assert section.lead == (DEPLOYMENT_NONE,) and not section.blocks and "sweep costs" in DEPLOYMENT_NONE

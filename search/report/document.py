@@ -46,14 +46,15 @@ IMPORTANCE_NOTE = (
 DEPLOYMENT_NOTE = (
     "Candidates: each architecture's best trial on validation (trials of one architecture cost the same). Each is "
     "assembled as `sweep export` assembles it, converted to ONNX and run by ONNX Runtime at batch 1 on a random image "
-    "of the input size, on the CPU of the machine that finalized the sweep: median and 95th percentile of "
+    "of the input size, on the CPU of the machine that timed it (`search.costs` or `sweep costs`): median and 95th "
+    "percentile of "
     f"{LATENCY_RUNS} runs after 2 warm-up runs, on one thread (`latency_ms`, what a budget is checked against) "
     "and on all cores. `size_mb`: the float32 ONNX file, MiB. On the front: no other candidate is at least as fast "
     "and at least as good, and better in one."
 )
 DEPLOYMENT_NONE = (
-    "No candidate's cost was measured (each architecture's best trial is timed when a sweep finishes; a warning at "
-    "that time says why one was not)."
+    "No candidate was timed: `sweep costs EXPERIMENT` times each architecture's best trial on the machine it runs on "
+    "(or `search.costs: true` in the study, when the sweep ends)."
 )
 
 
