@@ -34,7 +34,7 @@ from search import storage as store
 from search.card import CARD_FILE, CARD_JSON, HANDLING_KEYS, summarize, write_card
 from search.errors import SweepError
 from search.experiment import load_details, load_predictions, load_results, load_study, load_sweep
-from search.results import CONFIG_KEYS, COST_COLUMNS, best_row, measured, within_budget
+from search.results import CONFIG_KEYS, COST_COLUMNS, best_row, measured, with_checkpoint, within_budget
 from search.spec import Study, study_from_record
 
 EXPORT_FILE = "export.json"
@@ -67,8 +67,7 @@ def select_best(frame: pd.DataFrame, metric: str, mode: str, family: str | None 
     if metric not in frame:
         allowed = ", ".join(c for c in frame.columns if c.startswith("val_"))
         raise SweepError(f"--metric {metric} is not in this sweep's results; validation metrics: {allowed}")
-    has_ckpt = frame["checkpoint"].fillna("").astype(str).str.len() > 0
-    best = best_row(frame[has_ckpt], metric, mode)
+    best = best_row(with_checkpoint(frame), metric, mode)
     if best is None:
         raise SweepError(
             "no trial finished an epoch with a checkpoint (all failed or diverged at once): nothing to export"

@@ -165,9 +165,13 @@ def cost_candidates(frame: pd.DataFrame, metric: str, mode: str = "max") -> pd.D
     """The trials whose cost is measured: the best (on validation ``metric``) of each architecture that left a
     checkpoint. Trials of one architecture cost the same, so the best of each is the only one that can be on the
     front of metric against cost."""
-    has_ckpt = frame.get("checkpoint", pd.Series("", index=frame.index)).fillna("").astype(str).str.len() > 0
     keys = [k for k in ARCHITECTURE_KEYS if k in frame]
-    return best_by(frame[has_ckpt], metric, mode, by=keys)
+    return best_by(with_checkpoint(frame), metric, mode, by=keys)
+
+
+def with_checkpoint(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows whose trial left a checkpoint (the only ones that can be exported or timed)."""
+    return frame[frame.get("checkpoint", pd.Series("", index=frame.index)).fillna("").astype(str).str.len() > 0]
 
 
 def measured(frame: pd.DataFrame) -> pd.DataFrame:
