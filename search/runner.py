@@ -9,6 +9,7 @@ import os
 import sys
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -373,7 +374,7 @@ def finalize(experiment_dir: str, grid, study: Study, datasets: dict, phases: Ph
     timings (timings.json); return the folder."""
     sweep = exp.load_sweep(experiment_dir)
     retries = RetryCounter(experiment_dir).counts()
-    rows, jobs = [], []
+    rows, jobs, seg = [], [], study.task == "segmentation"
     for result in grid:
         config = {k: result.config[k] for k in CONFIG_KEYS if k in result.config}
         history = result.metrics_dataframe
@@ -406,8 +407,12 @@ def finalize(experiment_dir: str, grid, study: Study, datasets: dict, phases: Ph
     if study.task == "classification":  # the best classifier's Grad-CAM heatmaps on a few test images per class
         gradcam = _extra("Grad-CAM of the best trial", start_gradcam, rows, study, datasets, sweep["resources"],
                          experiment_dir)  # fmt: skip
+    first = next(iter(datasets.values()))
+    first = first[0] if isinstance(first, tuple) else first
+    beside = ThreadPoolExecutor(1)  # the driver only waits on the scoring tasks: the baselines fit meanwhile
+    baselines = beside.submit(_extra, "the classical baselines", score_baselines, first) if seg else None
     reports = evaluate_all([(p, o) for _, p, o in jobs], study, datasets, sweep["resources"], experiment_dir)
-    phases.end("test_scoring")  # Grad-CAM runs beside it: "extras" is what it takes beyond
+    phases.end("test_scoring")  # Grad-CAM and the baselines run beside it: "extras" is what they take beyond
     details, arrays = {}, {}
     for (i, _, _), outcome in zip(jobs, reports, strict=True):
         if isinstance(outcome, Exception):  # this trial alone goes without test metrics; it is never the best
@@ -417,17 +422,15 @@ def finalize(experiment_dir: str, grid, study: Study, datasets: dict, phases: Ph
         rows[i] |= {f"test_{k}": v for k, v in report.items() if isinstance(v, float)}
         details[rows[i]["trial"]] = report
         arrays |= {f"{rows[i]['trial']}/{k}": v for k, v in extra.items()}
-    if study.task == "segmentation":  # the test images those masks belong to (one loading option for segmentation)
-        first = next(iter(datasets.values()))
-        first = first[0] if isinstance(first, tuple) else first
+    if seg:  # the test images those masks belong to (one loading option for segmentation)
         arrays |= {"images": first.test.images[:SHOWN_MASKS], "truth": first.test.masks[:SHOWN_MASKS]}
-        baselines = _extra("the classical baselines", score_baselines, first)
-        if baselines is not None:
-            exp.save_baselines(experiment_dir, baselines)
+        if baselines.result() is not None:
+            exp.save_baselines(experiment_dir, baselines.result())
     elif gradcam is not None:  # kept while its trial is still the best once scored (a trial left unscored is not)
         best = best_row(pd.DataFrame(rows), study.metric, study.mode)
         if best is not None and best["trial"] == gradcam[0]:
             arrays |= _extra("Grad-CAM of the best trial", _ray_get, gradcam[1]) or {}
+    beside.shutdown()
     phases.end("extras")
     if study.search.costs:
         costs = _extra("the deployment costs", measure_costs, pd.DataFrame(rows), study.metric, study.mode,

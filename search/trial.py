@@ -246,6 +246,9 @@ class _Fold:
         )
         loss = get_loss(train.loss or study.loss)
         self.model.compile(optimizer=optimizer, loss=loss, metrics=training_metrics(study.task))
+        # The optimizer's slots made now, eagerly: left to the first training step, TensorFlow traces that step once
+        # to create them and again to run it (a 4-filter U-Net's first epoch: 7.4 s against 3.6 s). Same values.
+        self.model.optimizer.build(self.model.trainable_variables)
 
     def epoch(self, epoch: int, train: Train, seed: int) -> dict[str, Any]:
         """Fit one epoch, then validate: this fold's metrics."""

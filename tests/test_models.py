@@ -119,8 +119,9 @@ def test_fine_tuning_unfreezes_top_layers_but_not_batchnorm():
     assert 0 < n <= 20 and len(model.trainable_weights) > frozen
 
 
-# XLA's CPU backend without its LLVM optimisations: op by op, JAX compiles every new operation, and those passes took
-# most of the JAX share's time (custom_cnn, EfficientNetV2-B0 frozen and U-Net: 79 s against 146 s). This test checks
+# XLA's CPU backend without its LLVM optimisations: JAX compiles every operation of a model's build and its whole
+# step, and those passes took most of the JAX share's time (custom_cnn, EfficientNetV2-B0 frozen and U-Net: 79 s
+# against 146 s when the step still ran op by op). This test checks
 # that each model builds, steps and predicts, not how fast the code XLA makes for it runs.
 FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 
@@ -176,8 +177,8 @@ def _step_names(backend: str) -> list[str]:
 @pytest.mark.timeout(1500)  # a guard against a hang, not a speed target: about 10 minutes on 2 idle cores
 def test_every_model_trains_one_step_on_tensorflow_and_jax():
     """Each backend in fresh processes (the backend is fixed per process), side by side on the two cores; JAX's
-    share, the longer one (every op compiled by XLA on first use), split between two processes: its classifiers,
-    then its segmenters. Mixed precision rides along: its outputs must stay float32."""
+    share, the longer one (the build op by op and the step compiled by XLA), split between two processes: its
+    classifiers, then its segmenters. Mixed precision rides along: its outputs must stay float32."""
     jax = _step_names("jax")
     segmenters = set(models.list_models("segmentation"))
     runs = [
