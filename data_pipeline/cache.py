@@ -20,6 +20,7 @@ from data_pipeline.errors import DataError
 
 # Each kind's folder name and what one entry of it is.
 KINDS = {
+    "costs": "one architecture's deployment cost measured on this machine, a search's cost objective (a file)",
     "decoded": "a dataset's decoded, resized images and masks (a folder)",
     "duplicates": "a dataset's clusters of exact and near-duplicate images (a file)",
     "features": "a frozen backbone: its weights and the features of every image it has seen (a folder)",

@@ -178,7 +178,8 @@ def _cost(row: pd.Series) -> dict[str, Any] | None:
         return None
     cost = _clean({k: row[k] for k in COST_COLUMNS})
     cost["params"] = int(cost["params"])
-    return {**cost, "measured_on": "the machine that ran search.costs or `sweep costs` (ONNX Runtime, CPU, batch 1)"}
+    where = "the machine that ran search.costs or `sweep costs`, or its trial's (search.objectives)"
+    return {**cost, "measured_on": f"{where} (ONNX Runtime, CPU, batch 1)"}
 
 
 def _readme(m: dict) -> str:

@@ -1,5 +1,6 @@
 """The end of a sweep in a few lines: the winner (chosen on validation), its test metrics next to what a model
-that learned nothing scores, the axis that mattered most, what ASHA stopped and saved, and where the report is. Pure
+that learned nothing scores, the axis that mattered most, what ASHA stopped and saved (or, searching for two
+objectives, their front), and where the report is. Pure
 functions of the results frame, the typed study and the sweep's record of its data; ``sweep run`` prints them and
 ``benchmarks/bench_quality.py`` tabulates them."""
 
@@ -11,7 +12,7 @@ import pandas as pd
 
 from search import importance
 from search.report.tables import cost_table
-from search.results import best_row
+from search.results import best_row, measured_candidates, pareto_front
 from search.spec import Study
 
 
@@ -31,6 +32,7 @@ def outcome(frame: pd.DataFrame, study: Study, data: dict[str, Any]) -> dict[str
         "saved_percent": totals["saved by ASHA (%)"],
         "winner": None,
         "importance": importance.importance(frame, metric, study.mode),
+        "front": _front(frame, study),
     }
     if row is None:
         return out
@@ -39,6 +41,17 @@ def outcome(frame: pd.DataFrame, study: Study, data: dict[str, Any]) -> dict[str
         "validation": {metric: float(row[metric])},
         **_against_no_skill(row, study, data),
     }
+
+
+def _front(frame: pd.DataFrame, study: Study) -> dict[str, Any] | None:
+    """A search for two objectives: the front of the validation metric against the cost it searched (each
+    architecture's best trial, cheapest first); None for one objective."""
+    cost = study.cost_objective
+    if cost is None:
+        return None
+    front = pareto_front(measured_candidates(frame, study.metric, study.mode), study.metric, study.mode, cost)
+    points = [(r["trial"], float(r[study.metric]), float(r[cost])) for _, r in front.iterrows()]
+    return {"metric": study.metric, "cost": cost, "points": points}
 
 
 def _against_no_skill(row: pd.Series, study: Study, data: dict[str, Any]) -> dict[str, Any]:
@@ -73,10 +86,15 @@ def lines(o: dict[str, Any], report: str | None) -> list[str]:
         base = ", ".join(f"{k} {v:.4f}" for k, v in o["baseline"].items())
         out.append(f"  test: {test}   ({o['baseline_name']}: {base})")
     out.append(importance.sentence(o["importance"]))
-    out.append(
-        f"ASHA stopped {o['stopped']} of {o['trials']} trials early, saving {o['saved_seconds']:.0f} s of "
-        f"{o['trial_seconds'] + o['saved_seconds']:.0f} s of training ({o['saved_percent']:.0f}%)"
-    )
+    if o.get("front") is not None:  # two objectives: no trial was stopped early; the trade-off is the outcome
+        f = o["front"]
+        out.append(f"front of {f['metric']} against {f['cost']} ({len(f['points'])} trials, cheapest first):")
+        out += [f"  {trial}: {f['metric']} {m:.4f}, {f['cost']} {c:g}" for trial, m, c in f["points"]]
+    else:
+        out.append(
+            f"ASHA stopped {o['stopped']} of {o['trials']} trials early, saving {o['saved_seconds']:.0f} s of "
+            f"{o['trial_seconds'] + o['saved_seconds']:.0f} s of training ({o['saved_percent']:.0f}%)"
+        )
     if report:
         out.append(f"report: {report}")
     return out

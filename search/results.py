@@ -31,9 +31,9 @@ CONFIG_KEYS = ("model", "option", "lr", "dropout", *EXTRA_AXES, "repeat")  # a r
 UNSCORED = "unscored"
 STATUSES = ("completed", "stopped", "diverged", UNSCORED, "failed")
 # Where a trial's own time goes, in seconds: each report carries the running total, so its last report holds the
-# trial's: building or loading the model (or head), frozen-backbone features (computed or read), fit and validation
-# of every epoch, writing checkpoints.
-TRIAL_PHASES = ("build_seconds", "feature_seconds", "fit_seconds", "checkpoint_seconds")
+# trial's: building or loading the model (or head), frozen-backbone features (computed or read), measuring its
+# architecture's cost (a search's cost objective), fit and validation of every epoch, writing checkpoints.
+TRIAL_PHASES = ("build_seconds", "feature_seconds", "cost_seconds", "fit_seconds", "checkpoint_seconds")
 
 
 def _value(v: Any) -> str:
@@ -177,6 +177,13 @@ def with_checkpoint(frame: pd.DataFrame) -> pd.DataFrame:
 def measured(frame: pd.DataFrame) -> pd.DataFrame:
     """The rows with a measured cost."""
     return frame[frame["latency_ms"].notna()] if "latency_ms" in frame else frame.iloc[0:0]
+
+
+def measured_candidates(frame: pd.DataFrame, metric: str, mode: str = "max") -> pd.DataFrame:
+    """The best measured row (on validation ``metric``) of each architecture: the report's candidates, whether only
+    they were timed (``search.costs``, ``sweep costs``) or every trial was, as its model was built (a search's cost
+    objective). Best first."""
+    return best_by(measured(frame), metric, mode, by=[k for k in ARCHITECTURE_KEYS if k in frame])
 
 
 def pareto_front(frame: pd.DataFrame, metric: str, mode: str = "max", cost: str = "latency_ms") -> pd.DataFrame:

@@ -25,6 +25,7 @@ from search.deploy import measure_costs
 from search.errors import SweepError
 from search.results import (
     CONFIG_KEYS,
+    COST_COLUMNS,
     TRIAL_PHASES,
     UNSCORED,
     best_epoch,
@@ -153,9 +154,29 @@ def _search_alg(study: Study, experiment_dir: str):
         from optuna.storages import RDBStorage
 
         storage = RDBStorage(f"sqlite:///{Path(experiment_dir).resolve() / exp.OPTUNA_DB}")
-    searcher = OptunaSearch(seed=study.search.seed, storage=storage, study_name=os.path.basename(experiment_dir))
+    metrics, modes = (list(x) for x in zip(*study.objectives, strict=True))  # two objectives: Optuna's front
+    searcher = OptunaSearch(
+        metric=metrics if len(metrics) > 1 else None,  # one: the Tuner's metric, set below
+        mode=modes if len(modes) > 1 else None,
+        seed=study.search.seed,
+        storage=storage,
+        study_name=os.path.basename(experiment_dir),
+    )
     # Optuna learns from finished trials: a few at a time unless the study sets its own limit.
     return ConcurrencyLimiter(searcher, max_concurrent=_max_concurrent(study) or 4)
+
+
+def _scheduler(study: Study):
+    """ASHA on the validation metric; None (Ray Tune's FIFO: every trial to its last epoch) for two objectives."""
+    if not study.early_stopping:
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    return ASHAScheduler(
+        max_t=study.train.epochs,
+        grace_period=study.scheduler.grace_period,
+        reduction_factor=study.scheduler.reduction_factor,
+    )
 
 
 def _max_concurrent(study: Study) -> int | None:
@@ -199,7 +220,6 @@ def run_study(
     their data from instead of the arrays prepared here (``sweep bench``'s hand-written rival reads files itself).
     ``mlflow``: an MLflow tracking URI every trial is logged to, and the best trial's export (``search.tracking``)."""
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
 
     phases = Phases()
     storage = store.normalize(storage)
@@ -214,18 +234,18 @@ def run_study(
         cpus = cpus_per_trial if cpus_per_trial is not None else study.resources.cpus_per_trial
         exp.save_sweep(experiment_dir, _sweep_record(study, datasets, gpus, cpus, cache_dir))
         _record_state_often()
+        if not study.early_stopping and verbose:
+            names = " and ".join(n for n, _ in study.objectives)
+            print(f"searching for {names}: no trial stops early (ASHA ranks trials by one metric)", flush=True)
         for_trials = datasets if trial_datasets is None else trial_datasets
         tuner = tune.Tuner(
             _trainable(study, for_trials, gpus, cpus, experiment_dir, cache_dir),
             param_space={**param_space(study), "seed": study.search.seed},
             tune_config=tune.TuneConfig(
-                metric=study.metric,
-                mode=study.mode,
-                scheduler=ASHAScheduler(
-                    max_t=study.train.epochs,
-                    grace_period=study.scheduler.grace_period,
-                    reduction_factor=study.scheduler.reduction_factor,
-                ),
+                # Two objectives: the searcher holds both (a metric here would replace them) and no trial stops early
+                metric=study.metric if study.early_stopping else None,
+                mode=study.mode if study.early_stopping else None,
+                scheduler=_scheduler(study),
                 search_alg=_search_alg(study, experiment_dir),
                 max_concurrent_trials=None if study.search.algorithm == "optuna" else _max_concurrent(study),
                 num_samples=study.search.num_samples,
@@ -396,6 +416,7 @@ def finalize(experiment_dir: str, grid, study: Study, datasets: dict, phases: Ph
                 [] if history is None or "epoch_seconds" not in history else history["epoch_seconds"].dropna().tolist()
             ),
             **_last_values(history, SPEED_COLUMNS),
+            **_last_values(history, COST_COLUMNS),  # measured as the model was built (a cost objective)
         }
         row |= {k: v for k, v in best.items() if k.startswith(("train_", "val_"))}
         checkpoint = best_checkpoint(result, best)

@@ -3,7 +3,7 @@
 Schema (every key optional unless marked):
   task        classification | segmentation                                       (required)
   search      {algorithm: grid | random | optuna, num_samples: int, seed: int, repeats: int, folds: int, tta: bool,
-              costs: bool}
+              costs: bool, objectives: [the validation metric, latency_ms | size_mb] (optuna only)}
   space       axis -> list (a grid; random/optuna sample it) | {loguniform: [lo, hi]} | {uniform: [lo, hi]}
               | {choice: [...]}. Axes: model (required), lr (required), dropout, option (classification), and
               the train settings in TRAIN_AXES (optimizer, weight_decay, batch_size, lr_schedule, ...; loss for
@@ -32,6 +32,9 @@ from data_pipeline.config import DataConfig
 from models.tasks import TASKS, task_info
 
 ALGORITHMS = ("grid", "random", "optuna")
+# What a second search objective can be: a deployment cost measured as each architecture is built, minimized
+# (``results.COST_COLUMNS``; the budgets ``sweep export`` takes).
+COST_OBJECTIVES = ("latency_ms", "size_mb")
 DISTRIBUTIONS = ("loguniform", "uniform", "choice")
 # Train settings a study may also search over: a trial's value overrides the train section's.
 TRAIN_AXES = {
@@ -122,6 +125,10 @@ class Search:
     # time each architecture's best trial for deployment when the sweep ends (search.deploy.measure_costs; minutes
     # for large models): `sweep costs EXPERIMENT` does the same later, on the machine it runs on
     costs: bool = False
+    # Optuna's multi-objective search: [the validation metric, a cost of COST_OBJECTIVES]. Each trial's cost is
+    # measured when its model is built (once per architecture and node); trials are not stopped early (ASHA ranks
+    # trials by one metric: it would stop fast models on the front before their last epoch).
+    objectives: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -156,6 +163,22 @@ class Study:
     @property
     def mode(self) -> str:
         return task_info(self.task).mode
+
+    @property
+    def objectives(self) -> list[tuple[str, str]]:
+        """What the search optimizes: (metric, mode) pairs, the validation metric first; a cost is minimized."""
+        names = self.search.objectives or (self.metric,)
+        return [(n, self.mode if n == self.metric else "min") for n in names]
+
+    @property
+    def cost_objective(self) -> str | None:
+        """The cost the search minimizes beside the validation metric, or None (one objective)."""
+        return self.search.objectives[1] if len(self.search.objectives) == 2 else None
+
+    @property
+    def early_stopping(self) -> bool:
+        """ASHA stops trials on one metric: a search for two objectives runs every trial to its last epoch."""
+        return self.cost_objective is None
 
     @property
     def loss(self) -> str:
@@ -336,6 +359,7 @@ def _search_problems(study: Study) -> list[str]:
         problems.append(f"search.repeats: must be >= 1, got {s.repeats}")
     elif s.repeats > 1 and s.algorithm == "optuna":
         problems.append("search.repeats: repeats need grid or random search (Optuna proposes each trial itself)")
+    problems += _objective_problems(study)
     if s.folds < 1:
         problems.append(f"search.folds: must be >= 1 (1 = one train/validation split), got {s.folds}")
     elif s.folds > 1:
@@ -344,6 +368,22 @@ def _search_problems(study: Study) -> list[str]:
         if study.data.protocol != "leak_free":
             problems.append("search.folds: cross-validation needs data.protocol leak_free (study leaks across folds)")
     return problems
+
+
+def _objective_problems(study: Study) -> list[str]:
+    """``search.objectives``: none, or the validation metric and one cost, searched by Optuna."""
+    names = study.search.objectives
+    if not names:
+        return []
+    shape = f"[{study.metric}, one of {', '.join(COST_OBJECTIVES)}]"
+    if len(names) != 2 or names[0] != study.metric or names[1] not in COST_OBJECTIVES:
+        return [f"search.objectives: {list(names)!r} must be {shape} (the metric trials are chosen by, then a cost)"]
+    if study.search.algorithm != "optuna":
+        return [f"search.objectives: two objectives need search.algorithm optuna, not {study.search.algorithm}"]
+    if study.search.folds > 1:
+        return ["search.objectives: a cost is measured on one model, and cross-validation exports the ensemble of "
+                "its folds' models: use search.folds 1 with two objectives"]  # fmt: skip
+    return []
 
 
 def _train_problems(study: Study) -> list[str]:

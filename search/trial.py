@@ -19,7 +19,7 @@ from typing import Any
 
 from search import checkpoints
 from search.features import Backbone, backbone_features, feature_cache_off_because, publish_backbone
-from search.results import TRIAL_PHASES
+from search.results import COST_COLUMNS, TRIAL_PHASES
 from search.spec import Study, Train
 
 
@@ -150,6 +150,11 @@ def train_trial(config: dict[str, Any], datasets: dict, context: TrialContext) -
                     info.backbone.standardize(fit.model, x)
                 fit.compile(train, study, float(config["lr"]))
 
+    # ---- cost: the search's second objective, measured on this architecture as it would be deployed --------------
+    if study.cost_objective is not None:
+        with _timed(seconds, "cost_seconds"):
+            extra |= _architecture_cost(info, build, fits[0], on_features, policy, cache_dir)
+
     # ---- epochs: every fold one epoch, then one report (ASHA reads the fold-mean validation metric) --------------
     metric = study.metric
     for epoch in range(start_epoch, train.epochs):
@@ -169,7 +174,8 @@ def train_trial(config: dict[str, Any], datasets: dict, context: TrialContext) -
         if not all(math.isfinite(metrics[k]) for k in ("train_loss", "val_loss")):
             # The study's lr = 0.1 rows: not an error. Stop now; the tables keep this trial's last finite epoch.
             # ASHA gets the best value so far (0 if none) so it can rank the trial without a NaN.
-            tune.report({"epoch": epoch + 1, "diverged": True, metric: best if math.isfinite(best) else 0.0})
+            last = {"epoch": epoch + 1, "diverged": True, metric: best if math.isfinite(best) else 0.0}
+            tune.report(last | {k: extra[k] for k in COST_COLUMNS if k in extra})  # both objectives, for Optuna
             return
         # Every epoch is checkpointed (a resumed trial continues from its last one); Ray keeps the best and the last.
         improved = metrics[metric] > best
@@ -180,6 +186,25 @@ def train_trial(config: dict[str, Any], datasets: dict, context: TrialContext) -
             with _timed(seconds, "checkpoint_seconds"):
                 checkpoints.write(Path(d), [fit.model for fit in fits], state)
             tune.report(metrics | seconds, checkpoint=tune.Checkpoint.from_directory(d))
+
+
+def _architecture_cost(info, build: dict[str, Any], fit: _Fold, on_features: bool, policy, cache_dir) -> dict:
+    """What this trial's whole model costs to run as exported (``search.deploy.model_cost``), measured once per
+    architecture and machine (``search.deploy.build_cost``). A head on cached features has no whole model: one is
+    built with random weights (the cost does not depend on their values)."""
+    import models
+    from search.deploy import build_cost
+
+    size = fit.data.config.image_size
+
+    def whole():
+        if not on_features:
+            return fit.model
+        shape = (size, size, 3)
+        return models.build(info.name, input_shape=shape, weights=None, mixed_precision=policy, **build)
+
+    shape_only = {k: v for k, v in build.items() if k != "dropout"}  # dropout is gone once exported
+    return build_cost(whole, {"model": info.name, "policy": policy, **shape_only}, size, cache_dir)
 
 
 def _every_image(datasets: dict, config: dict[str, Any], study: Study) -> dict:

@@ -12,6 +12,7 @@ import pytest
 from conftest import ROOT
 
 from data_pipeline import cache, duplicate_clusters, load, scan, synth
+from search import deploy
 from search.cli import main
 from search.features import Backbone, backbone_features
 
@@ -34,7 +35,7 @@ def _bytes_under(folder: Path) -> int:
     return total
 
 
-def _real_entries(root: Path, data: Path) -> dict[str, Path]:
+def _real_entries(root: Path, data: Path, monkeypatch) -> dict[str, Path]:
     """One entry of each kind, written by the code that writes them in a sweep, oldest first."""
     made = {"synthetic": synth.embedded_dataset((2, 2, 2, 2), size=32, seed=1, cache_dir=root)}
     load(scan(data), 32, cache_dir=root)
@@ -52,20 +53,24 @@ def _real_entries(root: Path, data: Path) -> dict[str, Path]:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
     proc = subprocess.run([sys.executable, "-c", code, root], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    # A cost objective's measurement, written as a trial writes it (the measuring itself is a sweep test's subject)
+    monkeypatch.setattr(deploy, "model_cost", lambda model, size: {"latency_ms": 1.0, "size_mb": 0.5})
+    assert deploy.build_cost(lambda: None, {"model": "custom_cnn"}, 32, root) == {"latency_ms": 1.0, "size_mb": 0.5}
+    made["costs"] = next((root / "costs").glob("*.json"))
     return made
 
 
 def test_sizes_per_kind_clear_and_trim_least_recently_used_first(synth_root, tmp_path, capsys, monkeypatch):
     root = tmp_path / "cache"
     monkeypatch.setenv("SWEEP_CACHE_DIR", str(root))
-    made = _real_entries(root, synth_root)
+    made = _real_entries(root, synth_root, monkeypatch)
     for folder in (root, *(root / k for k in cache.KINDS)):  # created private
         assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
 
     rows = {r["kind"]: r for r in cache.usage()}
     for kind in cache.KINDS:
         assert rows[kind]["bytes"] == _bytes_under(root / kind) > 0, kind
-    assert [rows[k]["entries"] for k in cache.KINDS] == [2, 1, 1, len(cache.entries("jax-compile")), 1]
+    assert [rows[k]["entries"] for k in cache.KINDS] == [1, 2, 1, 1, len(cache.entries("jax-compile")), 1]
     assert any(p.name.endswith(".lock") for p in (root / "features").iterdir())  # a sidecar: not an entry
     code, out, err = _cli(capsys)
     assert code == 0 and not err and f"cache folder: {root}" in out
@@ -76,7 +81,7 @@ def test_sizes_per_kind_clear_and_trim_least_recently_used_first(synth_root, tmp
     assert load(scan(synth_root), 32, cache_dir=root).from_cache
     jax = cache.entries("jax-compile")
     order = [made["synthetic"], made["decoded_48"], made["duplicates"], made["features"], *[e.paths[0] for e in jax]]
-    order.append(made["decoded_32"])
+    order += [made["costs"], made["decoded_32"]]
     by_age = sorted((e for k in cache.KINDS for e in cache.entries(k)), key=lambda e: e.used)
     assert [e.paths[0] for e in by_age] == order
     total = sum(e.size for e in by_age)
@@ -99,7 +104,7 @@ def test_bad_requests_remove_nothing_and_others_writing_the_cache_is_warned(synt
     load(scan(synth_root), 32, cache_dir=root)
     before = cache.usage()
     for args, says in (
-        (("--clear", "../data"), "not a kind of cache entry; choose one of decoded, duplicates, features"),
+        (("--clear", "../data"), "not a kind of cache entry; choose one of costs, decoded, duplicates, features"),
         (("--clear", "decoded", "--max-size", "5 parsecs"), "--max-size '5 parsecs': not a size"),
     ):
         code, _, err = _cli(capsys, *args)

@@ -194,3 +194,57 @@ def test_sweep_costs_times_the_best_then_export_chooses_within_a_budget(segmenta
     code, out, err = cli(capsys, "export", experiment, "--to", tmp_path / "none", "--max-latency-ms", 1e-6)
     assert code == 2 and not (tmp_path / "none").exists()
     assert err.count("\n") == 1 and f"the fastest candidate is {timed['trial']} at {timed['latency_ms']:g} ms" in err
+
+
+def test_a_search_for_accuracy_and_latency_measures_each_architecture_once_and_reports_the_front(tmp_path):
+    """search.objectives [val_accuracy, latency_ms]: Optuna's multi-objective search through Ray Tune; every trial
+    measures its architecture's ONNX cost as it builds (once per architecture: the trials of one share the figures),
+    runs all its epochs (ASHA, set in the study, would stop half of them at its rung), and Optuna is told both values;
+    the report's Deployment section shows the front of the two."""
+    import optuna
+    import yaml
+
+    import search.results as res
+    from data_pipeline.cache import default_cache_dir
+    from search.export import select_within_budget
+
+    epochs = 2
+    spec = {
+        "task": "classification",
+        "search": {"algorithm": "optuna", "num_samples": 4, "seed": 0, "objectives": ["val_accuracy", "latency_ms"]},
+        "space": {"model": ["custom_cnn"], "lr": {"loguniform": [0.001, 0.01]}, "blocks": [1, 3], "dropout": [0.2]},
+        "train": {"epochs": epochs, "weights": None, "freeze_backbone": False, "base_filters": 8, "dense_units": 32},
+        "data": {"image_size": 32, "balance_to": None, "synthetic_counts": [30, 30, 30, 30], "synthetic_size": 48},
+        "scheduler": {"grace_period": 1, "reduction_factor": 2},
+        "resources": {"cpus_per_trial": 1, "gpus_per_trial": 0},
+    }
+    (tmp_path / "two.yaml").write_text(yaml.safe_dump(spec))
+    proc = run_sweep("run", tmp_path / "two.yaml", "--storage", tmp_path / "runs", "--name", "two")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "no trial stops early" in proc.stdout and "ASHA stopped" not in proc.stdout
+    assert "front of val_accuracy against latency_ms (" in proc.stdout  # the sweep's last lines: the trade-off
+    exp = tmp_path / "runs" / "two"
+    frame = pd.read_csv(exp / "results.csv")
+    assert len(frame) == 4 and (frame["epochs"] == epochs).all() and (frame["status"] == "completed").all()
+    assert (frame["latency_ms"] > 0).all() and (frame["size_mb"] > 0).all()
+    per_arch = frame.groupby("blocks")[list(res.COST_COLUMNS)].nunique()
+    assert (per_arch == 1).all().all(), per_arch  # one measurement per architecture, read by its other trials
+    assert frame.groupby("blocks")["params"].first().is_monotonic_increasing  # 3 blocks: more weights
+    entries = [json.loads(p.read_text())["key"] for p in (default_cache_dir() / "costs").glob("*.json")]
+    mine = [k for k in entries if k["model"] == "custom_cnn" and k["image_size"] == 32 and k["base_filters"] == 8]
+    assert sorted(k["blocks"] for k in mine) == [1, 3]  # this node measured each architecture once
+    told = optuna.load_study(study_name="two", storage=f"sqlite:///{exp / 'optuna.db'}")
+    assert len(told.directions) == 2 and all(t.state == optuna.trial.TrialState.COMPLETE for t in told.trials)
+    by_lr = frame.set_index(frame["lr"].round(12))
+    assert sorted((round(t.params["lr"], 12), t.values[1]) for t in told.trials) == sorted(
+        zip(by_lr.index, by_lr["latency_ms"], strict=True)
+    )
+    deployment = pd.read_csv(exp / "report" / "deployment.csv")
+    assert len(deployment) == frame["blocks"].nunique() and "yes" in set(deployment["pareto_front"])
+    assert set(deployment["trial"]) == set(res.measured_candidates(frame, "val_accuracy")["trial"])
+    report = (exp / "report" / "report.md").read_text()
+    assert "The search optimized two objectives, val_accuracy (max), latency_ms (min)" in report
+    assert (exp / "report" / "figures" / "deployment_pareto.png").stat().st_size > 5000
+    slowest = frame["latency_ms"].max()  # the costs measured while searching are what a budget is checked against
+    chosen = select_within_budget(frame, "val_accuracy", "max", None, slowest, None)["trial"]
+    assert chosen == res.best_row(res.with_checkpoint(frame), "val_accuracy")["trial"]

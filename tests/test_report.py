@@ -398,5 +398,5 @@ def test_a_sweep_never_timed_gets_a_deployment_section_that_says_how_to_time_it(
 
     table = tables.deployment_table(_frame(), "val_accuracy", "max")  # no cost columns at all
     assert table.empty and "pareto_front" in table.columns
-    section = _deployment_section(table, "val_accuracy")
+    section = _deployment_section(table, "val_accuracy", None)
     assert section.lead == (DEPLOYMENT_NONE,) and not section.blocks and "sweep costs" in DEPLOYMENT_NONE

@@ -170,3 +170,28 @@ def test_no_server_listens_beyond_loopback(local_ray, tmp_path):
     finally:
         tb.terminate()
         tb.wait(timeout=30)
+
+
+def test_a_search_for_two_objectives_tells_optuna_both_and_ray_tune_no_metric(tmp_path):
+    """Ray Tune's Tuner calls set_search_properties with its TuneConfig's metric, which would replace the searcher's
+    two: the runner passes none for two objectives, and the Optuna study gets both values of every trial."""
+    import optuna
+
+    from search.runner import _search_alg
+    from search.spec import load_study, param_space
+
+    objectives = {"search": {"algorithm": "optuna", "num_samples": 6, "objectives": ["val_dice", "size_mb"]}}
+    study = load_study("segmentation", "smoke", objectives)
+    experiment = tmp_path / "two"
+    experiment.mkdir()
+    searcher = _search_alg(study, str(experiment))
+    assert searcher.set_search_properties(None, None, param_space(study))  # the Tuner's call, no metric of its own
+    for i in range(6):
+        config = searcher.suggest(f"t{i}")
+        searcher.on_trial_complete(f"t{i}", {"val_dice": config["lr"] * 10, "size_mb": 1.0 + i})
+    told = optuna.load_study(study_name="two", storage=f"sqlite:///{experiment / 'optuna.db'}")
+    assert told.directions == [optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE]
+    assert [t.values[1] for t in told.trials] == [1.0 + i for i in range(6)]
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in told.trials)
+    front = {t.number for t in told.best_trials}  # Optuna's own Pareto front of the two
+    assert 0 in front and front <= set(range(6))

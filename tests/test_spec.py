@@ -157,3 +157,27 @@ def test_a_backend_that_is_not_installed_is_refused_before_anything_starts(tmp_p
         err = capsys.readouterr().err
         assert code == 2 and f"train.backend: {backend} is not installed here" in err and "Traceback" not in err
         assert not storage.exists()
+
+
+def test_two_objectives_are_the_metric_and_a_cost_searched_by_optuna_without_early_stopping():
+    from search.runner import _scheduler
+
+    optuna = {"algorithm": "optuna", "num_samples": 4}
+    study = load_study("segmentation", "smoke", {"search": {**optuna, "objectives": ["val_dice", "latency_ms"]}})
+    assert study.objectives == [("val_dice", "max"), ("latency_ms", "min")] and study.cost_objective == "latency_ms"
+    assert not study.early_stopping and _scheduler(study) is None  # every trial runs to its last epoch
+    one = load_study("segmentation", "smoke")
+    assert one.objectives == [("val_dice", "max")] and one.cost_objective is None and one.early_stopping
+    from ray.tune.schedulers import ASHAScheduler
+
+    assert isinstance(_scheduler(one), ASHAScheduler)
+    bad = {
+        "['val_dice']": {**optuna, "objectives": ["val_dice"]},
+        "['val_loss', 'latency_ms']": {**optuna, "objectives": ["val_loss", "latency_ms"]},  # not the chosen metric
+        "['val_dice', 'params']": {**optuna, "objectives": ["val_dice", "params"]},
+        "need search.algorithm optuna, not grid": {"objectives": ["val_dice", "size_mb"]},
+        "use search.folds 1": {**optuna, "folds": 3, "objectives": ["val_dice", "size_mb"]},
+    }
+    for message, search in bad.items():
+        with pytest.raises(SpecError, match=r"search\.objectives: .*" + message.replace("[", r"\[")):
+            load_study("segmentation", "smoke", {"search": search, "data": {"protocol": "leak_free"}})

@@ -307,6 +307,7 @@ def test_breakdown_sums_the_trials_phases_and_reads_the_drivers():
         "start_up_seconds": 12.0,
         "build_seconds_summed": 9.0,
         "feature_seconds_summed": 30.5,
+        "cost_seconds_summed": None,  # no cost objective: nothing measured as the models were built
         "fit_seconds_summed": 30.0,
         "checkpoint_seconds_summed": 9.0,
         "trials_seconds": 50.0,

@@ -52,6 +52,12 @@ DEPLOYMENT_NOTE = (
     "and on all cores. `size_mb`: the float32 ONNX file, MiB. On the front: no other candidate is at least as fast "
     "and at least as good, and better in one."
 )
+SEARCHED_FOR = (
+    "The search optimized two objectives, {objectives} (`search.objectives`: Optuna's multi-objective TPE through Ray "
+    "Tune, no trial stopped early). Each trial's cost was measured as its model was built, once per architecture and "
+    "machine, while other trials trained beside it: `sweep costs` times the candidates again, alone. The front is "
+    "of {metric} against {cost}."
+)
 DEPLOYMENT_NONE = (
     "No candidate was timed: `sweep costs EXPERIMENT` times each architecture's best trial on the machine it runs on "
     "(or `search.costs: true` in the study, when the sweep ends)."
@@ -137,7 +143,7 @@ def sections(parts: dict[str, Any]) -> list[Section]:
         lead = ("Trained, but their best checkpoint could not be scored on the test split; never chosen as best.",)
         out.append(Section("Trials whose test scoring failed", lead=lead, blocks=(Table(parts["unscored"]),)))
     out.append(Section("Cost", blocks=(Table(parts["totals"]), Table(parts["cost"]))))
-    out.append(_deployment_section(parts["deployment"], parts["metric"]))
+    out.append(_deployment_section(parts["deployment"], parts["metric"], parts["searched_for"]))
     figs = parts["figures"]
     out.append(Section("Figures", blocks=tuple(Figure(figs.folder / f"{n}.png", c) for n, c in figs.items)))
     return out
@@ -152,16 +158,22 @@ def _importance_section(result: dict[str, Any]) -> Section:
     return Section(title, lead=(importance.sentence(result),), blocks=blocks)
 
 
-def _deployment_section(table: pd.DataFrame, metric: str) -> Section:
-    """What each architecture's best trial costs to run, and the Pareto front of the metric against latency."""
+def _deployment_section(table: pd.DataFrame, metric: str, searched_for: list[tuple[str, str]] | None) -> Section:
+    """What each architecture's best trial costs to run, and the Pareto front of the metric against latency (or
+    against the cost a search for two objectives minimized: ``searched_for``)."""
     title = "Deployment: validation metric against CPU latency"
     if table.empty:
         return Section(title, lead=(DEPLOYMENT_NONE,))
     front = table[table["pareto_front"] == "yes"]
+    cost = searched_for[1][0] if searched_for else "latency_ms"
+    budget = {"latency_ms": "--max-latency-ms", "size_mb": "--max-size-mb"}[cost]
     lead = (
-        f"{len(front)} of the {len(table)} candidates are on the Pareto front of {metric} against latency: for a "
-        f"latency budget, the best choice is the front's slowest that fits it (`sweep export --max-latency-ms`).",
+        f"{len(front)} of the {len(table)} candidates are on the Pareto front of {metric} against {cost}: for a "
+        f"budget, the best choice is the front's costliest that fits it (`sweep export {budget}`).",
     )
+    if searched_for:
+        names = ", ".join(f"{n} ({m})" for n, m in searched_for)
+        lead += (SEARCHED_FOR.format(objectives=names, metric=metric, cost=cost),)
     return Section(title, lead=lead, blocks=(Table(table), Note(DEPLOYMENT_NOTE)))
 
 

@@ -282,25 +282,31 @@ def plot_parallel_coordinates(figs: Figures, frame: pd.DataFrame, axes: list[str
     figs.save(fig, "parallel_coordinates", f"Every trial across the searched axes, coloured by validation {metric}.")
 
 
-def plot_pareto(figs: Figures, frame: pd.DataFrame, metric: str, mode: str) -> None:
-    """Each measured candidate's validation metric against its batch-1 latency (one thread, log scale), the Pareto
-    front joined: the choices under a latency budget."""
-    from search.results import measured, pareto_front
+COST_AXES = {  # a cost the Pareto figure can be drawn against: its axis label, its caption's words
+    "latency_ms": ("latency at batch 1, one CPU thread (ms, median)", "CPU latency (ONNX Runtime, batch 1, 1 thread)"),
+    "size_mb": ("ONNX file size (MiB)", "the ONNX file's size"),
+}
 
-    rows = measured(frame)
+
+def plot_pareto(figs: Figures, frame: pd.DataFrame, metric: str, mode: str, cost: str = "latency_ms") -> None:
+    """Each measured candidate's validation metric against its ``cost`` (batch-1 latency on one thread, or the
+    search's cost objective; log scale), the Pareto front joined: the choices under a budget."""
+    from search.results import measured_candidates, pareto_front
+
+    rows = measured_candidates(frame, metric, mode)
     rows = rows[pd.to_numeric(rows[metric], errors="coerce").notna()] if metric in rows else rows.iloc[0:0]
     if rows.empty:
         return
     plt = _plt()
-    front = pareto_front(rows, metric, mode)
+    front = pareto_front(rows, metric, mode, cost)
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.scatter(rows["latency_ms"], rows[metric], color="C0", label="each architecture's best trial")
-    ax.step(front["latency_ms"], front[metric], where="post", color="C3", lw=1.5, marker="o", label="Pareto front")
+    ax.scatter(rows[cost], rows[metric], color="C0", label="each architecture's best trial")
+    ax.step(front[cost], front[metric], where="post", color="C3", lw=1.5, marker="o", label="Pareto front")
     for _, row in rows.iterrows():
-        ax.annotate(row["model"], (row["latency_ms"], row[metric]), fontsize=7, xytext=(4, 4),
-                    textcoords="offset points")  # fmt: skip
+        ax.annotate(row["model"], (row[cost], row[metric]), fontsize=7, xytext=(4, 4), textcoords="offset points")
     ax.set_xscale("log")
-    ax.set(xlabel="latency at batch 1, one CPU thread (ms, median)", ylabel=f"validation {metric}")
+    label, words = COST_AXES[cost]
+    ax.set(xlabel=label, ylabel=f"validation {metric}")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
-    figs.save(fig, "deployment_pareto", f"Validation {metric} against CPU latency (ONNX Runtime, batch 1, one thread).")
+    figs.save(fig, "deployment_pareto", f"Validation {metric} against {words}.")

@@ -24,7 +24,7 @@ from search.results import (
     UNSCORED,
     best_by,
     config_label,
-    measured,
+    measured_candidates,
     pareto_front,
     study_order,
 )
@@ -435,14 +435,14 @@ def baselines_table(baselines: list[dict], best: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["model", "kind", *BASELINE_COLUMNS])
 
 
-def deployment_table(frame: pd.DataFrame, metric: str, mode: str) -> pd.DataFrame:
+def deployment_table(frame: pd.DataFrame, metric: str, mode: str, cost: str = "latency_ms") -> pd.DataFrame:
     """Each candidate whose cost was measured (each architecture's best trial): its validation ``metric``, batch-1
-    latency, parameters and size, and whether it is on the Pareto front of the metric against one-thread latency.
-    Fastest first."""
-    rows = measured(frame)
+    latency, parameters and size, and whether it is on the Pareto front of the metric against ``cost`` (one-thread
+    latency, or the search's cost objective). Fastest first."""
+    rows = measured_candidates(frame, metric, mode)
     if rows.empty:
         return pd.DataFrame(columns=["trial", metric, *COST_COLUMNS, "pareto_front"])
-    front = set(pareto_front(frame, metric, mode).index)
+    front = set(pareto_front(rows, metric, mode, cost).index)
     table = rows[["trial", metric, *COST_COLUMNS]].copy()
     table["params"] = table["params"].astype("int64")
     table["pareto_front"] = ["yes" if i in front else "no" for i in rows.index]
