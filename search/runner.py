@@ -140,13 +140,16 @@ def _sweep_record(study: Study, datasets: dict, gpus: float, cpus: float, cache_
 
 
 def _search_alg(study: Study, experiment_dir: str):
-    """Optuna's searcher, or None (grid and random: Ray Tune's own). The Optuna study lives in SQLite inside a local
-    experiment folder (``optuna.db``, study named after the experiment): every finished trial is written there as
-    it is told, ``optuna-dashboard`` reads it live, and ``sweep resume`` continues the same study (Ray Tune restores
-    the searcher, which reconnects to the file). In cloud storage it stays in memory, saved with Ray Tune's state."""
+    """Who proposes the trials. Grid and random: Ray Tune's own variant generator, seeded by ``search.seed`` (the
+    same seed samples the same configurations), at most ``max_concurrent_trials`` at a time. Optuna: its TPE
+    searcher; the Optuna study lives in SQLite inside a local experiment folder (``optuna.db``, study named after the
+    experiment): every finished trial is written there as it is told, ``optuna-dashboard`` reads it live, and
+    ``sweep resume`` continues the same study (Ray Tune restores the searcher, which reconnects to the file). In
+    cloud storage it stays in memory, saved with Ray Tune's state."""
+    from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
+
     if study.search.algorithm != "optuna":
-        return None
-    from ray.tune.search import ConcurrencyLimiter
+        return BasicVariantGenerator(max_concurrent=_max_concurrent(study) or 0, random_state=study.search.seed)
     from ray.tune.search.optuna import OptunaSearch
 
     storage = None
@@ -247,7 +250,6 @@ def run_study(
                 mode=study.mode if study.early_stopping else None,
                 scheduler=_scheduler(study),
                 search_alg=_search_alg(study, experiment_dir),
-                max_concurrent_trials=None if study.search.algorithm == "optuna" else _max_concurrent(study),
                 num_samples=study.search.num_samples,
                 trial_dirname_creator=lambda trial: trial_dirname(trial_name(trial.config), trial.trial_id),
                 reuse_actors=True,  # a worker imports its framework once, not once per trial
@@ -270,7 +272,7 @@ def run_study(
     return experiment_dir
 
 
-def resume_study(experiment_dir: str | Path, *, address: str | None = None, verbose: int = 1) -> str:
+def resume_study(experiment_dir: str | Path, *, address: str | None = None) -> str:
     """Continue an interrupted sweep: finished trials are kept, unfinished ones continue from their checkpoint,
     errored ones are retried."""
     from ray import tune

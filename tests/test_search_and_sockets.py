@@ -70,11 +70,13 @@ def _proposals(study, samples: int | None = None) -> list[dict]:
     from search.spec import param_space
 
     space = {k: v for k, v in param_space(study).items() if k in ("lr", "dropout")}
-    if study.search.algorithm == "random":  # Tune's random search: each axis's own distribution, sampled
-        lrs = space["lr"].sample(size=samples, random_state=study.search.seed)
-        dropouts = space["dropout"].sample(size=samples, random_state=study.search.seed + 1)
-        return [{"lr": lr, "dropout": do} for lr, do in zip(lrs, dropouts, strict=True)]
     searcher = _search_alg(study, tempfile.mkdtemp(prefix="experiment-"))  # a new experiment: its own optuna.db
+    if study.search.algorithm == "random":  # Ray Tune's variant generator, as a sweep gets it: blind to results
+        from ray.tune.experiment import Experiment
+
+        searcher.add_configurations([Experiment("random", lambda config: None, config=space, num_samples=samples)])
+        trials = iter(searcher.next_trial, None)
+        return [{"lr": t.config["lr"], "dropout": t.config["dropout"]} for t in trials]
     assert searcher.set_search_properties(study.metric, "max", space)
     out = []
     for i in range(samples or study.search.num_samples):
@@ -91,6 +93,8 @@ def test_optuna_same_seed_same_trials_and_tpe_concentrates_where_random_does_not
     assert _proposals(_study(tmp_path, "optuna", 4, samples), 5) != tpe[:5]  # and the seed matters
 
     rand = _proposals(_study(tmp_path, "random", 3, samples), samples)
+    assert _proposals(_study(tmp_path, "random", 3, samples), samples) == rand  # random search is seeded too
+    assert _proposals(_study(tmp_path, "random", 4, samples), 5) != rand[:5]
     tpe_late = float(np.median([_distance(c) for c in tpe[-late:]]))
     rand_late = float(np.median([_distance(c) for c in rand[-late:]]))
     tpe_early = float(np.median([_distance(c) for c in tpe[:10]]))  # TPE's random start-up phase
