@@ -72,7 +72,6 @@ class DataConfig:
     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
     mask_rule: str = "auto"
     on_bad_image: str = "skip"
-    online_augmentation: bool = False
     seed: int = 0
     synthetic: str = "leukemia"
     synthetic_counts: tuple[int, ...] = ()

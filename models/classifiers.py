@@ -168,7 +168,6 @@ def fit_standardization(model: keras.Model, features) -> None:
 
 _FACTS = dict(
     task="classification",
-    default_input_size=224,
     size_multiple=1,
     hyperparameters=_HP,
     backbone=FrozenBackbone(feature_extractor, backbone_digest, head_model, unfreeze_top, fit_standardization),
@@ -291,7 +290,6 @@ BN_MOMENTUM = 0.9
 @register(
     "custom_cnn",
     task="classification",
-    default_input_size=64,
     min_input_size=16,
     size_multiple=1,
     hyperparameters=("dropout", "dense_units", "base_filters", "blocks"),

@@ -255,8 +255,3 @@ def report_from_probs(split, probs: np.ndarray, task: str, class_names: tuple[st
     if task == "classification":
         return classification_report(split.labels, probs, class_names)
     return segmentation_report(split.masks, probs[..., 0])
-
-
-def evaluate(model, split, task: str, class_names: tuple[str, ...], batch_size: int = 32, tta: bool = False) -> dict:
-    """Final metrics of ``model`` on one split (images, labels, masks), optionally with test-time augmentation."""
-    return report_from_probs(split, predict(model, split.images, batch_size, tta), task, class_names)

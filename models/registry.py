@@ -51,7 +51,6 @@ class ModelInfo:
     name: str
     task: str
     builder: Callable[..., keras.Model]
-    default_input_size: int
     min_input_size: int
     size_multiple: int  # input side must be a multiple of this (U-Nets halve it at every stage)
     hyperparameters: tuple[str, ...]  # accepted by the builder besides num_classes, input_shape, weights

@@ -72,7 +72,6 @@ def _unet(*, name, num_classes, input_shape, weights, dropout=0.0, base_filters=
 
 _FACTS = dict(
     task="segmentation",
-    default_input_size=224,
     min_input_size=32,
     size_multiple=2**_DEPTH,
     hyperparameters=_HP,
@@ -241,7 +240,6 @@ def _fcn8(*, num_classes, input_shape, weights, dropout=0.0, base_filters=512):
 
 _CAFFE_FACTS = dict(
     task="segmentation",
-    default_input_size=224,
     min_input_size=32,
     hyperparameters=_HP,
     preprocess="RGB -> BGR minus the ImageNet channel means (caffe mode), inside the model",
@@ -264,7 +262,6 @@ def deeplabv3_plus(**kw) -> keras.Model:
 @register(
     "unet_xception",
     task="segmentation",
-    default_input_size=224,
     min_input_size=32,
     size_multiple=16,
     hyperparameters=_HP,

@@ -493,7 +493,7 @@ def runtime_problem(runtime: str, manifest: dict, gpus_per_replica: float) -> st
     return None
 
 
-def _check_options(host: str, port: int, replicas: int, gpus_per_replica: float, max_mb: float) -> None:
+def _check_options(port: int, replicas: int, gpus_per_replica: float, max_mb: float) -> None:
     problems = []
     if not 0 < port < 65536:
         problems.append(f"--port {port}: must be 1-65535")
@@ -555,7 +555,7 @@ def serve_model(
 
     model_dir = Path(model_dir).expanduser().resolve()
     manifest = check_export(model_dir)
-    _check_options(host, port, replicas, gpus_per_replica, max_mb)
+    _check_options(port, replicas, gpus_per_replica, max_mb)
     if problem := runtime_problem(runtime, manifest, gpus_per_replica):
         raise SweepError(f"{model_dir}: {problem}")
     if problem := token_problem(host, token):
@@ -581,7 +581,7 @@ def serve_model(
                 f"{name} (this model version) is served on this cluster already, at {route_prefix(name, True)}/: "
                 "stop that `sweep serve` first"
             )
-        env = {**limit_gpu_memory(backend, gpus_per_replica), "OPENCV_IO_MAX_IMAGE_PIXELS": str(MAX_IMAGE_PIXELS)}
+        env = {**limit_gpu_memory(gpus_per_replica), "OPENCV_IO_MAX_IMAGE_PIXELS": str(MAX_IMAGE_PIXELS)}
         app = ModelServer.options(
             num_replicas=replicas,
             ray_actor_options={"num_cpus": 1, "num_gpus": gpus_per_replica, "runtime_env": {"env_vars": env}},

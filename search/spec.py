@@ -489,6 +489,7 @@ def study_from_record(record: dict[str, Any], where: str = "the recorded study",
     data = dict(raw.get("data") or {})
     if "mask_threshold" in data:  # sweeps recorded before data.mask_rule: the same grey-level threshold
         data["mask_rule"] = f"threshold:{data.pop('mask_threshold')}"
+    data.pop("online_augmentation", None)  # recorded before it was dropped from data: it was never read there
     # Derived when the study loaded: the task (the study's), the seed (search.seed), the option (space.option).
     for key in ("task", "seed", *(("option",) if "option" in (raw.get("space") or {}) else ())):
         data.pop(key, None)

@@ -33,7 +33,7 @@ class TrialContext:
     cache_dir: str | None = None  # features and compiled programs; None: each node's own SWEEP_CACHE_DIR
 
 
-def limit_gpu_memory(backend: str, gpu_share: float) -> dict[str, str]:
+def limit_gpu_memory(gpu_share: float) -> dict[str, str]:
     """Environment that keeps a trial inside its share of a GPU (Ray pins devices but does not limit memory)."""
     env = {"TF_FORCE_GPU_ALLOW_GROWTH": "true", "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
     if 0 < gpu_share < 1:
@@ -83,7 +83,7 @@ def train_trial(config: dict[str, Any], datasets: dict, context: TrialContext) -
     study = context.study
     train = study.trial_train(config)  # a search axis that names a train setting overrides it for this trial
     os.environ["KERAS_BACKEND"] = train.backend
-    for key, value in limit_gpu_memory(train.backend, context.gpus_per_trial).items():
+    for key, value in limit_gpu_memory(context.gpus_per_trial).items():
         os.environ.setdefault(key, value)
     import keras
 

@@ -620,13 +620,16 @@ def test_study_rejects_an_unknown_layout_or_mask_rule_at_load():
 
 
 def test_sweeps_recorded_before_mask_rule_still_load():
-    from search.spec import load_study, study_from_record
+    from search.spec import SpecError, load_study, study_from_record
 
     old = load_study("segmentation", "smoke").to_dict()
     del old["data"]["mask_rule"], old["data"]["layout"]
     old["data"]["mask_threshold"] = 128  # a sweep.json written before data.mask_rule existed
+    old["data"]["online_augmentation"] = False  # and while data had this key (never read; train's is the one)
     study = study_from_record(old)
     assert (study.data.mask_rule, study.data.layout) == ("threshold:128", "auto")
+    with pytest.raises(SpecError, match=r"data\.online_augmentation: unknown key"):  # a study file is told it is wrong
+        load_study("segmentation", "smoke", {"data": {"online_augmentation": True}})
 
 
 def test_exif_orientation_ignored_so_masks_line_up(tmp_path, capsys):

@@ -62,7 +62,7 @@ def _study(protocol="leak_free"):
 def test_family_tables_follow_the_study_and_mark_choice_divergence_and_early_stops():
     agg = tables.aggregate(_frame())
     assert tables.families(agg) == [("inception_resnet_v2", 2), ("nasnet_large", 2)]
-    table = tables.family_table(agg, "classification", ("inception_resnet_v2", 2), max_epochs=6)
+    table = tables.family_table(agg, "classification", ("inception_resnet_v2", 2))
     assert list(table["lr"]) == ["0.1"] * 3 + ["0.01"] * 3 + ["0.001"] * 3 + ["0.0001"] * 3  # lr descending
     assert list(table["dropout"][:3]) == ["0.4", "0.2", "0"]  # dropout 0.4, 0.2, 0 as in the study
     assert list(table.columns[2:11]) == [h for h, _ in task_info("classification").report_columns]
@@ -79,7 +79,7 @@ def test_a_trial_whose_scoring_failed_is_listed_with_its_error_and_the_next_best
     frame.loc[best, [c for c in frame if c.startswith("test_")]] = np.nan
     frame["error"] = ""
     frame.loc[best, "error"] = "zipfile.BadZipFile: File is not a zip file"
-    table = tables.family_table(tables.aggregate(frame), "classification", ("inception_resnet_v2", 2), max_epochs=6)
+    table = tables.family_table(tables.aggregate(frame), "classification", ("inception_resnet_v2", 2))
     chosen = table[table["note"].str.contains("chosen")]
     assert (chosen["lr"].item(), chosen["dropout"].item()) == ("0.01", "0.2")  # the next best on validation
     assert table["note"][3].startswith("unscored: test scoring failed")  # lr 0.01, dropout 0.4
@@ -93,7 +93,7 @@ def test_repeats_become_mean_and_std():
     row = agg[(agg["model"] == "nasnet_large") & (agg["lr"] == 0.01) & (agg["dropout"] == 0.2)].iloc[0]
     assert row["val_accuracy"] == pytest.approx(0.5 + 0.1 + 0.02 + 0.05 + 0.01)  # mean of +0, +0.01, +0.02
     assert row["val_accuracy_std"] == pytest.approx(0.01)
-    table = tables.family_table(agg, "classification", ("nasnet_large", 2), max_epochs=6)
+    table = tables.family_table(agg, "classification", ("nasnet_large", 2))
     assert table.loc[4, "val acc"] == "0.6800 ± 0.0100"
     checks = tables.trust(agg, _study(), DATA)
     assert checks["repeats"] == 3 and checks["spread"] == pytest.approx(0.01, abs=1e-9)

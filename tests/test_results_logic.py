@@ -56,10 +56,10 @@ def test_trial_names_say_model_option_lr_dropout():
 def test_gpu_share_limits_framework_memory():
     from search.trial import limit_gpu_memory
 
-    quarter = limit_gpu_memory("jax", 0.25)
+    quarter = limit_gpu_memory(0.25)
     assert quarter["XLA_PYTHON_CLIENT_MEM_FRACTION"] == "0.225" and quarter["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
     assert quarter["TF_FORCE_GPU_ALLOW_GROWTH"] == "true"
-    assert "XLA_PYTHON_CLIENT_MEM_FRACTION" not in limit_gpu_memory("jax", 1.0)  # a whole GPU: no cap needed
+    assert "XLA_PYTHON_CLIENT_MEM_FRACTION" not in limit_gpu_memory(1.0)  # a whole GPU: no cap needed
 
 
 def _results():

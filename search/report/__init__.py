@@ -60,7 +60,7 @@ def build(experiment: str | Path, out: Path) -> dict[str, Any]:
     return {
         "experiment": experiment,
         "task": task,
-        "tables": {tab.family_title(f): tab.family_table(agg, task, f, max_epochs) for f in tab.families(agg)},
+        "tables": {tab.family_title(f): tab.family_table(agg, task, f) for f in tab.families(agg)},
         "summary": tab.summary_table(agg, task),
         "importance": mattered,
         "versus": tab.versus_study(agg, task, ref),

@@ -122,7 +122,7 @@ def _cell(mean: float, std: float | None) -> str:
     return f"{mean:.4f}" if std is None or math.isnan(std) else f"{mean:.4f} ± {std:.4f}"
 
 
-def family_table(agg: pd.DataFrame, task: str, family: tuple, max_epochs: int) -> pd.DataFrame:
+def family_table(agg: pd.DataFrame, task: str, family: tuple) -> pd.DataFrame:
     """The study's table for one family: lr, dropout, its metric columns, the chosen row marked, diverged trials
     marked, ASHA-stopped trials with the epochs they ran."""
     rows = family_rows(agg, family)
@@ -135,14 +135,14 @@ def family_table(agg: pd.DataFrame, task: str, family: tuple, max_epochs: int) -
     for heading, col in task_info(task).report_columns:
         std = rows[f"{col}_std"] if f"{col}_std" in rows else pd.Series(np.nan, index=rows.index)
         out[heading] = [_cell(m, s) for m, s in zip(rows.get(col, pd.Series(np.nan, index=rows.index)), std)]
-    out["epochs"] = [_epochs(s, e, max_epochs) for s, e in zip(rows["status"], rows["epochs"])]
+    out["epochs"] = [_epochs(s, e) for s, e in zip(rows["status"], rows["epochs"])]
     out["note"] = [
         "◀ chosen on validation" if i == chosen else _status_note(s) for i, s in zip(rows.index, rows["status"])
     ]
     return out.reset_index(drop=True)
 
 
-def _epochs(status: str, epochs: float, max_epochs: int) -> str:
+def _epochs(status: str, epochs: float) -> str:
     shown = f"{epochs:g}"
     return f"{shown} (stopped by ASHA)" if status == "stopped" else shown if epochs else "0"
 
