@@ -113,10 +113,17 @@ def test_weights_from_a_file_and_from_the_keras_cache(tmp_path, monkeypatch):
 
 
 def test_fine_tuning_unfreezes_top_layers_but_not_batchnorm():
+    import keras
+
     model = models.build("inception_resnet_v2", num_classes=4, input_shape=(75, 75, 3))
     frozen = len(model.trainable_weights)
     n = unfreeze_top(model, 20)
     assert 0 < n <= 20 and len(model.trainable_weights) > frozen
+    backbone = model.get_layer("backbone").layers
+    top, below = backbone[-20:], backbone[:-20]
+    batchnorm = [layer for layer in top if isinstance(layer, keras.layers.BatchNormalization)]
+    assert batchnorm and not any(layer.trainable for layer in batchnorm)  # among the top 20, and kept frozen
+    assert sum(layer.trainable for layer in top) == n and not any(layer.trainable for layer in below)
 
 
 # XLA's CPU backend without its LLVM optimisations: JAX compiles every operation of a model's build and its whole

@@ -163,6 +163,18 @@ def test_sweep_survives_real_faults_asha_stops_the_worse_logs_and_evaluates(tmp_
     assert listing.returncode == 0 and "e2e" in listing.stdout and "finished" in listing.stdout
     _logged_to_mlflow(tmp_path / "tracking", frame)
 
+    # `sweep resume` of the finished sweep, the fault gone: the failed trial is retried and trains, the rest is kept
+    proc = _faulty_sweep("resume", exp, faults={})  # the same trainable (the faults' wrapper), no fault left
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    again = pd.read_csv(exp / "results.csv").set_index("lr")
+    assert again.loc[0.002, "status"] in ("completed", "stopped") and pd.isna(again.loc[0.002, "error"])
+    assert again.loc[0.002, "epochs"] >= 2 and np.isfinite(again.loc[0.002, "test_dice"])
+    for lr in (1e-6, 2.0, 1.0):  # finished trials are not run again
+        assert (
+            again.loc[lr, ["status", "epochs", "val_dice"]].tolist()
+            == by_lr.loc[lr, ["status", "epochs", "val_dice"]].tolist()
+        )
+
 
 def _logged_to_mlflow(tracking: Path, frame: pd.DataFrame) -> None:
     """--mlflow: read back with MLflow's own client, one run per trial in the experiment named after the sweep, its
