@@ -157,16 +157,29 @@ COST_COLUMNS = (
     "params",
     "size_mb",
 )
-# Axes that change a network's shape, so its cost: trials equal on these share one architecture.
+# Axes that change a network's shape, so its cost: trials equal on these share one architecture. Each trial records
+# its own ``architecture`` (the model and the values of these it takes, by its registry entry): where every row has
+# one, it decides, so that an axis a model does not take (blocks for EfficientNet) does not split it in two.
 ARCHITECTURE_KEYS = ("model", "dense_units", "base_filters", "blocks")
+
+
+def architecture(model: str, hyperparameters: dict[str, Any]) -> str:
+    """A trial's architecture in words: ``custom_cnn(base_filters=8, blocks=4, dense_units=64)`` (pure)."""
+    shape = ", ".join(f"{k}={_value(v)}" for k, v in sorted(hyperparameters.items()) if k in ARCHITECTURE_KEYS)
+    return f"{model}({shape})"
+
+
+def _architecture_keys(frame: pd.DataFrame) -> list[str]:
+    if "architecture" in frame and frame["architecture"].notna().all():
+        return ["architecture"]
+    return [k for k in ARCHITECTURE_KEYS if k in frame]  # sweeps recorded before trials said theirs
 
 
 def cost_candidates(frame: pd.DataFrame, metric: str, mode: str = "max") -> pd.DataFrame:
     """The trials whose cost is measured: the best (on validation ``metric``) of each architecture that left a
     checkpoint. Trials of one architecture cost the same, so the best of each is the only one that can be on the
     front of metric against cost."""
-    keys = [k for k in ARCHITECTURE_KEYS if k in frame]
-    return best_by(with_checkpoint(frame), metric, mode, by=keys)
+    return best_by(with_checkpoint(frame), metric, mode, by=_architecture_keys(frame))
 
 
 def with_checkpoint(frame: pd.DataFrame) -> pd.DataFrame:
@@ -183,7 +196,7 @@ def measured_candidates(frame: pd.DataFrame, metric: str, mode: str = "max") -> 
     """The best measured row (on validation ``metric``) of each architecture: the report's candidates, whether only
     they were timed (``search.costs``, ``sweep costs``) or every trial was, as its model was built (a search's cost
     objective). Best first."""
-    return best_by(measured(frame), metric, mode, by=[k for k in ARCHITECTURE_KEYS if k in frame])
+    return best_by(measured(frame), metric, mode, by=_architecture_keys(frame))
 
 
 def pareto_front(frame: pd.DataFrame, metric: str, mode: str = "max", cost: str = "latency_ms") -> pd.DataFrame:

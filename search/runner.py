@@ -418,7 +418,7 @@ def finalize(experiment_dir: str, grid, study: Study, datasets: dict, phases: Ph
                 [] if history is None or "epoch_seconds" not in history else history["epoch_seconds"].dropna().tolist()
             ),
             **_last_values(history, SPEED_COLUMNS),
-            **_last_values(history, COST_COLUMNS),  # measured as the model was built (a cost objective)
+            **_last_values(history, ("architecture", *COST_COLUMNS)),  # costs: measured as the model was built
         }
         row |= {k: v for k, v in best.items() if k.startswith(("train_", "val_"))}
         checkpoint = best_checkpoint(result, best)

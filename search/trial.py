@@ -19,7 +19,7 @@ from typing import Any
 
 from search import checkpoints
 from search.features import Backbone, backbone_features, feature_cache_off_because, publish_backbone
-from search.results import COST_COLUMNS, TRIAL_PHASES
+from search.results import COST_COLUMNS, TRIAL_PHASES, architecture
 from search.spec import Study, Train
 
 
@@ -111,6 +111,7 @@ def train_trial(config: dict[str, Any], datasets: dict, context: TrialContext) -
     build["dropout"] = float(config["dropout"])
     on_features = feature_cache_off_because(info, train) is None
     record, extra = None, {"mixed_precision": policy or "float32", "backend": keras.backend.backend()}
+    extra["architecture"] = architecture(info.name, build)  # what its cost depends on (search.results)
     if on_features:  # the head trains on the backbone's features: computed once per node (search.features)
         with _timed(seconds, "feature_seconds"):
             size = folds[0].config.image_size

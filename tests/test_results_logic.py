@@ -300,13 +300,21 @@ def _candidates():
 
 
 def test_costs_are_measured_for_each_architectures_best_and_the_front_drops_what_is_slower_and_worse():
-    from search.results import cost_candidates, pareto_front
+    from search.results import architecture, cost_candidates, measured_candidates, pareto_front
 
     frame = _candidates().drop(columns=["latency_ms", "size_mb"])
     frame["dense_units"] = [64, 128, 64, 64]  # small-b is another architecture of its model: a candidate of its own
     assert sorted(cost_candidates(frame, "val_accuracy")["trial"]) == ["big", "mid", "small-a", "small-b"]
     frame.loc[3, "checkpoint"] = None  # a trial without a checkpoint cannot be run, so is not timed
     assert "big" not in set(cost_candidates(frame, "val_accuracy")["trial"])
+    # Trials that say their architecture: an axis their model does not take (dense_units for "small" here) no
+    # longer splits it in two; a model that takes it (mid, 32 against 64 units) is two architectures.
+    said = _candidates().assign(dense_units=[64, 128, 32, 64], model=["small", "small", "mid", "mid"])
+    said["architecture"] = [architecture("small", {}), architecture("small", {}), *map(
+        lambda u: architecture("mid", {"dense_units": u, "dropout": 0.2}), (32, 64))]  # fmt: skip
+    assert list(said["architecture"][2:]) == ["mid(dense_units=32)", "mid(dense_units=64)"]
+    assert sorted(cost_candidates(said, "val_accuracy")["trial"]) == ["big", "mid", "small-a"]
+    assert sorted(measured_candidates(said, "val_accuracy")["trial"]) == ["big", "mid", "small-a"]
 
     front = pareto_front(_candidates(), "val_accuracy", "max")
     assert list(front["trial"]) == ["small-a", "big"]  # mid: slower than small-a and worse; fastest first
