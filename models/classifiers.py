@@ -243,7 +243,9 @@ def vgg16(**kw) -> keras.Model:
     return _classifier(keras.applications.VGG16, name="vgg16", scaling=caffe_scaling, **kw)
 
 
-def _register_self_normalising(name: str, app: str, weights_file: str, preprocess: str, module: str) -> None:
+def _register_self_normalising(
+    name: str, app: str, weights_file: str, preprocess: str, module: str, onnx_problem: str | None = None
+) -> None:
     """A backbone whose first layers scale its [0, 255] input (keras.applications' include_preprocessing=True)."""
 
     def builder(**kw) -> keras.Model:
@@ -259,6 +261,7 @@ def _register_self_normalising(name: str, app: str, weights_file: str, preproces
         imagenet_weights=weights_file,
         keras_application=app,
         description=f"{app} (keras.applications) with the study's head",
+        onnx_problem=onnx_problem,
         **_SELF_NORMALISING,
     )(builder)
 
@@ -266,7 +269,10 @@ def _register_self_normalising(name: str, app: str, weights_file: str, preproces
 _EFFNET_B = "x / 255, then ImageNet mean/std normalisation, inside the backbone (include_preprocessing)"
 _EFFNET = "x / 128 - 1, inside the backbone (include_preprocessing)"
 _CONVNEXT = "x / 255, then ImageNet mean/std normalisation, inside the backbone (include_preprocessing)"
-for _name, _app, _file, _pre, _module in (
+# Keras runs ConvNeXt's grouped convolutions through XLA on TensorFlow: a StatefulPartitionedCall tf2onnx leaves
+_CONVNEXT_ONNX = "Keras runs its grouped convolutions through XLA, which tf2onnx cannot convert"
+_CONVNEXT_MODULE = "keras.applications.convnext"
+for _name, _app, _file, _pre, _module, *_onnx in (
     (
         "efficientnetv2_b0",
         "EfficientNetV2B0",
@@ -276,10 +282,10 @@ for _name, _app, _file, _pre, _module in (
     ),
     ("efficientnetv2_s", "EfficientNetV2S", "efficientnetv2-s_notop.h5", _EFFNET, "keras.applications.efficientnet_v2"),
     ("efficientnetv2_l", "EfficientNetV2L", "efficientnetv2-l_notop.h5", _EFFNET, "keras.applications.efficientnet_v2"),
-    ("convnext_tiny", "ConvNeXtTiny", "convnext_tiny_notop.h5", _CONVNEXT, "keras.applications.convnext"),
-    ("convnext_base", "ConvNeXtBase", "convnext_base_notop.h5", _CONVNEXT, "keras.applications.convnext"),
+    ("convnext_tiny", "ConvNeXtTiny", "convnext_tiny_notop.h5", _CONVNEXT, _CONVNEXT_MODULE, _CONVNEXT_ONNX),
+    ("convnext_base", "ConvNeXtBase", "convnext_base_notop.h5", _CONVNEXT, _CONVNEXT_MODULE, _CONVNEXT_ONNX),
 ):
-    _register_self_normalising(_name, _app, _file, _pre, _module)
+    _register_self_normalising(_name, _app, _file, _pre, _module, *_onnx)
 
 
 # Keras's default 0.99 needs hundreds of steps before the moving statistics that validation uses are the data's;

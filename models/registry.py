@@ -60,6 +60,7 @@ class ModelInfo:
     imagenet_input_size: int | None = None  # the only input size ImageNet weights support (None: any legal size)
     keras_application: str | None = None  # keras.applications constructor that downloads those weights
     description: str = ""
+    onnx_problem: str | None = None  # why its whole model cannot be converted to ONNX (a known failure), or None
     backbone: FrozenBackbone | None = None  # a pretrained backbone that can be frozen; None: the model trains whole
 
     def input_size_problems(self, size: int, weights: str | None = None) -> list[str]:

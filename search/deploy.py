@@ -206,24 +206,29 @@ def model_cost(model, image_size: int) -> dict:
 def build_cost(make_model, key: dict, image_size: int, cache_dir: str | Path) -> dict:
     """``model_cost`` of the architecture ``key`` describes (a search's cost objective, measured as a trial builds
     its model), once per machine: trials that differ only in what does not change the network (lr, dropout, ...)
-    read the first one's measurement from the cache folder (kind ``costs``). One measurement at a time per machine,
-    so that two never time each other; ``make_model`` is called only to measure."""
+    read the first one's measurement from the cache folder (kind ``costs``; an unreadable entry is measured again).
+    One measurement at a time per cache folder, so that two trials never time each other; ``make_model`` is called
+    only to measure."""
     import hashlib
     import platform
     from importlib.metadata import version
 
     from filelock import FileLock
 
-    from data_pipeline.cache import cache_folder
+    from data_pipeline.cache import cache_folder, mark_used
 
     folder = cache_folder("costs", cache_dir)
-    versions = {p: version(p) for p in ("onnxruntime", "tf2onnx")}  # what converts and runs it
+    versions = {p: version(p) for p in ("keras", "tensorflow", "tf2onnx", "onnxruntime")}  # what converts and runs it
     key = {**key, "image_size": image_size, "host": platform.node(), **versions}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
     entry = folder / f"{digest}.json"
     with FileLock(str(folder / ".measuring.lock")):  # a dot: not an entry of `sweep cache`
-        if entry.is_file():
-            return json.loads(entry.read_text())["cost"]
+        try:
+            cost = json.loads(entry.read_text())["cost"]
+            mark_used(entry)
+            return cost
+        except (OSError, ValueError, KeyError, TypeError):  # none yet, or one a crash or a trim left damaged
+            pass
         cost = model_cost(make_model(), image_size)
         staged = folder / f".{digest}.tmp"
         staged.write_text(json.dumps({"key": key, "cost": cost}))

@@ -88,7 +88,8 @@ def lines(o: dict[str, Any], report: str | None) -> list[str]:
     out.append(importance.sentence(o["importance"]))
     if o.get("front") is not None:  # two objectives: no trial was stopped early; the trade-off is the outcome
         f = o["front"]
-        out.append(f"front of {f['metric']} against {f['cost']} ({len(f['points'])} trials, cheapest first):")
+        n = len(f["points"])
+        out.append(f"front of {f['metric']} against {f['cost']} ({n} architectures' best trials, cheapest first):")
         out += [f"  {trial}: {f['metric']} {m:.4f}, {f['cost']} {c:g}" for trial, m, c in f["points"]]
     else:
         out.append(

@@ -148,7 +148,8 @@ def in_study_order(frame: pd.DataFrame) -> pd.DataFrame:
 
 # What running a trial's whole model costs on the CPU of the machine that timed it (``search.deploy``):
 # its ONNX model's batch-1 latency in milliseconds (median and 95th percentile; one thread and all cores), its
-# parameter count and file size. Measured for each architecture's best trial (``cost_candidates``) only.
+# parameter count and file size. Measured for each architecture's best trial (``cost_candidates``: `sweep costs`,
+# ``search.costs``), or for every trial as it builds its model (a search's cost objective, ``search.objectives``).
 COST_COLUMNS = (
     "latency_ms",  # median, one thread: what a budget is checked against
     "latency_p95_ms",
@@ -158,9 +159,17 @@ COST_COLUMNS = (
     "size_mb",
 )
 # Axes that change a network's shape, so its cost: trials equal on these share one architecture. Each trial records
-# its own ``architecture`` (the model and the values of these it takes, by its registry entry): where every row has
-# one, it decides, so that an axis a model does not take (blocks for EfficientNet) does not split it in two.
+# its own ``architecture`` (the model and the values of these it takes, by its registry entry), so that an axis a
+# model does not take (blocks for EfficientNet) does not split it in two.
 ARCHITECTURE_KEYS = ("model", "dense_units", "base_filters", "blocks")
+_ARCHITECTURE = "_architecture"  # a working column, never written
+
+
+def best_so_far(metric: str) -> str:
+    """The report key of a trial's best value of ``metric`` up to this epoch: what a search for two objectives tells
+    Optuna when the trial ends (Ray Tune hands a searcher the last report), so that Optuna's front is the one the
+    results table and the report draw from each trial's best epoch."""
+    return f"best_{metric}"
 
 
 def architecture(model: str, hyperparameters: dict[str, Any]) -> str:
@@ -169,17 +178,27 @@ def architecture(model: str, hyperparameters: dict[str, Any]) -> str:
     return f"{model}({shape})"
 
 
-def _architecture_keys(frame: pd.DataFrame) -> list[str]:
-    if "architecture" in frame and frame["architecture"].notna().all():
-        return ["architecture"]
-    return [k for k in ARCHITECTURE_KEYS if k in frame]  # sweeps recorded before trials said theirs
+def architectures(frame: pd.DataFrame) -> pd.Series:
+    """Each row's architecture: the one its trial recorded, or, for a trial that never reported (or a sweep recorded
+    before trials said theirs), one made of its model and the shape axes in its row (pure)."""
+    keys = [k for k in ARCHITECTURE_KEYS if k in frame]
+    made = pd.Series([" ".join(str(row[k]) for k in keys) for _, row in frame.iterrows()], index=frame.index)
+    said = frame["architecture"] if "architecture" in frame else pd.Series(None, index=frame.index, dtype=object)
+    return said.where(said.notna(), made)
+
+
+def _best_per_architecture(rows: pd.DataFrame, metric: str, mode: str) -> pd.DataFrame:
+    if rows.empty:
+        return best_by(rows, metric, mode)
+    keyed = rows.assign(**{_ARCHITECTURE: architectures(rows)})
+    return best_by(keyed, metric, mode, by=_ARCHITECTURE).drop(columns=_ARCHITECTURE)
 
 
 def cost_candidates(frame: pd.DataFrame, metric: str, mode: str = "max") -> pd.DataFrame:
     """The trials whose cost is measured: the best (on validation ``metric``) of each architecture that left a
     checkpoint. Trials of one architecture cost the same, so the best of each is the only one that can be on the
     front of metric against cost."""
-    return best_by(with_checkpoint(frame), metric, mode, by=_architecture_keys(frame))
+    return _best_per_architecture(with_checkpoint(frame), metric, mode)
 
 
 def with_checkpoint(frame: pd.DataFrame) -> pd.DataFrame:
@@ -196,7 +215,7 @@ def measured_candidates(frame: pd.DataFrame, metric: str, mode: str = "max") -> 
     """The best measured row (on validation ``metric``) of each architecture: the report's candidates, whether only
     they were timed (``search.costs``, ``sweep costs``) or every trial was, as its model was built (a search's cost
     objective). Best first."""
-    return best_by(measured(frame), metric, mode, by=_architecture_keys(frame))
+    return _best_per_architecture(measured(frame), metric, mode)
 
 
 def pareto_front(frame: pd.DataFrame, metric: str, mode: str = "max", cost: str = "latency_ms") -> pd.DataFrame:
@@ -204,6 +223,8 @@ def pareto_front(frame: pd.DataFrame, metric: str, mode: str = "max", cost: str 
     while strictly better on one of the two. Cheapest first."""
     rows = measured(frame)
     rows = rows[rows[metric].notna()] if metric in rows else rows.iloc[0:0]
+    if rows.empty:  # nothing measured: no front (and no columns to sort by)
+        return rows
     sign = 1 if mode == "max" else -1
 
     def beaten(i) -> bool:
@@ -223,9 +244,11 @@ def within_budget(
     max_latency_ms: float | None = None,
     max_size_mb: float | None = None,
 ) -> tuple[pd.Series | None, pd.Series | None]:
-    """(the best measured row on validation ``metric`` whose median one-thread latency and file size fit the budget,
-    or None; the fastest measured row, or None when nothing was measured) (pure)."""
-    rows = measured(frame)
+    """(the best measured candidate on validation ``metric`` whose median one-thread latency and file size fit the
+    budget, or None; the fastest measured candidate, or None when nothing was measured) (pure). Candidates: each
+    architecture's best measured trial that left a checkpoint (``measured_candidates``), so a budget reads the same
+    figures as the report's Deployment section, whoever measured them."""
+    rows = measured_candidates(with_checkpoint(frame), metric, mode)
     fits = rows
     if max_latency_ms is not None:
         fits = fits[fits["latency_ms"] <= max_latency_ms]

@@ -30,6 +30,7 @@ from search.results import (
     UNSCORED,
     best_epoch,
     best_row,
+    best_so_far,
     error_line,
     first_epoch_overhead,
     trial_dirname,
@@ -158,6 +159,7 @@ def _search_alg(study: Study, experiment_dir: str):
 
         storage = RDBStorage(f"sqlite:///{Path(experiment_dir).resolve() / exp.OPTUNA_DB}")
     metrics, modes = (list(x) for x in zip(*study.objectives, strict=True))  # two objectives: Optuna's front
+    metrics[0] = best_so_far(metrics[0]) if len(metrics) > 1 else metrics[0]  # each trial's best epoch, as reported
     searcher = OptunaSearch(
         metric=metrics if len(metrics) > 1 else None,  # one: the Tuner's metric, set below
         mode=modes if len(modes) > 1 else None,

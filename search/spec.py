@@ -33,8 +33,11 @@ from models.tasks import TASKS, task_info
 
 ALGORITHMS = ("grid", "random", "optuna")
 # What a second search objective can be: a deployment cost measured as each architecture is built, minimized
-# (``results.COST_COLUMNS``; the budgets ``sweep export`` takes).
-COST_OBJECTIVES = ("latency_ms", "size_mb")
+# (``results.COST_COLUMNS``): its axis label, its words in a caption, and the `sweep export` budget that reads it.
+COST_OBJECTIVES = {
+    "latency_ms": ("latency at batch 1, one CPU thread (ms, median)", "CPU latency", "--max-latency-ms"),
+    "size_mb": ("ONNX file size (MiB)", "the ONNX file's size", "--max-size-mb"),
+}
 DISTRIBUTIONS = ("loguniform", "uniform", "choice")
 # Train settings a study may also search over: a trial's value overrides the train section's.
 TRAIN_AXES = {
@@ -174,6 +177,11 @@ class Study:
     def cost_objective(self) -> str | None:
         """The cost the search minimizes beside the validation metric, or None (one objective)."""
         return self.search.objectives[1] if len(self.search.objectives) == 2 else None
+
+    @property
+    def front_cost(self) -> str:
+        """The cost the report's front is drawn against: the one searched for, else latency."""
+        return self.cost_objective or "latency_ms"
 
     @property
     def early_stopping(self) -> bool:
@@ -451,6 +459,11 @@ def _model_problems(study: Study) -> list[str]:
     for name in known:
         for p in models.get(name).input_size_problems(d.image_size, t.weights):
             problems.append(f"data.image_size / train.weights: {p}")
+        if study.cost_objective and (why := models.get(name).onnx_problem):
+            problems.append(
+                f"search.objectives: {name}'s cost cannot be measured: it cannot be converted to ONNX ({why}); "
+                "take it out of space.model or search for one objective"
+            )
     for axis in MODEL_HYPERPARAMETERS:
         if axis in study.space and known and not any(axis in models.get(n).hyperparameters for n in known):
             takers = [n for n in models.list_models(study.task) if axis in models.get(n).hyperparameters]

@@ -19,7 +19,7 @@ from typing import Any
 
 from search import checkpoints
 from search.features import Backbone, backbone_features, feature_cache_off_because, publish_backbone
-from search.results import COST_COLUMNS, TRIAL_PHASES, architecture
+from search.results import COST_COLUMNS, TRIAL_PHASES, architecture, best_so_far
 from search.spec import Study, Train
 
 
@@ -175,12 +175,14 @@ def train_trial(config: dict[str, Any], datasets: dict, context: TrialContext) -
         if not all(math.isfinite(metrics[k]) for k in ("train_loss", "val_loss")):
             # The study's lr = 0.1 rows: not an error. Stop now; the tables keep this trial's last finite epoch.
             # ASHA gets the best value so far (0 if none) so it can rank the trial without a NaN.
-            last = {"epoch": epoch + 1, "diverged": True, metric: best if math.isfinite(best) else 0.0}
-            tune.report(last | {k: extra[k] for k in COST_COLUMNS if k in extra})  # both objectives, for Optuna
+            so_far = best if math.isfinite(best) else 0.0
+            last = {"epoch": epoch + 1, "diverged": True, metric: so_far, best_so_far(metric): so_far}
+            tune.report(last | {k: extra[k] for k in ("architecture", *COST_COLUMNS) if k in extra})  # for Optuna
             return
         # Every epoch is checkpointed (a resumed trial continues from its last one); Ray keeps the best and the last.
         improved = metrics[metric] > best
         best = max(best, metrics[metric])
+        metrics[best_so_far(metric)] = best
         metrics[checkpoints.SCORE] = metrics[metric] if improved else -math.inf  # a tie never displaces the best
         state = {"epoch": epoch + 1, "best": best} | ({"backbone": record} if record else {})
         with tempfile.TemporaryDirectory() as d:

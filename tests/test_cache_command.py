@@ -54,9 +54,19 @@ def _real_entries(root: Path, data: Path, monkeypatch) -> dict[str, Path]:
     proc = subprocess.run([sys.executable, "-c", code, root], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     # A cost objective's measurement, written as a trial writes it (the measuring itself is a sweep test's subject)
-    monkeypatch.setattr(deploy, "model_cost", lambda model, size: {"latency_ms": 1.0, "size_mb": 0.5})
-    assert deploy.build_cost(lambda: None, {"model": "custom_cnn"}, 32, root) == {"latency_ms": 1.0, "size_mb": 0.5}
+    monkeypatch.setattr(deploy, "model_cost", lambda model, size: {"latency_ms": model, "size_mb": 0.5})
+    built = []
+
+    def make():  # the model to time: built only when there is no measurement to read
+        built.append(1)
+        return float(len(built))
+
+    key = {"model": "custom_cnn", "blocks": 2}
+    assert deploy.build_cost(make, key, 32, root) == {"latency_ms": 1.0, "size_mb": 0.5}
     made["costs"] = next((root / "costs").glob("*.json"))
+    made["costs"].write_text("{")  # left damaged: measured again, not an error
+    assert deploy.build_cost(make, key, 32, root)["latency_ms"] == 2.0
+    assert deploy.build_cost(make, key, 32, root)["latency_ms"] == 2.0 and len(built) == 2  # then read
     return made
 
 

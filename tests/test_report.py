@@ -398,5 +398,11 @@ def test_a_sweep_never_timed_gets_a_deployment_section_that_says_how_to_time_it(
 
     table = tables.deployment_table(_frame(), "val_accuracy", "max")  # no cost columns at all
     assert table.empty and "pareto_front" in table.columns
-    section = _deployment_section(table, "val_accuracy", None)
+    section = _deployment_section(table, _study())
     assert section.lead == (DEPLOYMENT_NONE,) and not section.blocks and "sweep costs" in DEPLOYMENT_NONE
+    assert section.title == DEPLOYMENT
+    from search.spec import load_study  # a search for size: the section is about size
+
+    search = {"algorithm": "optuna", "num_samples": 2, "objectives": ["val_accuracy", "size_mb"]}
+    sized = load_study("classification", "smoke", {"search": search})
+    assert _deployment_section(table, sized).title == "Deployment: validation metric against the ONNX file's size"

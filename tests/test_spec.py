@@ -174,10 +174,23 @@ def test_two_objectives_are_the_metric_and_a_cost_searched_by_optuna_without_ear
     bad = {
         "['val_dice']": {**optuna, "objectives": ["val_dice"]},
         "['val_loss', 'latency_ms']": {**optuna, "objectives": ["val_loss", "latency_ms"]},  # not the chosen metric
-        "['val_dice', 'params']": {**optuna, "objectives": ["val_dice", "params"]},
+        "['val_dice', 'params'] must be [val_dice, one of latency_ms, size_mb]": {
+            **optuna,
+            "objectives": ["val_dice", "params"],
+        },
+        "['latency_ms', 'val_dice']": {**optuna, "objectives": ["latency_ms", "val_dice"]},  # the metric comes first
+        "['val_dice', 'latency_ms', 'size_mb']": {**optuna, "objectives": ["val_dice", "latency_ms", "size_mb"]},
         "need search.algorithm optuna, not grid": {"objectives": ["val_dice", "size_mb"]},
         "use search.folds 1": {**optuna, "folds": 3, "objectives": ["val_dice", "size_mb"]},
     }
     for message, search in bad.items():
         with pytest.raises(SpecError, match=r"search\.objectives: .*" + message.replace("[", r"\[")):
             load_study("segmentation", "smoke", {"search": search, "data": {"protocol": "leak_free"}})
+    # A model whose ONNX conversion is known to fail cannot have its cost measured: refused before anything runs
+    space = {"model": ["custom_cnn", "convnext_tiny"], "lr": [0.01]}
+    with pytest.raises(SpecError, match=r"search\.objectives: convnext_tiny's cost cannot be measured: it cannot be"):
+        load_study(
+            "classification",
+            "smoke",
+            {"search": {**optuna, "objectives": ["val_accuracy", "latency_ms"]}, "space": space},
+        )

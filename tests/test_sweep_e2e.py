@@ -164,16 +164,21 @@ def test_sweep_survives_real_faults_asha_stops_the_worse_logs_and_evaluates(tmp_
     _logged_to_mlflow(tmp_path / "tracking", frame)
 
     # `sweep resume` of the finished sweep, the fault gone: the failed trial is retried and trains, the rest is kept
+    reported = _reported(exp)
     proc = _faulty_sweep("resume", exp, faults={})  # the same trainable (the faults' wrapper), no fault left
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     again = pd.read_csv(exp / "results.csv").set_index("lr")
     assert again.loc[0.002, "status"] in ("completed", "stopped") and pd.isna(again.loc[0.002, "error"])
     assert again.loc[0.002, "epochs"] >= 2 and np.isfinite(again.loc[0.002, "test_dice"])
-    for lr in (1e-6, 2.0, 1.0):  # finished trials are not run again
+    now = _reported(exp)
+    for lr in (1e-6, 2.0, 1.0):  # finished trials are not run again: not one more epoch reported
+        trial_id = by_lr.loc[lr, "trial_id"]
+        assert now[trial_id] == reported[trial_id], lr
         assert (
             again.loc[lr, ["status", "epochs", "val_dice"]].tolist()
             == by_lr.loc[lr, ["status", "epochs", "val_dice"]].tolist()
         )
+    assert len(now[again.loc[0.002, "trial_id"]]) == again.loc[0.002, "epochs"]
 
 
 def _logged_to_mlflow(tracking: Path, frame: pd.DataFrame) -> None:

@@ -53,8 +53,7 @@ def build(experiment: str | Path, out: Path) -> dict[str, Any]:
     mattered = importance.importance(frame, study.metric, study.mode)
     fig.plot_axis_effects(figs, frame, importance.searched_axes(frame), study.metric, study.mode)
     fig.plot_parallel_coordinates(figs, frame, importance.searched_axes(frame), study.metric, study.mode)
-    cost = study.cost_objective or "latency_ms"  # the front of a search for two objectives is the one it searched
-    fig.plot_pareto(figs, frame, study.metric, study.mode, cost)
+    fig.plot_pareto(figs, frame, study.metric, study.mode, study.front_cost)
     preds = load_predictions(experiment)
     comparisons, sentences = tab.paired_comparisons(frame, task, preds, tab.study_pick(ref, task))
     return {
@@ -65,8 +64,8 @@ def build(experiment: str | Path, out: Path) -> dict[str, Any]:
         "importance": mattered,
         "versus": tab.versus_study(agg, task, ref),
         "cost": per_trial,
-        "deployment": tab.deployment_table(frame, study.metric, study.mode, cost),
-        "searched_for": study.objectives if study.cost_objective else None,
+        "deployment": tab.deployment_table(frame, study.metric, study.mode, study.front_cost),
+        "study": study,
         "metric": study.metric,
         "unscored": tab.unscored_table(frame),
         "totals": pd.DataFrame([{"quantity": k, "value": v} for k, v in totals.items()]),

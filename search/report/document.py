@@ -19,6 +19,7 @@ from markupsafe import Markup
 from search import importance
 from search.deploy import LATENCY_RUNS
 from search.report.tables import trust_lines
+from search.spec import COST_OBJECTIVES, Study
 
 TEMPLATES = {"md": "report.md.j2", "html": "report.html.j2", "tex": "report.tex.j2"}
 BOOTSTRAP_NOTE = (
@@ -46,17 +47,17 @@ IMPORTANCE_NOTE = (
 DEPLOYMENT_NOTE = (
     "Candidates: each architecture's best trial on validation (trials of one architecture cost the same). Each is "
     "assembled as `sweep export` assembles it, converted to ONNX and run by ONNX Runtime at batch 1 on a random image "
-    "of the input size, on the CPU of the machine that timed it (`search.costs` or `sweep costs`): median and 95th "
-    "percentile of "
+    "of the input size, on the CPU of the machine that timed it (`search.costs` or `sweep costs`, or a trial as it "
+    "built its model, `search.objectives`): median and 95th percentile of "
     f"{LATENCY_RUNS} runs after 2 warm-up runs, on one thread (`latency_ms`, what a budget is checked against) "
-    "and on all cores. `size_mb`: the float32 ONNX file, MiB. On the front: no other candidate is at least as fast "
+    "and on all cores. `size_mb`: the float32 ONNX file, MiB. On the front: no other candidate is at least as cheap "
     "and at least as good, and better in one."
 )
 SEARCHED_FOR = (
     "The search optimized two objectives, {objectives} (`search.objectives`: Optuna's multi-objective TPE through Ray "
-    "Tune, no trial stopped early). Each trial's cost was measured as its model was built, once per architecture and "
-    "machine, while other trials trained beside it: `sweep costs` times the candidates again, alone. The front is "
-    "of {metric} against {cost}."
+    "Tune, told each trial's best epoch; no trial stopped early). Each architecture's cost was measured as a trial "
+    "built it, once per machine, while other trials trained beside it; `search.costs` or `sweep costs` time the "
+    "candidates again, alone, and their figures replace these. The front is of {metric} against {cost}."
 )
 DEPLOYMENT_NONE = (
     "No candidate was timed: `sweep costs EXPERIMENT` times each architecture's best trial on the machine it runs on "
@@ -143,7 +144,7 @@ def sections(parts: dict[str, Any]) -> list[Section]:
         lead = ("Trained, but their best checkpoint could not be scored on the test split; never chosen as best.",)
         out.append(Section("Trials whose test scoring failed", lead=lead, blocks=(Table(parts["unscored"]),)))
     out.append(Section("Cost", blocks=(Table(parts["totals"]), Table(parts["cost"]))))
-    out.append(_deployment_section(parts["deployment"], parts["metric"], parts["searched_for"]))
+    out.append(_deployment_section(parts["deployment"], parts["study"]))
     figs = parts["figures"]
     out.append(Section("Figures", blocks=tuple(Figure(figs.folder / f"{n}.png", c) for n, c in figs.items)))
     return out
@@ -158,21 +159,21 @@ def _importance_section(result: dict[str, Any]) -> Section:
     return Section(title, lead=(importance.sentence(result),), blocks=blocks)
 
 
-def _deployment_section(table: pd.DataFrame, metric: str, searched_for: list[tuple[str, str]] | None) -> Section:
+def _deployment_section(table: pd.DataFrame, study: Study) -> Section:
     """What each architecture's best trial costs to run, and the Pareto front of the metric against latency (or
-    against the cost a search for two objectives minimized: ``searched_for``)."""
-    title = "Deployment: validation metric against CPU latency"
+    against the cost a search for two objectives minimized)."""
+    metric, cost = study.metric, study.front_cost
+    _, words, budget = COST_OBJECTIVES[cost]
+    title = f"Deployment: validation metric against {words}"
     if table.empty:
         return Section(title, lead=(DEPLOYMENT_NONE,))
     front = table[table["pareto_front"] == "yes"]
-    cost = searched_for[1][0] if searched_for else "latency_ms"
-    budget = {"latency_ms": "--max-latency-ms", "size_mb": "--max-size-mb"}[cost]
     lead = (
         f"{len(front)} of the {len(table)} candidates are on the Pareto front of {metric} against {cost}: for a "
         f"budget, the best choice is the front's costliest that fits it (`sweep export {budget}`).",
     )
-    if searched_for:
-        names = ", ".join(f"{n} ({m})" for n, m in searched_for)
+    if study.cost_objective:
+        names = ", ".join(f"{n} ({m})" for n, m in study.objectives)
         lead += (SEARCHED_FOR.format(objectives=names, metric=metric, cost=cost),)
     return Section(title, lead=lead, blocks=(Table(table), Note(DEPLOYMENT_NOTE)))
 

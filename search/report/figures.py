@@ -14,6 +14,7 @@ from models.tasks import task_info
 from search.experiment import load_history
 from search.report.tables import families, family_rows
 from search.results import UNSCORED
+from search.spec import COST_OBJECTIVES
 
 
 @dataclass
@@ -282,12 +283,6 @@ def plot_parallel_coordinates(figs: Figures, frame: pd.DataFrame, axes: list[str
     figs.save(fig, "parallel_coordinates", f"Every trial across the searched axes, coloured by validation {metric}.")
 
 
-COST_AXES = {  # a cost the Pareto figure can be drawn against: its axis label, its caption's words
-    "latency_ms": ("latency at batch 1, one CPU thread (ms, median)", "CPU latency (ONNX Runtime, batch 1, 1 thread)"),
-    "size_mb": ("ONNX file size (MiB)", "the ONNX file's size"),
-}
-
-
 def plot_pareto(figs: Figures, frame: pd.DataFrame, metric: str, mode: str, cost: str = "latency_ms") -> None:
     """Each measured candidate's validation metric against its ``cost`` (batch-1 latency on one thread, or the
     search's cost objective; log scale), the Pareto front joined: the choices under a budget."""
@@ -305,7 +300,7 @@ def plot_pareto(figs: Figures, frame: pd.DataFrame, metric: str, mode: str, cost
     for _, row in rows.iterrows():
         ax.annotate(row["model"], (row[cost], row[metric]), fontsize=7, xytext=(4, 4), textcoords="offset points")
     ax.set_xscale("log")
-    label, words = COST_AXES[cost]
+    label, words, _ = COST_OBJECTIVES[cost]
     ax.set(xlabel=label, ylabel=f"validation {metric}")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)

@@ -438,7 +438,7 @@ def baselines_table(baselines: list[dict], best: pd.DataFrame) -> pd.DataFrame:
 def deployment_table(frame: pd.DataFrame, metric: str, mode: str, cost: str = "latency_ms") -> pd.DataFrame:
     """Each candidate whose cost was measured (each architecture's best trial): its validation ``metric``, batch-1
     latency, parameters and size, and whether it is on the Pareto front of the metric against ``cost`` (one-thread
-    latency, or the search's cost objective). Fastest first."""
+    latency, or the search's cost objective). Cheapest by ``cost`` first."""
     rows = measured_candidates(frame, metric, mode)
     if rows.empty:
         return pd.DataFrame(columns=["trial", metric, *COST_COLUMNS, "pareto_front"])
@@ -446,4 +446,5 @@ def deployment_table(frame: pd.DataFrame, metric: str, mode: str, cost: str = "l
     table = rows[["trial", metric, *COST_COLUMNS]].copy()
     table["params"] = table["params"].astype("int64")
     table["pareto_front"] = ["yes" if i in front else "no" for i in rows.index]
-    return table.sort_values(["latency_ms", "size_mb"], kind="stable").reset_index(drop=True)
+    order = [cost, *(c for c in ("latency_ms", "size_mb") if c != cost)]
+    return table.sort_values(order, kind="stable").reset_index(drop=True)
