@@ -115,6 +115,34 @@ def test_head_on_cached_features_trains_exactly_like_the_whole_classifier(dropou
     assert on_features == pytest.approx(on_images, rel=1e-4, abs=1e-5)
 
 
+def test_several_steps_per_call_train_exactly_as_one_step_per_call(monkeypatch):
+    """The trial's epochs run STEPS_PER_EXECUTION steps per call into the framework: a head with dropout trained two
+    epochs that way ends bitwise where one step per call ends, metrics and optimizer steps included, with a training
+    set that is not a whole number of calls (70 images, batches of 8: 9 steps, in calls of 4)."""
+    import models
+    from search import trial
+    from search.spec import load_study
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(70, 16)).astype("float32"), rng.integers(0, 4, 70).astype("int32")
+    xv, yv = rng.normal(size=(10, 16)).astype("float32"), rng.integers(0, 4, 10).astype("int32")
+    study = load_study("classification", "quickstart")
+    train = replace(study.train, batch_size=8)
+    ends = []
+    for per_call in (1, 4):
+        monkeypatch.setattr(trial, "STEPS_PER_EXECUTION", per_call)
+        fold = trial._Fold(None, x, y, xv, yv, seg=False)
+        fold.model = models.build_head("inception_resnet_v2", feature_shape=(16,), num_classes=4, dropout=0.4, seed=3)
+        fold.compile(train, study, 0.01)
+        assert fold.model.steps_per_execution == per_call
+        metrics = [fold.epoch(epoch, train, seed=5) for epoch in range(2)]
+        ends.append((metrics, [np.asarray(w) for w in fold.model.get_weights()]))
+    (one, weights_one), (several, weights_several) = ends
+    assert one == several and one[-1]["optimizer_steps"] == 18
+    for a, b in zip(weights_one, weights_several, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_features_are_computed_once_per_image_on_a_node_and_keyed_on_what_they_depend_on(tmp_path):
     """Two trials at once need a backbone's features: one builds the backbone and computes them while the other
     waits and reads them. Images already seen are never computed again, whatever split or set they come in;
