@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import sys
 import time
@@ -52,6 +53,10 @@ def option_values(study: Study) -> list[int]:
 
 def init_ray(address: str | None, backend: str) -> None:
     import ray
+
+    # Ray Tune's TensorBoard logger (tensorboardX) warns at every NaN or infinite scalar, dozens of lines a sweep:
+    # a diverged trial's loss and the -inf checkpoint score of an epoch that did not improve are both deliberate.
+    logging.getLogger("tensorboardX.x2num").setLevel(logging.ERROR)
 
     env = {
         "KERAS_BACKEND": backend,

@@ -88,6 +88,7 @@ def test_sweep_survives_real_faults_asha_stops_the_worse_logs_and_evaluates(tmp_
         faults={"raise": {"0.002": 2}},
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "NaN or Inf found" not in proc.stdout + proc.stderr  # the diverged loss and -inf scores are deliberate
     exp = storage / "e2e"
     assert f"experiment: {exp}" in proc.stdout and "best trial per model family" in proc.stdout
 
