@@ -12,7 +12,7 @@ import pandas as pd
 
 from search import importance
 from search.report.tables import cost_table
-from search.results import best_row, measured_candidates, pareto_front
+from search.results import best_row, candidate_front
 from search.spec import Study
 
 
@@ -49,7 +49,7 @@ def _front(frame: pd.DataFrame, study: Study) -> dict[str, Any] | None:
     cost = study.cost_objective
     if cost is None:
         return None
-    front = pareto_front(measured_candidates(frame, study.metric, study.mode), study.metric, study.mode, cost)
+    _, front = candidate_front(frame, study.metric, study.mode, cost)
     points = [(r["trial"], float(r[study.metric]), float(r[cost])) for _, r in front.iterrows()]
     return {"metric": study.metric, "cost": cost, "points": points}
 

@@ -218,6 +218,15 @@ def measured_candidates(frame: pd.DataFrame, metric: str, mode: str = "max") -> 
     return _best_per_architecture(measured(frame), metric, mode)
 
 
+def candidate_front(
+    frame: pd.DataFrame, metric: str, mode: str = "max", cost: str = "latency_ms"
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(the candidates: each architecture's best measured trial; those of them on the Pareto front of validation
+    ``metric`` against ``cost``): what the headline, the report's Deployment table and its figure show."""
+    rows = measured_candidates(frame, metric, mode)
+    return rows, pareto_front(rows, metric, mode, cost)
+
+
 def pareto_front(frame: pd.DataFrame, metric: str, mode: str = "max", cost: str = "latency_ms") -> pd.DataFrame:
     """The measured rows no other measured row beats: none is at most as costly and at least as good on ``metric``
     while strictly better on one of the two. Cheapest first."""

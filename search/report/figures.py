@@ -286,14 +286,13 @@ def plot_parallel_coordinates(figs: Figures, frame: pd.DataFrame, axes: list[str
 def plot_pareto(figs: Figures, frame: pd.DataFrame, metric: str, mode: str, cost: str = "latency_ms") -> None:
     """Each measured candidate's validation metric against its ``cost`` (batch-1 latency on one thread, or the
     search's cost objective; log scale), the Pareto front joined: the choices under a budget."""
-    from search.results import measured_candidates, pareto_front
+    from search.results import candidate_front
 
-    rows = measured_candidates(frame, metric, mode)
+    rows, front = candidate_front(frame, metric, mode, cost)
     rows = rows[pd.to_numeric(rows[metric], errors="coerce").notna()] if metric in rows else rows.iloc[0:0]
     if rows.empty:
         return
     plt = _plt()
-    front = pareto_front(rows, metric, mode, cost)
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.scatter(rows[cost], rows[metric], color="C0", label="each architecture's best trial")
     ax.step(front[cost], front[metric], where="post", color="C3", lw=1.5, marker="o", label="Pareto front")

@@ -23,9 +23,8 @@ from search.results import (
     STATUSES,
     UNSCORED,
     best_by,
+    candidate_front,
     config_label,
-    measured_candidates,
-    pareto_front,
     study_order,
 )
 from search.spec import Study
@@ -439,10 +438,10 @@ def deployment_table(frame: pd.DataFrame, metric: str, mode: str, cost: str = "l
     """Each candidate whose cost was measured (each architecture's best trial): its validation ``metric``, batch-1
     latency, parameters and size, and whether it is on the Pareto front of the metric against ``cost`` (one-thread
     latency, or the search's cost objective). Cheapest by ``cost`` first."""
-    rows = measured_candidates(frame, metric, mode)
+    rows, front = candidate_front(frame, metric, mode, cost)
     if rows.empty:
         return pd.DataFrame(columns=["trial", metric, *COST_COLUMNS, "pareto_front"])
-    front = set(pareto_front(rows, metric, mode, cost).index)
+    front = set(front.index)
     table = rows[["trial", metric, *COST_COLUMNS]].copy()
     table["params"] = table["params"].astype("int64")
     table["pareto_front"] = ["yes" if i in front else "no" for i in rows.index]
