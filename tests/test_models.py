@@ -222,19 +222,18 @@ def test_self_normalising_backbones_take_raw_pixels():
     assert any(isinstance(layer, keras.layers.Rescaling) for layer in model.get_layer("backbone").layers)
 
 
-@pytest.mark.parametrize(
-    "name, app",
-    [
-        ("resnet50", "ResNet50"),
-        ("vgg16", "VGG16"),
-        ("efficientnetv2_b0", "EfficientNetV2B0"),
-        ("convnext_tiny", "ConvNeXtTiny"),
-    ],
-)
-def test_imagenet_weights_file_is_the_one_keras_applications_asks_for(name, app, monkeypatch):
-    """The registry's file name against keras.applications' own: Keras asks its downloader for that name."""
+WITH_IMAGENET = [n for n in models.list_models() if models.get(n).imagenet_weights]  # every one, from the registry
+
+
+@pytest.mark.parametrize("name", WITH_IMAGENET)
+def test_imagenet_weights_file_is_the_one_keras_applications_asks_for(name, monkeypatch):
+    """The registry's file name against keras.applications' own, for every model (or encoder) with ImageNet
+    weights: Keras asks its downloader for that name."""
     import keras
     from keras.src.utils import file_utils
+
+    info = models.get(name)
+    app, size = info.keras_application, info.imagenet_input_size or max(info.min_input_size, 32)
 
     asked = []
 
@@ -244,6 +243,5 @@ def test_imagenet_weights_file_is_the_one_keras_applications_asks_for(name, app,
 
     monkeypatch.setattr(file_utils, "get_file", no_download)
     with pytest.raises(RuntimeError, match="no network"):
-        getattr(keras.applications, app)(include_top=False, weights="imagenet", input_shape=(32, 32, 3))
-    info = models.get(name)
-    assert asked == [info.imagenet_weights] and info.keras_application == app
+        getattr(keras.applications, app)(include_top=False, weights="imagenet", input_shape=(size, size, 3))
+    assert asked == [info.imagenet_weights]
