@@ -9,7 +9,7 @@ invocation.
 
 Scale options (fraction of the trials, epochs, image size) make it fit a short window; a scaled run's time for (a)
 extrapolates to the full study linearly in trials, epochs and images and quadratically in image side
-(``full_scale``). ``--data-scale`` (default 4) multiplies a sized synthetic set (the smoke presets'), so that
+(``full_scale``). ``--data-scale`` (default 8) multiplies a sized synthetic set (the smoke presets'), so that
 validation holds enough images for the trials to differ.
 """
 

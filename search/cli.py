@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-DATA_SCALE = 4  # sweep bench: a sized synthetic set's images × this by default (its smoke presets: 53 -> 212 images)
+DATA_SCALE = 8  # sweep bench: a sized synthetic set's images × this by default (its smoke presets: 53 -> 424 images)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before any TensorFlow import: keep the terminal readable
 
