@@ -98,7 +98,7 @@ def scale_overrides(
 def study_way_overrides(study: Study) -> dict[str, Any]:
     """What turns the service's way of running ``study`` into the study's own: sequential, all epochs, no caches."""
     return {
-        "train": {"feature_cache": False, "compile_cache": False, "mixed_precision": None},
+        "train": {"feature_cache": False, "compile_cache": False, "trial_threads": False, "mixed_precision": None},
         "resources": {"max_concurrent_trials": 1},
         "scheduler": {"grace_period": study.train.epochs},  # ASHA with grace = max epochs never stops a trial
     }
@@ -106,8 +106,10 @@ def study_way_overrides(study: Study) -> dict[str, Any]:
 
 def by_hand_overrides() -> dict[str, Any]:
     """What turns the service's way into Ray Tune used by hand: the same parallel trials and ASHA, without the
-    service's levers (float32, no feature cache, no compile cache; the data part is ``ReadInTrial``)."""
-    return {"train": {"feature_cache": False, "compile_cache": False, "mixed_precision": None}}
+    service's levers (float32, no feature cache, no compile cache, TensorFlow's thread pools as they come; the data
+    part is ``ReadInTrial``)."""
+    train = {"feature_cache": False, "compile_cache": False, "trial_threads": False, "mixed_precision": None}
+    return {"train": train}
 
 
 class ReadInTrial(Mapping):

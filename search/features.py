@@ -6,8 +6,9 @@ One cache entry per backbone (``SWEEP_CACHE_DIR/features/<key>/``, the key: mode
 precision and, for a random backbone, its seed): ``backbone.json`` (the weights' digest), ``backbone.weights.h5``
 (the feature extractor's weights: a random backbone is made once, from its seed, and kept) and the features of
 every image seen so far, keyed by each image's content (``chunk-*.npz``): the two loading options split the same
-images two ways, cross-validation folds share them, and none is computed twice. A file lock makes the first trial
-that needs an image's features compute them while the others wait and read.
+images two ways, cross-validation folds share them, and none is computed twice. The images are computed in parts
+(by content hash), each under its own file lock: trials that start on the same backbone at once compute different
+parts side by side, then read each other's, rather than one computing while the others wait.
 """
 
 from __future__ import annotations
@@ -112,6 +113,19 @@ class Features:
 
 
 _LOADED: dict[str, tuple] = {}  # this process's last backbone: key -> (extractor, digest); a reused worker keeps it
+PART_IMAGES = 256  # about this many images per part (one lock, one forward pass, one file)
+MAX_PARTS = 32  # the last part computed alone is at most 1/32 of the work
+
+
+def parts_of(hashes: list[bytes]) -> list[list[bytes]]:
+    """The unique image ``hashes`` in parts of about PART_IMAGES, by content: a pure function of the set, so every
+    trial that needs the same images (every split of every option and fold of one sweep) parts them alike."""
+    unique = sorted(set(hashes))
+    count = max(1, min(MAX_PARTS, round(len(unique) / PART_IMAGES)))
+    parts: list[list[bytes]] = [[] for _ in range(count)]
+    for h in unique:
+        parts[int.from_bytes(h[:4], "big") % count].append(h)
+    return [p for p in parts if p]
 
 
 def backbone_features(
@@ -121,7 +135,7 @@ def backbone_features(
     ``weights_file``: a function giving a local file of the backbone's weights, called when this node has no entry
     for it (a checkpoint scored on another node: the experiment's copy); without it the backbone is built as the
     study asks."""
-    from filelock import FileLock
+    from filelock import FileLock, Timeout
 
     from data_pipeline.cache import cache_folder, mark_used
 
@@ -132,21 +146,67 @@ def backbone_features(
         if not record.is_file():  # a new entry (or one a trim left half): the backbone first, then its features
             _new_entry(backbone, folder, weights_file() if weights_file is not None else None)
         digest = json.loads(record.read_text())["digest"]
-        known = _read_chunks(folder)
-        hashes = {name: image_hashes(images) for name, images in splits.items()}
-        missing: dict[bytes, np.ndarray] = {}
-        for name, images in splits.items():
-            missing |= {h: im for h, im in zip(hashes[name], images) if h not in known}
-        if missing:
-            extractor = _extractor(backbone, key, folder, digest)
-            batch = np.stack(list(missing.values()))
-            values = np.asarray(extractor.predict(batch, batch_size=FEATURE_BATCH, verbose=0), dtype="float32")
-            _write_chunk(folder, list(missing), values)
-            known |= dict(zip(missing, values))
         mark_used(folder)
-    by_split = {name: np.stack([known[h] for h in hashes[name]]) for name in splits}
-    read = sum(len(h) for h in hashes.values()) - len(missing)
-    return Features(by_split, digest, folder / BACKBONE_WEIGHTS, computed=len(missing), read=read)
+    hashes = {name: image_hashes(images) for name, images in splits.items()}
+    images = {h: im for name in splits for h, im in zip(hashes[name], splits[name])}
+    chunks = _Chunks(folder)
+    computed = 0
+    # First every part no other trial is computing (skip a locked one), then wait for those: trials that arrive
+    # together split the work; whoever gets a part's lock computes what is still missing from it.
+    pending = [p for p in parts_of(list(images)) if chunks.missing(p)]
+    for wait in (False, True):
+        for part in list(pending):
+            lock = FileLock(str(folder / f"part-{_name(part)}.lock"))
+            try:
+                lock.acquire(blocking=wait)
+            except Timeout:  # another trial computes this part now
+                continue
+            try:
+                if todo := chunks.missing(part):
+                    extractor = _extractor(backbone, key, folder, digest)
+                    batch = np.stack([images[h] for h in todo])
+                    values = extractor.predict(batch, batch_size=FEATURE_BATCH, verbose=0)
+                    chunks.add(todo, np.asarray(values, dtype="float32"))
+                    computed += len(todo)
+            finally:
+                lock.release()
+            pending.remove(part)
+    by_split = {name: np.stack([chunks.known[h] for h in hashes[name]]) for name in splits}
+    read = sum(len(h) for h in hashes.values()) - computed
+    return Features(by_split, digest, folder / BACKBONE_WEIGHTS, computed=computed, read=read)
+
+
+class _Chunks:
+    """The entry's features read so far; ``missing`` first reads the files other trials wrote since (each file
+    once: a chunk is never changed, only added)."""
+
+    def __init__(self, folder: Path):
+        self.folder, self.known, self.seen = folder, {}, set()
+
+    def missing(self, hashes: list[bytes]) -> list[bytes]:
+        """Those of ``hashes`` whose features no chunk holds yet."""
+        if all(h in self.known for h in hashes):
+            return []
+        for path in sorted(self.folder.glob("chunk-*.npz")):
+            if path.name not in self.seen:
+                with np.load(path) as f:
+                    self.known |= dict(zip((bytes(h) for h in f["hashes"]), f["features"]))
+                self.seen.add(path.name)
+        return [h for h in hashes if h not in self.known]
+
+    def add(self, hashes: list[bytes], values: np.ndarray) -> None:
+        """Features of new images, one file per computation (atomic: readers never see half a file)."""
+        from data_pipeline.files import write_file
+
+        keys = np.frombuffer(b"".join(hashes), dtype=np.uint8).reshape(len(hashes), -1)
+        name = f"chunk-{_name(hashes)}.npz"
+        write_file(self.folder / name, lambda out: np.savez(out, hashes=keys, features=values))
+        self.known |= dict(zip(hashes, values))
+        self.seen.add(name)
+
+
+def _name(hashes: list[bytes]) -> str:
+    return hashlib.blake2b(b"".join(hashes), digest_size=10).hexdigest()
 
 
 def _new_entry(backbone: Backbone, folder: Path, weights_file: Path | None) -> None:
@@ -175,23 +235,6 @@ def _extractor(backbone: Backbone, key: str, folder: Path, digest: str):
     _LOADED.clear()
     _LOADED[key] = (extractor, digest)
     return extractor
-
-
-def _read_chunks(folder: Path) -> dict[bytes, np.ndarray]:
-    known: dict[bytes, np.ndarray] = {}
-    for path in sorted(folder.glob("chunk-*.npz")):
-        with np.load(path) as f:
-            known |= dict(zip((bytes(h) for h in f["hashes"]), f["features"]))
-    return known
-
-
-def _write_chunk(folder: Path, hashes: list[bytes], values: np.ndarray) -> None:
-    """Features of new images, one file per computation (atomic: readers never see half a file)."""
-    from data_pipeline.files import write_file
-
-    name = hashlib.blake2b(b"".join(hashes), digest_size=10).hexdigest()
-    keys = np.frombuffer(b"".join(hashes), dtype=np.uint8).reshape(len(hashes), -1)
-    write_file(folder / f"chunk-{name}.npz", lambda out: np.savez(out, hashes=keys, features=values))
 
 
 def publish_backbone(features: Features, experiment_dir: str) -> str:

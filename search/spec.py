@@ -10,7 +10,7 @@ Schema (every key optional unless marked):
               segmentation, one of the task table's losses)
   train       batch_size, epochs, loss, weights, freeze_backbone, base_filters, blocks, dense_units,
               standardize_features, optimizer, weight_decay, lr_schedule, mixed_precision, backend,
-              online_augmentation, fine_tune_*, feature_cache, compile_cache, calibrate
+              online_augmentation, fine_tune_*, feature_cache, compile_cache, trial_threads, calibrate
   data        the fields of data_pipeline.DataConfig (option and seed come from space/search)
   scheduler   ASHA: {grace_period: int, reduction_factor: number}
   resources   {cpus_per_trial: number, gpus_per_trial: number | auto, max_concurrent_trials: int}
@@ -105,6 +105,9 @@ class Train:
     # Speed levers, exact (results do not change beyond run-to-run noise); see search.features, search.compile_cache.
     feature_cache: bool = True  # frozen backbone: compute its features once, train the heads on them
     compile_cache: bool = True  # JAX backend: share compiled programs between the trials of a node
+    # CPU-only trials: TensorFlow's thread pools sized to the trial's CPUs (resources.cpus_per_trial), as Ray sizes
+    # OpenMP's (PyTorch's); off: each trial's pools span the whole machine and side-by-side trials contend.
+    trial_threads: bool = True
     # Optional fine-tuning stage (classification, off by default): after `fine_tune_after` epochs on the head, the
     # top `fine_tune_layers` backbone layers train too, at the trial's lr × `fine_tune_lr_factor`.
     fine_tune_layers: int = 0

@@ -43,6 +43,16 @@ def limit_gpu_memory(gpu_share: float) -> dict[str, str]:
     return env
 
 
+def framework_threads(cpus: float | None) -> dict[str, str]:
+    """Environment that sizes TensorFlow's thread pools to a CPU-only trial's ``cpus`` (its Ray share; None: not
+    in Ray, left alone). Ray sizes OpenMP's (so PyTorch's) this way; TensorFlow's pools otherwise span the machine, and
+    two trials side by side on 2 cores contend (a head's epoch: 0.82 s against 0.50 s with one thread each)."""
+    if not cpus:
+        return {}
+    n = str(max(1, int(cpus)))
+    return {"TF_NUM_INTRAOP_THREADS": n, "TF_NUM_INTEROP_THREADS": n}
+
+
 def _limit_torch_memory(gpu_share: float) -> None:
     """PyTorch has no environment switch for this: cap the caching allocator at this trial's share."""
     import torch
@@ -85,8 +95,13 @@ def train_trial(config: dict[str, Any], datasets: dict, context: TrialContext) -
     study = context.study
     train = study.trial_train(config)  # a search axis that names a train setting overrides it for this trial
     os.environ["KERAS_BACKEND"] = train.backend
-    for key, value in limit_gpu_memory(context.gpus_per_trial).items():
-        os.environ.setdefault(key, value)
+    env = limit_gpu_memory(context.gpus_per_trial)
+    if train.trial_threads and context.gpus_per_trial == 0:  # before the framework starts: its pools are fixed then
+        import ray
+
+        env |= framework_threads(ray.get_runtime_context().get_assigned_resources().get("CPU"))
+    for key, value in env.items():
+        os.environ.setdefault(key, value)  # the user's own setting wins
     import keras
 
     import models

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -144,9 +145,9 @@ def test_several_steps_per_call_train_exactly_as_one_step_per_call(monkeypatch):
 
 
 def test_features_are_computed_once_per_image_on_a_node_and_keyed_on_what_they_depend_on(tmp_path):
-    """Two trials at once need a backbone's features: one builds the backbone and computes them while the other
-    waits and reads them. Images already seen are never computed again, whatever split or set they come in;
-    another seed (a random backbone), input size, backend or precision is another backbone."""
+    """Two trials at once need a backbone's features: one builds the backbone, and each image's features are
+    computed by one of them and read by the other. Images already seen are never computed again, whatever split or
+    set they come in; another seed (a random backbone), input size, backend or precision is another backbone."""
     from search.features import Backbone, backbone_features
 
     rng = np.random.default_rng(0)
@@ -166,7 +167,7 @@ def test_features_are_computed_once_per_image_on_a_node_and_keyed_on_what_they_d
         np.testing.assert_array_equal(first.by_split[name], second.by_split[name])
     np.testing.assert_array_equal(first.by_split["again"], first.by_split["train"][:2])
     entry = tmp_path / "features" / backbone.key()
-    assert sorted(p.name for p in entry.iterdir() if not p.name.startswith("chunk-")) == [
+    assert sorted(p.name for p in entry.iterdir() if not p.name.startswith(("chunk-", "part-"))) == [
         "backbone.json",
         "backbone.weights.h5",
     ]
@@ -183,6 +184,56 @@ def test_features_are_computed_once_per_image_on_a_node_and_keyed_on_what_they_d
         Backbone("resnet50", 32, None, 3, "tensorflow", None).key(),
     }
     assert backbone.key() not in keys and len(keys) == 5
+
+
+def test_trials_that_need_the_same_features_compute_different_parts_side_by_side(tmp_path, monkeypatch):
+    """The images are computed in parts, each under its own lock: a trial skips a part another is computing,
+    computes every other part first, then waits for that one (and computes it if the other left it undone). Two
+    trials at once share the work: between them each image is computed exactly once, and both read the same
+    features."""
+    from filelock import FileLock
+
+    from search import features as f
+
+    monkeypatch.setattr(f, "PART_IMAGES", 3)  # 12 images: 4 parts
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (12, 32, 32, 3), dtype=np.uint8)
+    splits = {"train": images[:8], "val": images[8:]}
+    backbone = f.Backbone("efficientnetv2_b0", 32, None, 5, "tensorflow", None)
+    parts = f.parts_of(f.image_hashes(images))
+    assert len(parts) == 4 and sorted(h for p in parts for h in p) == sorted(set(f.image_hashes(images)))
+
+    entry = tmp_path / "features" / backbone.key()
+    stranger = rng.integers(0, 256, (1, 32, 32, 3), dtype=np.uint8)
+    f.backbone_features(backbone, {"first": stranger}, tmp_path)  # the entry, none of these images' features yet
+    held = FileLock(str(entry / f"part-{f._name(parts[0])}.lock"))
+    held.acquire()  # another trial computes part 0 and dies before it writes it
+    done = []
+    worker = threading.Thread(target=lambda: done.append(f.backbone_features(backbone, splits, tmp_path)))
+    worker.start()
+    deadline = time.monotonic() + 120
+    while len(list(entry.glob("chunk-*.npz"))) < 1 + 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    assert len(list(entry.glob("chunk-*.npz"))) == 1 + 3 and worker.is_alive()  # the others done; waits for part 0
+    held.release()
+    worker.join()
+    assert (done[0].computed, done[0].read) == (12, 0) and len(list(entry.glob("chunk-*.npz"))) == 1 + 4
+
+    other = f.Backbone("efficientnetv2_b0", 32, None, 6, "tensorflow", None)
+    results = []
+    pair = [threading.Thread(target=lambda: results.append(f.backbone_features(other, splits, tmp_path)))]
+    pair.append(threading.Thread(target=lambda: results.append(f.backbone_features(other, splits, tmp_path))))
+    for t in pair:
+        t.start()
+    for t in pair:
+        t.join()
+    assert sum(r.computed for r in results) == 12 and all(r.computed + r.read == 12 for r in results)
+    for name in splits:
+        np.testing.assert_array_equal(results[0].by_split[name], results[1].by_split[name])
+    alone = f.backbone_features(other, splits, tmp_path / "alone")  # one trial, every part: the same features
+    for name in splits:
+        np.testing.assert_allclose(results[0].by_split[name], alone.by_split[name], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize(
