@@ -209,6 +209,7 @@ def test_served_predictions_equal_sweep_predict(server, images, tmp_path):
     from search.export import predict_images  # what `sweep predict IMAGES --out DIR` runs
 
     predicted = predict_images(model_dir, [images], tmp_path / "pred")
+    _assert_the_model_file_gives(served, model_dir, manifest, paths)  # and by none of the service's own code
     if server["task"] == "classification":
         table = pd.read_csv(tmp_path / "pred" / "predictions.csv")
         assert [Path(p).name for p in table["image"]] == [p.name for p in paths]
@@ -229,6 +230,37 @@ def test_served_predictions_equal_sweep_predict(server, images, tmp_path):
             np.testing.assert_array_equal(_png(one["overlay_png"]), overlay)
             assert one["foreground"] == from_batch["foreground"] == pytest.approx(fraction, abs=1e-7)
         assert any(a["foreground"] > 0 for a in served), "the tiny segmenter found no foreground: nothing compared"
+
+
+def _assert_the_model_file_gives(served: list[dict], model_dir: Path, manifest: dict, paths: list[Path]) -> None:
+    """An oracle that shares no code with `sweep serve` or `sweep predict`: the exported model.keras loaded with
+    Keras alone, each file decoded with OpenCV and resized as the README says (area when shrinking, bilinear when
+    growing), the model run on the pixels, a classifier's probabilities tempered as softmax(log p / T), a
+    segmenter's output thresholded at the export's threshold and the mask resized back (nearest)."""
+    import keras
+
+    import models  # noqa: F401  (registers the models' custom layers with Keras)
+
+    size, threshold = manifest["preprocessing"]["input_size"], manifest["preprocessing"].get("prediction_threshold")
+    assert not manifest["preprocessing"].get("steps"), "this oracle resizes only"
+    model = keras.saving.load_model(model_dir / "model.keras", compile=False)
+    for path, answer in zip(paths, served, strict=True):
+        original = cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        shrink = min(original.shape[:2]) > size
+        pixels = cv2.resize(original, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+        out = keras.ops.convert_to_numpy(model(pixels[None].astype("float32"), training=False))[0].astype("float64")
+        if manifest["task"] == "classification":
+            t = (manifest.get("calibration") or {}).get("temperature") or 1.0
+            tempered = np.exp(np.log(np.clip(out, 1e-12, 1)) / t)
+            expected = tempered / tempered.sum()
+            got = [answer["probabilities"][c] for c in manifest["classes"]]
+            np.testing.assert_allclose(got, expected, atol=1e-5, err_msg=path.name)
+            assert answer["class"] == manifest["classes"][int(expected.argmax())]
+        else:
+            mask = (out[..., 0] >= threshold).astype(np.uint8)
+            assert answer["foreground"] == pytest.approx(mask.mean(), abs=1e-7)
+            full = cv2.resize(mask, original.shape[1::-1], interpolation=cv2.INTER_NEAREST)
+            np.testing.assert_array_equal(_png(answer["mask_png"]) > 0, full > 0, err_msg=path.name)
 
 
 def _load(http: requests.Session, url: str, data: bytes, task: str) -> str:

@@ -119,7 +119,8 @@ def test_head_on_cached_features_trains_exactly_like_the_whole_classifier(dropou
 def test_several_steps_per_call_train_exactly_as_one_step_per_call(monkeypatch):
     """The trial's epochs run STEPS_PER_EXECUTION steps per call into the framework: a head with dropout trained two
     epochs that way ends bitwise where one step per call ends, metrics and optimizer steps included, with a training
-    set that is not a whole number of calls (70 images, batches of 8: 9 steps, in calls of 4)."""
+    set that is not a whole number of calls (70 images, batches of 8: 9 steps, in calls of 4). Its validation
+    metrics are Keras's evaluate on the arrays."""
     import models
     from search import trial
     from search.spec import load_study
@@ -136,7 +137,12 @@ def test_several_steps_per_call_train_exactly_as_one_step_per_call(monkeypatch):
         fold.model = models.build_head("inception_resnet_v2", feature_shape=(16,), num_classes=4, dropout=0.4, seed=3)
         fold.compile(train, study, 0.01)
         assert fold.model.steps_per_execution == per_call
-        metrics = [fold.epoch(epoch, train, seed=5) for epoch in range(2)]
+        metrics = []
+        for epoch in range(2):
+            metrics.append(fold.epoch(epoch, train, seed=5))
+            # validation batched once per trial scores as Keras's evaluate on the arrays (10 images: 8 + 2)
+            again = fold.model.evaluate(xv, yv, batch_size=8, verbose=0, return_dict=True)
+            assert {f"val_{k}": float(v) for k, v in again.items()}.items() <= metrics[-1].items()
         ends.append((metrics, [np.asarray(w) for w in fold.model.get_weights()]))
     (one, weights_one), (several, weights_several) = ends
     assert one == several and one[-1]["optimizer_steps"] == 18
