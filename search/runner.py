@@ -330,6 +330,7 @@ def _warn_if_open(cache_dir: str | None, *storage: str) -> None:
 SPEED_COLUMNS = (
     "backend",
     "mixed_precision",
+    "cpu_threads",
     "feature_cache_hits",
     "features_computed",
     "compile_cache_hits",

@@ -53,6 +53,14 @@ def framework_threads(cpus: float | None) -> dict[str, str]:
     return {"TF_NUM_INTRAOP_THREADS": n, "TF_NUM_INTEROP_THREADS": n}
 
 
+def cpu_threads(backend: str) -> int | None:
+    """The CPU threads a TensorFlow trial's ops run on: its intra-op pool, ``TF_NUM_INTRAOP_THREADS`` when set, else
+    TensorFlow's default of one per CPU this process may use. None on the other backends."""
+    if backend != "tensorflow":
+        return None
+    return int(os.environ.get("TF_NUM_INTRAOP_THREADS") or 0) or len(os.sched_getaffinity(0))
+
+
 def _limit_torch_memory(gpu_share: float) -> None:
     """PyTorch has no environment switch for this: cap the caching allocator at this trial's share."""
     import torch
@@ -128,6 +136,7 @@ def train_trial(config: dict[str, Any], datasets: dict, context: TrialContext) -
     build["dropout"] = float(config["dropout"])
     on_features = feature_cache_off_because(info, train) is None
     record, extra = None, {"mixed_precision": policy or "float32", "backend": keras.backend.backend()}
+    extra["cpu_threads"] = cpu_threads(extra["backend"])
     extra["architecture"] = architecture(info.name, build)  # what its cost depends on (search.results)
     if on_features:  # the head trains on the backbone's features: computed once per node (search.features)
         with _timed(seconds, "feature_seconds"):

@@ -332,6 +332,7 @@ def test_the_studys_way_is_sequential_all_epochs_no_caches():
     way = load_study("segmentation", "smoke", study_way_overrides(service))
     assert way.resources.max_concurrent_trials == 1 and way.scheduler.grace_period == way.train.epochs
     assert not way.train.feature_cache and not way.train.compile_cache and way.train.mixed_precision is None
+    assert not way.train.trial_threads  # the notebook's TensorFlow spans the machine
     assert way.space == service.space and way.data == service.data
 
 
@@ -339,6 +340,7 @@ def test_ray_tune_by_hand_drops_the_levers_and_reads_its_own_files(synth_root, t
     service = load_study("segmentation", "smoke")
     by_hand = load_study("segmentation", "smoke", by_hand_overrides())
     assert not by_hand.train.feature_cache and not by_hand.train.compile_cache and by_hand.train.mixed_precision is None
+    assert not by_hand.train.trial_threads and service.train.trial_threads
     assert by_hand.space == service.space and by_hand.scheduler == service.scheduler
     assert by_hand.resources == service.resources  # side by side, as many as fit, like the service
     cfg = DataConfig(task="segmentation", data_dir=str(synth_root), image_size=32, balance_to=None)

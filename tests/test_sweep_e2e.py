@@ -365,6 +365,7 @@ def test_classification_sweep_trains_heads_on_cached_features(tmp_path):
     n = int(frame["features_computed"].max())
     assert n == sum(s["n"] for s in json.loads((exp / "sweep.json").read_text())["data"]["2"]["splits"].values())
     assert sorted(frame["features_computed"]) == [0, n] and sorted(frame["feature_cache_hits"]) == [0, n]
+    assert (frame["cpu_threads"] == 1).all()  # TensorFlow's pools at the trial's one CPU (train.trial_threads)
     (backbone,) = (exp / "backbones").iterdir()
     for checkpoint in frame["checkpoint"]:
         assert (Path(checkpoint) / "model.keras").stat().st_size < 0.1 * backbone.stat().st_size
