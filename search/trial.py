@@ -238,14 +238,13 @@ def _architecture_cost(info, build: dict[str, Any], fit: _Fold, on_features: boo
 
 
 def _every_image(datasets: dict, config: dict[str, Any], study: Study) -> dict:
-    """The images of every split of every loading option and fold, this trial's first: the first trial on a node
-    computes the features every later one reads (the options split the same images two ways). The test images'
-    features are computed here too, never looked at: the test split is scored only after the sweep
-    (``search.scoring``)."""
+    """The images of every split of every loading option and fold, this trial's own by their plain names
+    (``train0``, ...): the first trials on a node compute the features every later one reads (the options split the
+    same images two ways). The test images' features are computed here too, never looked at: the test split is
+    scored only after the sweep (``search.scoring``)."""
     mine = config.get("option", study.data.option)
     out = {}
-    for option in sorted(datasets, key=lambda o: o != mine):
-        data = datasets[option]
+    for option, data in datasets.items():
         for i, fold in enumerate(data if isinstance(data, tuple) else (data,)):
             prefix = "" if option == mine else f"option{option}-"
             out |= {f"{prefix}{split}{i}": fold.split(split).images for split in ("train", "val", "test")}
