@@ -116,11 +116,12 @@ def test_head_on_cached_features_trains_exactly_like_the_whole_classifier(dropou
     assert on_features == pytest.approx(on_images, rel=1e-4, abs=1e-5)
 
 
-def test_several_steps_per_call_train_exactly_as_one_step_per_call(monkeypatch):
-    """The trial's epochs run STEPS_PER_EXECUTION steps per call into the framework: a head with dropout trained two
-    epochs that way ends bitwise where one step per call ends, metrics and optimizer steps included, with a training
-    set that is not a whole number of calls (70 images, batches of 8: 9 steps, in calls of 4). Its validation
-    metrics are Keras's evaluate on the arrays."""
+def test_several_steps_per_call_and_pipelines_train_exactly_as_one_step_per_call_on_arrays(monkeypatch):
+    """The trial's epochs run STEPS_PER_EXECUTION steps per call into the framework, fed by pipelines kept for the
+    whole trial: a head with dropout trained two epochs that way ends bitwise where one step per call on arrays
+    ends, metrics and optimizer steps included, with a training set that is not a whole number of calls or batches
+    (70 images, batches of 8: 9 steps, in calls of 4). Its validation metrics are Keras's evaluate on the arrays,
+    and its batches visit the epoch's order."""
     import models
     from search import trial
     from search.spec import load_study
@@ -131,9 +132,9 @@ def test_several_steps_per_call_train_exactly_as_one_step_per_call(monkeypatch):
     study = load_study("classification", "quickstart")
     train = replace(study.train, batch_size=8)
     ends = []
-    for per_call in (1, 4):
+    for per_call, pipelined in ((1, False), (4, True)):
         monkeypatch.setattr(trial, "STEPS_PER_EXECUTION", per_call)
-        fold = trial._Fold(None, x, y, xv, yv, seg=False)
+        fold = trial._Fold(None, x, y, xv, yv, seg=False, pipelined=pipelined)
         fold.model = models.build_head("inception_resnet_v2", feature_shape=(16,), num_classes=4, dropout=0.4, seed=3)
         fold.compile(train, study, 0.01)
         assert fold.model.steps_per_execution == per_call
@@ -148,6 +149,12 @@ def test_several_steps_per_call_train_exactly_as_one_step_per_call(monkeypatch):
     assert one == several and one[-1]["optimizer_steps"] == 18
     for a, b in zip(weights_one, weights_several, strict=True):
         np.testing.assert_array_equal(a, b)
+    pipeline, order = fold.training
+    first = np.concatenate([np.asarray(xb) for xb, _ in pipeline])
+    np.testing.assert_array_equal(first, x[np.asarray(order)])  # the last epoch's order, which is the epoch's own
+    last, before = trial.epoch_order(5, 1, 70), trial.epoch_order(5, 0, 70)
+    np.testing.assert_array_equal(np.asarray(order), last)
+    assert sorted(last) == list(range(70)) and last.tolist() != before.tolist()
 
 
 def test_features_are_computed_once_per_image_on_a_node_and_keyed_on_what_they_depend_on(tmp_path):
