@@ -372,8 +372,10 @@ class _Fold:
         if self.training is None:
             import tensorflow as tf
 
-            x, y, n = tf.constant(self.x_train), tf.constant(self.y_train), len(self.x_train)
-            order = tf.Variable(tf.range(n, dtype=tf.int64), trainable=False)
+            n = len(self.x_train)
+            with tf.device("/CPU:0"):  # where tf.data runs: a variable on a GPU could not be read from its functions
+                x, y = tf.constant(self.x_train), tf.constant(self.y_train)
+                order = tf.Variable(tf.range(n, dtype=tf.int64), trainable=False)
 
             def batch(b):
                 rows = order[b * batch_size : tf.minimum((b + 1) * batch_size, n)]

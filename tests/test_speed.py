@@ -150,8 +150,8 @@ def test_several_steps_per_call_and_pipelines_train_exactly_as_one_step_per_call
     for a, b in zip(weights_one, weights_several, strict=True):
         np.testing.assert_array_equal(a, b)
     pipeline, order = fold.training
-    first = np.concatenate([np.asarray(xb) for xb, _ in pipeline])
-    np.testing.assert_array_equal(first, x[np.asarray(order)])  # the last epoch's order, which is the epoch's own
+    visited = np.concatenate([np.asarray(xb) for xb, _ in pipeline])
+    np.testing.assert_array_equal(visited, x[np.asarray(order)])  # the last epoch's order, which is the epoch's own
     last, before = trial.epoch_order(5, 1, 70), trial.epoch_order(5, 0, 70)
     np.testing.assert_array_equal(np.asarray(order), last)
     assert sorted(last) == list(range(70)) and last.tolist() != before.tolist()
