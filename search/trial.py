@@ -373,7 +373,7 @@ class _Fold:
             import tensorflow as tf
 
             n = len(self.x_train)
-            with tf.device("/CPU:0"):  # where tf.data runs: a variable on a GPU could not be read from its functions
+            with tf.device("/CPU:0"):  # beside tf.data's functions, which run there, not on a GPU (not tried on one)
                 x, y = tf.constant(self.x_train), tf.constant(self.y_train)
                 order = tf.Variable(tf.range(n, dtype=tf.int64), trainable=False)
 
