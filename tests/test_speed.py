@@ -45,6 +45,16 @@ CLASSIFICATION = {"train": {"weights": None}}  # the built-in grid without the (
 # ---- feature cache -------------------------------------------------------------------------------------------------
 
 
+def _head_task(seed, n):
+    """A head's tiny task: random 16-float features, n training and 10 validation rows of 4 classes, and the
+    quickstart study's training settings at batches of 8."""
+    rng = np.random.default_rng(seed)
+    x, y = rng.normal(size=(n, 16)).astype("float32"), rng.integers(0, 4, n).astype("int32")
+    xv, yv = rng.normal(size=(10, 16)).astype("float32"), rng.integers(0, 4, 10).astype("int32")
+    study = load_study("classification", "quickstart")
+    return x, y, xv, yv, study, replace(study.train, batch_size=8)
+
+
 def _classifier(dropout, name="inception_resnet_v2", size=75, **hp):
     import keras
 
@@ -124,13 +134,8 @@ def test_several_steps_per_call_and_pipelines_train_exactly_as_one_step_per_call
     and its batches visit the epoch's order."""
     import models
     from search import trial
-    from search.spec import load_study
 
-    rng = np.random.default_rng(0)
-    x, y = rng.normal(size=(70, 16)).astype("float32"), rng.integers(0, 4, 70).astype("int32")
-    xv, yv = rng.normal(size=(10, 16)).astype("float32"), rng.integers(0, 4, 10).astype("int32")
-    study = load_study("classification", "quickstart")
-    train = replace(study.train, batch_size=8)
+    x, y, xv, yv, study, train = _head_task(0, 70)
     ends = []
     for per_call, pipelined in ((1, False), (4, True)):
         monkeypatch.setattr(trial, "STEPS_PER_EXECUTION", per_call)
@@ -177,11 +182,7 @@ def test_an_epoch_seeds_the_global_generators_as_keras_does_and_trains_the_same_
     trial.seed_globals(11)
     assert draws() == theirs
 
-    rng = np.random.default_rng(1)
-    x, y = rng.normal(size=(50, 16)).astype("float32"), rng.integers(0, 4, 50).astype("int32")
-    xv, yv = rng.normal(size=(10, 16)).astype("float32"), rng.integers(0, 4, 10).astype("int32")
-    study = load_study("classification", "quickstart")
-    train = replace(study.train, batch_size=8)
+    x, y, xv, yv, study, train = _head_task(1, 50)
     ends = []
     for seeding in (trial.seed_globals, keras.utils.set_random_seed):
         monkeypatch.setattr(trial, "seed_globals", seeding)
