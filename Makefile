@@ -41,7 +41,7 @@ browser:
 test: $(VENV)/.installed-dev browser
 	@echo ">> running the test suite (slow tests skipped; 'make test-slow' runs them)"
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadgroup
 
 test-slow: $(VENV)/.installed-dev browser
 	$(PY) -m pytest -m slow

@@ -25,6 +25,18 @@ from data_pipeline import synth
 TINY_COUNTS = (6, 9, 8, 7)  # the real imbalance's shape, tiny
 
 
+# The session's sweeps, made once per test process: under `make test`'s two pytest-xdist workers, every file that
+# uses one runs in the same worker (one xdist group); every other file is a group of its own, so that its module
+# fixtures (a sweep each, often) are made once too.
+SESSION_SWEEPS = {"classification_experiment", "segmentation_experiment", "onnx_export"}
+
+
+def pytest_collection_modifyitems(config, items):
+    shared = {item.path for item in items if SESSION_SWEEPS & set(item.fixturenames)}
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group("session-sweeps" if item.path in shared else item.path.name))
+
+
 @pytest.fixture(autouse=True)
 def _seeded():
     random.seed(0)
