@@ -72,10 +72,9 @@ def init_ray(address: str | None, backend: str) -> None:
             ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=False)
         except ConnectionError as exc:  # no cluster there, or its token is not the one this machine holds
             raise SweepError(join_refused(address, exc, os.environ.get("RAY_AUTH_MODE"))) from None
-    else:  # a fresh local cluster on the loopback address only
+    else:  # a fresh local cluster, on 127.0.0.1 only where `sweep` set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 first
         ray.init(
             address="local",
-            _node_ip_address="127.0.0.1",
             include_dashboard=False,
             runtime_env={"env_vars": env},
             log_to_driver=False,

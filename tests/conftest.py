@@ -75,12 +75,14 @@ ROOT = Path(__file__).parent.parent
 
 def free_port() -> int:
     """A free port below Linux's ephemeral range (32768+), where the ports Ray's own processes take by binding port 0
-    land: a port picked from that range can be taken by one of them before the process meant to get it binds it."""
-    import random
+    land: a port picked from that range can be taken by one of them before the process meant to get it binds it.
+    Drawn from the system's entropy, not ``random``: every test reseeds that, so the two xdist workers would draw
+    the same ports in the same order."""
+    import secrets
     import socket
 
     while True:
-        port = random.randint(20000, 32000)  # above Ray's worker ports (10002-19999)
+        port = 20000 + secrets.randbelow(12001)  # above Ray's worker ports (10002-19999)
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
