@@ -66,21 +66,39 @@ def _log_prob_gradients(head: keras.Model, fmap: np.ndarray, classes: np.ndarray
     raise ValueError(f"Grad-CAM supports the tensorflow, jax and torch backends, not {backend!r}")
 
 
+def head_on_map(head: keras.Model, map_shape: tuple[int, ...]) -> keras.Model:
+    """A classifier's head alone (pooled features -> probabilities: what a trial on a frozen backbone trains) behind
+    the pooling of the backbone's feature map: the whole classifier's map -> probabilities part, for Grad-CAM from a
+    feature map computed apart (``search.features`` keeps those of the report's example images)."""
+    inputs = keras.Input(map_shape, name="feature_map")
+    pooled = keras.layers.GlobalAveragePooling2D(name=FEATURES)(inputs)
+    return keras.Model(inputs, head(pooled), name=f"{head.name}_map_head")
+
+
 def gradcam(model: keras.Model, images: np.ndarray, classes: np.ndarray | int | None = None) -> np.ndarray:
     """Heatmaps (float32 N×H×W in [0, 1]) of uint8 RGB images (N×H×W×3) for ``classes`` (one per image, one for
     all, or None: each image's predicted class)."""
     extractor, head = split_at_map(model)
     x = np.asarray(images, dtype="float32")
-    fmap = keras.ops.convert_to_numpy(extractor(x, training=False)).astype("float32")
+    fmap = keras.ops.convert_to_numpy(extractor(x, training=False))
+    return gradcam_of_map(head, fmap, x.shape[1:3], classes)
+
+
+def gradcam_of_map(
+    head: keras.Model, fmap: np.ndarray, size: tuple[int, int], classes: np.ndarray | int | None = None
+) -> np.ndarray:
+    """``gradcam`` from the feature maps ``fmap`` (N×h×w×K) of images of ``size`` (H, W), through ``head`` (map ->
+    probabilities: ``split_at_map``'s or ``head_on_map``'s)."""
+    fmap = np.asarray(fmap, dtype="float32")
     if classes is None:
         classes = keras.ops.convert_to_numpy(head(fmap, training=False)).argmax(-1)
-    classes = np.broadcast_to(np.asarray(classes, dtype=np.int64), (len(x),)).copy()
+    classes = np.broadcast_to(np.asarray(classes, dtype=np.int64), (len(fmap),)).copy()
     grads = _log_prob_gradients(head, fmap, classes)
     weights = grads.mean(axis=(1, 2), keepdims=True)  # α_k per image and channel
     cams = np.maximum((weights * fmap).sum(-1), 0)
-    out = np.empty(x.shape[:3], np.float32)
+    out = np.empty((len(fmap), *size), np.float32)
     for i, cam in enumerate(cams):
-        up = cv2.resize(cam.astype(np.float32), (x.shape[2], x.shape[1]), interpolation=cv2.INTER_LINEAR)
+        up = cv2.resize(cam.astype(np.float32), (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
         top = up.max()
         out[i] = up / top if top > 0 else 0.0
     return out

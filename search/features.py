@@ -6,7 +6,9 @@ One cache entry per backbone (``SWEEP_CACHE_DIR/features/<key>/``, the key: mode
 precision and, for a random backbone, its seed): ``backbone.json`` (the weights' digest), ``backbone.weights.h5``
 (the feature extractor's weights: a random backbone is made once, from its seed, and kept) and the features of
 every image seen so far, keyed by each image's content (``chunk-*.npz``): the two loading options split the same
-images two ways, cross-validation folds share them, and none is computed twice. The images are computed in parts
+images two ways, cross-validation folds share them, and none is computed twice; and the feature maps (before the
+pooling) of the report's Grad-CAM example images (``maps-*.npz``), so that Grad-CAM of a head needs no backbone
+either (``cached_maps``). The images are computed in parts
 (by content hash), each under its own file lock: trials that start on the same backbone at once compute different
 parts side by side, then read each other's, rather than one computing while the others wait.
 """
@@ -28,6 +30,7 @@ from search import storage as store
 FEATURE_BATCH = 128  # forward-only batches: no gradients, so larger than training's
 BACKBONE_RECORD = "backbone.json"
 BACKBONE_WEIGHTS = "backbone.weights.h5"  # Keras's name for a weights-only file must end so
+FEATURES, MAPS = "chunk", "maps"  # the entry's files of pooled features, and of feature maps
 
 
 def feature_cache_off_because(info, train) -> str | None:
@@ -129,12 +132,18 @@ def parts_of(hashes: list[bytes]) -> list[list[bytes]]:
 
 
 def backbone_features(
-    backbone: Backbone, splits: dict[str, np.ndarray], cache_dir: str | Path, *, weights_file: Callable | None = None
+    backbone: Backbone,
+    splits: dict[str, np.ndarray],
+    cache_dir: str | Path,
+    *,
+    weights_file: Callable | None = None,
+    maps_of: np.ndarray | None = None,
 ) -> Features:
     """The features of every split's images through ``backbone``, each image computed once per node.
     ``weights_file``: a function giving a local file of the backbone's weights, called when this node has no entry
     for it (a checkpoint scored on another node: the experiment's copy); without it the backbone is built as the
-    study asks."""
+    study asks. ``maps_of``: images whose feature maps to keep too (the report's Grad-CAM examples), computed where
+    the backbone is at hand anyway (``_keep_maps``)."""
     from filelock import FileLock, Timeout
 
     from data_pipeline.cache import cache_folder, mark_used
@@ -149,7 +158,7 @@ def backbone_features(
         mark_used(folder)
     hashes = {name: image_hashes(images) for name, images in splits.items()}
     images = {h: im for name in splits for h, im in zip(hashes[name], splits[name])}
-    chunks = _Chunks(folder)
+    chunks = _Chunks(folder, FEATURES)
     computed = 0
     # First every part no other trial is computing (skip a locked one), then wait for those: trials that arrive
     # together split the work; whoever gets a part's lock computes what is still missing from it.
@@ -171,23 +180,66 @@ def backbone_features(
             finally:
                 lock.release()
             pending.remove(part)
+    if maps_of is not None and len(maps_of):
+        _keep_maps(key, folder, digest, maps_of)
     by_split = {name: np.stack([chunks.known[h] for h in hashes[name]]) for name in splits}
     read = sum(len(h) for h in hashes.values()) - computed
     return Features(by_split, digest, folder / BACKBONE_WEIGHTS, computed=computed, read=read)
 
 
-class _Chunks:
-    """The entry's features read so far; ``missing`` first reads the files other trials wrote since (each file
-    once: a chunk is never changed, only added)."""
+def _keep_maps(key: str, folder: Path, digest: str, images: np.ndarray) -> None:
+    """Keep the feature maps of ``images`` in the entry, computed by a process that holds the backbone already (it
+    has just computed or read features with it) and never built for them alone: where no trial of the sweep held
+    it, Grad-CAM builds the whole model as before. One process computes them; the others go on."""
+    from filelock import FileLock, Timeout
 
-    def __init__(self, folder: Path):
-        self.folder, self.known, self.seen = folder, {}, set()
+    from models.gradcam import has_map, split_at_map
+
+    if key not in _LOADED or _LOADED[key][1] != digest or not has_map(_LOADED[key][0]):
+        return
+    by_hash = dict(zip(image_hashes(images), images))
+    maps = _Chunks(folder, MAPS)
+    if not maps.missing(list(by_hash)):
+        return
+    lock = FileLock(str(folder / "maps.lock"))
+    try:
+        lock.acquire(blocking=False)
+    except Timeout:  # another trial computes them now
+        return
+    try:
+        if todo := maps.missing(list(by_hash)):
+            to_map = split_at_map(_LOADED[key][0])[0]
+            values = to_map.predict(np.stack([by_hash[h] for h in todo]), batch_size=FEATURE_BATCH, verbose=0)
+            maps.add(todo, np.asarray(values, dtype="float32"))
+    finally:
+        lock.release()
+
+
+def cached_maps(backbone: Backbone, digest: str, images: np.ndarray, cache_dir: str | Path) -> np.ndarray | None:
+    """The feature maps of ``images`` through ``backbone`` (its weights digest ``digest``) from this node's cache,
+    or None where the node's entry holds another backbone or not every one of them."""
+    from data_pipeline.cache import cache_folder
+
+    folder = cache_folder("features", cache_dir) / backbone.key()
+    record = folder / BACKBONE_RECORD
+    if not record.is_file() or json.loads(record.read_text())["digest"] != digest:
+        return None
+    hashes, maps = image_hashes(images), _Chunks(folder, MAPS)
+    return None if maps.missing(hashes) else np.stack([maps.known[h] for h in hashes])
+
+
+class _Chunks:
+    """The entry's features (or feature maps: ``kind``) read so far; ``missing`` first reads the files other trials
+    wrote since (each file once: a chunk is never changed, only added)."""
+
+    def __init__(self, folder: Path, kind: str):
+        self.folder, self.kind, self.known, self.seen = folder, kind, {}, set()
 
     def missing(self, hashes: list[bytes]) -> list[bytes]:
         """Those of ``hashes`` whose features no chunk holds yet."""
         if all(h in self.known for h in hashes):
             return []
-        for path in sorted(self.folder.glob("chunk-*.npz")):
+        for path in sorted(self.folder.glob(f"{self.kind}-*.npz")):
             if path.name not in self.seen:
                 with np.load(path) as f:
                     self.known |= dict(zip((bytes(h) for h in f["hashes"]), f["features"]))
@@ -199,7 +251,7 @@ class _Chunks:
         from data_pipeline.files import write_file
 
         keys = np.frombuffer(b"".join(hashes), dtype=np.uint8).reshape(len(hashes), -1)
-        name = f"chunk-{_name(hashes)}.npz"
+        name = f"{self.kind}-{_name(hashes)}.npz"
         write_file(self.folder / name, lambda out: np.savez(out, hashes=keys, features=values))
         self.known |= dict(zip(hashes, values))
         self.seen.add(name)

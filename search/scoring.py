@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from search import storage as store
-from search.checkpoints import backbone_weights, fold_member, head_record, saved_model, whole_model
+from search.checkpoints import backbone_weights, fold_member, head_record, model_files, saved_model, whole_model
 from search.spec import Study
 
 SHOWN_MASKS = 8  # test images whose predicted masks are kept for the report's figure
@@ -141,30 +141,67 @@ def score_baselines(data) -> list[dict]:
     return rows
 
 
-def gradcam_examples(checkpoint_path: str, data, experiment_dir: str, per_class: int = GRADCAM_PER_CLASS) -> dict:
-    """Grad-CAM heatmaps (models.gradcam, for the predicted class) of one checkpoint on the first ``per_class`` test
-    images of each class, with those images, their labels and predictions; {} for a model without a single feature
-    map (a k-fold ensemble)."""
-    import tempfile
-
+def gradcam_index(data, per_class: int = GRADCAM_PER_CLASS):
+    """The test images the report explains (indices into the test split of ``data``, a loading option's data or its
+    folds): the first ``per_class`` of each class."""
     import numpy as np
 
-    from models.evaluation import predict
-    from models.gradcam import gradcam, has_map
-
-    with tempfile.TemporaryDirectory() as tmp:
-        model = whole_model(store.download(checkpoint_path, tmp), experiment_dir)
-    if not has_map(model):
-        return {}
     data = data[0] if isinstance(data, tuple) else data
     labels = data.test.labels
-    index = np.concatenate([np.flatnonzero(labels == k)[:per_class] for k in range(len(data.classes))])
+    return np.concatenate([np.flatnonzero(labels == k)[:per_class] for k in range(len(data.classes))])
+
+
+def gradcam_images(datasets: dict):
+    """Every loading option's example images (``gradcam_index``): a frozen backbone's trials keep their feature maps
+    (``search.features``), whichever option's trial wins."""
+    import numpy as np
+
+    def test_images(data):
+        return (data[0] if isinstance(data, tuple) else data).test.images
+
+    return np.concatenate([test_images(d)[gradcam_index(d)] for d in datasets.values()])
+
+
+def gradcam_examples(checkpoint_path: str, data, experiment_dir: str, cache_dir: str | None = None) -> dict:
+    """Grad-CAM heatmaps (models.gradcam, for the predicted class) of one checkpoint on the example test images
+    (``gradcam_index``), with those images, their labels and predictions; {} for a model without a single feature
+    map (a k-fold ensemble). A head on a frozen backbone explains the feature maps its sweep's trials kept in this
+    node's cache (no backbone built here: the same heatmaps as its whole model's, tested); a whole model, or a head
+    whose maps this node lacks, runs its whole model."""
+    import tempfile
+
+    import keras
+    import numpy as np
+
+    from data_pipeline.cache import default_cache_dir
+    from models.gradcam import gradcam_of_map, has_map, head_on_map, split_at_map
+    from search.features import Backbone, cached_maps
+
+    index = gradcam_index(data)
+    data = data[0] if isinstance(data, tuple) else data
     images = data.test.images[index]
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = store.download(checkpoint_path, tmp)
+        if len(model_files(folder)) > 1:
+            return {}
+        record, fmap = head_record(folder), None
+        if record is not None:
+            backbone = Backbone(**record["spec"])
+            fmap = cached_maps(backbone, record["digest"], images, cache_dir or default_cache_dir())
+        if fmap is not None:
+            head = head_on_map(saved_model(folder), fmap.shape[1:])
+        else:
+            model = whole_model(folder, experiment_dir)
+            if not has_map(model):
+                return {}
+            extractor, head = split_at_map(model)
+            fmap = keras.ops.convert_to_numpy(extractor(images.astype("float32"), training=False))
+    predicted = keras.ops.convert_to_numpy(head(fmap.astype("float32"), training=False)).argmax(-1)
     return {
         "gradcam_images": images,
-        "gradcam_labels": labels[index].astype(np.int32),
-        "gradcam_predicted": predict(model, images).argmax(-1).astype(np.int32),
-        "gradcam_heatmaps": gradcam(model, images).astype(np.float16),
+        "gradcam_labels": data.test.labels[index].astype(np.int32),
+        "gradcam_predicted": predicted.astype(np.int32),
+        "gradcam_heatmaps": gradcam_of_map(head, fmap, images.shape[1:3], predicted).astype(np.float16),
     }
 
 
@@ -181,7 +218,7 @@ def start_gradcam(rows: list[dict], study: Study, datasets: dict, resources: dic
         return None
     data = datasets[int(best.get("option", study.data.option))]
     task = ray.remote(num_cpus=resources["cpus_per_trial"], num_gpus=resources["gpus_per_trial"])(gradcam_examples)
-    return best["trial"], task.remote(best["checkpoint"], data, experiment_dir)
+    return best["trial"], task.remote(best["checkpoint"], data, experiment_dir, resources.get("cache_dir"))
 
 
 def evaluate_all(

@@ -20,6 +20,7 @@ from typing import Any
 from search import checkpoints
 from search.features import Backbone, backbone_features, feature_cache_off_because, publish_backbone
 from search.results import COST_COLUMNS, TRIAL_PHASES, architecture, best_so_far
+from search.scoring import gradcam_images
 from search.spec import Study, Train
 
 STEPS_PER_EXECUTION = 32  # a head's epoch on 4,000 features: 0.68 s at 1, 0.35 s at 25 (TensorFlow, one core)
@@ -182,7 +183,8 @@ def train_trial(config: dict[str, Any], datasets: dict, context: TrialContext) -
         with _timed(seconds, "feature_seconds"):
             size = folds[0].config.image_size
             backbone = Backbone(info.name, size, train.weights, seed, train.backend, policy)
-            features = backbone_features(backbone, _every_image(datasets, config, study), cache_dir)
+            images = _every_image(datasets, config, study)  # and the report's Grad-CAM examples' feature maps:
+            features = backbone_features(backbone, images, cache_dir, maps_of=gradcam_images(datasets))
             publish_backbone(features, context.experiment_dir)
         record = {"spec": dataclasses.asdict(backbone), "digest": features.digest, "build": build}
         extra |= {"features_computed": features.computed, "feature_cache_hits": features.read}

@@ -53,3 +53,52 @@ def test_head_checkpoint_resumes_and_assembles_into_its_whole_model(tmp_path):
         f.write(stranger.weights_file.read_bytes())
     with pytest.raises(RuntimeError, match="not the one its file holds"):
         checkpoints.whole_model(folder, experiment)
+
+
+def test_gradcam_of_a_head_from_its_trials_cached_maps_is_its_whole_models(tmp_path, monkeypatch):
+    """Trials keep the feature maps of the report's example images beside their features; Grad-CAM of a head
+    checkpoint from those maps, with no backbone built, gives its whole model's predictions and heatmaps (what a
+    node without the maps computes)."""
+    from types import SimpleNamespace
+
+    import keras
+
+    import models
+    from search import checkpoints, scoring
+    from search.features import Backbone, backbone_features, publish_backbone
+
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 255, (9, 64, 64, 3), dtype=np.uint8)  # 64 px: a 2 x 2 feature map, so heatmaps vary
+    labels = np.array([2, 0, 1, 0, 2, 1, 0, 1, 2])
+    data = SimpleNamespace(test=SimpleNamespace(images=x, labels=labels), classes=["a", "b", "c"])
+    examples = scoring.gradcam_index(data)
+    assert list(labels[examples]) == [0, 0, 1, 1, 2, 2]
+    backbone = Backbone("efficientnetv2_b0", 64, None, 7, "tensorflow", None)
+    cache = tmp_path / "cache"
+    features = backbone_features(backbone, {"test": x}, cache, maps_of=scoring.gradcam_images({1: data}))
+    experiment = str(tmp_path / "experiment")
+    publish_backbone(features, experiment)
+    build = {"num_classes": 3, "dropout": 0.2, "dense_units": 16, "freeze_backbone": True}
+    head = models.build_head("efficientnetv2_b0", feature_shape=features.by_split["test"].shape[1:], **build)
+    head.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy")
+    head.fit(features.by_split["test"], labels, batch_size=3, epochs=3, verbose=0)
+    record = {"spec": dataclasses.asdict(backbone), "digest": features.digest, "build": build}
+    folder = tmp_path / "checkpoint"
+    folder.mkdir()
+    checkpoints.write(folder, [head], {"epoch": 3, "best": 0.5, "backbone": record})
+
+    def no_backbone(*args):
+        raise AssertionError("the whole model was built although the maps are cached")
+
+    with monkeypatch.context() as m:
+        m.setattr(scoring, "whole_model", no_backbone)
+        from_maps = scoring.gradcam_examples(str(folder), data, experiment, str(cache))
+    whole = scoring.gradcam_examples(str(folder), data, experiment, str(tmp_path / "empty-cache"))
+    assert sorted(from_maps) == sorted(whole) == ["gradcam_heatmaps", "gradcam_images", "gradcam_labels",
+                                                  "gradcam_predicted"]  # fmt: skip
+    np.testing.assert_array_equal(from_maps["gradcam_images"], x[examples])
+    np.testing.assert_array_equal(from_maps["gradcam_labels"], whole["gradcam_labels"])
+    np.testing.assert_array_equal(from_maps["gradcam_predicted"], whole["gradcam_predicted"])
+    heat = from_maps["gradcam_heatmaps"].astype("float32")
+    assert heat.shape == (6, 64, 64) and heat.std(axis=(1, 2)).max() > 0.05
+    np.testing.assert_allclose(heat, whole["gradcam_heatmaps"].astype("float32"), atol=2e-3)

@@ -371,6 +371,13 @@ def test_classification_sweep_trains_heads_on_cached_features(tmp_path):
     (backbone,) = (exp / "backbones").iterdir()
     for checkpoint in frame["checkpoint"]:
         assert (Path(checkpoint) / "model.keras").stat().st_size < 0.1 * backbone.stat().st_size
+    # The node's entry also keeps the feature maps of the report's Grad-CAM examples: the winner's heatmaps came
+    # from its head on them (the same as its whole model's, test_checkpoints), with no backbone built to score.
+    cache = Path(os.environ["SWEEP_CACHE_DIR"]) / "features"
+    (entry,) = [p.parent for p in cache.glob("*/backbone.json") if json.loads(p.read_text())["digest"] in backbone.name]
+    with np.load(exp / "predictions.npz") as z, np.load(next(entry.glob("maps-*.npz"))) as maps:
+        assert z["gradcam_heatmaps"].shape == z["gradcam_images"].shape[:3] and len(z["gradcam_labels"]) > 0
+        assert len(maps["hashes"]) >= len(z["gradcam_labels"])
     # Scored on the cached test features; exported as the whole model (head on that backbone), which gives the same
     # test metrics on the test images.
     now, recorded = evaluate_export(export_best(exp, tmp_path / "export"))
