@@ -191,6 +191,7 @@ def _keep_maps(key: str, folder: Path, digest: str, images: np.ndarray) -> None:
     """Keep the feature maps of ``images`` in the entry, computed by a process that holds the backbone already (it
     has just computed or read features with it) and never built for them alone: where no trial of the sweep held
     it, Grad-CAM builds the whole model as before. One process computes them; the others go on."""
+    import keras
     from filelock import FileLock, Timeout
 
     from models.gradcam import has_map, split_at_map
@@ -208,9 +209,11 @@ def _keep_maps(key: str, folder: Path, digest: str, images: np.ndarray) -> None:
         return
     try:
         if todo := maps.missing(list(by_hash)):
+            # Called, not predicted: a few images, and predict would trace a new program for them (4.4 s against
+            # 1.2 s for 16 images through InceptionResNetV2 at 75 px, one core). As Grad-CAM calls the whole model.
             to_map = split_at_map(_LOADED[key][0])[0]
-            values = to_map.predict(np.stack([by_hash[h] for h in todo]), batch_size=FEATURE_BATCH, verbose=0)
-            maps.add(todo, np.asarray(values, dtype="float32"))
+            batch = np.stack([by_hash[h] for h in todo]).astype("float32")
+            maps.add(todo, np.asarray(keras.ops.convert_to_numpy(to_map(batch, training=False)), dtype="float32"))
     finally:
         lock.release()
 
