@@ -31,6 +31,7 @@ FEATURE_BATCH = 128  # forward-only batches: no gradients, so larger than traini
 BACKBONE_RECORD = "backbone.json"
 BACKBONE_WEIGHTS = "backbone.weights.h5"  # Keras's name for a weights-only file must end so
 FEATURES, MAPS = "chunk", "maps"  # the entry's files of pooled features, and of feature maps
+MAP_BATCH = 16  # images per call for feature maps (a call keeps a whole batch's activations: NASNetLarge's are large)
 
 
 def feature_cache_off_because(info, train) -> str | None:
@@ -189,8 +190,8 @@ def backbone_features(
 
 def _keep_maps(key: str, folder: Path, digest: str, images: np.ndarray) -> None:
     """Keep the feature maps of ``images`` in the entry, computed by a process that holds the backbone already (it
-    has just computed or read features with it) and never built for them alone: where no trial of the sweep held
-    it, Grad-CAM builds the whole model as before. One process computes them; the others go on."""
+    computed features with it) and never built for them alone: where no trial of the sweep held it, Grad-CAM builds
+    the whole model as before. One process computes them; the others go on."""
     import keras
     from filelock import FileLock, Timeout
 
@@ -212,8 +213,9 @@ def _keep_maps(key: str, folder: Path, digest: str, images: np.ndarray) -> None:
             # Called, not predicted: a few images, and predict would trace a new program for them (4.4 s against
             # 1.2 s for 16 images through InceptionResNetV2 at 75 px, one core). As Grad-CAM calls the whole model.
             to_map = split_at_map(_LOADED[key][0])[0]
-            batch = np.stack([by_hash[h] for h in todo]).astype("float32")
-            maps.add(todo, np.asarray(keras.ops.convert_to_numpy(to_map(batch, training=False)), dtype="float32"))
+            batches = [np.stack([by_hash[h] for h in todo[i : i + MAP_BATCH]]) for i in range(0, len(todo), MAP_BATCH)]
+            values = [keras.ops.convert_to_numpy(to_map(b.astype("float32"), training=False)) for b in batches]
+            maps.add(todo, np.concatenate(values).astype("float32"))
     finally:
         lock.release()
 

@@ -64,6 +64,7 @@ def test_gradcam_of_a_head_from_its_trials_cached_maps_is_its_whole_models(tmp_p
     import keras
 
     import models
+    import search.features
     from search import checkpoints, scoring
     from search.features import Backbone, backbone_features, publish_backbone
 
@@ -75,6 +76,7 @@ def test_gradcam_of_a_head_from_its_trials_cached_maps_is_its_whole_models(tmp_p
     assert list(labels[examples]) == [0, 0, 1, 1, 2, 2]
     backbone = Backbone("efficientnetv2_b0", 64, None, 7, "tensorflow", None)
     cache = tmp_path / "cache"
+    monkeypatch.setattr(search.features, "MAP_BATCH", 4)  # the 6 examples' maps in two calls
     features = backbone_features(backbone, {"test": x}, cache, maps_of=scoring.gradcam_images({1: data}))
     experiment = str(tmp_path / "experiment")
     publish_backbone(features, experiment)
