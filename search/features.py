@@ -174,9 +174,8 @@ def backbone_features(
             try:
                 if todo := chunks.missing(part):
                     extractor = _extractor(backbone, key, folder, digest)
-                    batch = np.stack([images[h] for h in todo])
-                    values = extractor.predict(batch, batch_size=FEATURE_BATCH, verbose=0)
-                    chunks.add(todo, np.asarray(values, dtype="float32"))
+                    values = _forward(extractor, np.stack([images[h] for h in todo]), FEATURE_BATCH, predict=True)
+                    chunks.add(todo, values)
                     computed += len(todo)
             finally:
                 lock.release()
@@ -188,11 +187,37 @@ def backbone_features(
     return Features(by_split, digest, folder / BACKBONE_WEIGHTS, computed=computed, read=read)
 
 
+def padded_count(count: int, batch: int, static_shapes: bool) -> int:
+    """How many rows to run ``count`` images as, in batches of ``batch``: ``count`` itself, or, where each input
+    shape is a program of its own (JAX compiles one per shape), whole batches, so that every batch of every part
+    has the one shape and the backbone is compiled once (on the GPU, each part's last batch of another size was
+    compiled afresh: 132 s of InceptionResNetV2's features in the 48-trial study, most of it compiling)."""
+    return -(-count // batch) * batch if static_shapes else count
+
+
+def _forward(model, images: np.ndarray, batch: int, *, predict: bool) -> np.ndarray:
+    """``model`` on ``images`` in inference, in batches of ``batch``, as float32. On JAX the last batch is padded
+    with black images (``padded_count``) and their rows dropped: in inference each row's output depends on its own
+    image alone. ``predict``: Keras's predict (one compiled program); else each batch is called, op by op on JAX
+    and eagerly on TensorFlow (a few images: predict would trace a new program for them)."""
+    import keras
+
+    count = len(images)
+    rows = padded_count(count, batch, keras.backend.backend() == "jax")
+    if rows > count:
+        images = np.concatenate([images, np.zeros((rows - count, *images.shape[1:]), images.dtype)])
+    if predict:
+        values = model.predict(images, batch_size=batch, verbose=0)
+    else:
+        calls = [model(images[i : i + batch].astype("float32"), training=False) for i in range(0, rows, batch)]
+        values = np.concatenate([keras.ops.convert_to_numpy(v) for v in calls])
+    return np.asarray(values[:count], dtype="float32")
+
+
 def _keep_maps(key: str, folder: Path, digest: str, images: np.ndarray) -> None:
     """Keep the feature maps of ``images`` in the entry, computed by a process that holds the backbone already (it
     computed features with it) and never built for them alone: where no trial of the sweep held it, Grad-CAM builds
     the whole model as before. One process computes them; the others go on."""
-    import keras
     from filelock import FileLock, Timeout
 
     from models.gradcam import has_map, split_at_map
@@ -211,11 +236,9 @@ def _keep_maps(key: str, folder: Path, digest: str, images: np.ndarray) -> None:
     try:
         if todo := maps.missing(list(by_hash)):
             # Called, not predicted: a few images, and predict would trace a new program for them (4.4 s against
-            # 1.2 s for 16 images through InceptionResNetV2 at 75 px, one core). As Grad-CAM calls the whole model.
+            # 1.2 s for 16 images through InceptionResNetV2 at 75 px, one core of TensorFlow). As Grad-CAM calls it.
             to_map = split_at_map(_LOADED[key][0])[0]
-            batches = [np.stack([by_hash[h] for h in todo[i : i + MAP_BATCH]]) for i in range(0, len(todo), MAP_BATCH)]
-            values = [keras.ops.convert_to_numpy(to_map(b.astype("float32"), training=False)) for b in batches]
-            maps.add(todo, np.concatenate(values).astype("float32"))
+            maps.add(todo, _forward(to_map, np.stack([by_hash[h] for h in todo]), MAP_BATCH, predict=False))
     finally:
         lock.release()
 
