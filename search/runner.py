@@ -23,7 +23,7 @@ from search import storage as store
 from search import tracking
 from search.checkpoints import SCORE
 from search.deploy import measure_costs
-from search.errors import SweepError
+from search.errors import SweepError, SweepInterrupted
 from search.results import (
     CONFIG_KEYS,
     COST_COLUMNS,
@@ -272,6 +272,7 @@ def run_study(
         phases.end("start_up")
         grid = tuner.fit()
         phases.end("trials")
+        check_ended(grid, experiment_dir)
         finalize(experiment_dir, grid, study, datasets, phases)
     if mlflow is not None:  # after the driver's lock: the export reads the finished experiment
         _extra(f"logging the best model to MLflow ({mlflow})", tracking.log_best_model, mlflow, experiment_dir)
@@ -309,6 +310,7 @@ def resume_study(experiment_dir: str | Path, *, address: str | None = None) -> s
         phases.end("start_up")
         grid = tuner.fit()
         phases.end("trials")
+        check_ended(grid, experiment_dir)
         return finalize(experiment_dir, grid, study, datasets, phases)
 
 
@@ -396,6 +398,22 @@ class Phases:
         now = time.perf_counter()
         self.seconds[phase] = self.seconds.get(phase, 0.0) + now - self._since
         self._since = now
+
+
+def check_ended(grid, experiment_dir: str) -> None:
+    """Ray Tune returns from a run it was told to stop (Ctrl-C, SIGINT) as from a finished one, every trial marked
+    terminated, after saving its state with the trials as they were: pending or running. Read from that state,
+    such a run has nothing to score yet (finalizing read trials that never started and stopped on a traceback), so
+    the driver stops with what to do."""
+    from ray.tune import ExperimentAnalysis
+
+    saved = ExperimentAnalysis(grid.experiment_path, storage_filesystem=grid.filesystem).trials
+    ended = sum(t.status in ("TERMINATED", "ERROR") for t in saved)
+    if ended < len(saved):
+        raise SweepInterrupted(
+            f"interrupted with {ended} of {len(saved)} trials ended (Ray Tune kept its state): "
+            f"`sweep resume {experiment_dir}` continues the sweep"
+        )
 
 
 def finalize(experiment_dir: str, grid, study: Study, datasets: dict, phases: Phases) -> str:

@@ -192,3 +192,52 @@ def test_a_failed_trial_keeps_its_exception_line_not_the_notes_after_it():
     )
     assert error_line(wrapped) == "RuntimeError: injected failure 2 of 2"
     assert error_line(ValueError("a message alone")) == "a message alone" and error_line(None) == ""
+
+
+def test_a_sweep_stopped_with_ctrl_c_says_how_to_resume_and_resume_finishes_it(tmp_path):
+    """Ctrl-C (SIGINT to the driver) while trials run: Ray Tune stops and keeps its state, and the driver exits 130
+    with one line that names `sweep resume`, not a traceback from scoring trials that never started (what the GPU
+    run of the 48-trial study showed). That resume then finishes every trial."""
+    import signal
+
+    storage, log = tmp_path / "runs", tmp_path / "log"
+    log.mkdir()
+    faults = {"log": str(log), "report_delay_s": 1.0}
+    study = _seg_spec(tmp_path, [0.01, 0.003, 0.001], 3)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SWEEP_TEST_FAULTS": json.dumps(faults)}
+    args = ["run", study, "--storage", storage, "--name", "stopped"]
+    driver = subprocess.Popen(
+        [sys.executable, str(FAULTY_SWEEP), *map(str, args)],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    exp, deadline = storage / "stopped", time.time() + 300
+    try:
+        while not any(_epochs(exp, a["trial_id"]) for a in _attempts(log)):  # a trial mid-sweep, one still pending
+            assert driver.poll() is None and time.time() < deadline, driver.communicate()[1][-2000:]
+            time.sleep(0.2)
+        driver.send_signal(signal.SIGINT)
+        _, err = driver.communicate(timeout=300)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert driver.returncode == 130, err[-3000:]
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: interrupted with ") and f"`sweep resume {exp}`" in last, last
+    assert not (exp / "results.csv").exists()
+
+    resumed = subprocess.run(
+        [sys.executable, str(FAULTY_SWEEP), "resume", str(exp)],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    frame = pd.read_csv(exp / "results.csv")
+    assert len(frame) == 3 and (frame["status"] == "completed").all() and (frame["epochs"] == 3).all()
