@@ -22,6 +22,7 @@ work=${GPU_SH_WORK:-/tmp/gpu-sh}
 start=$(date +%s)
 mkdir -p "$out" "$work"
 summary=$out/summary.md
+failed=0 # a step that ended other than done or stopped at its limit makes the script exit 1
 : >"$summary"
 left() { echo $((budget - ($(date +%s) - start))); }
 say() { echo "$*" | tee -a "$summary"; }
@@ -77,7 +78,8 @@ step() {
     say "unmeasured: ${have} s of the budget left, the step needs about ${need} s"
     return
   fi
-  ((most > have - 10)) && most=$((have - 10))
+  ((most > have - 45)) && most=$((have - 45)) # room after it: 15 s to stop, `ray stop`, its figures, the archive
+  rm -rf "${work:?}/runs/$name" "$work/cache-$name" # a folder of an earlier run of the script is not this run's
   local log=$work/$name.log
   nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits -lms 500 >"$work/$name.busy" 2>/dev/null &
   local sampler=$!
@@ -88,7 +90,9 @@ step() {
     --storage "$work/runs" --name "$name" >"$log" 2>&1
   rc=$?
   t1=$(date +%s.%N)
-  ((rc == 124 || rc == 137)) && python3 -m ray.scripts.scripts stop --force >/dev/null 2>&1  # its trials too
+  # Its trials too: every Ray process on the machine (the script expects a machine of its own).
+  ((rc == 124 || rc == 137)) && python3 -m ray.scripts.scripts stop --force >/dev/null 2>&1
+  ((rc == 0 || rc == 124 || rc == 130 || rc == 137)) || failed=1
   kill "$sampler" 2>/dev/null
   wait "$sampler" 2>/dev/null
   say "$(python3 -c "print(f'wall {$t1 - $t0:.1f} s, exit code $rc')")$( ((rc == 124 || rc == 137)) && echo ", stopped at the step's limit of $most s")"
@@ -111,3 +115,4 @@ say "whole script: $(($(date +%s) - start)) s"
 (cd "$work" && find . -path './cache-*' -prune -o -type f \( -name '*.log' -o -name '*.md' -o -name '*.json' \
   -o -name '*.csv' -o -name '*.busy' \) -print | tar -czf "$out/logs.tar.gz" -T -)
 ls -la "$out"
+exit "$failed"

@@ -49,6 +49,36 @@ def sweep_figures(folder: Path) -> list[str]:
     return lines
 
 
+def trial_figures(folder: Path, log: str) -> list[str]:
+    """What a sweep stopped before its results (at the step's limit) measured: Ray Tune's last trial count and
+    running time from the log, and each reporting trial's epochs from its result.json."""
+    import statistics
+
+    status = [
+        line
+        for line in Path(log).read_text(errors="replace").splitlines()
+        if line.startswith(("Trial status", "Current time"))
+    ]
+    lines = [" / ".join(status[-2:]) if status else "no trial status in the log"]
+    trials = []
+    for result in sorted(folder.glob("*/result.json")):
+        rows = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
+        if rows:
+            trials.append((result.parent.name, rows))
+    if not trials:
+        return [*lines, "no trial reported an epoch"]
+    first = [rows[0]["epoch_seconds"] for _, rows in trials]
+    steady = [r["epoch_seconds"] for _, rows in trials for r in rows[1:]]
+    lines.append(f"{len(trials)} trials reported epochs; first epoch {min(first):.1f}-{max(first):.1f} s")
+    if steady:
+        lines.append(f"later epochs: median {statistics.median(steady):.3f} s over {len(steady)} epochs")
+    for key in ("feature_seconds", "checkpoint_seconds"):
+        values = [rows[-1][key] for _, rows in trials if rows[-1].get(key)]
+        if values:
+            lines.append(f"{key} per trial that had any: {min(values):.1f}-{max(values):.1f} s ({len(values)} trials)")
+    return lines
+
+
 def main(path: str, log: str) -> int:
     folder = Path(path)
     if (folder / "bench.md").exists():
@@ -58,8 +88,8 @@ def main(path: str, log: str) -> int:
     elif (folder / "sweep.json").exists() or folder.is_dir():
         try:
             lines = sweep_figures(folder)
-        except Exception as exc:  # a sweep stopped at its limit has no results yet: say so, then the log's tail
-            lines = [f"no results ({type(exc).__name__}: {exc})"]
+        except Exception as exc:  # a sweep stopped at its limit has no results yet: what its trials reported
+            lines = [f"no results ({type(exc).__name__}: {exc})", *trial_figures(folder, log)]
     else:
         lines = ["no experiment folder"]
     tail = Path(log).read_text(errors="replace").splitlines()[-15:] if Path(log).exists() else []

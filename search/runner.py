@@ -400,18 +400,26 @@ class Phases:
         self._since = now
 
 
+ENDED = ("TERMINATED", "ERROR")  # Ray Tune's statuses of a trial that will not run again in this sweep
+
+
+def unended(statuses: list[str]) -> int:
+    """How many trials of a sweep's saved state have not ended (pending, running, paused)."""
+    return sum(status not in ENDED for status in statuses)
+
+
 def check_ended(grid, experiment_dir: str) -> None:
     """Ray Tune returns from a run it was told to stop (Ctrl-C, SIGINT) as from a finished one, every trial marked
     terminated, after saving its state with the trials as they were: pending or running. Read from that state,
     such a run has nothing to score yet (finalizing read trials that never started and stopped on a traceback), so
-    the driver stops with what to do."""
+    the driver stops with what to do. (Were Ray Tune's last save of a finished run to fail, which it only logs, the
+    run would read as interrupted, and `sweep resume` would finish it.)"""
     from ray.tune import ExperimentAnalysis
 
-    saved = ExperimentAnalysis(grid.experiment_path, storage_filesystem=grid.filesystem).trials
-    ended = sum(t.status in ("TERMINATED", "ERROR") for t in saved)
-    if ended < len(saved):
+    statuses = [t.status for t in ExperimentAnalysis(grid.experiment_path, storage_filesystem=grid.filesystem).trials]
+    if left := unended(statuses):
         raise SweepInterrupted(
-            f"interrupted with {ended} of {len(saved)} trials ended (Ray Tune kept its state): "
+            f"interrupted with {len(statuses) - left} of {len(statuses)} trials ended (Ray Tune kept its state): "
             f"`sweep resume {experiment_dir}` continues the sweep"
         )
 

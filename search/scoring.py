@@ -178,6 +178,8 @@ def gradcam_examples(checkpoint_path: str, data, experiment_dir: str, cache_dir:
     from search.features import Backbone, cached_maps
 
     index = gradcam_index(data)
+    if not len(index):  # no test image to explain
+        return {}
     data = data[0] if isinstance(data, tuple) else data
     images = data.test.images[index]
     with tempfile.TemporaryDirectory() as tmp:

@@ -195,9 +195,9 @@ def test_a_failed_trial_keeps_its_exception_line_not_the_notes_after_it():
 
 
 def test_a_sweep_stopped_with_ctrl_c_says_how_to_resume_and_resume_finishes_it(tmp_path):
-    """Ctrl-C (SIGINT to the driver) while trials run: Ray Tune stops and keeps its state, and the driver exits 130
-    with one line that names `sweep resume`, not a traceback from scoring trials that never started (what the GPU
-    run of the 48-trial study showed). That resume then finishes every trial."""
+    """Ctrl-C (SIGINT to the driver) while trials run (on 2 cores, two run and one waits): Ray Tune stops and keeps
+    its state, and the driver exits 130 with one line that names `sweep resume`, not a traceback from scoring trials
+    that never started (what the GPU run of the 48-trial study showed). That resume then finishes every trial."""
     import signal
 
     storage, log = tmp_path / "runs", tmp_path / "log"
@@ -216,7 +216,7 @@ def test_a_sweep_stopped_with_ctrl_c_says_how_to_resume_and_resume_finishes_it(t
     )
     exp, deadline = storage / "stopped", time.time() + 300
     try:
-        while not any(_epochs(exp, a["trial_id"]) for a in _attempts(log)):  # a trial mid-sweep, one still pending
+        while not any(_epochs(exp, a["trial_id"]) for a in _attempts(log)):  # a trial has reported, none has ended
             assert driver.poll() is None and time.time() < deadline, driver.communicate()[1][-2000:]
             time.sleep(0.2)
         driver.send_signal(signal.SIGINT)
@@ -241,3 +241,10 @@ def test_a_sweep_stopped_with_ctrl_c_says_how_to_resume_and_resume_finishes_it(t
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     frame = pd.read_csv(exp / "results.csv")
     assert len(frame) == 3 and (frame["status"] == "completed").all() and (frame["epochs"] == 3).all()
+
+
+def test_a_sweep_has_ended_when_every_trial_is_terminated_or_errored():
+    from search.runner import unended
+
+    assert unended(["TERMINATED", "ERROR", "TERMINATED"]) == 0
+    assert unended(["TERMINATED", "RUNNING", "PENDING", "PAUSED", "ERROR"]) == 3

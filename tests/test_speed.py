@@ -490,6 +490,13 @@ def test_trials_differing_in_learning_rate_share_compiled_programs(tmp_path):
     assert any((tmp_path / "cache" / "jax-compile").iterdir())
 
 
+def test_only_static_shapes_pad_a_part_to_whole_batches():
+    from search.features import padded_count
+
+    assert [padded_count(n, 4, True) for n in (0, 1, 4, 5)] == [0, 4, 4, 8]
+    assert [padded_count(n, 4, False) for n in (0, 1, 4, 5)] == [0, 1, 4, 5]
+
+
 def test_features_on_jax_run_every_part_in_one_compiled_shape(tmp_path):
     """JAX compiles a program per input shape, and each part of a backbone's features ended in a batch of its own
     size: on the GPU most of a sweep's feature time was compiling. Two parts of 3 and 5 images in batches of 4: the
