@@ -26,19 +26,13 @@ def sweep_figures(folder: Path) -> list[str]:
     phases = load_timings(folder)
     if phases:
         lines.append("driver phases (s): " + ", ".join(f"{k} {v:.1f}" for k, v in phases.items()))
-    sums = [
-        c
-        for c in ("wall_seconds", "build_seconds", "feature_seconds", "fit_seconds", "checkpoint_seconds")
-        if c in frame
-    ]
+    summed = ("wall_seconds", "build_seconds", "feature_seconds", "fit_seconds", "checkpoint_seconds")
+    summed += ("compile_cache_hits", "compile_cache_misses", "first_epoch_overhead_seconds")
     per_model = frame.groupby("model").agg(
-        trials=("trial", "size"), epochs=("epochs", "sum"), **{c: (c, "sum") for c in sums}
+        trials=("trial", "size"), epochs=("epochs", "sum"), **{c: (c, "sum") for c in summed if c in frame}
     )
     if "fit_seconds" in per_model:
         per_model["fit_seconds_per_epoch"] = per_model["fit_seconds"] / per_model["epochs"].clip(lower=1)
-    for c in ("compile_cache_hits", "compile_cache_misses", "first_epoch_overhead_seconds"):
-        if c in frame:
-            per_model[c] = frame.groupby("model")[c].sum()
     lines.append("per model, summed over its trials (seconds):")
     lines.append(per_model.reset_index().to_markdown(index=False, floatfmt=".2f"))
     test = f"test_{task.headline[0]}"
@@ -85,7 +79,7 @@ def main(path: str, log: str) -> int:
         lines = [(folder / "bench.md").read_text()]
         extra = json.loads((folder / "bench.json").read_text())
         lines.append(f"comparison: { {k: v for k, v in extra.items() if k != 'ways'} }")
-    elif (folder / "sweep.json").exists() or folder.is_dir():
+    elif folder.is_dir():
         try:
             lines = sweep_figures(folder)
         except Exception as exc:  # a sweep stopped at its limit has no results yet: what its trials reported

@@ -253,7 +253,7 @@ def cached_maps(backbone: Backbone, digest: str, images: np.ndarray, cache_dir: 
     if not record.is_file() or json.loads(record.read_text())["digest"] != digest:
         return None
     hashes, maps = image_hashes(images), _Chunks(folder, MAPS)
-    return None if not hashes or maps.missing(hashes) else np.stack([maps.known[h] for h in hashes])
+    return None if maps.missing(hashes) else np.stack([maps.known[h] for h in hashes])
 
 
 class _Chunks:
