@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from data_pipeline.errors import ON_BAD_IMAGE, DataError
-from data_pipeline.layout import LAYOUTS, TASKS, manifest_path
+from data_pipeline.layout import LAYOUTS, TASKS, has_masks, manifest_path
 from data_pipeline.masks import rule_problem
 from data_pipeline.splits import OPTIONS, PROTOCOLS
 
@@ -83,6 +83,11 @@ class DataConfig:
     image_column: str | None = None
     label_column: str | None = None
     mask_column: str | None = None
+
+    @property
+    def has_masks(self) -> bool:
+        """Whether this task's targets are masks (segmentation) rather than a label per image (classification)."""
+        return has_masks(self.task)
 
     @property
     def columns(self) -> dict[str, str | None]:

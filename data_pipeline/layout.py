@@ -32,7 +32,10 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"})
 ORIGINAL_DIR = "Original"
 SEGMENTED_DIR = "Segmented"
 MANIFEST = "manifest.csv"
-TASKS = ("classification", "segmentation")
+# The tasks a dataset serves: with masks, segmentation; without, classification. The data pipeline asks only whether
+# a task's targets are masks (``has_masks``); what else a task means lives in models.tasks.
+MASK_TASK = "segmentation"
+TASKS = ("classification", MASK_TASK)
 ONE_CLASS = "all"  # the class of a dataset without class folders
 FOLDER_PAIRS = (("images", "masks"), ("image", "mask"), ("imgs", "labels"))
 _IMAGE_WORDS = ("image", "img", "input")
@@ -69,7 +72,7 @@ class DatasetIndex:
 
     @property
     def task(self) -> str:
-        return "classification" if self.masks is None else "segmentation"
+        return TASKS[self.masks is not None]
 
 
 @dataclass(frozen=True)
@@ -517,13 +520,12 @@ def scan(
             f"data.{role}_column {named[role]!r} names a manifest column, but {root} is read in layout {name}, not "
             "as a CSV manifest: remove the setting, or point data_dir at the manifest"
         )
-    if task == "auto":
-        task = "segmentation" if _has_masks(root, name, named) else "classification"
+    masks = _has_masks(root, name, named) if task == "auto" else has_masks(task)
     read = LAYOUTS[name].read
-    found = read(root, task == "segmentation", named) if name == "csv" else read(root, task == "segmentation")
+    found = read(root, masks, named) if name == "csv" else read(root, masks)
     if not found.images:
         raise DataError(f"{found.where} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))}); layout {name}")
-    return _index(found, task, name, group_by)
+    return _index(found, masks, name, group_by)
 
 
 def _has_masks(root: Path, layout: str, named: dict[str, str | None]) -> bool:
@@ -544,7 +546,12 @@ def _has_masks(root: Path, layout: str, named: dict[str, str | None]) -> bool:
     return any(_is_mask_beside(f, stems) for f in files)
 
 
-def _index(found: _Found, task: str, layout: str, group_by: str | None = None) -> DatasetIndex:
+def has_masks(task: str) -> bool:
+    """Whether ``task``'s targets are masks rather than a label per image."""
+    return task == MASK_TASK
+
+
+def _index(found: _Found, masks: bool, layout: str, group_by: str | None = None) -> DatasetIndex:
     classed = [c for c, _, _ in found.images if c]
     if classed and len(classed) < len(found.images):
         loose = next(p for c, _, p in found.images if not c)
@@ -553,7 +560,7 @@ def _index(found: _Found, task: str, layout: str, group_by: str | None = None) -
             "none in any (one class, for segmentation)"
         )
     classes = tuple(sorted({c or ONE_CLASS for c, _, _ in found.images}))
-    if task == "classification" and len(classes) < 2:
+    if not masks and len(classes) < 2:
         raise DataError(
             f"{found.where} has {len(classes)} class ({classes[0]}); a classifier needs at least 2: put each class's "
             f"images in its own sub-folder (or give the manifest a label column). "

@@ -133,7 +133,7 @@ def _copies(index: DatasetIndex, cfg: DataConfig, cache_dir: str | Path | None) 
     from data_pipeline.duplicates import duplicate_clusters
 
     clusters = duplicate_clusters(index, cache_dir=cache_dir)
-    conflicts = [c for c in clusters if c.label_conflict] if cfg.task == "classification" else []
+    conflicts = [c for c in clusters if c.label_conflict] if not cfg.has_masks else []
     if conflicts and cfg.duplicates == "group":
         first = conflicts[0]
         more = f" (and {len(conflicts) - 1} more such clusters)" if len(conflicts) > 1 else ""
@@ -145,13 +145,13 @@ def _copies(index: DatasetIndex, cfg: DataConfig, cache_dir: str | Path | None) 
     return clusters
 
 
-def _without_copies(data: LoadedData, clusters: list, task: str) -> LoadedData:
+def _without_copies(data: LoadedData, clusters: list, labelled: bool) -> LoadedData:
     """``duplicates: drop``: every cluster's first image kept, the others left out (recorded as skipped); a cluster
     filed under two classes (classification) left out whole."""
     row = {n: i for i, n in enumerate(data.names)}
     dropped: dict[int, str] = {}
     for c in clusters:
-        conflict = c.label_conflict and task == "classification"
+        conflict = c.label_conflict and labelled
         for name in c.names if conflict else c.names[1:]:
             if name in row:
                 why = f"filed under {' and '.join(c.classes)}" if conflict else f"a copy of {c.names[0]}"
@@ -198,9 +198,9 @@ def _load(cfg: DataConfig, cache_dir: str | Path | None) -> _Loaded:
         preprocess_steps=cfg.preprocess,
     )
     if cfg.duplicates == "drop":
-        data = _without_copies(data, clusters, cfg.task)
+        data = _without_copies(data, clusters, not cfg.has_masks)
     present = np.unique(data.labels)
-    if len(present) < 2 and cfg.task == "classification":
+    if len(present) < 2 and not cfg.has_masks:
         raise DataError(f"after skipping unreadable images only {len(present)} class is left under {index.root}")
     row = {n: i for i, n in enumerate(data.names)}
     copies = [m for c in clusters if len(m := [row[n] for n in c.names if n in row]) > 1]
@@ -220,7 +220,7 @@ def _load(cfg: DataConfig, cache_dir: str | Path | None) -> _Loaded:
 
 def _prepared(loaded: _Loaded, plan: SplitPlan, cfg: DataConfig) -> PreparedData:
     data = loaded.data
-    if cfg.task == "classification":
+    if not cfg.has_masks:
         positive_index(tuple(data.classes), cfg.positive_class)  # a class that is not there: stop before training
     splits = materialise(data, plan, cfg.seed)
     return PreparedData(
@@ -255,7 +255,7 @@ def prepare_folds(cfg: DataConfig, k: int, cache_dir: str | Path | None = None) 
         balance_to=cfg.balance_to,
         seed=cfg.seed,
         fractions=cfg.fractions,
-        stratify=cfg.task == "classification",
+        stratify=not cfg.has_masks,
         groups=loaded.groups,
     )
     if any(min(len(p.train), len(p.val)) == 0 for p in plans):

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 BACKBONE = "backbone"  # the nested backbone model's name inside every classifier
 FEATURES = "pool"  # the layer whose output the head reads: what a frozen backbone's feature cache holds
 STANDARDIZE = "standardize"  # the head's fixed feature standardization (train.standardize_features), when it has one
-_HP = ("dropout", "freeze_backbone", "dense_units", "standardize_features")
+_HP = {"dropout": 0.0, "freeze_backbone": True, "dense_units": 256, "standardize_features": False}
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)  # ImageNet channel means, BGR (keras imagenet_utils, mode "caffe")
 
 
@@ -71,10 +71,10 @@ def _classifier(
     weights,
     scaling=_inception_scaling,
     app_kwargs=None,
-    dropout=0.0,
-    freeze_backbone=True,
-    dense_units=256,
-    standardize_features=False,
+    dropout,
+    freeze_backbone,
+    dense_units,
+    standardize_features,
     head_seed=None,
 ):
     import keras
@@ -137,9 +137,9 @@ def head_model(
     feature_shape: tuple[int, ...],
     *,
     num_classes: int,
-    dropout: float = 0.0,
-    dense_units: int = 256,
-    standardize_features: bool = False,
+    dropout: float,
+    dense_units: int,
+    standardize_features: bool,
     head_seed: int | None = None,
     **backbone_hp,
 ) -> keras.Model:
@@ -298,14 +298,12 @@ BN_MOMENTUM = 0.9
     task="classification",
     min_input_size=16,
     size_multiple=1,
-    hyperparameters=("dropout", "dense_units", "base_filters", "blocks"),
+    hyperparameters={"dropout": 0.0, "dense_units": 256, "base_filters": 32, "blocks": 4},
     preprocess="x / 255, inside the model",
     preprocess_input=lambda x: x / 255.0,
     description="small CNN from scratch: blocks × (Conv 3×3 - BatchNorm - ReLU - MaxPool 2), GAP, the study's head",
 )
-def custom_cnn(
-    *, num_classes, input_shape, weights, dropout=0.0, dense_units=256, base_filters=32, blocks=4
-) -> keras.Model:
+def custom_cnn(*, num_classes, input_shape, weights, dropout, dense_units, base_filters, blocks) -> keras.Model:
     """Seed 003's custom CNN, sized for CPUs: block k has base_filters × 2^k filters (width: base_filters, depth:
     blocks). It has no pretrained weights and trains whole, BatchNorm in training mode."""
     import keras

@@ -22,6 +22,7 @@ import numpy as np
 from sklearn import metrics as skm
 
 from models.stats import ece
+from models.tasks import task_info
 
 _EPS = 1e-7
 BOUNDARY_TOLERANCE = 2  # pixels
@@ -252,6 +253,6 @@ def _predict_once(model, images: np.ndarray, batch_size: int) -> np.ndarray:
 
 def report_from_probs(split, probs: np.ndarray, task: str, class_names: tuple[str, ...]) -> dict:
     """The classification or segmentation report of predicted probabilities on one split."""
-    if task == "classification":
-        return classification_report(split.labels, probs, class_names)
-    return segmentation_report(split.masks, probs[..., 0])
+    if task_info(task).masks:
+        return segmentation_report(split.masks, probs[..., 0])
+    return classification_report(split.labels, probs, class_names)

@@ -14,6 +14,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from models.tasks import task_info
+
 
 @keras.saving.register_keras_serializable(package="leukemia_sweep")
 def study_dice(y_true, y_pred, smooth: float = 1.0):
@@ -100,16 +102,19 @@ def get_loss(name: str):
     return losses[name]
 
 
+# Metrics a task's models compile (``TaskInfo.training_metrics``), by name; each reported per epoch under its name.
+METRICS = {
+    "sparse_categorical_accuracy": lambda: keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
+    "binary_accuracy": lambda: keras.metrics.BinaryAccuracy(name="accuracy"),
+    "precision": lambda: keras.metrics.Precision(name="precision"),
+    "recall": lambda: keras.metrics.Recall(name="recall"),
+    "dice": lambda: PixelScore("dice"),
+    "iou": lambda: PixelScore("iou"),
+    "study_dice": lambda: keras.metrics.MeanMetricWrapper(study_dice, name="study_dice"),
+    "study_iou": lambda: keras.metrics.MeanMetricWrapper(study_iou, name="study_iou"),
+}
+
+
 def training_metrics(task: str) -> list:
     """The metrics compiled into a model of this task (reported per epoch for train and validation)."""
-    if task == "classification":
-        return [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
-    return [
-        keras.metrics.BinaryAccuracy(name="accuracy"),
-        keras.metrics.Precision(name="precision"),
-        keras.metrics.Recall(name="recall"),
-        PixelScore("dice"),
-        PixelScore("iou"),
-        keras.metrics.MeanMetricWrapper(study_dice, name="study_dice"),
-        keras.metrics.MeanMetricWrapper(study_iou, name="study_iou"),
-    ]
+    return [METRICS[name]() for name in task_info(task).training_metrics]

@@ -8,13 +8,13 @@ sweep engine never special-cases a model.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from models.tasks import TASKS
+from models.tasks import TASKS, task_info
 
 if TYPE_CHECKING:
     import keras
@@ -53,7 +53,7 @@ class ModelInfo:
     builder: Callable[..., keras.Model]
     min_input_size: int
     size_multiple: int  # input side must be a multiple of this (U-Nets halve it at every stage)
-    hyperparameters: tuple[str, ...]  # accepted by the builder besides num_classes, input_shape, weights
+    hyperparameters: Mapping[str, Any]  # what the builder takes besides num_classes, input_shape, weights: its default
     preprocess: str  # what the model does to its input, inside the model (inputs are RGB in [0, 255])
     preprocess_input: Callable  # the same as a function on arrays (the model applies it itself; for reference)
     imagenet_weights: str | None = None  # file name Keras caches the no-top ImageNet weights under
@@ -178,6 +178,8 @@ def build(
     ``seed``: a frozen-backbone model's head draws its initial weights and dropout from it alone, as ``build_head``'s
     does with the same seed (the rest of the model draws from the global random state).
 
+    A hyperparameter not given takes the model's own default, from its registry entry.
+
     Raises ModelError for an unknown name, a hyperparameter the model does not take, an impossible value or an
     input size the model cannot take; WeightsUnavailableError when 'imagenet' weights are not on this machine.
     """
@@ -185,6 +187,7 @@ def build(
     unknown = sorted(set(hyperparameters) - set(info.hyperparameters))
     if unknown:
         raise ModelError(f"{name} does not take {', '.join(unknown)}; it takes: {', '.join(info.hyperparameters)}")
+    hyperparameters = {**info.hyperparameters, **hyperparameters}
     dropout = hyperparameters.get("dropout", 0.0)
     if not 0.0 <= dropout < 1.0:
         raise ModelError(f"dropout must be in [0, 1), got {dropout}")
@@ -193,10 +196,11 @@ def build(
     problems = info.input_size_problems(input_shape[0], weights)
     if problems:
         raise ModelError("; ".join(problems))
-    if info.task == "classification" and num_classes < 2:
-        raise ModelError(f"a classifier needs num_classes >= 2, got {num_classes}")
-    if info.task == "segmentation" and num_classes != 1:
+    task = task_info(info.task)
+    if task.masks and num_classes != 1:
         raise ModelError(f"{name} predicts one binary mask: num_classes must be 1, got {num_classes}")
+    if not task.masks and num_classes < task.min_classes:
+        raise ModelError(f"a {info.task} model needs num_classes >= {task.min_classes}, got {num_classes}")
     path = resolve_weights(info, weights)
     if seed is not None and info.backbone is not None:
         hyperparameters["head_seed"] = seed
@@ -219,6 +223,7 @@ def build_head(
     info = get(name)
     if info.backbone is None:
         raise ModelError(f"{name} has no frozen backbone: it has no head to train alone")
+    hyperparameters = {**info.hyperparameters, **hyperparameters}
     with _dtype_policy(mixed_precision):
         return info.backbone.head(tuple(feature_shape), num_classes=num_classes, head_seed=seed, **hyperparameters)
 

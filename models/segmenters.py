@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     import keras
 
 _DEPTH = 4
-_HP = ("dropout", "base_filters")
+_HP = {"dropout": 0.0, "base_filters": 32}
 
 
 def _conv_block(x, filters: int, dropout: float, name: str):
@@ -47,7 +47,7 @@ def _fpn(stages: list, filters: int, activation: str) -> list:
     ]
 
 
-def _unet(*, name, num_classes, input_shape, weights, dropout=0.0, base_filters=32, fpn_activation=None):
+def _unet(*, name, num_classes, input_shape, weights, dropout, base_filters, fpn_activation=None):
     import keras
     from keras import layers
 
@@ -154,7 +154,7 @@ def _mask_head(x, dropout: float):
     return layers.Conv2D(1, 1, activation="sigmoid", dtype="float32", name="mask")(x)
 
 
-def _deeplabv3_plus(*, num_classes, input_shape, weights, dropout=0.0, base_filters=256):
+def _deeplabv3_plus(*, num_classes, input_shape, weights, dropout, base_filters):
     """keras.io's DeepLabV3+: ResNet50 features at stride 16 (conv4) through ASPP, upsampled 4× and joined with the
     stride-4 features (conv2, reduced to 48 channels), two 3×3 blocks, upsampled 4× to the input size."""
     import keras
@@ -176,7 +176,7 @@ def _deeplabv3_plus(*, num_classes, input_shape, weights, dropout=0.0, base_filt
     return keras.Model(inputs, _mask_head(x, dropout), name="deeplabv3_plus")
 
 
-def _unet_xception(*, num_classes, input_shape, weights, dropout=0.0, base_filters=32):
+def _unet_xception(*, num_classes, input_shape, weights, dropout, base_filters):
     """keras.io's Oxford-pets "U-Net-like" model: a strided entry convolution, three Xception-style downsampling
     blocks (separable convolutions, max pooling, a strided 1×1 residual), four upsampling blocks (transposed
     convolutions, upsampling, a 1×1 residual). Widths base_filters × (1, 2, 4, 8)."""
@@ -211,7 +211,7 @@ def _unet_xception(*, num_classes, input_shape, weights, dropout=0.0, base_filte
     return keras.Model(inputs, _mask_head(x, dropout), name="unet_xception")
 
 
-def _fcn8(*, num_classes, input_shape, weights, dropout=0.0, base_filters=512):
+def _fcn8(*, num_classes, input_shape, weights, dropout, base_filters):
     """FCN-8s (Long et al.; keras.io's fully-convolutional-network example): VGG16's pools 3, 4 and 5; the fully
     connected layers as convolutions (7×7 then 1×1, ``base_filters`` wide, dropout after each); a score map per
     stage, added coarse to fine with 2× upsampling, then upsampled 8× to the input size."""
@@ -241,7 +241,6 @@ def _fcn8(*, num_classes, input_shape, weights, dropout=0.0, base_filters=512):
 _CAFFE_FACTS = dict(
     task="segmentation",
     min_input_size=32,
-    hyperparameters=_HP,
     preprocess="RGB -> BGR minus the ImageNet channel means (caffe mode), inside the model",
 )
 
@@ -253,6 +252,7 @@ _CAFFE_FACTS = dict(
     imagenet_weights="resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",  # the encoder's: ResNet50's
     keras_application="ResNet50",
     description="DeepLabV3+: ResNet50 encoder (stride 16), ASPP, decoder with stride-4 skip (base_filters 256)",
+    hyperparameters={**_HP, "base_filters": 256},
     **_CAFFE_FACTS,
 )
 def deeplabv3_plus(**kw) -> keras.Model:
@@ -280,6 +280,7 @@ def unet_xception(**kw) -> keras.Model:
     imagenet_weights="vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",  # the encoder's: VGG16's
     keras_application="VGG16",
     description="FCN-8s: VGG16 encoder, convolutional fc6/fc7 (base_filters 512), scores fused at strides 32/16/8",
+    hyperparameters={**_HP, "base_filters": 512},
     **_CAFFE_FACTS,
 )
 def fcn8(**kw) -> keras.Model:

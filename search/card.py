@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from models.tasks import task_info
+
 CARD_FILE = "MODEL_CARD.md"
 CARD_JSON = "model_card.json"
 EXTERNAL_PREFIX = "external-"  # external validations written next to the model: external-<name>.json/.md/.html
@@ -128,11 +130,8 @@ def trained_on(manifest: dict, study: dict) -> str:
         else f"the images in the folder {Path(data['data_dir']).name}"
     )
     size = manifest["preprocessing"]["input_size"]
-    target = (
-        f"the classes {', '.join(manifest['classes'])}"
-        if manifest["task"] == "classification"
-        else "which pixels belong to cells (the foreground)"
-    )
+    facts = task_info(manifest["task"])
+    target = f"{facts.target} {', '.join(manifest['classes'])}" if facts.class_scores else facts.target
     counts = ""
     if "train" in splits and "test" in splits:
         counts = (
@@ -268,7 +267,7 @@ def model_card(manifest: dict, study: dict, external: list[dict]) -> dict[str, A
 
 def _intended_use(manifest: dict) -> str:
     like = "in images like its training data (same stain, magnification and acquisition)"
-    if manifest["task"] != "classification":
+    if task_info(manifest["task"]).masks:
         return f"Research on segmenting cells (the foreground) {like}; output: a foreground probability per pixel."
     calibrated = (manifest.get("calibration") or {}).get("temperature") is not None
     return f"Research on classifying {', '.join(manifest['classes'])} {like}; output: a probability per class" + (

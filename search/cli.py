@@ -7,6 +7,8 @@ import os
 import sys
 from pathlib import Path
 
+from models.tasks import TASKS
+
 DATA_SCALE = 8  # sweep bench: a sized synthetic set's images × this by default (its smoke presets: 53 -> 424 images)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before any TensorFlow import: keep the terminal readable
@@ -32,7 +34,7 @@ def _add_data_commands(sub) -> None:
     check.add_argument("dir", type=Path, help="dataset folder, or a CSV manifest")
     check.add_argument(
         "--task",
-        choices=("auto", "classification", "segmentation"),
+        choices=("auto", *TASKS),
         default="auto",
         help="default auto: segmentation when the dataset has masks",
     )

@@ -41,7 +41,6 @@ EXPORT_FILE = "export.json"
 STUDY_FILE = "study.json"
 MODEL_FILE = "model.keras"
 EXPORT_FILES = (MODEL_FILE, EXPORT_FILE, STUDY_FILE, "README.md", CARD_FILE, CARD_JSON)
-PREDICTION_THRESHOLD = 0.5
 
 
 def selection_metric(task: str, metric: str | None) -> tuple[str, str]:
@@ -152,8 +151,8 @@ def export_manifest(
             "input_size": size,
             "steps": [dict(step) for step in preprocess_steps.resolve(study.data.preprocess)],  # data.preprocess
             "normalisation": info.preprocess,
-            "mask_rule": data.get("mask_rule") if task == "segmentation" else None,  # how training masks were read
-            "prediction_threshold": PREDICTION_THRESHOLD if task == "segmentation" else None,
+            "mask_rule": data.get("mask_rule") if task_info(task).masks else None,  # how training masks were read
+            "prediction_threshold": task_info(task).threshold,
         },
         "output": task_info(task).output,
         "epochs": int(row["epochs"]),
@@ -409,7 +408,7 @@ def model_inputs(manifest: dict, originals: list[np.ndarray]) -> np.ndarray:
     from data_pipeline import preprocess as preprocess_steps
     from data_pipeline.io import resize
 
-    steps = manifest["preprocessing"].get("steps") or () if manifest["task"] == "classification" else ()
+    steps = () if task_info(manifest["task"]).masks else manifest["preprocessing"].get("steps") or ()
     size = manifest["preprocessing"]["input_size"]
     return np.stack([resize(preprocess_steps.apply(steps, o)[0] if steps else o, size) for o in originals])
 
@@ -424,7 +423,7 @@ def predict_arrays(model, manifest: dict, originals: list[np.ndarray], tta: bool
     from models.evaluation import predict
 
     probs = predict(model, model_inputs(manifest, originals), tta=tta)
-    if manifest["task"] == "classification":
+    if not task_info(manifest["task"]).masks:
         if temperature(manifest) is not None:
             from models.stats import apply_temperature
 
@@ -456,21 +455,21 @@ def predict_images(
     from data_pipeline.io import read_rgb
 
     manifest = check_export(model_dir)
-    if gradcam and manifest["task"] != "classification":
+    segmenter = task_info(manifest["task"]).masks
+    if gradcam and not task_info(manifest["task"]).class_scores:
         raise SweepError(f"--gradcam explains a classifier; {model_dir} holds a {manifest['task']} model")
     paths = image_paths(inputs)
     names = output_names(paths)
     files: dict[str, list[Path]] = {}
     if out is not None:
         out = _prediction_folder(out, paths, model_dir)
-        segmenter = manifest["task"] == "segmentation"
         kinds = ("mask", "overlay") if segmenter else ("gradcam",) if gradcam else ()
         files = {kind: [out / f"{name}_{kind}.png" for name in names] for kind in kinds}
         _refuse_existing([*(p for group in files.values() for p in group), *([] if segmenter else [out / CSV])])
     model, _ = load_export(model_dir)
     originals = [read_rgb(p) for p in paths]  # a corrupt file fails here, naming its path, before any output
     pred = predict_arrays(model, manifest, originals, tta=tta)
-    if manifest["task"] == "classification":
+    if not segmenter:
         classes = manifest["classes"]
         frame = pd.DataFrame(pred.probabilities, columns=[f"p_{c}" for c in classes])
         frame.insert(0, "label", pred.labels)

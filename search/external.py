@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from models.tasks import task_info
 from search.card import EXTERNAL_PREFIX, interval_table, subgroup_table, summarize, write_card
 from search.errors import SweepError
 
@@ -143,7 +144,7 @@ def validate_external(
 
     manifest = check_export(model_dir)
     index = found.index
-    if manifest["task"] != "classification":
+    if not task_info(manifest["task"]).class_scores:
         raise SweepError(
             f"{found.source} is not the data this {manifest['task']} model was trained on: external validation "
             "scores classifiers only (for now); pass the study's own data folder to re-check its test split"

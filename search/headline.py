@@ -56,7 +56,7 @@ def _front(frame: pd.DataFrame, study: Study) -> dict[str, Any] | None:
 
 def _against_no_skill(row: pd.Series, study: Study, data: dict[str, Any]) -> dict[str, Any]:
     """The winner's test metrics next to those of a model that learned nothing."""
-    if study.task == "classification":
+    if study.facts.class_scores:
         option = str(int(row["option"])) if "option" in row and pd.notna(row["option"]) else next(iter(data))
         per_class = data[option]["splits"]["test"]["per_class"]
         # A model that learned nothing predicts the most frequent class: its accuracy; macro F1 = F1 of that class.

@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 
 # Search axes beyond the study's four (model, option, lr, dropout), in table order, with their short label in trial
-# names ("" = the value alone). spec.TRAIN_AXES names the same axes per task.
+# names ("" = the value alone). The task table's train_axes name the same axes per task.
 EXTRA_AXES = {
     "optimizer": "",
     "lr_schedule": "",

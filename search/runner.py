@@ -429,7 +429,7 @@ def finalize(experiment_dir: str, grid, study: Study, datasets: dict, phases: Ph
     timings (timings.json); return the folder."""
     sweep = exp.load_sweep(experiment_dir)
     retries = RetryCounter(experiment_dir).counts()
-    rows, jobs, seg = [], [], study.task == "segmentation"
+    rows, jobs = [], []
     for result in grid:
         config = {k: result.config[k] for k in CONFIG_KEYS if k in result.config}
         history = result.metrics_dataframe
@@ -460,13 +460,13 @@ def finalize(experiment_dir: str, grid, study: Study, datasets: dict, phases: Ph
             jobs.append((len(rows), row["checkpoint"], config.get("option", study.data.option)))
         rows.append(row)
     gradcam = None
-    if study.task == "classification":  # the best classifier's Grad-CAM heatmaps on a few test images per class
+    if study.facts.class_scores:  # the best classifier's Grad-CAM heatmaps on a few test images per class
         gradcam = _extra("Grad-CAM of the best trial", start_gradcam, rows, study, datasets, sweep["resources"],
                          experiment_dir)  # fmt: skip
     first = next(iter(datasets.values()))
     first = first[0] if isinstance(first, tuple) else first
     beside = ThreadPoolExecutor(1)  # the driver only waits on the scoring tasks: the baselines fit meanwhile
-    baselines = beside.submit(_extra, "the classical baselines", score_baselines, first) if seg else None
+    baselines = beside.submit(_extra, "the classical baselines", score_baselines, first) if study.facts.masks else None
     reports = evaluate_all([(p, o) for _, p, o in jobs], study, datasets, sweep["resources"], experiment_dir)
     phases.end("test_scoring")  # Grad-CAM and the baselines run beside it: "extras" is what they take beyond
     details, arrays = {}, {}
@@ -478,7 +478,7 @@ def finalize(experiment_dir: str, grid, study: Study, datasets: dict, phases: Ph
         rows[i] |= {f"test_{k}": v for k, v in report.items() if isinstance(v, float)}
         details[rows[i]["trial"]] = report
         arrays |= {f"{rows[i]['trial']}/{k}": v for k, v in extra.items()}
-    if seg:  # the test images those masks belong to (one loading option for segmentation)
+    if study.facts.masks:  # the test images those masks belong to (one loading option for segmentation)
         arrays |= {"images": first.test.images[:SHOWN_MASKS], "truth": first.test.masks[:SHOWN_MASKS]}
         if baselines.result() is not None:
             exp.save_baselines(experiment_dir, baselines.result())

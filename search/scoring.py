@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from models.tasks import task_info
 from search import storage as store
 from search.checkpoints import backbone_weights, fold_member, head_record, model_files, saved_model, whole_model
 from search.spec import Study
@@ -64,22 +65,23 @@ def evaluate_checkpoint(
         tta_probs = predict(whole, data.test.images, batch_size, tta=True)
         with_tta = report_from_probs(data.test, tta_probs, task, data.classes)
         report |= {f"tta_{k}": v for k, v in with_tta.items() if isinstance(v, float)}
-    positive = positive_index(data.classes, data.config.positive_class) if task == "classification" else None
-    if positive is not None or (task == "classification" and calibrate):
+    facts = task_info(task)
+    positive = positive_index(data.classes, data.config.positive_class) if facts.class_scores else None
+    if positive is not None or (facts.class_scores and calibrate):
         val_probs, val_labels = _validation_probs(model, folds, inputs, batch_size)
     if positive is not None:  # two classes: binary metrics of the positive class, its threshold chosen on validation
         binary = binary_report(val_labels, val_probs, data.test.labels, probs, positive, data.classes[positive])
         report |= binary_columns(binary) | {"binary": binary}
-    if task == "classification" and calibrate:
+    if facts.class_scores and calibrate:
         temperature = stats.fit_temperature(val_probs, val_labels)
         report["ece_calibrated"] = stats.ece(stats.apply_temperature(probs, temperature), data.test.labels)
         fitted_on = "validation" if len(folds) == 1 else "out-of-fold validation (each fold model on its own fold)"
         report["calibration"] = {"temperature": temperature, "fitted_on": fitted_on}
-    if task == "classification":
+    if not facts.masks:
         return report, {"probs": probs, "labels": data.test.labels.astype(np.int32)}
     return report, {
         "dice": per_image_dice(data.test.masks, probs[..., 0]),
-        "masks": (probs[:SHOWN_MASKS, ..., 0] >= 0.5).astype(np.uint8),
+        "masks": (probs[:SHOWN_MASKS, ..., 0] >= facts.threshold).astype(np.uint8),
     }
 
 

@@ -47,6 +47,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from ray import serve
 from ray.serve.config import BackpressureConfig
 
+from models.tasks import task_info
 from search.card import CARD_JSON, DISCLAIMER, render_card, trained_on
 from search.errors import SweepError
 from search.export import MODEL_FILE, STUDY_FILE, Predictions, check_export
@@ -180,7 +181,7 @@ def answers(pred: Predictions, originals: list[np.ndarray], manifest: dict, over
     """One JSON-ready answer per image: class and per-class probabilities, or the mask (PNG, 0/255, at the image's
     own size, as `sweep predict --out` writes it), its foreground fraction and, where ``overlays`` asks, the image
     with the mask tinted and outlined (`sweep predict`'s overlay)."""
-    if manifest["task"] == "classification":
+    if not task_info(manifest["task"]).masks:
         return [
             {"class": label, "probabilities": dict(zip(manifest["classes"], map(float, p), strict=True))}
             for label, p in zip(pred.labels, pred.probabilities, strict=True)

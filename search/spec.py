@@ -6,7 +6,7 @@ Schema (every key optional unless marked):
               costs: bool, objectives: [the validation metric, latency_ms | size_mb] (optuna only)}
   space       axis -> list (a grid; random/optuna sample it) | {loguniform: [lo, hi]} | {uniform: [lo, hi]}
               | {choice: [...]}. Axes: model (required), lr (required), dropout, option (classification), and
-              the train settings in TRAIN_AXES (optimizer, weight_decay, batch_size, lr_schedule, ...; loss for
+              the task table's train_axes (optimizer, weight_decay, batch_size, lr_schedule, ...; loss for
               segmentation, one of the task table's losses)
   train       batch_size, epochs, loss, weights, freeze_backbone, base_filters, blocks, dense_units,
               standardize_features, optimizer, weight_decay, lr_schedule, mixed_precision, backend,
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -29,7 +30,7 @@ from typing import Any
 import yaml
 
 from data_pipeline.config import DataConfig
-from models.tasks import TASKS, task_info
+from models.tasks import TASKS, TaskInfo, task_info, tasks_with
 
 ALGORITHMS = ("grid", "random", "optuna")
 # What a second search objective can be: a deployment cost measured as each architecture is built, minimized
@@ -39,23 +40,6 @@ COST_OBJECTIVES = {
     "size_mb": ("ONNX file size (MiB)", "the ONNX file's size", "--max-size-mb"),
 }
 DISTRIBUTIONS = ("loguniform", "uniform", "choice")
-# Train settings a study may also search over: a trial's value overrides the train section's.
-TRAIN_AXES = {
-    "classification": (
-        "optimizer",
-        "weight_decay",
-        "lr_schedule",
-        "batch_size",
-        "dense_units",
-        "base_filters",
-        "blocks",
-    ),
-    "segmentation": ("optimizer", "weight_decay", "lr_schedule", "batch_size", "base_filters", "loss"),
-}
-AXES = {
-    "classification": ("model", "option", "lr", "dropout", *TRAIN_AXES["classification"]),
-    "segmentation": ("model", "lr", "dropout", *TRAIN_AXES["segmentation"]),
-}
 # Names and integers: a list or a choice, never a range (nobody would round a sampled batch size).
 DISCRETE_AXES = (
     "model",
@@ -86,9 +70,10 @@ class Train:
     loss: str = ""  # empty: the task's default
     weights: str | None = None
     freeze_backbone: bool = True
-    base_filters: int = 32  # U-Nets, custom_cnn: filters of the first stage (doubling at each stage)
-    blocks: int = 4  # custom_cnn: conv-BN-ReLU-pool blocks
-    dense_units: int = 256  # classifiers: the head's dense layer
+    # Taken by some models only (MODEL_HYPERPARAMETERS); null: each model's own default (its registry entry).
+    base_filters: int | None = None  # U-Nets, custom_cnn, ...: filters of the first stage (doubling at each stage)
+    blocks: int | None = None  # custom_cnn: conv-BN-ReLU-pool blocks
+    dense_units: int | None = None  # classifiers: the head's dense layer
     # Classifiers: standardize the pooled backbone features (a fixed Normalization layer fitted on the training
     # split) before the head's dense layer. auto: on where the backbone is random (weights: null) and frozen for the
     # whole trial (no fine-tuning stage), whose features vary too little between images for the head to learn from
@@ -164,11 +149,16 @@ class Study:
     @property
     def metric(self) -> str:
         """The validation metric trials are ranked and chosen by (the task table's)."""
-        return task_info(self.task).metric
+        return self.facts.metric
 
     @property
     def mode(self) -> str:
-        return task_info(self.task).mode
+        return self.facts.mode
+
+    @property
+    def facts(self) -> TaskInfo:
+        """The task table's facts about this study's task (models.tasks)."""
+        return task_info(self.task)
 
     @property
     def objectives(self) -> list[tuple[str, str]]:
@@ -193,7 +183,7 @@ class Study:
 
     @property
     def loss(self) -> str:
-        return self.train.loss or task_info(self.task).default_loss
+        return self.train.loss or self.facts.default_loss
 
     def trial_train(self, config: dict[str, Any]) -> Train:
         """The train settings of one trial: a search axis that names a train setting (optimizer, batch_size, ...)
@@ -201,8 +191,38 @@ class Study:
         names = {f.name for f in dataclasses.fields(Train)}
         return dataclasses.replace(self.train, **{k: v for k, v in config.items() if k in names})
 
+    def trial(self, config: dict[str, Any]) -> TrialConfig:
+        """One trial's configuration (what Ray Tune made of ``param_space``), typed over this study's settings."""
+        return TrialConfig(
+            model=config["model"],
+            lr=float(config["lr"]),
+            dropout=float(config.get("dropout", 0.0)),
+            option=int(config.get("option", self.data.option)),
+            seed=int(config.get("seed", self.search.seed)) + int(config.get("repeat", 0)),  # repeats: the seed only
+            train=self.trial_train(config),
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """One trial's configuration: its model, learning rate, dropout and loading option, its seed, and its train
+    settings (the train section, with the values of any train setting the study searches over)."""
+
+    model: str
+    lr: float
+    dropout: float
+    option: int
+    seed: int
+    train: Train
+
+    def hyperparameters(self, taken: Mapping[str, Any]) -> dict[str, Any]:
+        """The values of the hyperparameters a model takes (``taken``: its registry entry's, with their defaults):
+        this trial's where it sets one, the model's own default where it leaves one null."""
+        own = {k: getattr(self.train, k) for k in taken if k != "dropout"}
+        return {k: taken[k] if v is None else v for k, v in own.items()} | {"dropout": self.dropout}
 
 
 def builtin_studies() -> list[str]:
@@ -335,7 +355,7 @@ def _check_axis(task: str, axis: str, values: Any, problems: list[str], here: bo
             problems.append(f"{where}: loading option {v!r} must be 1 or 2")
         elif axis == "loss" and v not in task_info(task).losses:
             problems.append(f"{where}: {v!r} is not one of {', '.join(task_info(task).losses)} for {task}")
-        elif axis in TRAIN_AXES[task] and axis != "loss" and (p := _hp_problem(axis, v)):
+        elif axis in task_info(task).train_axes and axis != "loss" and (p := _hp_problem(axis, v)):
             problems.append(f"{where}: {p}")
 
 
@@ -401,16 +421,20 @@ def _train_problems(study: Study) -> list[str]:
     import models
 
     problems, t = [], study.train
-    for key in ("optimizer", "lr_schedule", "weight_decay", "batch_size", "dense_units", "base_filters", "blocks"):
-        if p := _hp_problem(key, getattr(t, key)):
+    for key in ("optimizer", "lr_schedule", "weight_decay", "batch_size", *MODEL_HYPERPARAMETERS):
+        value = getattr(t, key)
+        if value is None and key in MODEL_HYPERPARAMETERS:
+            continue  # each model's own default
+        if p := _hp_problem(key, value):
             problems.append(f"train.{key}: {p}")
     if t.epochs < 1:
         problems.append(f"train.epochs: must be >= 1, got {t.epochs}")
     if t.fine_tune_layers < 0:
         problems.append(f"train.fine_tune_layers: must be >= 0 (0 = no fine-tuning), got {t.fine_tune_layers}")
     elif t.fine_tune_layers > 0:
-        if study.task != "classification":
-            problems.append("train.fine_tune_layers: fine-tuning unfreezes a pretrained backbone: classification only")
+        if not task_info(study.task).fine_tunes:
+            only = tasks_with("fine_tunes")
+            problems.append(f"train.fine_tune_layers: fine-tuning unfreezes a pretrained backbone: {only} only")
         if not 1 <= t.fine_tune_after < t.epochs:
             problems.append(
                 f"train.fine_tune_after: must be in [1, train.epochs - 1] = [1, {t.epochs - 1}] so the head trains "
@@ -418,8 +442,9 @@ def _train_problems(study: Study) -> list[str]:
             )
         if not 0 < t.fine_tune_lr_factor <= 1:
             problems.append(f"train.fine_tune_lr_factor: must be in (0, 1], got {t.fine_tune_lr_factor}")
-    if t.calibrate and study.task != "classification":
-        problems.append("train.calibrate: temperature scaling calibrates class probabilities: classification only")
+    if t.calibrate and not task_info(study.task).class_scores:
+        only = tasks_with("class_scores")
+        problems.append(f"train.calibrate: temperature scaling calibrates class probabilities: {only} only")
     if t.backend not in BACKENDS:
         problems.append(f"train.backend: {t.backend!r} is not one of {', '.join(BACKENDS)}")
     if t.standardize_features not in (True, False, "auto"):
@@ -471,8 +496,9 @@ def _model_problems(study: Study) -> list[str]:
         if axis in study.space and known and not any(axis in models.get(n).hyperparameters for n in known):
             takers = [n for n in models.list_models(study.task) if axis in models.get(n).hyperparameters]
             problems.append(f"space.{axis}: none of the study's models takes {axis}; {', '.join(takers)} do")
-    blocks = study.space.get("blocks", [t.blocks])
-    deepest = max((b for b in blocks if isinstance(b, int)), default=t.blocks) if isinstance(blocks, list) else 0
+    own = t.blocks or models.get("custom_cnn").hyperparameters["blocks"] if "custom_cnn" in known else 0
+    blocks = study.space.get("blocks", [own])
+    deepest = max((b for b in blocks if isinstance(b, int)), default=own) if isinstance(blocks, list) else 0
     if "custom_cnn" in known and d.image_size < 2**deepest:
         problems.append(f"data.image_size: custom_cnn with blocks={deepest} needs >= {2**deepest}, got {d.image_size}")
     for name in known if t.weights is not None else []:
@@ -527,9 +553,10 @@ def _study(name: str, raw: dict[str, Any], here: bool = True) -> Study:
     space = raw.get("space") or {}
     if not isinstance(space, dict):
         raise SpecError(f"{name}: space must be a mapping of axes")
+    allowed = task_info(task).axes
     for axis in space:
-        if axis not in AXES[task]:
-            problems.append(f"space.{axis}: unknown axis for {task}; allowed: {', '.join(AXES[task])}")
+        if axis not in allowed:
+            problems.append(f"space.{axis}: unknown axis for {task}; allowed: {', '.join(allowed)}")
         else:
             _check_axis(task, axis, space[axis], problems, here)
     for axis in ("model", "lr"):
@@ -585,7 +612,7 @@ def param_space(study: Study) -> dict[str, Any]:
             out[axis] = tune.grid_search(values)
         else:
             out[axis] = tune.choice(values)
-    if study.task == "classification" and "option" not in out:
+    if "option" in task_info(study.task).axes and "option" not in out:
         out["option"] = study.data.option
     out["dropout"] = out.get("dropout", 0.0)
     if study.search.repeats > 1:

@@ -142,7 +142,8 @@ def train_trial(config: dict[str, Any], datasets: dict, context: TrialContext) -
     from ray import tune
 
     study = context.study
-    train = study.trial_train(config)  # a search axis that names a train setting overrides it for this trial
+    trial = study.trial(config)  # typed; a search axis that names a train setting overrides it for this trial
+    train = trial.train
     os.environ["KERAS_BACKEND"] = train.backend
     env = limit_gpu_memory(context.gpus_per_trial)
     if train.trial_threads and context.gpus_per_trial == 0:  # before the framework starts: its pools are fixed then
@@ -166,15 +167,16 @@ def train_trial(config: dict[str, Any], datasets: dict, context: TrialContext) -
     started = time.perf_counter()  # the first epoch's time includes the features and the build: costs stay honest
 
     # ---- data: the trial's loading option (segmentation: the study's); a frozen backbone's features ---------------
-    info = models.get(config["model"])
-    data = datasets[config.get("option", study.data.option)]
+    info = models.get(trial.model)
+    data = datasets[trial.option]
     folds = data if isinstance(data, tuple) else (data,)
-    seed = int(config.get("seed", study.search.seed)) + int(config.get("repeat", 0))  # repeats differ by seed only
+    seed = trial.seed
     gpu = compute_capability() if context.gpus_per_trial > 0 else None
     policy = resolve_mixed_precision(train.mixed_precision, gpu)
-    hp = {k: getattr(train, k) for k in info.hyperparameters if k != "dropout"}  # by its registry entry
-    build = {"num_classes": 1 if study.task == "segmentation" else len(folds[0].classes), **hp}
-    build["dropout"] = float(config["dropout"])
+    build = {
+        "num_classes": study.facts.num_outputs(len(folds[0].classes)),
+        **trial.hyperparameters(info.hyperparameters),
+    }
     on_features = feature_cache_off_because(info, train) is None
     record, extra = None, {"mixed_precision": policy or "float32", "backend": keras.backend.backend()}
     extra["cpu_threads"] = cpu_threads(extra["backend"])
@@ -183,7 +185,7 @@ def train_trial(config: dict[str, Any], datasets: dict, context: TrialContext) -
         with _timed(seconds, "feature_seconds"):
             size = folds[0].config.image_size
             backbone = Backbone(info.name, size, train.weights, seed, train.backend, policy)
-            images = _every_image(datasets, config, study)  # and the report's Grad-CAM examples' feature maps:
+            images = _every_image(datasets, trial.option)  # and the report's Grad-CAM examples' feature maps:
             features = backbone_features(backbone, images, cache_dir, maps_of=gradcam_images(datasets))
             publish_backbone(features, context.experiment_dir)
         record = {"spec": dataclasses.asdict(backbone), "digest": features.digest, "build": build}
@@ -217,7 +219,7 @@ def train_trial(config: dict[str, Any], datasets: dict, context: TrialContext) -
                     extract = info.backbone.extractor
                     x = fit.x_train if on_features else extract(fit.model).predict(fit.x_train, verbose=0)
                     info.backbone.standardize(fit.model, x)
-                fit.compile(train, study, float(config["lr"]))
+                fit.compile(train, study, trial.lr)
 
     # ---- cost: the search's second objective, measured on this architecture as it would be deployed --------------
     if study.cost_objective is not None:
@@ -231,7 +233,7 @@ def train_trial(config: dict[str, Any], datasets: dict, context: TrialContext) -
         if fine_tune_starts(epoch, train):  # the top backbone layers train from now on, at a lower learning rate
             for fit in fits:
                 info.backbone.unfreeze_top(fit.model, train.fine_tune_layers)
-                fit.compile(train, study, float(config["lr"]) * train.fine_tune_lr_factor)
+                fit.compile(train, study, trial.lr * train.fine_tune_lr_factor)
         with _timed(seconds, "fit_seconds"):
             per_fold = [fit.epoch(epoch, train, seed) for fit in fits]
         metrics = fold_mean(per_fold, metric) | extra
@@ -278,12 +280,11 @@ def _architecture_cost(info, build: dict[str, Any], fit: _Fold, on_features: boo
     return build_cost(whole, {"model": info.name, "policy": policy, **shape_only}, size, cache_dir)
 
 
-def _every_image(datasets: dict, config: dict[str, Any], study: Study) -> dict:
+def _every_image(datasets: dict, mine: int) -> dict:
     """The images of every split of every loading option and fold, this trial's own by their plain names
     (``train0``, ...): the first trials on a node compute the features every later one reads (the options split the
     same images two ways). The test images' features are computed here too, never looked at: the test split is
     scored only after the sweep (``search.scoring``)."""
-    mine = config.get("option", study.data.option)
     out = {}
     for option, data in datasets.items():
         for i, fold in enumerate(data if isinstance(data, tuple) else (data,)):
@@ -322,7 +323,7 @@ class _Fold:
     @classmethod
     def of(cls, data, study: Study, features: dict | None, i: int) -> _Fold:
         """Fold ``i``'s arrays: the object store's as they are (uint8 images; the model casts on the device)."""
-        seg = study.task == "segmentation"
+        seg = study.facts.masks
 
         def xy(split):
             s = data.split(split)

@@ -238,10 +238,10 @@ def test_a_recorded_study_is_validated_again_when_it_is_read(tmp_path):
 
 
 def test_every_searchable_train_setting_has_a_label_in_trial_names():
+    from models.tasks import TASK_TABLE
     from search.results import EXTRA_AXES
-    from search.spec import TRAIN_AXES
 
-    assert set(EXTRA_AXES) == {axis for axes in TRAIN_AXES.values() for axis in axes}
+    assert set(EXTRA_AXES) == {axis for info in TASK_TABLE.values() for axis in info.train_axes}
 
 
 @pytest.mark.parametrize("name", ["../x", "/tmp/x", "a/b", "a\\b", "..", ".hidden", "s3:x", "a\nb"])

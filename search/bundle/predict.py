@@ -49,10 +49,15 @@ def resize(image: np.ndarray, size: int) -> np.ndarray:
 
 def model_input(manifest: dict, image: np.ndarray) -> np.ndarray:
     """One image as the model takes it: a classifier's preprocessing steps, then resized (values stay 0-255)."""
-    steps = manifest["preprocessing"].get("steps") or () if manifest["task"] == "classification" else ()
+    steps = () if masks_out(manifest) else manifest["preprocessing"].get("steps") or ()
     if steps:
         image = preprocess.apply(steps, image)[0]
     return resize(image, manifest["preprocessing"]["input_size"])
+
+
+def masks_out(manifest: dict) -> bool:
+    """Whether the model outputs a mask (thresholded at the export's threshold) rather than class probabilities."""
+    return manifest["preprocessing"].get("prediction_threshold") is not None
 
 
 def calibrated(probs: np.ndarray, temperature: float | None) -> np.ndarray:
@@ -98,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     x = np.stack([model_input(manifest, o) for o in originals]).astype(np.float32)
     batches = range(0, len(x), args.batch_size)
     out = np.concatenate([session.run(None, {name: x[i : i + args.batch_size]})[0] for i in batches])
-    if manifest["task"] == "classification":
+    if not masks_out(manifest):
         probs = calibrated(out, (manifest.get("calibration") or {}).get("temperature"))
         header = ["image", "label", *(f"p_{c}" for c in manifest["classes"])]
         rows = [

@@ -91,7 +91,7 @@ def _best_trial(
         return out
     row = overall.iloc[0]
     trial = row["trial"]
-    if study.task != "classification":
+    if not study.facts.class_scores:
         if f"{trial}/masks" in preds:
             fig.plot_best_segmenter(figs, preds["images"], preds["truth"], preds[f"{trial}/masks"])
         return out

@@ -32,25 +32,6 @@ from search.spec import Study
 CONFIG = [k for k in CONFIG_KEYS if k != "repeat"]  # a configuration: the study's four axes and any other
 AXIS_HEADINGS = {"loss": "loss function"}  # an axis whose name is also a metric column's heading
 STUDY_NAMES = {"inception_resnet_v2": "InceptionResNetV2", "nasnet_large": "NASNetLarge"}  # others: same name
-# The study's reference columns for the side-by-side: ours -> (its column, scale to a fraction)
-REFERENCE_COLUMNS = {
-    "classification": {
-        "test_accuracy": ("test_acc", 0.01),
-        "test_loss": ("test_loss", 0.01),
-        "test_precision": ("precision", 1.0),
-        "test_recall": ("recall", 1.0),
-        "test_f1": ("f1", 1.0),
-        "val_accuracy": ("val_acc", 0.01),
-    },
-    "segmentation": {
-        "test_accuracy": ("accuracy", 0.01),
-        "test_loss": ("loss", 0.01),
-        "test_precision": ("precision", 0.01),
-        "test_recall": ("recall", 0.01),
-        "test_iou": ("iou", 0.01),
-        "test_dice": ("dice", 0.01),
-    },
-}
 
 
 def config_keys(frame: pd.DataFrame) -> list[str]:
@@ -171,8 +152,7 @@ def summary_table(agg: pd.DataFrame, task: str) -> pd.DataFrame:
 
 def reference(task: str) -> pd.DataFrame:
     """The study's published table for ``task`` (package data copied from the paper's tables)."""
-    name = "study_classification_48.csv" if task == "classification" else "study_segmentation_36.csv"
-    with resources.files("search").joinpath(f"reference/{name}").open() as f:
+    with resources.files("search").joinpath(f"reference/{task_info(task).study_table}").open() as f:
         return pd.read_csv(f)
 
 
@@ -186,7 +166,7 @@ def versus_study(agg: pd.DataFrame, task: str, ref: pd.DataFrame) -> pd.DataFram
         if "loading_option" in ref and "option" in ours:
             match &= ref["loading_option"] == ours["option"]
         theirs = ref[match].iloc[0] if match.any() else None
-        for col, (ref_col, scale) in REFERENCE_COLUMNS[task].items():
+        for col, ref_col, scale in task_info(task).study_columns:
             value = float(ours.get(col, np.nan))
             published = float(theirs[ref_col]) * scale if theirs is not None else np.nan
             rows.append(
@@ -295,13 +275,11 @@ def trust_lines(t: dict[str, Any]) -> list[str]:
 
 # ---- is the winner really better? calibration, test-time augmentation ---------------------------------------------
 
-STUDY_HEADLINE = {"classification": "test_acc", "segmentation": "dice"}  # how the study picked its own best
-
 
 def study_pick(ref: pd.DataFrame, task: str) -> dict[str, Any]:
     """The configuration the study itself presented as best: the highest published test figure (the paper chose on
     test; here it is only a configuration to compare against)."""
-    row = best_by(ref, STUDY_HEADLINE[task], "max").iloc[0]
+    row = best_by(ref, task_info(task).study_headline, "max").iloc[0]
     inverse = {v: k for k, v in STUDY_NAMES.items()}
     pick = {"model": inverse.get(row["model"], row["model"]), "lr": float(row["lr"]), "dropout": float(row["dropout"])}
     return pick | ({"option": int(row["loading_option"])} if "loading_option" in row else {})
@@ -350,7 +328,7 @@ def paired_comparisons(
     w = winner["trial"]
     for role, row in pairs[1:]:
         t, name = row["trial"], f"{role} {row['trial']}"
-        if task == "classification":
+        if task_info(task).class_scores:
             same = f"{w}/probs" in preds and f"{t}/probs" in preds
             same = same and np.array_equal(preds[f"{w}/labels"], preds[f"{t}/labels"])
             same = same and winner.get("option") == row.get("option")
