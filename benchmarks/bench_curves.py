@@ -3,7 +3,7 @@
 Usage: python benchmarks/bench_curves.py [--study classification] [--seeds 0 1 2 3 4] [--concurrent 2]
 
 For each seed (``search.seed``: the data's split and the models' initialisation) it drives the quickstart's trials
-in this process, epoch by epoch through the trial's own loop (``search.trial``), ``--concurrent`` at a time in
+in this process, epoch by epoch through the trial's own loop (``search.sweep.trial``), ``--concurrent`` at a time in
 lockstep as the sweep runs them on 2 cores, and feeds their validation metric to Ray's own ASHA scheduler, as
 ``sweep run`` does. Each epoch is scored twice from one training run: with the BatchNorm moving averages as the
 last fit left them ("moving", the trial loop before precise BN) and with the statistics recomputed over the epoch's
@@ -41,10 +41,10 @@ def run_seed(study, concurrent: int) -> dict:
 
     import models
     import models.batchnorm as bn
-    from search.results import trial_name
-    from search.runner import prepare_all
-    from search.spec import param_space
-    from search.trial import TrialContext, _fold_epochs
+    from search.study.results import trial_name
+    from search.study.spec import param_space
+    from search.sweep.runner import prepare_all
+    from search.sweep.trial import TrialContext, _fold_epochs
 
     data = prepare_all(study)
     context = TrialContext(study, gpus_per_trial=0, experiment_dir="unused")
@@ -118,7 +118,7 @@ def main() -> None:
     parser.add_argument("--concurrent", type=int, default=2, help="trials in lockstep, as the sweep runs them")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from search.spec import load_study
+    from search.study.spec import load_study
 
     kept = {s: [] for s in SCORINGS}
     for seed in args.seeds:

@@ -30,11 +30,11 @@ def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import ray
 
-    from search.experiment import load_results, load_sweep
-    from search.headline import lines, outcome
-    from search.report import publish_report
-    from search.runner import run_study
-    from search.spec import load_study
+    from search.outputs.headline import lines, outcome
+    from search.outputs.report import publish_report
+    from search.study.experiment import load_results, load_sweep
+    from search.study.spec import load_study
+    from search.sweep.runner import run_study
 
     storage = args.storage or tempfile.mkdtemp(prefix="bench-quality-")
     rows = []

@@ -10,8 +10,8 @@ from pathlib import Path
 
 def sweep_figures(folder: Path) -> list[str]:
     from models.tasks import task_info
-    from search.experiment import load_results, load_sweep, load_timings
-    from search.results import best_by
+    from search.study.experiment import load_results, load_sweep, load_timings
+    from search.study.results import best_by
 
     sweep = load_sweep(folder)
     task = task_info(sweep["study"]["task"])

@@ -239,7 +239,7 @@ def predict(model, images: np.ndarray, batch_size: int = 32, tta: bool = False) 
 
 def _predict_once(model, images: np.ndarray, batch_size: int) -> np.ndarray:
     """Eager calls: for a single pass over a split they cost less than tracing a predict function used once. A model
-    that answers with NumPy arrays (``search.deploy.OnnxModel``) never imports Keras here."""
+    that answers with NumPy arrays (``search.outputs.deploy.OnnxModel``) never imports Keras here."""
     outs = []
     for i in range(0, len(images), batch_size):
         out = model(images[i : i + batch_size].astype("float32"), training=False)

@@ -69,7 +69,7 @@ def _log_prob_gradients(head: keras.Model, fmap: np.ndarray, classes: np.ndarray
 def head_on_map(head: keras.Model, map_shape: tuple[int, ...]) -> keras.Model:
     """A classifier's head alone (pooled features -> probabilities: what a trial on a frozen backbone trains) behind
     the pooling of the backbone's feature map: the whole classifier's map -> probabilities part, for Grad-CAM from a
-    feature map computed apart (``search.features`` keeps those of the report's example images)."""
+    feature map computed apart (``search.sweep.features`` keeps those of the report's example images)."""
     inputs = keras.Input(map_shape, name="feature_map")
     pooled = keras.layers.GlobalAveragePooling2D(name=FEATURES)(inputs)
     return keras.Model(inputs, head(pooled), name=f"{head.name}_map_head")

@@ -4,7 +4,7 @@ A study, a trial, a results table, a report, an export, the server and the CLI a
 its selection metric, losses, training metrics, what its targets and outputs are, what a study may search over, its
 headline test metrics and report columns, and what the study's own tables call them. No code outside it compares a
 task's name: a new task or metric is one entry here (and, for a new kind of output, its decoding where outputs are
-read: ``models.evaluation.report_from_probs``, ``search.export.predict_arrays``).
+read: ``models.evaluation.report_from_probs``, ``search.outputs.export.predict_arrays``).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ class TaskInfo:
     train_axes: tuple[str, ...]  # train settings a trial's value overrides (spec.Train)
     training_metrics: tuple[str, ...]  # compiled into its models, reported per epoch (models.metrics.METRICS)
     threshold: float | None  # a mask output is foreground at this probability; None: no threshold
-    study_table: str  # the study's published table of this task (search/reference/)
+    study_table: str  # the study's published table of this task (search/outputs/report/reference/)
     study_headline: str  # the column of that table the study picked its best by
     study_columns: tuple[tuple[str, str, float], ...]  # ours, the study's, its scale to a fraction
 

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from conftest import read_hparams, run_sweep
 
-from search.spec import SpecError, load_study
+from search.study.spec import SpecError, load_study
 
 
 def _write(tmp_path, spec, name="study.yaml"):
@@ -77,8 +77,8 @@ def test_a_model_hyperparameter_axis_needs_a_model_that_takes_it(tmp_path):
 
 
 def test_new_axes_become_grid_axes_and_trial_names():
-    from search.results import trial_name
-    from search.spec import param_space
+    from search.study.results import trial_name
+    from search.study.spec import param_space
 
     study = load_study("classification", "quickstart")
     space = param_space(study)

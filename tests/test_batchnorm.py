@@ -60,9 +60,9 @@ def test_the_trial_validates_with_the_epochs_statistics():
     training images in inference mode as training mode does; moving averages after one step (momentum 0.9) do not."""
     import keras
 
-    from search.runner import prepare_all
-    from search.spec import load_study
-    from search.trial import _Fold
+    from search.study.spec import load_study
+    from search.sweep.runner import prepare_all
+    from search.sweep.trial import _Fold
 
     batch_size = 64
     overrides = {

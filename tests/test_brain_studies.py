@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from conftest import run_sweep
 
-from search.spec import SpecError, load_study
+from search.study.spec import SpecError, load_study
 
 # ---- the studies, pure ----------------------------------------------------------------------------------------------
 
@@ -50,7 +50,7 @@ def test_loss_axis_is_validated_against_the_task_table(tmp_path):
 
 
 def test_a_trial_trains_with_its_own_loss():
-    from search.results import trial_name
+    from search.study.results import trial_name
 
     study = load_study("brain_mri_segmentation", "smoke")
     config = {"model": "unet_xception", "lr": 0.001, "dropout": 0.0, "loss": "dice"}
@@ -82,8 +82,8 @@ def test_positive_class_defaults_to_the_second_sorted_class_and_is_validated():
 
 def test_binary_columns_and_table_from_a_known_case():
     from models.evaluation import binary_report
-    from search.report.tables import binary_table
-    from search.scoring import binary_columns
+    from search.outputs.report.tables import binary_table
+    from search.sweep.scoring import binary_columns
 
     # Validation: positives score 0.3-0.4, negatives 0.1-0.2, so Youden's J picks 0.3 (both rates perfect).
     val_labels, val_probs = np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.3, 0.4])
@@ -160,7 +160,7 @@ def test_brain_mri_segmentation_smoke_sweep_searches_the_loss(brain_segmentation
 
 
 def test_baselines_table_puts_baselines_beside_each_models_best():
-    from search.report.tables import BASELINE_COLUMNS, baselines_table
+    from search.outputs.report.tables import BASELINE_COLUMNS, baselines_table
 
     baselines = [{"model": "kmeans", "dice": 0.25, "iou": 0.1}]
     best = pd.DataFrame([{"trial": "unet-lr0.01-do0", **{f"test_{c}": 0.5 for c in BASELINE_COLUMNS}}])

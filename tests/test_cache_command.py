@@ -12,9 +12,9 @@ import pytest
 from conftest import ROOT
 
 from data_pipeline import cache, duplicate_clusters, load, scan, synth
-from search import deploy
 from search.cli import main
-from search.features import Backbone, backbone_features
+from search.outputs import deploy
+from search.sweep.features import Backbone, backbone_features
 
 
 def _cli(capsys, *args):
@@ -48,7 +48,7 @@ def _real_entries(root: Path, data: Path, monkeypatch) -> dict[str, Path]:
     backbone = Backbone("efficientnetv2_b0", 32, None, 0, "tensorflow", None)  # the smallest frozen backbone
     backbone_features(backbone, {"train": images}, root)
     made["features"] = root / "features" / backbone.key()
-    code = "import sys; from search.compile_cache import enable_for; enable_for('jax', True, sys.argv[1]); "
+    code = "import sys; from search.sweep.compile_cache import enable_for; enable_for('jax', True, sys.argv[1]); "
     code += "import jax; print(jax.jit(lambda x: x * 2 + 1)(1.0))"  # one program into JAX's compilation cache
     env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
     proc = subprocess.run([sys.executable, "-c", code, root], env=env, capture_output=True, text=True, timeout=120)

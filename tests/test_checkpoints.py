@@ -14,9 +14,9 @@ def test_head_checkpoint_resumes_and_assembles_into_its_whole_model(tmp_path):
 
     import models
     from models.metrics import get_loss
-    from search import checkpoints
-    from search.experiment import backbone_file
-    from search.features import Backbone, backbone_features, publish_backbone
+    from search.study import checkpoints
+    from search.study.experiment import backbone_file
+    from search.sweep.features import Backbone, backbone_features, publish_backbone
 
     rng = np.random.default_rng(0)
     x = rng.integers(0, 255, (8, 32, 32, 3), dtype=np.uint8)
@@ -64,9 +64,10 @@ def test_gradcam_of_a_head_from_its_trials_cached_maps_is_its_whole_models(tmp_p
     import keras
 
     import models
-    import search.features
-    from search import checkpoints, scoring
-    from search.features import Backbone, backbone_features, publish_backbone
+    import search.sweep.features
+    from search.study import checkpoints
+    from search.sweep import scoring
+    from search.sweep.features import Backbone, backbone_features, publish_backbone
 
     rng = np.random.default_rng(1)
     x = rng.integers(0, 255, (9, 64, 64, 3), dtype=np.uint8)  # 64 px: a 2 x 2 feature map, so heatmaps vary
@@ -76,7 +77,7 @@ def test_gradcam_of_a_head_from_its_trials_cached_maps_is_its_whole_models(tmp_p
     assert list(labels[examples]) == [0, 0, 1, 1, 2, 2]
     backbone = Backbone("efficientnetv2_b0", 64, None, 7, "tensorflow", None)
     cache = tmp_path / "cache"
-    monkeypatch.setattr(search.features, "MAP_BATCH", 4)  # the 6 examples' maps in two calls
+    monkeypatch.setattr(search.sweep.features, "MAP_BATCH", 4)  # the 6 examples' maps in two calls
     features = backbone_features(backbone, {"test": x}, cache, maps_of=scoring.gradcam_images({1: data}))
     experiment = str(tmp_path / "experiment")
     publish_backbone(features, experiment)

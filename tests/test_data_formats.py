@@ -609,7 +609,7 @@ def test_smoke_sweep_on_images_and_masks_folders(tmp_path):
 
 
 def test_study_rejects_an_unknown_layout_or_mask_rule_at_load():
-    from search.spec import SpecError, load_study
+    from search.study.spec import SpecError, load_study
 
     with pytest.raises(SpecError) as err:
         load_study("segmentation", "smoke", {"data": {"layout": "tiles", "mask_rule": "threshold:999"}})
@@ -620,7 +620,7 @@ def test_study_rejects_an_unknown_layout_or_mask_rule_at_load():
 
 
 def test_sweeps_recorded_before_mask_rule_still_load():
-    from search.spec import SpecError, load_study, study_from_record
+    from search.study.spec import SpecError, load_study, study_from_record
 
     old = load_study("segmentation", "smoke").to_dict()
     del old["data"]["mask_rule"], old["data"]["layout"]

@@ -16,8 +16,8 @@ import pandas as pd
 import pytest
 from conftest import cli, run_sweep
 
-from search.deploy import BUNDLE_FILES, BUNDLE_REQUIREMENTS, ONNX_TOLERANCE, parity_problem
-from search.export import predict_images
+from search.outputs.deploy import BUNDLE_FILES, BUNDLE_REQUIREMENTS, ONNX_TOLERANCE, parity_problem
+from search.outputs.export import predict_images
 
 FRAMEWORKS = ("tensorflow", "keras", "jax", "torch", "search", "data_pipeline", "models")
 BARE = {"PATH": "/usr/bin:/bin", "HOME": os.environ["HOME"]}  # a clinic's shell: no PYTHONPATH, no project variable
@@ -119,9 +119,9 @@ def _int8_is_recorded_as_measured(model_dir: Path, manifest: dict, out: str) -> 
     difference; printed; predict.py --int8 runs it."""
     from models.evaluation import report_from_probs
     from models.tasks import task_info
-    from search.deploy import CALIBRATION_IMAGES, INT8_FILE, onnx_outputs
-    from search.export import _option, study_data
-    from search.spec import study_from_record
+    from search.outputs.deploy import CALIBRATION_IMAGES, INT8_FILE, onnx_outputs
+    from search.outputs.export import _option, study_data
+    from search.study.spec import study_from_record
 
     q = manifest["onnx"]["int8"]
     assert q["file"] == INT8_FILE and (model_dir / INT8_FILE).is_file()
@@ -149,7 +149,7 @@ def _int8_is_recorded_as_measured(model_dir: Path, manifest: dict, out: str) -> 
 def test_an_unfaithful_conversion_fails_the_export_and_writes_nothing(
     classification_experiment, tmp_path, capsys, monkeypatch
 ):
-    from search import deploy
+    from search.outputs import deploy
 
     real = deploy.onnx_outputs
     monkeypatch.setattr(deploy, "onnx_outputs", lambda *a, **k: real(*a, **k) + 1e-3)  # off by 1e-3 everywhere
@@ -204,9 +204,9 @@ def test_a_search_for_accuracy_and_latency_measures_each_architecture_once_and_r
     import optuna
     import yaml
 
-    import search.results as res
+    import search.study.results as res
     from data_pipeline.cache import default_cache_dir
-    from search.export import select_within_budget
+    from search.outputs.export import select_within_budget
 
     epochs = 2
     spec = {

@@ -106,7 +106,7 @@ def test_external_validation_with_subgroups_next_to_the_model(model_dir, externa
     for g in record["subgroups"]:
         _intervals_hold(g["metrics"])
     # the accuracy is that of `sweep predict` on the same images
-    from search.export import predict_images
+    from search.outputs.export import predict_images
 
     predicted = predict_images(model_dir, [root / name for name in rows["image"]])
     assert record["metrics"]["accuracy"]["value"] == pytest.approx((predicted["label"] == rows["label"]).mean())
@@ -160,7 +160,7 @@ def test_external_refusals_are_one_line_and_write_nothing(model_dir, external, t
 
 
 def test_groups_and_duplicates_are_read_from_whatever_the_sweep_recorded():
-    from search.card import handling
+    from search.outputs.card import handling
 
     plain = handling({"data": {"leakage_audit": {"val": 0, "test": 1}}}, {"data": {}})
     assert plain["groups"].startswith("not grouped") and plain["duplicates"].startswith("not checked")
@@ -178,7 +178,7 @@ def test_subgroups_of_a_manifest_with_other_column_names(tmp_path):
     """A manifest as hospitals write it (path, diagnosis, site): the image column is found by its usual names, as
     scan finds it, and is no subgroup column."""
     from data_pipeline import scan
-    from search.external import ExternalSet, subgroup_values
+    from search.outputs.external import ExternalSet, subgroup_values
 
     rows = [(f"{c}{i}.png", c, f"site{i}") for c in ("A", "B") for i in range(2)]
     for name, _, _ in rows:
@@ -191,7 +191,7 @@ def test_subgroups_of_a_manifest_with_other_column_names(tmp_path):
 
 
 def test_class_check_and_file_names_by_hand():
-    from search.external import class_problem, external_name
+    from search.outputs.external import class_problem, external_name
 
     assert class_problem(["a", "b"], ["a", "b"], "X") is None
     message = class_problem(["a", "b", "c"], ["a", "b", "d"], "X")

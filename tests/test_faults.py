@@ -116,7 +116,7 @@ def _cli(capsys, *args) -> tuple[int, str]:
 
 def test_every_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys):
     from data_pipeline import DataConfig, prepare, synth
-    from search.spec import load_study
+    from search.study.spec import load_study
 
     storage = tmp_path / "runs"
 
@@ -172,7 +172,7 @@ def test_every_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, caps
 
 
 def test_a_failed_trial_keeps_its_exception_line_not_the_notes_after_it():
-    from search.results import error_line
+    from search.study.results import error_line
 
     jax_oom = RuntimeError(  # as Ray Tune hands back a JAX trial that ran out of memory (abridged)
         "Failure # 1 (occurred at 2026-11-23_04-04-10)\n"
@@ -244,7 +244,7 @@ def test_a_sweep_stopped_with_ctrl_c_says_how_to_resume_and_resume_finishes_it(t
 
 
 def test_a_sweep_has_ended_when_every_trial_is_terminated_or_errored():
-    from search.runner import unended
+    from search.sweep.runner import unended
 
     assert unended(["TERMINATED", "ERROR", "TERMINATED"]) == 0
     assert unended(["TERMINATED", "RUNNING", "PENDING", "PAUSED", "ERROR"]) == 3

@@ -163,7 +163,7 @@ def test_leftovers_are_this_hosts_dead_writers_or_old_ones_from_elsewhere():
 
 _HOLDER = """
 import sys, time
-from search.experiment import driver_lock
+from search.study.experiment import driver_lock
 with driver_lock(sys.argv[1]):
     print("holding", flush=True)
     time.sleep(60)
@@ -171,7 +171,7 @@ with driver_lock(sys.argv[1]):
 
 
 def test_a_second_driver_of_an_experiment_is_refused_naming_the_first(tmp_path, capsys):
-    from search.experiment import SWEEP_FILE, driver_lock
+    from search.study.experiment import SWEEP_FILE, driver_lock
 
     experiment = tmp_path / "exp"
     experiment.mkdir()
@@ -198,7 +198,7 @@ def test_a_second_driver_of_an_experiment_is_refused_naming_the_first(tmp_path, 
 
 def test_a_taken_experiment_name_is_refused_when_checked_and_a_failed_start_leaves_nothing(tmp_path):
     from search.errors import SweepError
-    from search.experiment import new_experiment
+    from search.study.experiment import new_experiment
 
     experiment = str(tmp_path / "runs" / "x")
     with pytest.raises(RuntimeError), new_experiment(experiment):

@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 from conftest import run_sweep
 
-from search.checkpoints import CHECKPOINT_MODEL
-from search.experiment import TIMINGS_JSON, load_timings
-from search.results import UNSCORED, best_row
+from search.study.checkpoints import CHECKPOINT_MODEL
+from search.study.experiment import TIMINGS_JSON, load_timings
+from search.study.results import UNSCORED, best_row
 
 
 def test_an_unreadable_checkpoint_costs_only_its_own_trial_and_resume_writes_results_and_report(

@@ -217,8 +217,8 @@ def test_option_1_run_refuses_a_group_spanning_classes_and_writes_nothing(data, 
 @pytest.mark.parametrize("folds", [1, 3])
 def test_the_sweep_record_says_no_group_crosses(data, folds):
     """What sweep.json's data section records (runner._data_summary), from the images prepared for the trials."""
-    from search.runner import _data_summary, prepare_all
-    from search.spec import load_study
+    from search.study.spec import load_study
+    from search.sweep.runner import _data_summary, prepare_all
 
     overrides = {
         "data": {"data_dir": str(data / "images"), "group_by": r"^(P\d+)_", "balance_to": None},
@@ -236,7 +236,7 @@ def test_the_sweep_record_says_no_group_crosses(data, folds):
 
 
 def test_the_study_types_its_group_and_column_settings():
-    from search.spec import SpecError, load_study
+    from search.study.spec import SpecError, load_study
 
     with pytest.raises(SpecError, match=r"data\.group_by: 5 must be null or a non-empty text") as err:
         load_study("classification", "smoke", {"data": {"group_by": 5, "image_column": " "}})

@@ -55,7 +55,7 @@ def connect_ex(self, address):
 
 socket.getaddrinfo, socket.socket.connect, socket.socket.connect_ex = getaddrinfo, connect, connect_ex
 
-import data_pipeline, data_pipeline.augment, search.cli, search.trial  # noqa: E401,F401
+import data_pipeline, data_pipeline.augment, search.cli, search.sweep.trial  # noqa: E401,F401
 
 print(json.dumps(attempts))
 """

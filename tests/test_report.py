@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from models.tasks import task_info
-from search.report import figures, tables
+from search.outputs.report import figures, tables
 
 
 def _frame(repeats=1):
@@ -54,7 +54,7 @@ DATA = {"2": {"leakage_audit": {"val": 0, "test": 0}, "classes": ["Benign", "Ear
 
 
 def _study(protocol="leak_free"):
-    from search.spec import load_study
+    from search.study.spec import load_study
 
     return load_study("classification", "smoke", {"train": {"epochs": 6}, "data": {"protocol": protocol}})
 
@@ -177,7 +177,7 @@ def test_a_tie_is_called_a_tie_and_table_files_get_plain_names():
     frame["val_accuracy"] = 0.25  # every configuration collapsed to one class: nothing to choose between
     lines = tables.trust_lines(tables.trust(tables.aggregate(frame), _study(), DATA))
     assert any("A tie" in line for line in lines)
-    from search.report import _slug
+    from search.outputs.report import _slug
 
     assert _slug("inception_resnet_v2 / option 1") == "inception_resnet_v2_option_1"
 
@@ -250,7 +250,7 @@ def _titles(text: str, fmt: str) -> list[str]:
 
 
 def test_markdown_html_and_latex_carry_the_same_sections_tables_and_figures(tmp_path):
-    from search.report import write_report
+    from search.outputs.report import write_report
 
     out = write_report(_experiment(tmp_path / "exp"), tmp_path / "report")
     for name in ("axis_effects", "parallel_coordinates"):  # what mattered, drawn: every trial, the winner marked
@@ -310,7 +310,7 @@ def test_reading_results_imports_neither_ray_nor_a_framework_nor_the_image_stack
 
 
 def test_the_headline_puts_the_winner_next_to_a_model_that_learned_nothing():
-    from search.headline import lines, outcome
+    from search.outputs.headline import lines, outcome
 
     frame = _frame()
     data = {"2": DATA["2"] | {"splits": {"test": {"per_class": [10, 20, 30, 40]}}}}
@@ -332,7 +332,7 @@ def test_importance_ranks_the_axis_that_decides_the_metric_or_says_why_not():
     one axis searched: no numbers, a reason instead."""
     import itertools
 
-    from search.importance import MIN_TRIALS, importance, sentence, table
+    from search.outputs.importance import MIN_TRIALS, importance, sentence, table
 
     rng = np.random.default_rng(0)
     rows = [
@@ -363,7 +363,7 @@ def test_importance_ranks_the_axis_that_decides_the_metric_or_says_why_not():
 def test_effects_per_axis_show_the_spread_over_repeats_and_folds(tmp_path):
     """Repeats: each configuration's mean ± std; cross-validation: each trial's spread over its folds; the caption
     says which the figure shows, and neither without them."""
-    from search.report.figures import Figures, plot_axis_effects
+    from search.outputs.report.figures import Figures, plot_axis_effects
 
     frame = _frame()
     captions = {}
@@ -383,7 +383,7 @@ def test_effects_per_axis_show_the_spread_over_repeats_and_folds(tmp_path):
 
 
 def test_sentences_keep_their_marks_and_are_escaped_in_every_format():
-    from search.report.document import Note, Section, render
+    from search.outputs.report.document import Note, Section, render
 
     doc = [Section("a_b", level=1, bullets=("**WARNING: the `study` protocol** <5% & a_b",), blocks=(Note("x~y"),))]
     md, html, tex = (render(doc, fmt) for fmt in ("md", "html", "tex"))
@@ -394,14 +394,14 @@ def test_sentences_keep_their_marks_and_are_escaped_in_every_format():
 
 
 def test_a_sweep_never_timed_gets_a_deployment_section_that_says_how_to_time_it():
-    from search.report.document import DEPLOYMENT_NONE, _deployment_section
+    from search.outputs.report.document import DEPLOYMENT_NONE, _deployment_section
 
     table = tables.deployment_table(_frame(), "val_accuracy", "max")  # no cost columns at all
     assert table.empty and "pareto_front" in table.columns
     section = _deployment_section(table, _study())
     assert section.lead == (DEPLOYMENT_NONE,) and not section.blocks and "sweep costs" in DEPLOYMENT_NONE
     assert section.title == DEPLOYMENT
-    from search.spec import load_study  # a search for size: the section is about size
+    from search.study.spec import load_study  # a search for size: the section is about size
 
     search = {"algorithm": "optuna", "num_samples": 2, "objectives": ["val_accuracy", "size_mb"]}
     sized = load_study("classification", "smoke", {"search": search})

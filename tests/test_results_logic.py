@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from search.errors import SweepError
-from search.results import UNSCORED, best_by, best_epoch, best_row, trial_name, trial_status
+from search.study.results import UNSCORED, best_by, best_epoch, best_row, trial_name, trial_status
 
 
 def test_trial_status():
@@ -54,7 +54,7 @@ def test_trial_names_say_model_option_lr_dropout():
 
 
 def test_gpu_share_limits_framework_memory():
-    from search.trial import limit_gpu_memory
+    from search.sweep.trial import limit_gpu_memory
 
     quarter = limit_gpu_memory(0.25)
     assert quarter["XLA_PYTHON_CLIENT_MEM_FRACTION"] == "0.225" and quarter["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
@@ -76,7 +76,7 @@ def _results():
 
 
 def test_export_selects_on_validation_among_trials_with_a_checkpoint():
-    from search.export import select_best, selection_metric
+    from search.outputs.export import select_best, selection_metric
 
     frame = _results()
     assert selection_metric("segmentation", None) == ("val_dice", "max")
@@ -95,7 +95,7 @@ def test_export_selects_on_validation_among_trials_with_a_checkpoint():
 
 
 def test_job_entrypoint_is_the_local_command_joining_the_cluster():
-    from search.jobs import entrypoint
+    from search.cluster.jobs import entrypoint
 
     builtin = entrypoint(["classification", "--preset", "smoke", "--set", "train.epochs=5"], "s3://b/sweeps")
     assert builtin == (
@@ -107,7 +107,7 @@ def test_job_entrypoint_is_the_local_command_joining_the_cluster():
 def test_job_entrypoint_writes_the_study_file_under_its_own_name_and_runs_nothing_in_it(tmp_path, name):
     """The job's command run by bash, with `python` standing in as a function that prints its arguments: the study
     is written under its literal name, and nothing in the name is executed."""
-    from search.jobs import entrypoint
+    from search.cluster.jobs import entrypoint
 
     command = entrypoint([f"/home/me/{name}", "--seed", "3"], "~/runs", study_file=f"/home/me/{name}")
     env = {"PATH": os.environ["PATH"], "TMPDIR": str(tmp_path), "SWEEP_STUDY_YAML": "task: segmentation\n"}
@@ -128,7 +128,7 @@ def test_job_entrypoint_writes_the_study_file_under_its_own_name_and_runs_nothin
 
 
 def test_checkpoint_locations_keep_their_storage_scheme():
-    from search.runner import checkpoint_location
+    from search.sweep.runner import checkpoint_location
 
     assert checkpoint_location("/r/e/t/checkpoint_000001", "/r/e") == "/r/e/t/checkpoint_000001"
     assert checkpoint_location("bucket/e/t/checkpoint_000001", "s3://bucket/e") == "s3://bucket/e/t/checkpoint_000001"
@@ -136,7 +136,7 @@ def test_checkpoint_locations_keep_their_storage_scheme():
 
 
 def test_prediction_file_names_follow_the_inputs_paths_and_stay_unique():
-    from search.export import output_names
+    from search.outputs.export import output_names
 
     # the old rule (stem, then a running number) gave x-0, x-1 and also x-1 to an image named x-1
     assert output_names([Path("a/x.png"), Path("b/x.jpg"), Path("b/x-1.png")]) == ["a/x", "b/x", "b/x-1"]
@@ -176,8 +176,8 @@ def test_a_trial_whose_scoring_failed_is_never_the_best_whatever_its_validation_
 
 
 def test_one_label_and_one_folder_name_per_configuration():
-    from search.experiment import trial_dir
-    from search.results import config_label, trial_dirname
+    from search.study.experiment import trial_dir
+    from search.study.results import config_label, trial_dirname
 
     row = {"model": "resnet50", "option": 2.0, "lr": 0.001, "dropout": 0.2, "optimizer": "adam", "batch_size": 16}
     assert config_label(row) == "resnet50 option 2, lr 0.001, dropout 0.2, optimizer adam, batch size 16"
@@ -194,7 +194,7 @@ def test_task_table_is_the_one_source_of_task_facts():
     from data_pipeline.layout import TASKS as DATA_TASKS
     from models.metrics import get_loss
     from models.tasks import TASK_TABLE, TASKS, task_info
-    from search.spec import Train
+    from search.study.spec import Train
 
     assert set(DATA_TASKS) == set(TASKS)  # the data pipeline reads masks by the same task names
     for info in TASK_TABLE.values():
@@ -215,9 +215,9 @@ def test_task_table_is_the_one_source_of_task_facts():
 def test_a_recorded_study_is_validated_again_when_it_is_read(tmp_path):
     import json
 
-    from search.experiment import SWEEP_FILE, load_study
-    from search.spec import SpecError, study_from_record
-    from search.spec import load_study as load_spec
+    from search.study.experiment import SWEEP_FILE, load_study
+    from search.study.spec import SpecError, study_from_record
+    from search.study.spec import load_study as load_spec
 
     study = load_spec("classification", "smoke", {"train": {"weights": None}})
     assert study_from_record(study.to_dict()) == study  # the round trip is exact
@@ -239,7 +239,7 @@ def test_a_recorded_study_is_validated_again_when_it_is_read(tmp_path):
 
 def test_every_searchable_train_setting_has_a_label_in_trial_names():
     from models.tasks import TASK_TABLE
-    from search.results import EXTRA_AXES
+    from search.study.results import EXTRA_AXES
 
     assert set(EXTRA_AXES) == {axis for info in TASK_TABLE.values() for axis in info.train_axes}
 
@@ -256,7 +256,7 @@ def test_an_experiment_name_is_one_folder_inside_its_storage(tmp_path, capsys, n
 
 
 def test_a_plain_experiment_name_is_kept():
-    from search.experiment import check_name
+    from search.study.experiment import check_name
 
     assert check_name("leukemia-2026.v1_a") == "leukemia-2026.v1_a"
 
@@ -264,7 +264,7 @@ def test_a_plain_experiment_name_is_kept():
 def test_a_driver_refused_by_a_cluster_is_told_what_to_do():
     """Ray's own words when a driver cannot join (as it raises them: a ConnectionError from the GCS client's error),
     turned into what to do, by whether the cluster asked for a token and whether this machine sent one."""
-    from search.runner import join_refused
+    from search.cluster.connect import join_refused
 
     def refusal(last_line: str) -> ConnectionError:
         exc = ConnectionError("Failed to connect to Ray cluster at 10.0.0.1:6379")
@@ -300,7 +300,7 @@ def _candidates():
 
 
 def test_costs_are_measured_for_each_architectures_best_and_the_front_drops_what_is_slower_and_worse():
-    from search.results import architecture, cost_candidates, measured_candidates, pareto_front
+    from search.study.results import architecture, cost_candidates, measured_candidates, pareto_front
 
     frame = _candidates().drop(columns=["latency_ms", "size_mb"])
     frame["dense_units"] = [64, 128, 64, 64]  # small-b is another architecture of its model: a candidate of its own
@@ -323,8 +323,8 @@ def test_costs_are_measured_for_each_architectures_best_and_the_front_drops_what
 
 
 def test_a_budget_picks_the_best_that_fits_and_names_the_fastest_when_none_does():
-    from search.export import select_within_budget
-    from search.results import within_budget
+    from search.outputs.export import select_within_budget
+    from search.study.results import within_budget
 
     frame = _candidates()
     best, fastest = within_budget(frame, "val_accuracy", "max", max_latency_ms=10)

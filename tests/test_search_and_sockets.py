@@ -26,7 +26,7 @@ def local_ray():
     import ray
     from ray import cloudpickle
 
-    from search.runner import init_ray
+    from search.cluster.connect import init_ray
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this test module
     init_ray(None, "tensorflow")  # the local cluster `sweep run` starts: 127.0.0.1 only
@@ -35,7 +35,7 @@ def local_ray():
 
 
 def _study(tmp_path, algorithm: str, seed: int, samples: int):
-    from search.spec import load_study
+    from search.study.spec import load_study
 
     spec = {
         "task": "classification",
@@ -66,8 +66,8 @@ def _proposals(study, samples: int | None = None) -> list[dict]:
     """The configurations the study's search proposes, in order, when each is scored by the cheap objective before
     the next is asked for: the searcher driven through the calls Ray Tune makes (set_search_properties, suggest,
     on_trial_complete), without actors, so it costs milliseconds."""
-    from search.runner import _search_alg
-    from search.spec import param_space
+    from search.study.spec import param_space
+    from search.sweep.runner import _search_alg
 
     space = {k: v for k, v in param_space(study).items() if k in ("lr", "dropout")}
     searcher = _search_alg(study, tempfile.mkdtemp(prefix="experiment-"))  # a new experiment: its own optuna.db
@@ -181,8 +181,8 @@ def test_a_search_for_two_objectives_tells_optuna_both_and_ray_tune_no_metric(tm
     two: the runner passes none for two objectives, and the Optuna study gets both values of every trial."""
     import optuna
 
-    from search.runner import _search_alg
-    from search.spec import load_study, param_space
+    from search.study.spec import load_study, param_space
+    from search.sweep.runner import _search_alg
 
     objectives = {"search": {"algorithm": "optuna", "num_samples": 6, "objectives": ["val_dice", "size_mb"]}}
     study = load_study("segmentation", "smoke", objectives)
@@ -201,7 +201,7 @@ def test_a_search_for_two_objectives_tells_optuna_both_and_ray_tune_no_metric(tm
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in told.trials)
     import pandas as pd
 
-    from search.results import pareto_front
+    from search.study.results import pareto_front
 
     told_frame = pd.DataFrame(  # the values told, as results.csv would hold them (every trial measured)
         {"val_dice": [t.values[0] for t in told.trials], "size_mb": [t.values[1] for t in told.trials]}

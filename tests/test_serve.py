@@ -188,7 +188,7 @@ def test_served_predictions_equal_sweep_predict(server, images, tmp_path):
     assert shown == {**manifest, "experiment": Path(manifest["experiment"]).name}  # no path of the server's disk
     assert str(model_dir.parent) not in json.dumps(shown)
     health = http.get(f"{url}/healthz", timeout=30).json()
-    from search.serve import model_version
+    from search.serving.serve import model_version
 
     assert health == {
         "status": "ok",
@@ -206,7 +206,7 @@ def test_served_predictions_equal_sweep_predict(server, images, tmp_path):
     assert all(a["model"] == health["model"] for a in [*one_by_one, batch])
     served = [a["predictions"][0] for a in one_by_one]
 
-    from search.export import predict_images  # what `sweep predict IMAGES --out DIR` runs
+    from search.outputs.export import predict_images  # what `sweep predict IMAGES --out DIR` runs
 
     predicted = predict_images(model_dir, [images], tmp_path / "pred")
     _assert_the_model_file_gives(served, model_dir, manifest, paths)  # and by none of the service's own code
@@ -300,7 +300,7 @@ def test_the_onnx_runtime_serves_the_same_answers_with_no_framework(onnx_export,
     (its own /healthz reads its sys.modules); the page is the same; its answers (temperature applied) are the Keras
     replica's within 1e-4 and the same classes; p50/p95 latency and the replica's resident memory are printed for
     both."""
-    from search.deploy import ONNX_TOLERANCE
+    from search.outputs.deploy import ONNX_TOLERANCE
 
     model_dir, _ = onnx_export("classification")
     manifest = json.loads((model_dir / "export.json").read_text())
@@ -662,7 +662,7 @@ def test_every_image_of_a_sweeps_report_loads_in_a_real_browser(task, request, b
 def test_bad_model_folders_and_options_stop_before_binding(classification_experiment, tmp_path):
     import ray
 
-    from search.export import EXPORT_FILES
+    from search.outputs.export import EXPORT_FILES
 
     good = tmp_path / "good"
     assert _cli("export", classification_experiment, "--to", good)[0] == 0
@@ -723,7 +723,7 @@ def test_bad_model_folders_and_options_stop_before_binding(classification_experi
 
 
 def test_trained_on_says_what_data_and_how_much():
-    from search.serve import page_context, trained_on
+    from search.serving.serve import page_context, trained_on
 
     splits = {"train": {"n": 70}, "val": {"n": 15}, "test": {"n": 15}}
     manifest = {
@@ -751,7 +751,7 @@ def test_trained_on_says_what_data_and_how_much():
 def test_a_runtime_the_export_cannot_serve_is_refused_with_what_to_do():
     """--runtime onnx needs model.onnx (an export made with --format onnx) and runs on the CPU: `sweep serve` checks
     it right after the folder, before Ray starts, and says what to do (exit code 2 through SweepError)."""
-    from search.serve import runtime_problem
+    from search.serving.serve import runtime_problem
 
     onnx = {"onnx": {"file": "model.onnx"}}
     assert runtime_problem("keras", {}, 1.0) is None and runtime_problem("onnx", onnx, 0) is None
@@ -761,7 +761,7 @@ def test_a_runtime_the_export_cannot_serve_is_refused_with_what_to_do():
 
 
 def test_requests_from_other_pages_and_other_hosts_are_told_apart():
-    from search.serve import origin_problem
+    from search.serving.serve import origin_problem
 
     assert origin_problem("127.0.0.1:8000", None, loopback=True) is None  # curl, scripts
     assert origin_problem("127.0.0.1:8000", "http://127.0.0.1:8000", loopback=True) is None  # its own page
@@ -778,7 +778,7 @@ def test_requests_from_other_pages_and_other_hosts_are_told_apart():
 
 
 def test_json_batches_are_read_or_refused_by_hand():
-    from search.serve import BadRequest, images_from_json
+    from search.serving.serve import BadRequest, images_from_json
 
     png = cv2.imencode(".png", np.zeros((4, 4, 3), np.uint8))[1].tobytes()
     b64 = base64.b64encode(png).decode()
@@ -791,7 +791,7 @@ def test_json_batches_are_read_or_refused_by_hand():
 
 
 def test_tokens_app_names_and_addresses_by_hand():
-    from search.serve import app_name, authorization_problem, page_url, route_prefix, token_problem
+    from search.serving.serve import app_name, authorization_problem, page_url, route_prefix, token_problem
 
     token = secrets.token_urlsafe(32)
     assert token_problem("127.0.0.1", None) is None and token_problem("::1", None) is None
@@ -843,7 +843,7 @@ def test_two_models_on_one_cluster_each_under_its_own_name(
     its prefix); the same model version a second time is refused; stopping one leaves the other answering."""
     from selenium.webdriver.common.by import By
 
-    from search.serve import app_name, model_version
+    from search.serving.serve import app_name, model_version
 
     dirs = {task: tmp_path / task for task in ("classification", "segmentation")}
     for task, experiment in (("classification", classification_experiment), ("segmentation", segmentation_experiment)):

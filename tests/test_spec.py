@@ -3,7 +3,7 @@
 import pytest
 import yaml
 
-from search.spec import SpecError, builtin_studies, load_study, param_space
+from search.study.spec import SpecError, builtin_studies, load_study, param_space
 
 
 def test_builtin_studies_are_the_papers_grids():
@@ -122,7 +122,7 @@ def test_repeats_run_each_configuration_with_more_seeds(tmp_path):
 
 
 def test_fine_tuning_stage_is_validated_and_starts_once():
-    from search.trial import fine_tune_starts
+    from search.sweep.trial import fine_tune_starts
 
     study = load_study("classification", "smoke", {"train": {"fine_tune_layers": 20, "fine_tune_after": 2}})
     assert [e for e in range(study.train.epochs) if fine_tune_starts(e, study.train)] == [2]
@@ -146,7 +146,7 @@ def test_a_backend_that_is_not_installed_is_refused_before_anything_starts(tmp_p
     import importlib.util
 
     from search.cli import main
-    from search.spec import BACKENDS
+    from search.study.spec import BACKENDS
 
     for backend in BACKENDS:
         if importlib.util.find_spec(backend) is not None:
@@ -160,7 +160,7 @@ def test_a_backend_that_is_not_installed_is_refused_before_anything_starts(tmp_p
 
 
 def test_two_objectives_are_the_metric_and_a_cost_searched_by_optuna_without_early_stopping():
-    from search.runner import _scheduler
+    from search.sweep.runner import _scheduler
 
     optuna = {"algorithm": "optuna", "num_samples": 4}
     study = load_study("segmentation", "smoke", {"search": {**optuna, "objectives": ["val_dice", "latency_ms"]}})

@@ -16,7 +16,8 @@ import pandas as pd
 import pytest
 
 from data_pipeline import DataConfig, prepare
-from search.bench import (
+from search.study.spec import SpecError, Train, load_study, merge
+from search.sweep.bench import (
     BY_HAND,
     SERVICE_WAY,
     SLUGS,
@@ -34,9 +35,8 @@ from search.bench import (
     trial_count,
     way_summary,
 )
-from search.features import feature_cache_off_because
-from search.gpu import BusySampler, resolve_mixed_precision
-from search.spec import SpecError, Train, load_study, merge
+from search.sweep.features import feature_cache_off_because
+from search.sweep.gpu import BusySampler, resolve_mixed_precision
 
 ROOT = Path(__file__).parent.parent
 CLASSIFICATION = {"train": {"weights": None}}  # the built-in grid without the (absent) ImageNet weights
@@ -133,7 +133,7 @@ def test_several_steps_per_call_and_pipelines_train_exactly_as_one_step_per_call
     (70 images, batches of 8: 9 steps, in calls of 4). Its validation metrics are Keras's evaluate on the arrays,
     and its batches visit the epoch's order."""
     import models
-    from search import trial
+    from search.sweep import trial
 
     x, y, xv, yv, study, train = _head_task(0, 70)
     ends = []
@@ -172,7 +172,7 @@ def test_an_epoch_seeds_the_global_generators_as_keras_does_and_trains_the_same_
     import keras
 
     import models
-    from search import trial
+    from search.sweep import trial
 
     def draws():
         return random.random(), float(np.random.rand()), keras.ops.convert_to_numpy(keras.random.uniform((3,))).tolist()
@@ -201,7 +201,7 @@ def test_features_are_computed_once_per_image_on_a_node_and_keyed_on_what_they_d
     """Two trials at once need a backbone's features: one builds the backbone, and each image's features are
     computed by one of them and read by the other. Images already seen are never computed again, whatever split or
     set they come in; another seed (a random backbone), input size, backend or precision is another backbone."""
-    from search.features import Backbone, backbone_features
+    from search.sweep.features import Backbone, backbone_features
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
@@ -246,7 +246,7 @@ def test_trials_that_need_the_same_features_compute_different_parts_side_by_side
     features."""
     from filelock import FileLock
 
-    from search import features as f
+    from search.sweep import features as f
 
     monkeypatch.setattr(f, "PART_IMAGES", 3)  # 12 images: 4 parts
     rng = np.random.default_rng(1)
@@ -491,7 +491,7 @@ def test_trials_differing_in_learning_rate_share_compiled_programs(tmp_path):
 
 
 def test_only_static_shapes_pad_a_part_to_whole_batches():
-    from search.features import padded_count
+    from search.sweep.features import padded_count
 
     assert [padded_count(n, 4, True) for n in (0, 1, 4, 5)] == [0, 4, 4, 8]
     assert [padded_count(n, 4, False) for n in (0, 1, 4, 5)] == [0, 1, 4, 5]

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from conftest import read_hparams, run_sweep, tree_state
 
-from search.export import evaluate_export, export_best
+from search.outputs.export import evaluate_export, export_best
 
 ROOT = Path(__file__).parent.parent
 

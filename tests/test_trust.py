@@ -131,7 +131,7 @@ def test_fold_plans_are_stratified_disjoint_leak_free_and_share_the_test_split()
 
 
 def test_fold_mean_averages_folds_and_reports_their_spread():
-    from search.trial import fold_mean
+    from search.sweep.trial import fold_mean
 
     same = {"mixed_precision": "float32"}
     folds = [
@@ -147,7 +147,7 @@ def test_fold_mean_averages_folds_and_reports_their_spread():
 
 def test_winner_is_compared_with_runner_up_family_bests_and_the_studys_pick():
     from models.evaluation import per_image_dice
-    from search.report import tables
+    from search.outputs.report import tables
 
     rng = np.random.default_rng(0)
     truth = rng.random((30, 8, 8)) > 0.5
@@ -170,7 +170,7 @@ def test_winner_is_compared_with_runner_up_family_bests_and_the_studys_pick():
 
 
 def test_classifiers_on_different_test_splits_are_not_paired():
-    from search.report import tables
+    from search.outputs.report import tables
 
     frame = pd.DataFrame(
         [
@@ -185,7 +185,7 @@ def test_classifiers_on_different_test_splits_are_not_paired():
 
 
 def test_spec_validates_folds_and_calibration():
-    from search.spec import SpecError, load_study
+    from search.study.spec import SpecError, load_study
 
     study = load_study("classification", "smoke", {"search": {"folds": 3, "tta": True}, "train": {"calibrate": True}})
     assert (study.search.folds, study.search.tta, study.train.calibrate) == (3, True, True)
@@ -205,8 +205,8 @@ def test_ensemble_averages_its_fold_models_survives_saving_and_calibrates_out_of
     import keras
 
     from models.evaluation import predict
-    from search.checkpoints import ensemble, fold_member
-    from search.scoring import _validation_probs
+    from search.study.checkpoints import ensemble, fold_member
+    from search.sweep.scoring import _validation_probs
 
     def tiny(seed):
         keras.utils.set_random_seed(seed)

@@ -57,7 +57,7 @@ def test_ensemble_export_reproduces_test_metrics_with_and_without_tta_in_fresh_p
     manifest = export_best(experiment, model_dir)
     assert manifest["ensemble"] == {"folds": 2, "combine": "mean of outputs"} and manifest["trial"] == best["trial"]
     assert_reproduces_test_metrics(model_dir, best, ["dice", "iou", "dice_per_image", "loss"])
-    from search.export import evaluate_export  # `sweep evaluate --tta`, here: one fresh interpreter is enough
+    from search.outputs.export import evaluate_export  # `sweep evaluate --tta`, here: one fresh interpreter is enough
 
     now, recorded = evaluate_export(model_dir, tta=True)
     for metric in ("dice", "iou", "loss"):
@@ -69,7 +69,7 @@ def test_report_says_whether_the_winner_is_really_better(experiment):
     """The report's verdict against scipy's Wilcoxon test run here on the two trials' per-image Dice."""
     from scipy.stats import wilcoxon
 
-    from search.experiment import load_predictions
+    from search.study.experiment import load_predictions
 
     md = (experiment / "report" / "report.md").read_text()
     assert "## Is the winner really better? (test split)" in md

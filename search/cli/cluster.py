@@ -10,7 +10,7 @@ from search.cli.options import add_study_options, overrides
 
 def add(sub) -> None:
     """The cluster job commands."""
-    from search.jobs import DEFAULT_ADDRESS
+    from search.cluster.jobs import DEFAULT_ADDRESS
 
     address_help = f"the cluster's job server (default $RAY_API_SERVER_ADDRESS or {DEFAULT_ADDRESS})"
     default_address = os.environ.get("RAY_API_SERVER_ADDRESS", DEFAULT_ADDRESS)
@@ -36,8 +36,8 @@ def add(sub) -> None:
 
 
 def _submit(args) -> int:
-    from search import jobs
-    from search.spec import load_study
+    from search.cluster import jobs
+    from search.study.spec import load_study
 
     over = overrides(args)
     # Validate here, before anything is uploaded; the data folder and the installed backends are the cluster's, so
@@ -70,7 +70,7 @@ def _run_args(args) -> list[str]:
 
 
 def _status(args) -> int:
-    from search import jobs
+    from search.cluster import jobs
 
     info = jobs.status(args.address, args.job_id)
     print(f"{args.job_id}: {info.status}")
@@ -81,14 +81,14 @@ def _status(args) -> int:
 
 
 def _logs(args) -> int:
-    from search import jobs
+    from search.cluster import jobs
 
     jobs.logs(args.address, args.job_id, follow=args.follow)
     return 0
 
 
 def _stop(args) -> int:
-    from search import jobs
+    from search.cluster import jobs
 
     stopped = jobs.stop(args.address, args.job_id)
     print(f"{args.job_id}: " + ("stop requested" if stopped else "not running (already finished)"))

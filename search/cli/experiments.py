@@ -68,8 +68,8 @@ def _print_summary(experiment: str) -> None:
 
     from models.tasks import task_info
     from search import storage as store
-    from search.experiment import RESULTS_CSV, load_results, load_sweep
-    from search.results import best_by
+    from search.study.experiment import RESULTS_CSV, load_results, load_sweep
+    from search.study.results import best_by
 
     sweep = load_sweep(experiment)
     task = task_info(sweep["study"]["task"])
@@ -90,8 +90,8 @@ def _print_summary(experiment: str) -> None:
 
 
 def _run(args) -> int:
-    from search.runner import run_study
-    from search.spec import load_study
+    from search.study.spec import load_study
+    from search.sweep.runner import run_study
 
     study = load_study(args.study, args.preset, overrides(args))
     exp = run_study(
@@ -108,7 +108,7 @@ def _run(args) -> int:
 
 
 def _bench(args) -> int:
-    from search.bench import run_bench, to_markdown
+    from search.sweep.bench import run_bench, to_markdown
 
     summaries, extra, folder = run_bench(
         args.study,
@@ -130,7 +130,7 @@ def _bench(args) -> int:
 
 def _auto_report(experiment: str) -> int:
     """The report, written at the end of every run; the results are safe even if it fails."""
-    from search.report import publish_report
+    from search.outputs.report import publish_report
 
     try:
         where = publish_report(experiment)
@@ -145,15 +145,15 @@ def _auto_report(experiment: str) -> int:
 
 def _print_headline(experiment: str, report: str | None) -> None:
     """The last lines of a run: the winner's test metrics next to a no-skill baseline, what ASHA saved, the report."""
-    from search.experiment import load_results, load_study, load_sweep
-    from search.headline import lines, outcome
+    from search.outputs.headline import lines, outcome
+    from search.study.experiment import load_results, load_study, load_sweep
 
     o = outcome(load_results(experiment), load_study(experiment), load_sweep(experiment)["data"])
     print("\n" + "\n".join(lines(o, report)))
 
 
 def _resume(args) -> int:
-    from search.runner import resume_study
+    from search.sweep.runner import resume_study
 
     exp = resume_study(args.experiment, address=args.address)
     _print_summary(exp)
@@ -161,7 +161,7 @@ def _resume(args) -> int:
 
 
 def _report(args) -> int:
-    from search.report import FORMATS, publish_report
+    from search.outputs.report import FORMATS, publish_report
 
     formats = tuple(f.strip() for f in args.format.split(",") if f.strip()) if args.format else FORMATS
     where = publish_report(args.experiment, args.out, formats)
@@ -170,8 +170,8 @@ def _report(args) -> int:
 
 
 def _costs(args) -> int:
-    from search.deploy import measure_experiment
-    from search.report import publish_report
+    from search.outputs.deploy import measure_experiment
+    from search.outputs.report import publish_report
 
     rows = measure_experiment(args.experiment)
     columns = ["trial", "latency_ms", "latency_p95_ms", "latency_all_threads_ms", "params", "size_mb"]
@@ -184,7 +184,7 @@ def _ls(args) -> int:
     import pandas as pd
 
     from search import storage as store
-    from search.experiment import list_experiments
+    from search.study.experiment import list_experiments
 
     frame = list_experiments(args.storage)
     if frame.empty:
@@ -221,7 +221,7 @@ def _cache(args) -> int:
 
 def _tensorboard(args) -> int:
     from search import storage as store
-    from search.experiment import load_sweep
+    from search.study.experiment import load_sweep
 
     load_sweep(args.experiment)  # a clear error when it is not an experiment
     logdir = store.normalize(args.experiment)

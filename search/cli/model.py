@@ -9,7 +9,7 @@ from pathlib import Path
 
 def add(sub) -> None:
     """The exported model's commands."""
-    from search.deploy import FORMATS, QUANTIZATIONS
+    from search.outputs.deploy import FORMATS, QUANTIZATIONS
 
     export = sub.add_parser("export", help="write the best trial (chosen on validation) as a ready-to-use model")
     export.add_argument("experiment")
@@ -98,7 +98,7 @@ def add(sub) -> None:
 def _export(args) -> int:
     import json
 
-    from search.export import EXPORT_FILE, export_best
+    from search.outputs.export import EXPORT_FILE, export_best
 
     out = export_best(
         args.experiment,
@@ -152,7 +152,7 @@ def _export(args) -> int:
 def _predict(args) -> int:
     import pandas as pd
 
-    from search.export import predict_images
+    from search.outputs.export import predict_images
 
     if args.gradcam and not args.out:
         print("sweep predict: --gradcam writes heatmap PNGs: give --out DIR", file=sys.stderr)
@@ -167,8 +167,8 @@ def _predict(args) -> int:
 
 def _evaluate(args) -> int:
     from search.errors import SweepError
-    from search.export import evaluate_export
-    from search.external import external_set
+    from search.outputs.export import evaluate_export
+    from search.outputs.external import external_set
 
     found = external_set(args.model_dir, args.data_dir) if args.data_dir is not None else None
     if found is not None:
@@ -190,8 +190,8 @@ def _evaluate(args) -> int:
 
 
 def _external(args, found) -> int:
-    from search.external import external_sections, validate_external
-    from search.report.document import render
+    from search.outputs.external import external_sections, validate_external
+    from search.outputs.report.document import render
 
     record, written = validate_external(args.model_dir, found, by=args.by, tta=args.tta)
     print(render(external_sections(record), "md"))
@@ -200,7 +200,7 @@ def _external(args, found) -> int:
 
 
 def _serve(args) -> int:
-    from search.serve import TOKEN_ENV, serve_model
+    from search.serving.serve import TOKEN_ENV, serve_model
 
     serve_model(
         args.model_dir,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from search.spec import BACKENDS
+from search.study.spec import BACKENDS
 
 DATA_SCALE = 8  # sweep bench: a sized synthetic set's images × this by default (its smoke presets: 53 -> 424 images)
 

@@ -15,7 +15,7 @@ import numpy as np
 
 import models
 from models.metrics import get_loss, training_metrics
-from search import compile_cache
+from search.sweep import compile_cache
 
 start = compile_cache.enable_for("jax", True, sys.argv[1])
 keras.utils.set_random_seed(0)

@@ -69,7 +69,7 @@ def _limit_memory(extra_gb: float, backend: str) -> tuple[int, int]:
 def faulty_trial(config, datasets, context):
     from ray import tune
 
-    from search.trial import train_trial
+    from search.sweep.trial import train_trial
 
     faults = FAULTS
     if faults.get("log"):
@@ -104,8 +104,9 @@ def faulty_trial(config, datasets, context):
 
 
 if __name__ == "__main__":
-    import search.runner
+    import search.sweep.runner
     from search.cli import main
 
-    search.runner.train_trial = faulty_trial  # the runner's trainable, wrapped here in the test, not in the product
+    # the runner's trainable, wrapped here in the test, not in the product
+    search.sweep.runner.train_trial = faulty_trial
     sys.exit(main(sys.argv[1:]))

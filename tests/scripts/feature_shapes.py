@@ -12,8 +12,8 @@ import sys
 os.environ["KERAS_BACKEND"] = "jax"
 import numpy as np
 
-from search import compile_cache, features
-from search.features import Backbone, backbone_features
+from search.sweep import compile_cache, features
+from search.sweep.features import Backbone, backbone_features
 
 features.FEATURE_BATCH = 4  # parts of 3 and 5 images: batches of 3; 4 and 1 unless padded
 compile_cache.enable_for("jax", True, sys.argv[1])

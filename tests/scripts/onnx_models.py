@@ -1,6 +1,6 @@
 """Which registered models `sweep export --format onnx` converts: each built with random weights at its smallest
-legal size of at least 64 px, saved, converted by ``search.deploy.convert`` (the export's own path), and compared
-with Keras on three random images. Prints a Markdown table (the README's). Slow: every model is converted once
+legal size of at least 64 px, saved, converted by ``search.outputs.deploy.convert`` (the export's own path), and
+compared with Keras on three random images. Prints a Markdown table (the README's). Slow: every model is converted once
 (NASNetLarge and EfficientNetV2-L take minutes on 2 cores).
 
     PYTHONPATH=. python tests/scripts/onnx_models.py [MODEL...]
@@ -17,8 +17,8 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 import numpy as np
 
 import models
-from search import deploy
 from search.errors import SweepError
+from search.outputs import deploy
 
 
 def main(names: list[str]) -> None:

@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 
 from models.tasks import task_info
-from search.card import EXTERNAL_PREFIX, interval_table, subgroup_table, summarize, write_card
 from search.errors import SweepError
+from search.outputs.card import EXTERNAL_PREFIX, interval_table, subgroup_table, summarize, write_card
 
 BATCH = 64  # images decoded and predicted at once: memory stays bounded on a large external set
 BLANK = "(blank)"  # a subgroup value left empty in the manifest
@@ -90,8 +90,8 @@ def external_set(model_dir: str | Path, data_dir: str | Path) -> ExternalSet | N
     None when it is the model's own data."""
     from data_pipeline import scan
     from data_pipeline.io import load_fingerprint
-    from search.export import STUDY_FILE, check_export
-    from search.spec import study_from_record
+    from search.outputs.export import STUDY_FILE, check_export
+    from search.study.spec import study_from_record
 
     manifest = check_export(model_dir)
     path = Path(model_dir).expanduser() / STUDY_FILE
@@ -139,8 +139,8 @@ def validate_external(
     regenerate its card. Every check (task, classes, --by column, where files go) is made before any image is read,
     and nothing is written when one fails. (the record, the files written)."""
     from data_pipeline.files import refuse_inside, write_file
-    from search.export import check_export, load_export, temperature
-    from search.report.document import render
+    from search.outputs.export import check_export, load_export, temperature
+    from search.outputs.report.document import render
 
     manifest = check_export(model_dir)
     index = found.index
@@ -190,7 +190,7 @@ def validate_external(
 def _predict(model, manifest: dict, index, tta: bool) -> tuple[np.ndarray, np.ndarray]:
     """(labels in the model's class order, probabilities) of every image, through `sweep predict`'s path."""
     from data_pipeline.io import read_rgb
-    from search.export import predict_arrays
+    from search.outputs.export import predict_arrays
 
     classes = list(manifest["classes"])
     labels = np.asarray([classes.index(index.classes[i]) for i in index.labels], np.int64)
@@ -205,8 +205,8 @@ def external_sections(record: dict) -> list:
     """The external validation as the report's document sections (pure)."""
     import pandas as pd
 
-    from search.card import BOOTSTRAP
-    from search.report.document import Note, Section, Table
+    from search.outputs.card import BOOTSTRAP
+    from search.outputs.report.document import Note, Section, Table
 
     d = record["data"]
     counts = ", ".join(f"{n} {c}" for c, n in d["per_class"].items())

@@ -64,9 +64,9 @@ def log_best_model(uri: str, experiment_dir: str) -> str | None:
     no winner. Ray's callback names each run after Ray's trial (``..._<trial id>``)."""
     from mlflow.tracking import MlflowClient
 
-    from search.experiment import load_results, load_study
-    from search.export import export_best
-    from search.results import best_row
+    from search.outputs.export import export_best
+    from search.study.experiment import load_results, load_study
+    from search.study.results import best_row
 
     study = load_study(experiment_dir)
     row = best_row(load_results(experiment_dir), study.metric, study.mode)

@@ -146,7 +146,7 @@ def in_study_order(frame: pd.DataFrame) -> pd.DataFrame:
 
 # ---- deployment cost ------------------------------------------------------------------------------------------------
 
-# What running a trial's whole model costs on the CPU of the machine that timed it (``search.deploy``):
+# What running a trial's whole model costs on the CPU of the machine that timed it (``search.outputs.deploy``):
 # its ONNX model's batch-1 latency in milliseconds (median and 95th percentile; one thread and all cores), its
 # parameter count and file size. Measured for each architecture's best trial (``cost_candidates``: `sweep costs`,
 # ``search.costs``), or for every trial as it builds its model (a search's cost objective, ``search.objectives``).

@@ -2,7 +2,7 @@
 
 The card is made from what the folder records (``export.json``, ``study.json`` and any ``external-*.json`` that
 ``sweep evaluate --data-dir OTHER`` wrote there), so regenerating it after an external validation adds that
-validation and nothing else changes. It is one document (``search.report.document``'s sections) rendered to
+validation and nothing else changes. It is one document (``search.outputs.report.document``'s sections) rendered to
 Markdown for the folder and to HTML for the serve page's "Model card" link; the JSON holds the same facts.
 
 Which reporting-checklist items it covers is said in the card itself (``CHECKLISTS``): TRIPOD+AI (Collins et al.,
@@ -24,6 +24,8 @@ from models.tasks import task_info
 
 CARD_FILE = "MODEL_CARD.md"
 CARD_JSON = "model_card.json"
+EXPORT_FILE = "export.json"  # the export's manifest and its study record: what the card is made from
+STUDY_FILE = "study.json"
 EXTERNAL_PREFIX = "external-"  # external validations written next to the model: external-<name>.json/.md/.html
 DISCLAIMER = (
     "This is a research model. It is not a diagnostic device: it must not be used to diagnose, treat or rule out "
@@ -323,7 +325,7 @@ def _counts_table(classes: list[str], splits: dict) -> pd.DataFrame:
 
 def external_blocks(e: dict) -> tuple:
     """An external validation's metrics, and its subgroups when it has them, as document blocks."""
-    from search.report.document import Note, Table
+    from search.outputs.report.document import Note, Table
 
     blocks = [Table(interval_table(e["metrics"]))]
     if e.get("subgroups"):
@@ -333,7 +335,7 @@ def external_blocks(e: dict) -> tuple:
 
 def card_sections(card: dict) -> list:
     """The card, in reading order, as the report's document sections (pure)."""
-    from search.report.document import Note, Section, Table
+    from search.outputs.report.document import Note, Section, Table
 
     title = f"Model card: {card['model']} ({card['task']})"
     lead = (
@@ -405,7 +407,7 @@ def card_sections(card: dict) -> list:
 
 
 def _calibration_section(cal: dict, test: dict):
-    from search.report.document import Section, Table
+    from search.outputs.report.document import Section, Table
 
     cal_rows = [("test ECE (15 bins)", cal["ece"])]
     if cal["temperature"] is not None:
@@ -450,8 +452,6 @@ def external_records(model_dir: str | Path) -> list[dict]:
 
 def card_of(model_dir: str | Path) -> dict:
     """The card of an export folder, from its files."""
-    from search.export import EXPORT_FILE, STUDY_FILE
-
     folder = Path(model_dir).expanduser()
     manifest = json.loads((folder / EXPORT_FILE).read_text())
     study = json.loads((folder / STUDY_FILE).read_text())
@@ -460,7 +460,7 @@ def card_of(model_dir: str | Path) -> dict:
 
 def render_card(card: dict, fmt: str) -> str:
     """The card in ``fmt`` (md or html)."""
-    from search.report.document import render
+    from search.outputs.report.document import render
 
     return render(card_sections(card), fmt)
 

@@ -31,8 +31,8 @@ import pandas as pd
 
 from search import storage as store
 from search.errors import SweepError
-from search.results import best_row, in_study_order, trial_dirname
-from search.spec import Study, study_from_record
+from search.study.results import best_row, in_study_order, trial_dirname
+from search.study.spec import Study, study_from_record
 
 SWEEP_FILE = "sweep.json"
 RESULTS_CSV = "results.csv"

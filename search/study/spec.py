@@ -87,7 +87,8 @@ class Train:
     )
     backend: str = "tensorflow"
     online_augmentation: bool = False
-    # Speed levers, exact (results do not change beyond run-to-run noise); see search.features, search.compile_cache.
+    # Speed levers, exact (results do not change beyond run-to-run noise); see search.sweep.features and
+    # search.sweep.compile_cache.
     feature_cache: bool = True  # frozen backbone: compute its features once, train the heads on them
     compile_cache: bool = True  # JAX backend: share compiled programs between the trials of a node
     # CPU-only trials: TensorFlow's thread pools sized to the trial's CPUs (resources.cpus_per_trial), as Ray sizes
@@ -113,8 +114,8 @@ class Search:
     # reports their mean validation metric; its test metrics are those of the k models' ensemble.
     folds: int = 1
     tta: bool = False  # also score every trial's checkpoint with test-time augmentation (flips, 90° turns)
-    # time each architecture's best trial for deployment when the sweep ends (search.deploy.measure_costs; minutes
-    # for large models): `sweep costs EXPERIMENT` does the same later, on the machine it runs on
+    # time each architecture's best trial for deployment when the sweep ends (search.outputs.deploy.measure_costs;
+    # minutes for large models): `sweep costs EXPERIMENT` does the same later, on the machine it runs on
     costs: bool = False
     # Optuna's multi-objective search: [the validation metric, a cost of COST_OBJECTIVES]. Each trial's cost is
     # measured when its model is built (once per architecture and node); trials are not stopped early (ASHA ranks
@@ -226,7 +227,7 @@ class TrialConfig:
 
 
 def builtin_studies() -> list[str]:
-    return sorted(p.name[:-5] for p in resources.files("search.studies").iterdir() if p.name.endswith(".yaml"))
+    return sorted(p.name[:-5] for p in resources.files("search.study.studies").iterdir() if p.name.endswith(".yaml"))
 
 
 def _read(name_or_path: str) -> tuple[str, dict]:
@@ -236,7 +237,7 @@ def _read(name_or_path: str) -> tuple[str, dict]:
             raise SpecError(f"study file {path} does not exist")
         text, name = path.read_text(), path.stem
     elif name_or_path in builtin_studies():
-        text, name = resources.files("search.studies").joinpath(f"{name_or_path}.yaml").read_text(), name_or_path
+        text, name = resources.files("search.study.studies").joinpath(f"{name_or_path}.yaml").read_text(), name_or_path
     else:
         raise SpecError(
             f"unknown study {name_or_path!r}: use a built-in study ({', '.join(builtin_studies())}) or a .yaml file"

@@ -16,10 +16,10 @@ import jinja2
 import pandas as pd
 from markupsafe import Markup
 
-from search import importance
-from search.deploy import LATENCY_RUNS
-from search.report.tables import trust_lines
-from search.spec import COST_OBJECTIVES, Study
+from search.outputs import importance
+from search.outputs.deploy import LATENCY_RUNS
+from search.outputs.report.tables import trust_lines
+from search.study.spec import COST_OBJECTIVES, Study
 
 TEMPLATES = {"md": "report.md.j2", "html": "report.html.j2", "tex": "report.tex.j2"}
 BOOTSTRAP_NOTE = (
@@ -212,7 +212,7 @@ def render(doc: list[Section], fmt: str) -> str:
 @cache
 def _environment(fmt: str) -> jinja2.Environment:
     env = jinja2.Environment(
-        loader=jinja2.PackageLoader("search.report", "templates"),
+        loader=jinja2.PackageLoader("search.outputs.report", "templates"),
         autoescape=fmt == "html",
         trim_blocks=True,
         lstrip_blocks=True,

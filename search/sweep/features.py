@@ -322,7 +322,7 @@ def publish_backbone(features: Features, experiment_dir: str) -> str:
     model is assembled from it and a head wherever the experiment is read (export, Grad-CAM, another node). The
     cache never changes a file in place, so on one file system the copy is a hard link (clearing the cache leaves
     the experiment's name of the file)."""
-    from search.experiment import backbone_file
+    from search.study.experiment import backbone_file
 
     target = backbone_file(experiment_dir, features.digest)
     if store.exists(target):

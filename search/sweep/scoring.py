@@ -7,8 +7,8 @@ from typing import Any
 
 from models.tasks import task_info
 from search import storage as store
-from search.checkpoints import backbone_weights, fold_member, head_record, model_files, saved_model, whole_model
-from search.spec import Study
+from search.study.checkpoints import backbone_weights, fold_member, head_record, model_files, saved_model, whole_model
+from search.study.spec import Study
 
 SHOWN_MASKS = 8  # test images whose predicted masks are kept for the report's figure
 GRADCAM_PER_CLASS = 2  # test images per class the report shows the best classifier's Grad-CAM heatmaps of
@@ -28,14 +28,14 @@ def evaluate_checkpoint(
 ) -> tuple[dict, dict]:
     """Test-split metrics of one checkpoint (the only place the test split is used), and what the report needs:
     the test probabilities (classification) or the per-image Dice and the first predicted masks (segmentation).
-    A head on a frozen backbone scores the backbone's cached features of the test images (``search.features``:
+    A head on a frozen backbone scores the backbone's cached features of the test images (``search.sweep.features``:
     the same numbers as its whole model on the images, without running the backbone again).
     ``compile_cache``: (backend, wanted, cache_dir) as the trials had it: checkpoints of one model share a compiled
     program. ``tta``: also the metrics with test-time augmentation (``tta_*``, the whole model on turned images).
     ``calibrate``: fit a temperature on the validation split, ECE before and after (``calibration``)."""
     import tempfile
 
-    from search import compile_cache as jax_cache
+    from search.sweep import compile_cache as jax_cache
 
     if compile_cache is not None:
         jax_cache.enable_for(*compile_cache)
@@ -88,7 +88,7 @@ def evaluate_checkpoint(
 def _head_inputs(record: dict, images: dict, cache_dir, experiment_dir: str, tmp: str) -> dict | None:
     """The backbone's features of ``images`` (split -> images) for a head checkpoint (its state's ``record``),
     from this node's feature cache; None when this node's backbone is not the one the head was trained on."""
-    from search.features import Backbone, backbone_features
+    from search.sweep.features import Backbone, backbone_features
 
     def experiment_copy():  # only when this node has no entry for the backbone
         return backbone_weights(record, experiment_dir, tmp)
@@ -155,7 +155,7 @@ def gradcam_index(data, per_class: int = GRADCAM_PER_CLASS):
 
 def gradcam_images(datasets: dict):
     """Every loading option's example images (``gradcam_index``): a frozen backbone's trials keep their feature maps
-    (``search.features``), whichever option's trial wins."""
+    (``search.sweep.features``), whichever option's trial wins."""
     import numpy as np
 
     def test_images(data):
@@ -177,7 +177,7 @@ def gradcam_examples(checkpoint_path: str, data, experiment_dir: str, cache_dir:
 
     from data_pipeline.cache import default_cache_dir
     from models.gradcam import gradcam_of_map, has_map, head_on_map, split_at_map
-    from search.features import Backbone, cached_maps
+    from search.sweep.features import Backbone, cached_maps
 
     index = gradcam_index(data)
     if not len(index):  # no test image to explain
@@ -215,7 +215,7 @@ def start_gradcam(rows: list[dict], study: Study, datasets: dict, resources: dic
     import pandas as pd
     import ray
 
-    from search.results import best_row
+    from search.study.results import best_row
 
     best = best_row(pd.DataFrame(rows), study.metric, study.mode)
     if best is None or not best.get("checkpoint"):

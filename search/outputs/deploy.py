@@ -48,7 +48,7 @@ def convert(keras_file: Path, onnx_file: Path) -> dict:
     ``keras.Model.export``); what the conversion used (converter, opset). A model that cannot be converted: a
     SweepError with tf2onnx's reason."""
     env = {**os.environ, "KERAS_BACKEND": "tensorflow", "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "3"}
-    cmd = [sys.executable, "-m", "search.deploy", str(keras_file), str(onnx_file)]
+    cmd = [sys.executable, "-m", "search.outputs.deploy", str(keras_file), str(onnx_file)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0 or not onnx_file.is_file():
         lines = [line.strip() for line in done.stderr.splitlines() if line.strip()]
@@ -241,7 +241,7 @@ def checkpoint_cost(checkpoint_path: str, experiment_dir: str, image_size: int) 
     import tempfile
 
     from search import storage as store
-    from search.checkpoints import whole_model
+    from search.study.checkpoints import whole_model
 
     with tempfile.TemporaryDirectory() as tmp:
         model = whole_model(store.download(checkpoint_path, tmp), experiment_dir)
@@ -256,7 +256,7 @@ def measure_costs(frame, metric: str, mode: str, image_size: int, experiment_dir
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    from search.results import cost_candidates, error_line
+    from search.study.results import cost_candidates, error_line
 
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     task = ray.remote(num_cpus=0, num_gpus=0, max_retries=0, scheduling_strategy=here)(checkpoint_cost)
@@ -275,10 +275,10 @@ def measure_experiment(experiment: str) -> pd.DataFrame:
     results.csv replaced by what was measured now; the measured rows."""
     import ray
 
-    from search import experiment as exp
     from search import storage as store
-    from search.results import COST_COLUMNS, measured
-    from search.runner import init_ray
+    from search.cluster.connect import init_ray
+    from search.study import experiment as exp
+    from search.study.results import COST_COLUMNS, measured
 
     experiment = store.normalize(experiment)
     frame, study = exp.load_results(experiment), exp.load_study(experiment)

@@ -5,8 +5,8 @@ last completed epoch. Ray Tune keeps two per trial (``CheckpointConfig(num_to_ke
 ``SCORE`` and always the latest). A checkpoint folder holds:
 
 - ``model.keras`` (compiled, optimizer included), or with cross-validation one ``fold<i>.keras`` per fold: the
-  whole model, or for a trial on a frozen backbone (``search.features``) its head alone (features -> output), a few
-  MB instead of the backbone's hundreds;
+  whole model, or for a trial on a frozen backbone (``search.sweep.features``) its head alone (features -> output), a
+  few MB instead of the backbone's hundreds;
 - ``state.json``: the epoch, the best validation value so far and, for a head, ``backbone``: which backbone it was
   trained on (its ``Backbone`` record and weights digest) and how the whole model is built. The experiment keeps
   each backbone once (``backbones/<digest>.weights.h5``); ``whole_model`` puts the two together where a whole
@@ -87,7 +87,7 @@ def backbone_weights(record: dict[str, Any], experiment_dir: str, tmp: str | Pat
     """A local file of the experiment's copy of a head checkpoint's backbone (``record``: its ``head_record``): the
     file itself in a local experiment, downloaded into ``tmp`` from cloud storage."""
     from search import storage as store
-    from search.experiment import backbone_file
+    from search.study.experiment import backbone_file
 
     location = backbone_file(experiment_dir, record["digest"])
     if not store.is_uri(location):

@@ -1,11 +1,10 @@
 """Run a study as a Ray Tune sweep, resume it, and finalize it: each trial's best checkpoint scored on the test
-split, and the results table written (the experiment folder's layout: ``search.experiment``)."""
+split, and the results table written (the experiment folder's layout: ``search.study.experiment``)."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import os
 import sys
 import time
@@ -18,13 +17,13 @@ import pandas as pd
 from ray.tune import Callback
 
 from data_pipeline import folds_summary, prepare, prepare_folds
-from search import experiment as exp
 from search import storage as store
-from search import tracking
-from search.checkpoints import SCORE
-from search.deploy import measure_costs
+from search.cluster.connect import init_ray
 from search.errors import SweepError, SweepInterrupted
-from search.results import (
+from search.outputs.deploy import measure_costs
+from search.study import experiment as exp
+from search.study.checkpoints import SCORE
+from search.study.results import (
     CONFIG_KEYS,
     COST_COLUMNS,
     TRIAL_PHASES,
@@ -38,9 +37,10 @@ from search.results import (
     trial_name,
     trial_status,
 )
-from search.scoring import SHOWN_MASKS, evaluate_all, score_baselines, start_gradcam
-from search.spec import Study, param_space
-from search.trial import TrialContext, train_trial
+from search.study.spec import Study, param_space
+from search.sweep import tracking
+from search.sweep.scoring import SHOWN_MASKS, evaluate_all, score_baselines, start_gradcam
+from search.sweep.trial import TrialContext, train_trial
 
 
 def option_values(study: Study) -> list[int]:
@@ -49,54 +49,6 @@ def option_values(study: Study) -> list[int]:
     if axis is None:
         return [study.data.option]
     return sorted(axis if isinstance(axis, list) else axis["choice"])
-
-
-def init_ray(address: str | None, backend: str) -> None:
-    import ray
-
-    # Ray Tune's TensorBoard logger (tensorboardX) warns at every NaN or infinite scalar, dozens of lines a sweep:
-    # a diverged trial's loss and the -inf checkpoint score of an epoch that did not improve are both deliberate.
-    logging.getLogger("tensorboardX.x2num").setLevel(logging.ERROR)
-
-    env = {
-        "KERAS_BACKEND": backend,
-        "TF_CPP_MIN_LOG_LEVEL": "3",
-        "PYTHONPATH": os.pathsep.join(
-            p for p in (str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH", "")) if p
-        ),
-    }
-    if ray.is_initialized():
-        return
-    if address:
-        try:
-            ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=False)
-        except ConnectionError as exc:  # no cluster there, or its token is not the one this machine holds
-            raise SweepError(join_refused(address, exc, os.environ.get("RAY_AUTH_MODE"))) from None
-    else:  # a fresh local cluster, on 127.0.0.1 only where `sweep` set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 first
-        ray.init(
-            address="local",
-            include_dashboard=False,
-            runtime_env={"env_vars": env},
-            log_to_driver=False,
-        )
-
-
-def join_refused(address: str, exc: BaseException, mode: str | None) -> str:
-    """What to do when a driver cannot join the cluster at ``address`` (pure). Ray sends a token to an explicit
-    address only with RAY_AUTH_MODE=token: a driver holding one cannot tell by itself whether the cluster wants it,
-    and sending it to a cluster without authentication breaks the driver's own connections."""
-    said = [line for line in str(exc.__cause__ or exc).splitlines() if line.strip()] or [type(exc).__name__]
-    reason = said[-1].split(": ", 1)[-1].split(". ")[0][:200]  # Ray's own last word, its first sentence
-    token_of = (
-        "the cluster's token in ~/.ray/auth_token or $RAY_AUTH_TOKEN (`ray get-auth-token` on its head prints it)"
-    )
-    if "token" not in reason.lower():
-        advice = "check that it runs (`ray status` on the head) and that the address is its GCS's (host:6379)"
-    elif (mode or "").lower() != "token":
-        advice = f"the cluster uses token authentication: `export RAY_AUTH_MODE=token`, with {token_of}"
-    else:
-        advice = f"the token this machine sent is not the cluster's: put {token_of}"
-    return f"cannot join the Ray cluster at {address} ({reason}): {advice}"
 
 
 def _gpus_per_trial(study: Study, override: float | None) -> float:
@@ -227,7 +179,8 @@ def run_study(
     ``storage``: a local folder or a cloud URI (s3://, gs://, file://). ``cache_dir``: where trials keep cached
     features and compiled programs (default: each node's SWEEP_CACHE_DIR). ``trial_datasets``: what trials read
     their data from instead of the arrays prepared here (``sweep bench``'s hand-written rival reads files itself).
-    ``mlflow``: an MLflow tracking URI every trial is logged to, and the best trial's export (``search.tracking``)."""
+    ``mlflow``: an MLflow tracking URI every trial is logged to, and the best trial's export
+    (``search.sweep.tracking``)."""
     from ray import tune
 
     phases = Phases()

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from models.tasks import task_info
-from search.results import (
+from search.study.results import (
     CONFIG_KEYS,
     COST_COLUMNS,
     EXTRA_AXES,
@@ -27,7 +27,7 @@ from search.results import (
     config_label,
     study_order,
 )
-from search.spec import Study
+from search.study.spec import Study
 
 CONFIG = [k for k in CONFIG_KEYS if k != "repeat"]  # a configuration: the study's four axes and any other
 AXIS_HEADINGS = {"loss": "loss function"}  # an axis whose name is also a metric column's heading
@@ -152,7 +152,7 @@ def summary_table(agg: pd.DataFrame, task: str) -> pd.DataFrame:
 
 def reference(task: str) -> pd.DataFrame:
     """The study's published table for ``task`` (package data copied from the paper's tables)."""
-    with resources.files("search").joinpath(f"reference/{task_info(task).study_table}").open() as f:
+    with resources.files("search.outputs.report").joinpath(f"reference/{task_info(task).study_table}").open() as f:
         return pd.read_csv(f)
 
 

@@ -11,9 +11,9 @@ import shlex
 import time
 from pathlib import Path
 
+from search.cluster.connect import PROJECT_ROOT
 from search.errors import SweepError
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"  # `ray dashboard cluster.yaml` forwards the head's job server here
 AGENT_WAIT_S = 180  # how long a just-started head may take to accept jobs (over a minute on a loaded machine)
 UPLOAD_EXCLUDES = ["runs", "*.whl", "__pycache__", ".pytest_cache", ".ruff_cache", "docs"]

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from search import checkpoints
-from search.features import Backbone, backbone_features, feature_cache_off_because, publish_backbone
-from search.results import COST_COLUMNS, TRIAL_PHASES, architecture, best_so_far
-from search.scoring import gradcam_images
-from search.spec import Study, Train
+from search.study import checkpoints
+from search.study.results import COST_COLUMNS, TRIAL_PHASES, architecture, best_so_far
+from search.study.spec import Study, Train
+from search.sweep.features import Backbone, backbone_features, feature_cache_off_because, publish_backbone
+from search.sweep.scoring import gradcam_images
 
 STEPS_PER_EXECUTION = 32  # a head's epoch on 4,000 features: 0.68 s at 1, 0.35 s at 25 (TensorFlow, one core)
 
@@ -156,8 +156,8 @@ def train_trial(config: dict[str, Any], datasets: dict, context: TrialContext) -
 
     import models
     from data_pipeline.cache import default_cache_dir
-    from search import compile_cache
-    from search.gpu import compute_capability, resolve_mixed_precision
+    from search.sweep import compile_cache
+    from search.sweep.gpu import compute_capability, resolve_mixed_precision
 
     cache_dir = context.cache_dir or default_cache_dir()  # node-local: features and compiled programs
     compiled = compile_cache.enable_for(train.backend, train.compile_cache, cache_dir)  # None: off
@@ -180,8 +180,8 @@ def train_trial(config: dict[str, Any], datasets: dict, context: TrialContext) -
     on_features = feature_cache_off_because(info, train) is None
     record, extra = None, {"mixed_precision": policy or "float32", "backend": keras.backend.backend()}
     extra["cpu_threads"] = cpu_threads(extra["backend"])
-    extra["architecture"] = architecture(info.name, build)  # what its cost depends on (search.results)
-    if on_features:  # the head trains on the backbone's features: computed once per node (search.features)
+    extra["architecture"] = architecture(info.name, build)  # what its cost depends on (search.study.results)
+    if on_features:  # the head trains on the backbone's features: computed once per node (search.sweep.features)
         with _timed(seconds, "feature_seconds"):
             size = folds[0].config.image_size
             backbone = Backbone(info.name, size, train.weights, seed, train.backend, policy)
@@ -262,11 +262,11 @@ def train_trial(config: dict[str, Any], datasets: dict, context: TrialContext) -
 
 
 def _architecture_cost(info, build: dict[str, Any], fit: _Fold, on_features: bool, policy, cache_dir) -> dict:
-    """What this trial's whole model costs to run as exported (``search.deploy.model_cost``), measured once per
-    architecture and machine (``search.deploy.build_cost``). A head on cached features has no whole model: one is
-    built with random weights (the cost does not depend on their values)."""
+    """What this trial's whole model costs to run as exported (``search.outputs.deploy.model_cost``), measured once per
+    architecture and machine (``search.outputs.deploy.build_cost``). A head on cached features has no whole model: one
+    is built with random weights (the cost does not depend on their values)."""
     import models
-    from search.deploy import build_cost
+    from search.outputs.deploy import build_cost
 
     size = fit.data.config.image_size
 
@@ -284,7 +284,7 @@ def _every_image(datasets: dict, mine: int) -> dict:
     """The images of every split of every loading option and fold, this trial's own by their plain names
     (``train0``, ...): the first trials on a node compute the features every later one reads (the options split the
     same images two ways). The test images' features are computed here too, never looked at: the test split is
-    scored only after the sweep (``search.scoring``)."""
+    scored only after the sweep (``search.sweep.scoring``)."""
     out = {}
     for option, data in datasets.items():
         for i, fold in enumerate(data if isinstance(data, tuple) else (data,)):

@@ -15,10 +15,13 @@ from typing import Any
 import pandas as pd
 
 from data_pipeline.files import data_folders, refuse_inside, write_file
-from search import importance
 from search import storage as store
 from search.errors import SweepError
-from search.experiment import (
+from search.outputs import importance
+from search.outputs.report import figures as fig
+from search.outputs.report import tables as tab
+from search.outputs.report.document import render, sections
+from search.study.experiment import (
     load_baselines,
     load_details,
     load_predictions,
@@ -26,11 +29,8 @@ from search.experiment import (
     load_study,
     load_sweep,
 )
-from search.report import figures as fig
-from search.report import tables as tab
-from search.report.document import render, sections
-from search.results import best_by
-from search.spec import Study
+from search.study.results import best_by
+from search.study.spec import Study
 
 FORMATS = ("md", "html", "csv", "tex")
 

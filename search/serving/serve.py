@@ -17,9 +17,10 @@ only (415 otherwise), at most MAX_IMAGE_PIXELS an image and MAX_REQUEST_PIXELS a
 event loop, DECODE_SLOTS requests at a time; a replica queues at most MAX_QUEUED_REQUESTS (then 503 with Retry-After)
 and a request gets REQUEST_TIMEOUT_S (then 408).
 
-A replica loads the folder with ``search.export.load_export`` and predicts with ``search.export.predict_arrays``, the
-functions `sweep predict` uses, so a served prediction is `sweep predict`'s prediction. Whatever an export holds
-(one model, or an ensemble written as one model by `sweep export`) is served the way `sweep predict` reads it.
+A replica loads the folder with ``search.outputs.export.load_export`` and predicts with
+``search.outputs.export.predict_arrays``, the functions `sweep predict` uses, so a served prediction is `sweep
+predict`'s prediction. Whatever an export holds (one model, or an ensemble written as one model by `sweep export`)
+is served the way `sweep predict` reads it.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the route methods' annotations (Request) at run time.
@@ -48,10 +49,10 @@ from ray import serve
 from ray.serve.config import BackpressureConfig
 
 from models.tasks import task_info
-from search.card import CARD_JSON, DISCLAIMER, render_card, trained_on
 from search.errors import SweepError
-from search.export import MODEL_FILE, STUDY_FILE, Predictions, check_export
-from search.export import overlay as outlined
+from search.outputs.card import CARD_JSON, DISCLAIMER, render_card, trained_on
+from search.outputs.export import MODEL_FILE, STUDY_FILE, Predictions, check_export
+from search.outputs.export import overlay as outlined
 
 DEFAULT_MAX_MB = 20.0
 MAX_BATCH = 16  # images per model call, gathered across concurrent requests by @serve.batch
@@ -410,7 +411,7 @@ class ModelServer:
     """One replica: the exported model in memory, its page rendered once."""
 
     def __init__(self, model_dir: str, max_bytes: int, loopback: bool, token: str | None, runtime: str):
-        from search.export import load_export
+        from search.outputs.export import load_export
 
         api.state.loopback = loopback
         self.token = token
@@ -468,7 +469,7 @@ class ModelServer:
 
     @serve.batch(max_batch_size=MAX_BATCH, batch_wait_timeout_s=0.01)
     async def _predict_batch(self, items: list[tuple[np.ndarray, bool]]) -> list[dict]:
-        from search.export import predict_arrays
+        from search.outputs.export import predict_arrays
 
         originals = [o for o, _ in items]
         pred = await asyncio.to_thread(predict_arrays, self.model, self.manifest, originals)
@@ -480,7 +481,7 @@ class ModelServer:
 
 def runtime_problem(runtime: str, manifest: dict, gpus_per_replica: float) -> str | None:
     """Why this export cannot be served with ``runtime``, or None (pure)."""
-    from search.deploy import FORMATS, ONNX_FILE
+    from search.outputs.deploy import FORMATS, ONNX_FILE
 
     if runtime not in FORMATS:
         return f"--runtime {runtime}: choose one of {', '.join(FORMATS)}"
@@ -551,8 +552,8 @@ def serve_model(
     replica)."""
     import ray
 
-    from search.runner import init_ray
-    from search.trial import limit_gpu_memory
+    from search.cluster.connect import init_ray
+    from search.sweep.trial import limit_gpu_memory
 
     model_dir = Path(model_dir).expanduser().resolve()
     manifest = check_export(model_dir)

@@ -27,9 +27,9 @@ from typing import Any
 import pandas as pd
 
 from data_pipeline.files import write_file
-from search.experiment import check_name
-from search.results import TRIAL_PHASES, best_by, config_label
-from search.spec import SpecError, Study, load_study, merge
+from search.study.experiment import check_name
+from search.study.results import TRIAL_PHASES, best_by, config_label
+from search.study.spec import SpecError, Study, load_study, merge
 
 STUDY_WAY, BY_HAND, SERVICE_WAY = "study's way", "Ray Tune by hand", "service's way"
 WAYS = (STUDY_WAY, BY_HAND, SERVICE_WAY)
@@ -252,9 +252,10 @@ def run_bench(
 ) -> tuple[dict[str, dict[str, Any]], dict[str, Any], Path]:
     """Run the three ways; return the per-way summaries, the comparison and the folder with bench.md/bench.json."""
     from data_pipeline.prepare import resolve_root
-    from search.experiment import load_results, load_sweep, load_timings
-    from search.gpu import BusySampler
-    from search.runner import init_ray, prepare_all, run_study
+    from search.cluster.connect import init_ray
+    from search.study.experiment import load_results, load_sweep, load_timings
+    from search.sweep.gpu import BusySampler
+    from search.sweep.runner import prepare_all, run_study
 
     full = load_study(study_name, preset, overrides)
     scale = scale_overrides(full, fraction=fraction, epochs=epochs, image_size=image_size, data_scale=data_scale)

@@ -7,7 +7,7 @@ An exported model folder holds:
   model does to its input, mask rule), validation and test metrics, and how the trial was selected;
 - ``study.json``: the resolved study the sweep ran (data settings included, so the test split can be rebuilt);
 - ``README.md``: how to use it;
-- ``MODEL_CARD.md`` and ``model_card.json``: the model card (``search.card``): intended use, data, how it was
+- ``MODEL_CARD.md`` and ``model_card.json``: the model card (``search.outputs.card``): intended use, data, how it was
   chosen, test metrics with intervals, calibration, external validations, limitations;
 - ``external-<name>.json/.md/.html``: each external validation (``sweep evaluate --data-dir OTHER``), once run.
 """
@@ -29,16 +29,15 @@ import pandas as pd
 
 from data_pipeline.files import data_folders, publish_folder, refuse_inside, write_file, write_image
 from models.tasks import TASKS, task_info
-from search import checkpoints, deploy
 from search import storage as store
-from search.card import CARD_FILE, CARD_JSON, HANDLING_KEYS, summarize, write_card
 from search.errors import SweepError
-from search.experiment import load_details, load_predictions, load_results, load_study, load_sweep
-from search.results import CONFIG_KEYS, COST_COLUMNS, best_row, measured, with_checkpoint, within_budget
-from search.spec import Study, study_from_record
+from search.outputs import deploy
+from search.outputs.card import CARD_FILE, CARD_JSON, EXPORT_FILE, HANDLING_KEYS, STUDY_FILE, summarize, write_card
+from search.study import checkpoints
+from search.study.experiment import load_details, load_predictions, load_results, load_study, load_sweep
+from search.study.results import CONFIG_KEYS, COST_COLUMNS, best_row, measured, with_checkpoint, within_budget
+from search.study.spec import Study, study_from_record
 
-EXPORT_FILE = "export.json"
-STUDY_FILE = "study.json"
 MODEL_FILE = "model.keras"
 EXPORT_FILES = (MODEL_FILE, EXPORT_FILE, STUDY_FILE, "README.md", CARD_FILE, CARD_JSON)
 
@@ -247,8 +246,8 @@ def export_best(
     max_size_mb: float | None = None,
 ) -> Path:
     """Write the best trial (by validation) of a finished sweep to a new folder ``to``; return it. ``fmt``: "keras",
-    or "onnx" for ``model.onnx`` and the standalone bundle beside the ``.keras`` (``search.deploy``), checked on the
-    study's test split; ``quantize`` "int8" adds ``model.int8.onnx`` (calibrated on training images, its test
+    or "onnx" for ``model.onnx`` and the standalone bundle beside the ``.keras`` (``search.outputs.deploy``), checked
+    on the study's test split; ``quantize`` "int8" adds ``model.int8.onnx`` (calibrated on training images, its test
     metrics recorded beside the float model's). ``max_latency_ms``/``max_size_mb``: the best trial whose measured
     cost fits (``select_within_budget``). Everything is written to a temporary folder first and moved into
     place at the end: nothing partial is left."""

@@ -10,10 +10,10 @@ from typing import Any
 
 import pandas as pd
 
-from search import importance
-from search.report.tables import cost_table
-from search.results import best_row, candidate_front
-from search.spec import Study
+from search.outputs import importance
+from search.outputs.report.tables import cost_table
+from search.study.results import best_row, candidate_front
+from search.study.spec import Study
 
 
 def outcome(frame: pd.DataFrame, study: Study, data: dict[str, Any]) -> dict[str, Any]:

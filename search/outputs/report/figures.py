@@ -11,10 +11,10 @@ import pandas as pd
 
 from data_pipeline.files import write_file
 from models.tasks import task_info
-from search.experiment import load_history
-from search.report.tables import families, family_rows
-from search.results import UNSCORED
-from search.spec import COST_OBJECTIVES
+from search.outputs.report.tables import families, family_rows
+from search.study.experiment import load_history
+from search.study.results import UNSCORED
+from search.study.spec import COST_OBJECTIVES
 
 
 @dataclass
@@ -200,8 +200,8 @@ def plot_axis_effects(figs: Figures, frame: pd.DataFrame, axes: list[str], metri
     """For each searched axis, the selection metric of every trial at each of its values (jittered), the winner
     marked; with repeats, each configuration's mean ± standard deviation beside its points; with cross-validation,
     each trial's spread over its folds (``<metric>_std``) as a bar through its point."""
-    from search.report.tables import config_keys
-    from search.results import best_row
+    from search.outputs.report.tables import config_keys
+    from search.study.results import best_row
 
     scored = frame[pd.to_numeric(frame[metric], errors="coerce").notna()]
     if scored.empty or not axes:
@@ -246,7 +246,7 @@ def plot_axis_effects(figs: Figures, frame: pd.DataFrame, axes: list[str], metri
 
 def plot_parallel_coordinates(figs: Figures, frame: pd.DataFrame, axes: list[str], metric: str, mode: str) -> None:
     """Every trial as a line across the searched axes and the metric, coloured by the metric; the winner bold."""
-    from search.results import best_row
+    from search.study.results import best_row
 
     scored = frame[pd.to_numeric(frame[metric], errors="coerce").notna()]
     if len(scored) < 2 or not axes:
@@ -286,7 +286,7 @@ def plot_parallel_coordinates(figs: Figures, frame: pd.DataFrame, axes: list[str
 def plot_pareto(figs: Figures, frame: pd.DataFrame, metric: str, mode: str, cost: str = "latency_ms") -> None:
     """Each measured candidate's validation metric against its ``cost`` (batch-1 latency on one thread, or the
     search's cost objective; log scale), the Pareto front joined: the choices under a budget."""
-    from search.results import candidate_front
+    from search.study.results import candidate_front
 
     rows, front = candidate_front(frame, metric, mode, cost)
     rows = rows[pd.to_numeric(rows[metric], errors="coerce").notna()] if metric in rows else rows.iloc[0:0]

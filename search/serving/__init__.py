@@ -1,0 +1,1 @@
+"""Serving an exported model over HTTP (Ray Serve) with its web page."""
