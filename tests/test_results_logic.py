@@ -239,9 +239,12 @@ def test_a_recorded_study_is_validated_again_when_it_is_read(tmp_path):
 
 def test_every_searchable_train_setting_has_a_label_in_trial_names():
     from models.tasks import TASK_TABLE
-    from search.study.results import EXTRA_AXES
+    from search.study.results import AXES, EXTRA_AXES
 
     assert set(EXTRA_AXES) == {axis for info in TASK_TABLE.values() for axis in info.train_axes}
+    for info in TASK_TABLE.values():  # a task's axes are the axis table's, its train axes those that are settings
+        assert set(info.axes) <= set(AXES), info.name
+        assert info.train_axes == tuple(a for a in info.axes if AXES[a].train), info.name
 
 
 @pytest.mark.parametrize("name", ["../x", "/tmp/x", "a/b", "a\\b", "..", ".hidden", "s3:x", "a\nb"])

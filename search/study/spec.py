@@ -31,6 +31,7 @@ import yaml
 
 from data_pipeline.config import DataConfig
 from models.tasks import TASKS, TaskInfo, task_info, tasks_with
+from search.study.results import DISCRETE_AXES, EXTRA_AXES, MODEL_HYPERPARAMETERS
 
 ALGORITHMS = ("grid", "random", "optuna")
 # What a second search objective can be: a deployment cost measured as each architecture is built, minimized
@@ -40,19 +41,6 @@ COST_OBJECTIVES = {
     "size_mb": ("ONNX file size (MiB)", "the ONNX file's size", "--max-size-mb"),
 }
 DISTRIBUTIONS = ("loguniform", "uniform", "choice")
-# Names and integers: a list or a choice, never a range (nobody would round a sampled batch size).
-DISCRETE_AXES = (
-    "model",
-    "option",
-    "optimizer",
-    "lr_schedule",
-    "batch_size",
-    "dense_units",
-    "base_filters",
-    "blocks",
-    "loss",
-)
-MODEL_HYPERPARAMETERS = ("dense_units", "base_filters", "blocks")  # taken by some models only (the registry says)
 BACKENDS = ("tensorflow", "jax", "torch")
 TOP_KEYS = ("task", "search", "space", "train", "data", "scheduler", "resources", "presets")
 
@@ -422,7 +410,7 @@ def _train_problems(study: Study) -> list[str]:
     import models
 
     problems, t = [], study.train
-    for key in ("optimizer", "lr_schedule", "weight_decay", "batch_size", *MODEL_HYPERPARAMETERS):
+    for key in (k for k in EXTRA_AXES if k != "loss"):  # the loss: against the task table's, below
         value = getattr(t, key)
         if value is None and key in MODEL_HYPERPARAMETERS:
             continue  # each model's own default
