@@ -125,6 +125,22 @@ def test_fine_tuning_unfreezes_top_layers_but_not_batchnorm():
     assert batchnorm and not any(layer.trainable for layer in batchnorm)  # among the top 20, and kept frozen
     assert sum(layer.trainable for layer in top) == n and not any(layer.trainable for layer in below)
 
+    # One fine-tuning step on images far from anything the statistics have seen: the unfrozen layers learn, and every
+    # BatchNorm of the backbone stays as it was: in inference mode (its moving mean and variance do not move) and
+    # not learning (its scale and offset do not either).
+    def statistics():
+        found = [layer for layer in backbone if isinstance(layer, keras.layers.BatchNormalization)]
+        return [keras.ops.convert_to_numpy(v).copy() for layer in found for v in layer.weights]
+
+    learned = [w for layer in top if layer.trainable for w in layer.trainable_weights]
+    before, weights = statistics(), [keras.ops.convert_to_numpy(w).copy() for w in learned]
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="sparse_categorical_crossentropy", run_eagerly=True)
+    images = np.random.default_rng(0).uniform(200, 255, (4, 75, 75, 3)).astype("float32")
+    model.train_on_batch(images, np.array([0, 1, 2, 3]))
+    for a, b in zip(before, statistics(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert any(not np.array_equal(a, keras.ops.convert_to_numpy(w)) for a, w in zip(weights, learned))
+
 
 # XLA's CPU backend without its LLVM optimisations: JAX compiles every operation of a model's build and its whole
 # step, and those passes took most of the JAX share's time (custom_cnn, EfficientNetV2-B0 frozen and U-Net: 79 s
@@ -222,17 +238,21 @@ def test_self_normalising_backbones_take_raw_pixels():
     assert any(isinstance(layer, keras.layers.Rescaling) for layer in model.get_layer("backbone").layers)
 
 
-WITH_IMAGENET = [n for n in models.list_models() if models.get(n).imagenet_weights]  # every one, from the registry
-
-
-@pytest.mark.parametrize("name", WITH_IMAGENET)
+@pytest.mark.parametrize("name", models.list_models())  # every registered model, classifiers and segmenters
 def test_imagenet_weights_file_is_the_one_keras_applications_asks_for(name, monkeypatch):
     """The registry's file name against keras.applications' own, for every model (or encoder) with ImageNet
-    weights: Keras asks its downloader for that name."""
+    weights: Keras asks its downloader for that name. A model without them (trained from scratch) is refused
+    ImageNet weights before anything is built."""
     import keras
     from keras.src.utils import file_utils
 
     info = models.get(name)
+    if not info.imagenet_weights:
+        assert info.keras_application is None, name  # a keras.applications backbone has weights
+        classes = 1 if info.task == "segmentation" else 2
+        with pytest.raises(models.ModelError, match=f"{name} has no ImageNet weights"):
+            models.build(name, num_classes=classes, input_shape=(64, 64, 3), weights="imagenet")
+        return
     app, size = info.keras_application, info.imagenet_input_size or max(info.min_input_size, 32)
 
     asked = []

@@ -298,8 +298,8 @@ def test_the_onnx_runtime_serves_the_same_answers_with_no_framework(onnx_export,
     """`sweep serve --runtime onnx` of an export made with --format onnx, then `--runtime keras` of the same folder,
     each in a fresh process under the same load test: the ONNX replica imports no Keras, TensorFlow, JAX or PyTorch
     (its own /healthz reads its sys.modules); the page is the same; its answers (temperature applied) are the Keras
-    replica's within 1e-4 and the same classes; p50/p95 latency and the replica's resident memory are printed for
-    both."""
+    replica's within 1e-4 and the same classes, and those of the bundle's predict.py on the same files; p50/p95
+    latency and the replica's resident memory are printed for both."""
     from search.outputs.deploy import ONNX_TOLERANCE
 
     model_dir, _ = onnx_export("classification")
@@ -329,6 +329,20 @@ def test_the_onnx_runtime_serves_the_same_answers_with_no_framework(onnx_export,
             _stop_server(proc, log)
     (onnx, onnx_page), (keras, keras_page) = seen["onnx"], seen["keras"]
     assert onnx_page == keras_page  # the page says nothing of the runtime: it stays as it is
+    # The ONNX replica against the bundle's predict.py, which shares no code with the service (ONNX Runtime, NumPy
+    # and OpenCV in a script of its own): the same model.onnx on the same files gives the same answers.
+    done = subprocess.run(
+        [sys.executable, str(model_dir / "predict.py"), *map(str, paths), "--out", str(tmp_path / "bundle.csv")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    bundle = pd.read_csv(tmp_path / "bundle.csv")
+    assert [Path(p).name for p in bundle["image"]] == [p.name for p in paths]
+    assert [a["class"] for a in onnx] == list(bundle["label"])
+    served = np.array([[a["probabilities"][c] for c in manifest["classes"]] for a in onnx])
+    np.testing.assert_allclose(served, bundle[[f"p_{c}" for c in manifest["classes"]]].to_numpy(), atol=1e-5)
     assert [a["class"] for a in onnx] == [a["class"] for a in keras]
     for got, want in zip(onnx, keras, strict=True):
         for c in manifest["classes"]:
