@@ -491,15 +491,21 @@ def test_hostile_requests_get_only_4xx_with_a_json_error(server, images):
     assert _post_file(server, images / "benign.png").status_code == 200
 
 
-def _replica(server_pid: int) -> int:
-    """The pid of the Ray Serve replica that `sweep serve` started (Ray names its process after the replica)."""
+def _replicas(server_pid: int) -> list[int]:
+    """The pids of the Ray Serve replicas under `sweep serve` (Ray names each process after its replica)."""
+    out = []
     for pid in _descendants(server_pid):
-        try:
+        with contextlib.suppress(OSError):
             if b"ServeReplica" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                return pid
-        except OSError:
-            continue
-    raise AssertionError("no ServeReplica process under sweep serve")
+                out.append(pid)
+    return out
+
+
+def _replica(server_pid: int) -> int:
+    """The pid of the Ray Serve replica that `sweep serve` started."""
+    replicas = _replicas(server_pid)
+    assert replicas, "no ServeReplica process under sweep serve"
+    return replicas[0]
 
 
 def _memory_kb(pid: int, field: str) -> int:
@@ -733,16 +739,6 @@ def test_bad_model_folders_and_options_stop_before_binding(classification_experi
         code, _, err = _cli("serve", good, "--port", port)
     assert code == 2 and f"cannot listen on 127.0.0.1:{port}" in err and err.count("\n") == 1, err
     assert not ray.is_initialized()  # stopped before starting anything
-
-
-def _replicas(server_pid: int) -> list[int]:
-    """The pids of the Ray Serve replicas under `sweep serve` (Ray names each process after its replica)."""
-    out = []
-    for pid in _descendants(server_pid):
-        with contextlib.suppress(OSError):
-            if b"ServeReplica" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                out.append(pid)
-    return out
 
 
 def test_replicas_and_host_take_effect_and_more_replicas_than_cpus_are_refused(onnx_export, images, tmp_path):
