@@ -71,6 +71,7 @@ def tree_state(root) -> dict:
 
 
 ROOT = Path(__file__).parent.parent
+FAULTY_SWEEP = ROOT / "tests" / "scripts" / "faulty_sweep.py"  # `sweep` with test-only faults around the trainable
 
 
 def free_port() -> int:
@@ -135,13 +136,20 @@ def cli(capsys, *args) -> tuple[int, str, str]:
     return code, out, err
 
 
-def run_sweep(*args, env=None, timeout=600):
-    """`python -m search ARGS` in a fresh process, from the repository root; the CompletedProcess."""
+def run_sweep(*args, env=None, timeout=600, faults: dict | None = None):
+    """`python -m search ARGS` in a fresh process, from the repository root; the CompletedProcess. With ``faults``,
+    the same command line with those test-only faults around the trainable (tests/scripts/faulty_sweep.py)."""
+    import json
     import subprocess
 
+    env = env or {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    if faults is None:
+        command = [sys.executable, "-m", "search"]
+    else:
+        command, env = [sys.executable, str(FAULTY_SWEEP)], {**env, "SWEEP_TEST_FAULTS": json.dumps(faults)}
     return subprocess.run(
-        [sys.executable, "-m", "search", *map(str, args)],
-        env=env or {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"},
+        [*command, *map(str, args)],
+        env=env,
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -174,34 +182,41 @@ def assert_reproduces_test_metrics(model_dir, best, metrics) -> None:
         assert now[metric] == pytest.approx(best[f"test_{metric}"], abs=1e-4), metric
 
 
+FAULTS_LOG = "faults"  # classification_experiment's fault log, beside its storage
+
+
 @pytest.fixture(scope="session")
 def classification_experiment(tmp_path_factory):
     """A finished classification sweep (2 trials, fine-tuning stage, stored through a file:// URI as cloud storage
     is), shared by the export and the serving tests. EfficientNetV2-B0 at 32 px: the same classifier code and head
     as the study's InceptionResNetV2 (stepped in test_models, its head checked against the whole model in test_speed,
     its smoke sweep under `make test-slow`) at a fraction of its build and prediction time in every test that serves
-    or predicts with the export."""
+    or predicts with the export. The lr 0.01 trial crashes once in its fine-tuning stage, after training epoch 3 and
+    before its checkpoint (a test-only fault, logged in ``FAULTS_LOG`` beside ``runs``): Ray retries it from epoch 2's
+    checkpoint (test_export checks what it resumed with)."""
     import yaml
 
     tmp = tmp_path_factory.mktemp("cls")
     spec = {
         "task": "classification",
         "space": {"model": ["efficientnetv2_b0"], "option": [2], "lr": [0.01, 0.001], "dropout": [0.2]},
-        # epoch 1 trains the head, epoch 2 also the top 20 backbone layers (the fine-tuning stage)
+        # epoch 1 trains the head, epochs 2 and 3 also the top 20 backbone layers (the fine-tuning stage)
         "train": {
             "batch_size": 16,
-            "epochs": 2,
+            "epochs": 3,
             "weights": None,
             "fine_tune_layers": 20,
             "fine_tune_after": 1,
             "calibrate": True,  # temperature scaling on validation: stored in the export, applied by predict
         },
         "data": {"image_size": 32, "synthetic_counts": [8, 10, 9, 8], "synthetic_size": 32, "balance_to": None},
-        "scheduler": {"grace_period": 2, "reduction_factor": 2},
+        "scheduler": {"grace_period": 3, "reduction_factor": 2},  # no early stopping: both trials reach epoch 3
         "resources": {"cpus_per_trial": 1, "gpus_per_trial": 0},
     }
     (tmp / "cls.yaml").write_text(yaml.safe_dump(spec))
-    out = run_sweep("run", str(tmp / "cls.yaml"), "--storage", f"file://{tmp}/runs", "--name", "cls")
+    (tmp / FAULTS_LOG).mkdir()
+    faults = {"log": str(tmp / FAULTS_LOG), "interrupt": {"0.01": 3}}
+    out = run_sweep("run", str(tmp / "cls.yaml"), "--storage", f"file://{tmp}/runs", "--name", "cls", faults=faults)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert f"experiment: file://{tmp}/runs/cls" in out.stdout
     return tmp / "runs" / "cls"

@@ -207,6 +207,48 @@ def test_sweep_over_optimizer_and_batch_size_reaches_the_trial(tmp_path):
     assert "ASHA stopped " in out and "report: " in out.splitlines()[-1]
 
 
+@pytest.mark.slow  # 70-140 s on 2 cores: six trials (`make test-slow`)
+def test_the_classification_quickstart_ends_as_the_readme_says(tmp_path):
+    """`sweep run classification --preset quickstart` (what `make demo` runs) at a fraction of its time: the preset's
+    six trials as they are (custom_cnn of 16 filters and 4 blocks at 48 px, lr × optimizer, cosine, ASHA keeping a
+    third), with 2 epochs instead of 12 (ASHA's rung after 1 instead of 4) on 48 built-in smears instead of 812. It
+    ends as the README shows: the trials by status, the winner chosen on validation, its test accuracy and macro F1
+    next to always answering the most frequent class, what ASHA stopped and saved, and the report's path."""
+    storage = tmp_path / "runs"
+    short = ("train.epochs=2", "scheduler.grace_period=1", "data.synthetic_counts=[10,14,13,11]")
+    args = [a for s in short for a in ("--set", s)]
+    proc = run_sweep("run", "classification", "--preset", "quickstart", *args, "--storage", storage, "--name", "demo")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    exp = storage / "demo"
+    frame = pd.read_csv(exp / "results.csv")
+    status = frame["status"].value_counts()
+    assert len(frame) == 6 and set(status.index) <= {"completed", "stopped"}, status
+    assert frame.loc[frame["status"] == "completed", "epochs"].eq(2).all()
+    assert frame.loc[frame["status"] == "stopped", "epochs"].eq(1).all()  # at ASHA's rung
+    out = proc.stdout.splitlines()
+    counts = next(line for line in out if line.startswith("6 trials: "))
+    assert sorted(counts[len("6 trials: ") :].split(", ")) == sorted(f"{n} {s}" for s, n in status.items())
+
+    winner = frame.loc[frame["val_accuracy"].idxmax()]
+    assert re.fullmatch(r"custom_cnn-opt2-lr0\.0\d+-do0\.2-(adam|sgd)", winner["trial"]), winner["trial"]
+    at = next(i for i, line in enumerate(out) if line.startswith("winner "))
+    assert out[at] == f"winner (chosen on val_accuracy = {winner['val_accuracy']:.4f}): {winner['trial']}"
+    test = json.loads((exp / "sweep.json").read_text())["data"]["2"]["splits"]["test"]["per_class"]
+    majority = max(test) / sum(test)
+    assert out[at + 1] == (
+        f"  test: accuracy {winner['test_accuracy']:.4f}, f1 {winner['test_f1']:.4f}   (always the most frequent "
+        f"class: accuracy {majority:.4f}, f1 {2 * majority / (1 + majority) / 4:.4f})"
+    )
+    stopped = int(status.get("stopped", 0))
+    asha = next(line for line in out if line.startswith("ASHA stopped "))
+    assert re.fullmatch(rf"ASHA stopped {stopped} of 6 trials early, saving \d+ s of \d+ s of training \(\d+%\)", asha)
+    assert out[-1] == f"report: {exp}/report/report.html"
+    report = exp / "report"
+    assert (report / "report.html").stat().st_size > 10_000 and (report / "report.md").is_file()
+    table = pd.read_csv(report / "table_custom_cnn_option_2.csv")
+    assert len(table) == 6 and (table["note"] == "◀ chosen on validation").sum() == 1
+
+
 def test_custom_cnn_depth_must_fit_the_image(tmp_path):
     spec = {
         "task": "classification",

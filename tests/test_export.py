@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import assert_reproduces_test_metrics, export_best, run_sweep, tree_state
+from conftest import FAULTS_LOG, assert_reproduces_test_metrics, export_best, run_sweep, tree_state
 from conftest import cli as _cli
 
 ROOT = Path(__file__).parent.parent
@@ -38,10 +38,34 @@ def test_event_files_hold_every_trials_per_epoch_metrics(experiment):
         for tag in ("ray/tune/train_accuracy", "ray/tune/train_loss", "ray/tune/val_accuracy", "ray/tune/val_loss"):
             assert [e.step for e in acc.Scalars(tag)] == list(range(1, epochs + 1)), (trial_dir.name, tag)
         # the fine-tuning stage: epoch 1 trains the study's head only (on EfficientNetV2-B0's 1,280 features: 1,280 ×
-        # 256 + 256 + 256 × 4 + 4 weights), epoch 2 more of the backbone
+        # 256 + 256 + 256 × 4 + 4 weights), epochs 2 and 3 more of the backbone
         head = 1280 * 256 + 256 + 256 * 4 + 4
         trainable = [e.value for e in acc.Scalars("ray/tune/trainable_params")]
-        assert trainable[0] == head and trainable[1] > head, trainable
+        assert trainable[0] == head and trainable[1] == trainable[2] > head, trainable
+
+
+def test_a_trial_resumed_in_its_fine_tuning_stage_keeps_its_lower_learning_rate(experiment):
+    """The lr 0.01 trial crashed after training epoch 3, before its checkpoint (conftest's test-only fault). Ray
+    retried it from epoch 2's checkpoint, inside the fine-tuning stage, which does not start again there: it went on
+    with the checkpoint's unfrozen layers and optimizer, at lr × fine_tune_lr_factor (0.01 × 0.1), its step count
+    kept, and trained epoch 3 to the numbers the crashed attempt had reached."""
+    frame = pd.read_csv(experiment / "results.csv").set_index("lr")
+    trial = frame.loc[0.01]
+    assert trial["status"] == "completed" and trial["epochs"] == 3 and trial["retries"] == 1, trial.to_dict()
+    assert frame.loc[0.001, "retries"] == 0
+    log = experiment.parent.parent / FAULTS_LOG
+    attempts = [json.loads(line) for line in (log / "attempts.jsonl").read_text().splitlines()]
+    assert [a["start_epoch"] for a in attempts if a["trial_id"] == trial["trial_id"]] == [0, 2]
+    (crashed,) = [json.loads(line) for line in (log / "interrupted.jsonl").read_text().splitlines()]
+    assert crashed["trial_id"] == trial["trial_id"] and crashed["metrics"]["epoch"] == 3
+    (trial_dir,) = experiment.glob(f"*-{trial['trial_id']}")
+    head, tuned, resumed = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()]
+    assert (head["epoch"], tuned["epoch"], resumed["epoch"]) == (1, 2, 3)  # each epoch reported once
+    assert head["lr_now"] == pytest.approx(0.01, rel=1e-6)
+    assert tuned["lr_now"] == pytest.approx(0.01 * 0.1, rel=1e-6) == resumed["lr_now"]
+    assert resumed["trainable_params"] == tuned["trainable_params"] > head["trainable_params"]
+    for key in ("lr_now", "trainable_params", "optimizer_steps", "train_loss", "val_loss", "val_accuracy"):
+        assert resumed[key] == pytest.approx(crashed["metrics"][key], rel=1e-5, abs=1e-7), key
 
 
 def test_report_of_a_classification_sweep_in_uri_storage(experiment, tmp_path, capsys):

@@ -28,7 +28,7 @@ def test_an_unreadable_checkpoint_costs_only_its_own_trial_and_resume_writes_res
     model.write_bytes(model.read_bytes()[: model.stat().st_size // 2])  # a checkpoint cut short, as by a full disk
     storage.chmod(0o775)  # the group may write in the storage: resume says what that risks
 
-    proc = run_sweep("resume", exp)
+    proc = run_sweep("resume", exp, faults={})  # the trainable the sweep ran (conftest's fault wrapper), no fault
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert f"the storage folder {storage} can be written by other users" in proc.stderr
     assert "`sweep resume` unpickles Ray Tune's state from it" in proc.stderr

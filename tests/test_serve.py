@@ -174,6 +174,18 @@ def _encoded(ext: str, image: np.ndarray) -> bytes:
     return data.tobytes()
 
 
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG's signature and header chunk (8-bit RGB, ``width`` × ``height``) and its end, with no image data."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
 def _png(b64: str) -> np.ndarray:
     return cv2.imdecode(np.frombuffer(base64.b64decode(b64), np.uint8), cv2.IMREAD_UNCHANGED)
 
@@ -367,6 +379,10 @@ def test_bad_inputs_get_a_4xx_json_error_and_the_server_goes_on(server, images, 
         "bomb.png": (_encoded(".png", np.zeros((10_000, 10_000), np.uint8)), 413, "over the limit of 40 megapixels"),
         "photo.webp": (_encoded(".webp", rgb), 415, "is a WEBP image; send it as PNG, JPEG, BMP or TIFF"),
         "scan.ppm": (_encoded(".ppm", rgb), 415, "is a PPM image"),
+        # a PNG header claiming 9000×9000 (81 megapixels) with no pixel data: decoded, it would be a truncated PNG
+        # (400); its size is refused from the header alone
+        "crafted.png": (_png_header(9000, 9000), 413, "over the limit of 40 megapixels an image (9000×9000)"),
+        "crafted_vast.png": (_png_header(100_000, 100_000), 413, "over the limit of 40 megapixels an image"),
     }
     for name, (data, status, message) in cases.items():
         r = http.post(f"{url}/predict", files={"file": (name, data)}, timeout=120)
@@ -489,15 +505,21 @@ def test_hostile_requests_get_only_4xx_with_a_json_error(server, images):
     assert _post_file(server, images / "benign.png").status_code == 200
 
 
-def _replica(server_pid: int) -> int:
-    """The pid of the Ray Serve replica that `sweep serve` started (Ray names its process after the replica)."""
+def _replicas(server_pid: int) -> list[int]:
+    """The pids of the Ray Serve replicas under `sweep serve` (Ray names each process after its replica)."""
+    out = []
     for pid in _descendants(server_pid):
-        try:
+        with contextlib.suppress(OSError):
             if b"ServeReplica" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                return pid
-        except OSError:
-            continue
-    raise AssertionError("no ServeReplica process under sweep serve")
+                out.append(pid)
+    return out
+
+
+def _replica(server_pid: int) -> int:
+    """The pid of the Ray Serve replica that `sweep serve` started."""
+    replicas = _replicas(server_pid)
+    assert replicas, "no ServeReplica process under sweep serve"
+    return replicas[0]
 
 
 def _memory_kb(pid: int, field: str) -> int:
@@ -731,6 +753,39 @@ def test_bad_model_folders_and_options_stop_before_binding(classification_experi
         code, _, err = _cli("serve", good, "--port", port)
     assert code == 2 and f"cannot listen on 127.0.0.1:{port}" in err and err.count("\n") == 1, err
     assert not ray.is_initialized()  # stopped before starting anything
+
+
+def test_replicas_and_host_take_effect_and_more_replicas_than_cpus_are_refused(onnx_export, images, tmp_path):
+    """`--replicas 2 --host 127.0.0.2` (a loopback address, so no token): two replicas, each one a process that has
+    loaded the model (ONNX Runtime's library in its memory map), behind one listener at 127.0.0.2 and none at
+    127.0.0.1, the default; every request answered. More replicas than this machine's CPUs: one line, exit code 2,
+    after the local Ray has counted them and before anything is served."""
+    model_dir, _ = onnx_export("classification")
+    refused = run_sweep("serve", model_dir, "--replicas", 1000, "--port", free_port())
+    said = refused.stderr.strip().splitlines()[-1]
+    assert refused.returncode == 2 and said.startswith("error: --replicas 1000 needs 1000 CPUs; this machine has ")
+    assert "Traceback" not in refused.stderr and "the page: " not in refused.stdout
+
+    log = tmp_path / "serve.log"
+    proc, page = _start_server(model_dir, log, "--runtime", "onnx", "--replicas", 2, "--host", "127.0.0.2")
+    try:
+        port = int(page.split(":")[2].split("/")[0])
+        assert page == f"http://127.0.0.2:{port}/" and "with 2 replica(s)" in log.read_text()
+        replicas = _replicas(proc.pid)
+        assert len(replicas) == 2, replicas
+        for pid in replicas:
+            assert "onnxruntime" in Path(f"/proc/{pid}/maps").read_text(), pid
+        with pytest.raises(requests.ConnectionError):
+            requests.get(f"http://127.0.0.1:{port}/healthz", timeout=10)
+
+        def predict(_) -> int:
+            with (images / "benign.png").open("rb") as f:
+                return requests.post(f"{_base(page)}/predict", files={"file": f}, timeout=120).status_code
+
+        with ThreadPoolExecutor(4) as pool:
+            assert list(pool.map(predict, range(8))) == [200] * 8
+    finally:
+        _stop_server(proc, log)
 
 
 # ---- what the page says, from hand-made manifests -----------------------------------------------------------------

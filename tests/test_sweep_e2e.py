@@ -358,26 +358,39 @@ def test_an_optuna_sweep_keeps_its_study_in_sqlite_and_resume_continues_that_stu
     assert (exp / "report" / "figures" / "deployment_pareto.png").stat().st_size > 5000
 
 
-def test_classification_sweep_trains_heads_on_cached_features(tmp_path):
-    # ResNet50 at its smallest input: the cache is the same code for every backbone, at a fraction of the cost of
-    # InceptionResNetV2 (115 s for this test against 60 s; its smoke sweep runs under `make test-slow`).
+def _cached_spec(tmp_path, **changes) -> Path:
+    """A classification study of heads on ResNet50's cached features at its smallest input: the cache is the same
+    code for every backbone, at a fraction of the cost of InceptionResNetV2 (115 s for the test below against 60 s;
+    its smoke sweep runs under `make test-slow`). The same images and backbone in every study made here, so a test
+    after the first reads the features the first computed (one cache per test process)."""
     spec = {
         "task": "classification",
         "space": {"model": ["resnet50"], "option": [2], "lr": [0.01, 0.001], "dropout": [0.2]},
-        "train": {"batch_size": 16, "epochs": 1, "weights": None},  # feature_cache: on by default
+        "train": {"batch_size": 16, "epochs": 3, "weights": None},  # feature_cache: on by default
         "data": {"image_size": 32, "synthetic_counts": [6, 8, 7, 6], "synthetic_size": 32, "balance_to": None},
-        "scheduler": {"grace_period": 1, "reduction_factor": 2},
+        "scheduler": {"grace_period": 3, "reduction_factor": 2},  # no early stopping
         "resources": {"cpus_per_trial": 1, "gpus_per_trial": 0, "max_concurrent_trials": 1},
     }
+    for section, values in changes.items():
+        spec[section] = {**spec.get(section, {}), **values}
     (tmp_path / "cls.yaml").write_text(yaml.safe_dump(spec))
-    storage = tmp_path / "runs"
-    proc = _sweep("run", tmp_path / "cls.yaml", "--storage", storage, "--name", "cached", timeout=1200)
+    return tmp_path / "cls.yaml"
+
+
+def test_classification_sweep_trains_heads_on_cached_features(tmp_path):
+    """Heads on a frozen backbone's cached features; the lr 0.001 trial crashes once after training epoch 2, before
+    its checkpoint (a test-only fault), and Ray retries it from its head-only checkpoint of epoch 1."""
+    storage, log = tmp_path / "runs", tmp_path / "log"
+    log.mkdir()
+    faults = {"log": str(log), "interrupt": {"0.001": 2}}  # the second trial: the first computes the features
+    proc = _faulty_sweep("run", _cached_spec(tmp_path), "--storage", storage, "--name", "cached", faults=faults)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     exp = storage / "cached"
     frame = pd.read_csv(exp / "results.csv")
-    assert len(frame) == 2 and (frame["status"] == "completed").all()
+    assert len(frame) == 2 and (frame["status"] == "completed").all() and (frame["epochs"] == 3).all()
     # The first trial builds the backbone and computes the features of every image (train, val and test); the
-    # second reads them all. Each trial trained and checkpointed its head alone; the experiment keeps the backbone.
+    # second reads them all, in both its attempts. Each trial trained and checkpointed its head alone; the
+    # experiment keeps the backbone.
     n = int(frame["features_computed"].max())
     assert n == sum(s["n"] for s in json.loads((exp / "sweep.json").read_text())["data"]["2"]["splits"].values())
     assert sorted(frame["features_computed"]) == [0, n] and sorted(frame["feature_cache_hits"]) == [0, n]
@@ -385,6 +398,23 @@ def test_classification_sweep_trains_heads_on_cached_features(tmp_path):
     (backbone,) = (exp / "backbones").iterdir()
     for checkpoint in frame["checkpoint"]:
         assert (Path(checkpoint) / "model.keras").stat().st_size < 0.1 * backbone.stat().st_size
+
+    # The crashed trial went on from its head-only checkpoint: epoch 2 trained again from epoch 1's head, optimizer
+    # and dropout stream, to the numbers the crashed attempt had reached (from epoch 0 or a fresh head they would
+    # differ), and every epoch was reported once.
+    by_lr = frame.set_index("lr")
+    crashed_id = by_lr.loc[0.001, "trial_id"]
+    assert by_lr.loc[0.001, "retries"] == 1 and by_lr.loc[0.01, "retries"] == 0
+    attempts = [json.loads(line) for line in (log / "attempts.jsonl").read_text().splitlines()]
+    assert [a["start_epoch"] for a in attempts if a["trial_id"] == crashed_id] == [0, 1]
+    (crashed,) = [json.loads(line) for line in (log / "interrupted.jsonl").read_text().splitlines()]
+    assert crashed["trial_id"] == crashed_id and crashed["metrics"]["epoch"] == 2
+    assert _reported(exp)[crashed_id] == [1, 2, 3]
+    (trial_dir,) = exp.glob(f"*-{crashed_id}")
+    again = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()][1]
+    for key in ("optimizer_steps", "train_loss", "train_accuracy", "val_loss", "val_accuracy"):
+        assert again[key] == pytest.approx(crashed["metrics"][key], rel=1e-6, abs=1e-7), key
+
     # The node's entry also keeps the feature maps of the report's Grad-CAM examples: the winner's heatmaps came
     # from its head on them (the same as its whole model's, test_checkpoints), with no backbone built to score.
     cache = Path(os.environ["SWEEP_CACHE_DIR"]) / "features"
@@ -399,6 +429,39 @@ def test_classification_sweep_trains_heads_on_cached_features(tmp_path):
     for key, value in now.items():
         if isinstance(value, float):
             assert value == pytest.approx(recorded[key], abs=1e-5), key
+
+
+def test_a_cross_validated_classification_sweep_scores_its_fold_ensemble_with_tta(tmp_path):
+    """`search: {folds: 2, tta: true}` on heads over a frozen backbone: each trial trains one head per fold and
+    reports the fold mean with its spread; its test metrics are the folds' ensemble's, and with TTA the ensemble of
+    the whole models (heads put on the experiment's backbone) over the test images' flips and turns. The export is
+    that ensemble as one model, which gives the sweep's test metrics again, with and without TTA."""
+    one_epoch = {"train": {"epochs": 1}, "scheduler": {"grace_period": 1}}
+    study = _cached_spec(tmp_path, search={"folds": 2, "tta": True}, space={"lr": [0.01]}, **one_epoch)
+    proc = _sweep("run", study, "--storage", tmp_path / "runs", "--name", "cv")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    exp = tmp_path / "runs" / "cv"
+    data = json.loads((exp / "sweep.json").read_text())["data"]["2"]
+    assert len(data["folds"]) == 2 and data["leakage_audit"] == {"val": 0, "test": 0, "duplicates_crossing": 0}
+    (best,) = [row for _, row in pd.read_csv(exp / "results.csv").iterrows()]
+    assert best["status"] == "completed" and 0 <= best["val_accuracy_std"] <= 1
+    (backbone,) = (exp / "backbones").iterdir()
+    heads = sorted(Path(best["checkpoint"]).glob("*.keras"))
+    assert [h.name for h in heads] == ["fold0.keras", "fold1.keras"]
+    assert all(h.stat().st_size < 0.1 * backbone.stat().st_size for h in heads)  # heads alone
+    for metric in ("accuracy", "f1", "loss"):
+        assert np.isfinite(best[f"test_{metric}"]) and np.isfinite(best[f"test_tta_{metric}"]), metric
+    assert best["test_tta_loss"] != best["test_loss"]  # the flips and turns really were averaged
+    md = (exp / "report" / "report.md").read_text()
+    assert "## Test-time augmentation" in md and "Cross-validation: 2 folds" in md
+
+    model_dir = export_best(exp, tmp_path / "export")
+    assert json.loads((model_dir / "export.json").read_text())["ensemble"] == {"folds": 2, "combine": "mean of outputs"}
+    for tta in (False, True):
+        now, _ = evaluate_export(model_dir, tta=tta)
+        for metric in ("accuracy", "f1", "loss"):
+            column = f"test_tta_{metric}" if tta else f"test_{metric}"
+            assert now[metric] == pytest.approx(best[column], abs=1e-5), column
 
 
 def test_jax_sweep_leaves_out_a_corrupt_image_and_records_a_trial_out_of_memory(tmp_path):

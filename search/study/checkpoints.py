@@ -7,8 +7,9 @@ last completed epoch. Ray Tune keeps two per trial (``CheckpointConfig(num_to_ke
 - ``model.keras`` (compiled, optimizer included), or with cross-validation one ``fold<i>.keras`` per fold: the
   whole model, or for a trial on a frozen backbone (``search.sweep.features``) its head alone (features -> output), a
   few MB instead of the backbone's hundreds;
-- ``state.json``: the epoch, the best validation value so far and, for a head, ``backbone``: which backbone it was
-  trained on (its ``Backbone`` record and weights digest) and how the whole model is built. The experiment keeps
+- ``state.json``: the epoch, the best validation value so far, each model's dropout streams (``seed_states``, which a
+  ``.keras`` file leaves out) and, for a head, ``backbone``: which backbone it was trained on (its ``Backbone``
+  record and weights digest) and how the whole model is built. The experiment keeps
   each backbone once (``backbones/<digest>.weights.h5``); ``whole_model`` puts the two together where a whole
   model is needed (export, Grad-CAM, test-time augmentation).
 """
@@ -31,7 +32,27 @@ def write(folder: Path, models: list, state: dict[str, Any]) -> None:
     names = [CHECKPOINT_MODEL] if len(models) == 1 else [CHECKPOINT_FOLD.format(i) for i in range(len(models))]
     for model, name in zip(models, names):
         model.save(folder / name)
-    (folder / CHECKPOINT_STATE).write_text(json.dumps(state))
+    seeds = [[_seed_state(g) for g in _seed_generators(model)] for model in models]
+    (folder / CHECKPOINT_STATE).write_text(json.dumps(state | {"seed_states": seeds}))
+
+
+def _seed_generators(model) -> list:
+    """The model's own random streams (a Dropout's seed generator), in layer order. A ``.keras`` file does not keep
+    where they stand, so a checkpoint keeps it: a resumed trial draws the dropout masks an uninterrupted one draws."""
+    import keras
+
+    out = []
+    for layer in model.layers:
+        out += [v for v in vars(layer).values() if isinstance(v, keras.random.SeedGenerator)]
+        if hasattr(layer, "layers"):  # a nested model (a backbone)
+            out += _seed_generators(layer)
+    return out
+
+
+def _seed_state(generator) -> list[int]:
+    import keras
+
+    return [int(x) for x in keras.ops.convert_to_numpy(generator.state)]
 
 
 def model_files(folder: Path) -> list[Path]:
@@ -52,7 +73,11 @@ def load(folder: Path, *, compile: bool = True) -> list:
 
     import models.metrics  # noqa: F401  registers the losses and metrics a compiled checkpoint names (bce_dice, ...)
 
-    return [keras.saving.load_model(f, compile=compile) for f in model_files(folder)]
+    loaded = [keras.saving.load_model(f, compile=compile) for f in model_files(folder)]
+    for model, states in zip(loaded, read_state(folder).get("seed_states") or [[]] * len(loaded), strict=True):
+        for generator, state in zip(_seed_generators(model), states, strict=True):
+            generator.state.assign(keras.ops.convert_to_tensor(state, dtype=generator.state.dtype))
+    return loaded
 
 
 def ensemble(members: list):

@@ -3,6 +3,10 @@
 The faults come from $SWEEP_TEST_FAULTS (JSON), keyed by a trial's learning rate (as written, e.g. "0.005"):
   {"raise": {"0.005": 1}}      the first N attempts of that trial raise (Ray retries it)
   {"report_delay_s": 0.5}      every report waits this long after it returns (a window for a test to act in)
+  {"interrupt": {"0.01": 3}}   the first attempt of that trial raises where it would report epoch 3, once it has
+                               trained and validated it (as a crash between an epoch and its checkpoint): Ray retries
+                               the trial from its epoch-2 checkpoint. Needs "log": the metrics it would have reported
+                               go to DIR/interrupted.jsonl, to compare with what the retry reports for that epoch
   {"log": "DIR"}               each attempt appends {trial_id, node, pid, start_epoch} to DIR/attempts.jsonl
   {"memory_gb": 4}             every attempt may use at most this much more address space than its worker held when
                                it began (RLIMIT_AS, a per-trial memory limit), set once Keras and its framework have
@@ -52,6 +56,21 @@ def _log_attempt(folder: str, config) -> None:
         f.write(json.dumps(line) + "\n")
 
 
+def _interrupt_once(folder: str, metrics: dict) -> None:
+    """Raise in place of this report, on the trial's first attempt only; the metrics it carried kept for the test."""
+    from ray import tune
+
+    trial_id = tune.get_context().get_trial_id()
+    marker = Path(folder) / f"interrupted-{trial_id}"
+    if marker.exists():
+        return
+    marker.touch()
+    plain = {k: v for k, v in metrics.items() if isinstance(v, int | float | str | bool)}
+    with open(Path(folder) / "interrupted.jsonl", "a") as f:
+        f.write(json.dumps({"trial_id": trial_id, "metrics": plain}) + "\n")
+    raise RuntimeError(f"injected interruption before epoch {metrics['epoch']}'s report (test only)")
+
+
 def _limit_memory(extra_gb: float, backend: str) -> tuple[int, int]:
     """Cap this process's address space at what it holds now plus ``extra_gb``; the previous (soft, hard) limits."""
     import resource
@@ -82,16 +101,19 @@ def faulty_trial(config, datasets, context):
                 marker.write_text(str(count + 1))
                 raise RuntimeError(f"injected failure {count + 1} of {times} (test only)")
     report, delay = tune.report, float(faults.get("report_delay_s", 0))
+    interrupt = next((int(e) for lr, e in faults.get("interrupt", {}).items() if _matches(config, [lr])), None)
 
-    def slow_report(*args, **kwargs):
-        out = report(*args, **kwargs)
+    def faulty_report(metrics, *args, **kwargs):
+        if interrupt is not None and metrics.get("epoch") == interrupt:
+            _interrupt_once(faults["log"], metrics)
+        out = report(metrics, *args, **kwargs)
         time.sleep(delay)
         return out
 
     limits = None
     try:
-        if delay:
-            tune.report = slow_report
+        if delay or interrupt is not None:
+            tune.report = faulty_report
         if faults.get("memory_gb"):
             limits = _limit_memory(float(faults["memory_gb"]), context.study.trial_train(config).backend)
         train_trial(config, datasets, context)
