@@ -207,7 +207,6 @@ def test_sweep_over_optimizer_and_batch_size_reaches_the_trial(tmp_path):
     assert "ASHA stopped " in out and "report: " in out.splitlines()[-1]
 
 
-@pytest.mark.slow  # 70-140 s on 2 cores: six trials (`make test-slow`)
 def test_the_classification_quickstart_ends_as_the_readme_says(tmp_path):
     """`sweep run classification --preset quickstart` (what `make demo` runs) at a fraction of its time: the preset's
     six trials as they are (custom_cnn of 16 filters and 4 blocks at 48 px, lr × optimizer, cosine, ASHA keeping a
