@@ -34,8 +34,8 @@ SEGMENTED_DIR = "Segmented"
 MANIFEST = "manifest.csv"
 # The tasks a dataset serves: with masks, segmentation; without, classification. The data pipeline asks only whether
 # a task's targets are masks (``has_masks``); what else a task means lives in models.tasks.
-MASK_TASK = "segmentation"
-TASKS = ("classification", MASK_TASK)
+LABEL_TASK, MASK_TASK = "classification", "segmentation"
+TASKS = (LABEL_TASK, MASK_TASK)
 ONE_CLASS = "all"  # the class of a dataset without class folders
 FOLDER_PAIRS = (("images", "masks"), ("image", "mask"), ("imgs", "labels"))
 _IMAGE_WORDS = ("image", "img", "input")
@@ -72,7 +72,7 @@ class DatasetIndex:
 
     @property
     def task(self) -> str:
-        return TASKS[self.masks is not None]
+        return MASK_TASK if self.masks is not None else LABEL_TASK
 
 
 @dataclass(frozen=True)

@@ -254,5 +254,5 @@ def _predict_once(model, images: np.ndarray, batch_size: int) -> np.ndarray:
 def report_from_probs(split, probs: np.ndarray, task: str, class_names: tuple[str, ...]) -> dict:
     """The classification or segmentation report of predicted probabilities on one split."""
     if task_info(task).masks:
-        return segmentation_report(split.masks, probs[..., 0])
+        return segmentation_report(split.masks, probs[..., 0], task_info(task).threshold)
     return classification_report(split.labels, probs, class_names)

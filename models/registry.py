@@ -99,7 +99,8 @@ def register(name: str, **facts) -> Callable:
     def deco(builder: Callable[..., keras.Model]) -> Callable[..., keras.Model]:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is registered twice")
-        _REGISTRY[name] = ModelInfo(name=name, builder=builder, **facts)
+        hyperparameters = dict(facts.pop("hyperparameters", {}))  # its own copy: families share their dicts
+        _REGISTRY[name] = ModelInfo(name=name, builder=builder, hyperparameters=hyperparameters, **facts)
         return builder
 
     return deco

@@ -4,6 +4,7 @@ experiment's copy of the backbone into that whole model (export, Grad-CAM); a ba
 the head was trained on is refused rather than mixed."""
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -47,6 +48,13 @@ def test_head_checkpoint_resumes_and_assembles_into_its_whole_model(tmp_path):
         model.fit(features.by_split["train"], y, batch_size=4, epochs=1, verbose=0, shuffle=False)
     for a, b in zip(resumed.weights, head.weights, strict=True):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
+    # A checkpoint written before the dropout streams were kept loads as it was saved, its streams from the start.
+    state = json.loads((folder / checkpoints.CHECKPOINT_STATE).read_text())
+    kept = state.pop("seed_states")
+    assert len(kept) == 1 and kept[0]  # the head's dropout has a stream
+    (folder / checkpoints.CHECKPOINT_STATE).write_text(json.dumps(state))
+    (older,) = checkpoints.load(folder)
+    assert int(older.optimizer.iterations.numpy()) == 2
     on_features = checkpoints.saved_model(folder).predict(features.by_split["train"], verbose=0)
     whole = checkpoints.whole_model(folder, experiment)
     assert whole.name == "efficientnetv2_b0" and whole.input_shape == (None, 32, 32, 3)

@@ -135,6 +135,7 @@ def test_export_then_evaluate_and_predict_in_fresh_processes(experiment, tmp_pat
     ]
     assert manifest["trial"] == best["trial"] and manifest["classes"] == ["Benign", "Early", "Pre", "Pro"]
     assert manifest["hyperparameters"] == {"lr": best["lr"], "dropout": 0.2, "option": 2}
+    assert manifest["architecture"] == best["architecture"] and "dense_units=" in manifest["architecture"]  # as built
     assert manifest["test"]["accuracy"] == pytest.approx(best["test_accuracy"])
     assert manifest["preprocessing"]["input_size"] == 32 and "mean/std" in manifest["preprocessing"]["normalisation"]
 

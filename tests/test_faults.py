@@ -14,10 +14,9 @@ from pathlib import Path
 
 import pandas as pd
 import yaml
-from conftest import tree_state
+from conftest import FAULTY_SWEEP, tree_state
 
 ROOT = Path(__file__).parent.parent
-FAULTY_SWEEP = ROOT / "tests" / "scripts" / "faulty_sweep.py"  # `sweep` with test-only faults around the trainable
 
 
 def _seg_spec(tmp_path, lrs, epochs, name="study.yaml") -> Path:

@@ -12,6 +12,7 @@ from conftest import save_legacy_h5
 
 import models
 from models.classifiers import unfreeze_top
+from models.tasks import task_info
 
 SCRIPT = Path(__file__).parent / "scripts" / "train_step.py"
 ROOT = Path(__file__).parent.parent
@@ -249,7 +250,7 @@ def test_imagenet_weights_file_is_the_one_keras_applications_asks_for(name, monk
     info = models.get(name)
     if not info.imagenet_weights:
         assert info.keras_application is None, name  # a keras.applications backbone has weights
-        classes = 1 if info.task == "segmentation" else 2
+        classes = task_info(info.task).num_outputs(2)
         with pytest.raises(models.ModelError, match=f"{name} has no ImageNet weights"):
             models.build(name, num_classes=classes, input_shape=(64, 64, 3), weights="imagenet")
         return

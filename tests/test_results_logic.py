@@ -192,11 +192,13 @@ def test_task_table_is_the_one_source_of_task_facts():
 
     import models
     from data_pipeline.layout import TASKS as DATA_TASKS
+    from data_pipeline.layout import has_masks
     from models.metrics import get_loss
     from models.tasks import TASK_TABLE, TASKS, task_info
     from search.study.spec import Train
 
     assert set(DATA_TASKS) == set(TASKS)  # the data pipeline reads masks by the same task names
+    assert all(has_masks(name) == info.masks for name, info in TASK_TABLE.items())  # and reads them for the same
     for info in TASK_TABLE.values():
         assert info.metric.startswith("val_") and info.mode in ("max", "min")
         assert info.default_loss in info.losses
@@ -239,7 +241,7 @@ def test_a_recorded_study_is_validated_again_when_it_is_read(tmp_path):
 
 def test_every_searchable_train_setting_has_a_label_in_trial_names():
     from models.tasks import TASK_TABLE
-    from search.study.results import AXES, EXTRA_AXES
+    from search.study.axes import AXES, EXTRA_AXES
 
     assert set(EXTRA_AXES) == {axis for info in TASK_TABLE.values() for axis in info.train_axes}
     for info in TASK_TABLE.values():  # a task's axes are the axis table's, its train axes those that are settings

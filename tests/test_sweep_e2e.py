@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import read_hparams, run_sweep, tree_state
+from conftest import FAULTY_SWEEP, read_hparams, run_sweep, tree_state
 
 from search.outputs.export import evaluate_export, export_best
 
@@ -55,13 +55,8 @@ def _event_scalars(trial_dir: Path) -> dict[str, list[float]]:
     return {tag: [e.value for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
-FAULTY_SWEEP = ROOT / "tests" / "scripts" / "faulty_sweep.py"  # `sweep` with test-only faults around the trainable
-
-
 def _faulty_sweep(*args, faults: dict, timeout=1500):
-    env = _env(SWEEP_TEST_FAULTS=json.dumps(faults))
-    cmd = [sys.executable, str(FAULTY_SWEEP), *map(str, args)]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    return run_sweep(*args, env=_env(), timeout=timeout, faults=faults)
 
 
 def test_sweep_survives_real_faults_asha_stops_the_worse_logs_and_evaluates(tmp_path):

@@ -30,7 +30,7 @@ def _parse_set(items: list[str]) -> dict:
 
 
 def add_study_options(run, storage_default: str, storage_help: str) -> None:
-    """The options `run` and `submit` share: which study, which data, where, how many resources."""
+    """The options `run`, `bench` and `submit` share: which study, which data, where, how many resources."""
     run.add_argument(
         "study",
         help="a built-in study (classification, segmentation, brain_mri, brain_mri_segmentation) or a study .yaml file",
@@ -55,6 +55,7 @@ def add_study_options(run, storage_default: str, storage_help: str) -> None:
 
 
 def overrides(args) -> dict:
+    """The study overrides these options make: --set's, then --data-dir, --backend and --seed."""
     over = _parse_set(args.set)
     if args.data_dir:
         over.setdefault("data", {})["data_dir"] = args.data_dir

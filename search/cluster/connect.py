@@ -13,6 +13,8 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]  # the folder holding search/
 
 
 def init_ray(address: str | None, backend: str) -> None:
+    """Join the Ray cluster at ``address`` (SweepError with what to do when it refuses), or start a fresh local one
+    on 127.0.0.1; every worker gets ``backend`` as its Keras backend and this project on its path. Once a process."""
     import ray
 
     # Ray Tune's TensorBoard logger (tensorboardX) warns at every NaN or infinite scalar, dozens of lines a sweep:

@@ -34,8 +34,9 @@ from search.errors import SweepError
 from search.outputs import deploy
 from search.outputs.card import CARD_FILE, CARD_JSON, EXPORT_FILE, HANDLING_KEYS, STUDY_FILE, summarize, write_card
 from search.study import checkpoints
+from search.study.axes import CONFIG_KEYS
 from search.study.experiment import load_details, load_predictions, load_results, load_study, load_sweep
-from search.study.results import CONFIG_KEYS, COST_COLUMNS, best_row, measured, with_checkpoint, within_budget
+from search.study.results import COST_COLUMNS, best_row, measured, with_checkpoint, within_budget
 from search.study.spec import Study, study_from_record
 
 MODEL_FILE = "model.keras"
@@ -143,6 +144,8 @@ def export_manifest(
         "experiment": experiment,
         "selected_by": {"metric": metric, "family": family or "all", "split": "validation"},
         "hyperparameters": _clean(hp),
+        # as built, its model's own defaults included (a width the study left to the model is not in its axes)
+        "architecture": row["architecture"] if pd.notna(row.get("architecture")) else None,
         "classes": data["classes"],
         "preprocessing": {
             "input": f"RGB, {size}×{size}, values 0–255 (uint8 or float32); resize larger images with area "

@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from search.study.results import CONFIG_KEYS
+from search.study.axes import CONFIG_KEYS
 
 MIN_TRIALS = 8  # fewer scored trials than this: too few to rank axes, and the report says so instead of a number
 EVALUATORS = {"fanova": "fANOVA", "ped_anova": "PED-ANOVA"}  # key -> the name the report shows

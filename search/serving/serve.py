@@ -151,6 +151,7 @@ def page_context(
     return {
         "model": manifest["model"],
         "task": manifest["task"],
+        "masks": task_info(manifest["task"]).masks,  # what the page shows of an answer
         "version": version,
         "trial": manifest.get("trial", ""),
         "classes": manifest["classes"],

@@ -74,7 +74,8 @@ def load(folder: Path, *, compile: bool = True) -> list:
     import models.metrics  # noqa: F401  registers the losses and metrics a compiled checkpoint names (bce_dice, ...)
 
     loaded = [keras.saving.load_model(f, compile=compile) for f in model_files(folder)]
-    for model, states in zip(loaded, read_state(folder).get("seed_states") or [[]] * len(loaded), strict=True):
+    seed_states = read_state(folder).get("seed_states")  # absent from checkpoints written before they were kept
+    for model, states in zip(loaded, seed_states or [], strict=bool(seed_states)):
         for generator, state in zip(_seed_generators(model), states, strict=True):
             generator.state.assign(keras.ops.convert_to_tensor(state, dtype=generator.state.dtype))
     return loaded

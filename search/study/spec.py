@@ -31,7 +31,7 @@ import yaml
 
 from data_pipeline.config import DataConfig
 from models.tasks import TASKS, TaskInfo, task_info, tasks_with
-from search.study.results import DISCRETE_AXES, EXTRA_AXES, MODEL_HYPERPARAMETERS
+from search.study.axes import DISCRETE_AXES, EXTRA_AXES, MODEL_HYPERPARAMETERS
 
 ALGORITHMS = ("grid", "random", "optuna")
 # What a second search objective can be: a deployment cost measured as each architecture is built, minimized

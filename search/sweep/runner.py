@@ -22,9 +22,9 @@ from search.cluster.connect import init_ray
 from search.errors import SweepError, SweepInterrupted
 from search.outputs.deploy import measure_costs
 from search.study import experiment as exp
+from search.study.axes import CONFIG_KEYS
 from search.study.checkpoints import SCORE
 from search.study.results import (
-    CONFIG_KEYS,
     COST_COLUMNS,
     TRIAL_PHASES,
     UNSCORED,
@@ -410,7 +410,7 @@ def finalize(experiment_dir: str, grid, study: Study, datasets: dict, phases: Ph
         checkpoint = best_checkpoint(result, best)
         row["checkpoint"] = checkpoint_location(checkpoint.path, experiment_dir) if checkpoint is not None else ""
         if checkpoint is not None:
-            jobs.append((len(rows), row["checkpoint"], config.get("option", study.data.option)))
+            jobs.append((len(rows), row["checkpoint"], study.trial(result.config).option))
         rows.append(row)
     gradcam = None
     if study.facts.class_scores:  # the best classifier's Grad-CAM heatmaps on a few test images per class

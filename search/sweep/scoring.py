@@ -80,7 +80,7 @@ def evaluate_checkpoint(
     if not facts.masks:
         return report, {"probs": probs, "labels": data.test.labels.astype(np.int32)}
     return report, {
-        "dice": per_image_dice(data.test.masks, probs[..., 0]),
+        "dice": per_image_dice(data.test.masks, probs[..., 0], facts.threshold),
         "masks": (probs[:SHOWN_MASKS, ..., 0] >= facts.threshold).astype(np.uint8),
     }
 

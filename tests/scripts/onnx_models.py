@@ -17,6 +17,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 import numpy as np
 
 import models
+from models.tasks import task_info
 from search.errors import SweepError
 from search.outputs import deploy
 
@@ -33,7 +34,7 @@ def main(names: list[str]) -> None:
             model = models.build(
                 name,
                 input_shape=(size, size, 3),
-                num_classes=1 if info.task == "segmentation" else 4,
+                num_classes=task_info(info.task).num_outputs(4),
                 weights=None,
                 dropout=0.2,
             )

@@ -18,6 +18,7 @@ import numpy as np
 
 import models
 from models.metrics import get_loss, training_metrics
+from models.tasks import task_info
 
 keras.utils.set_random_seed(0)
 for arg in sys.argv[1:]:
@@ -27,7 +28,7 @@ for arg in sys.argv[1:]:
     policy = policy or None
     info = models.get(name)
     size = max(info.min_input_size, info.size_multiple * 2)
-    seg = info.task == "segmentation"
+    seg = task_info(info.task).masks
     hp = {"dropout": 0.2, **({"base_filters": 4} if seg else {})}
     if "freeze_backbone" in info.hyperparameters:
         hp["freeze_backbone"] = mode == "frozen"

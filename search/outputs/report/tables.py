@@ -16,10 +16,9 @@ import numpy as np
 import pandas as pd
 
 from models.tasks import task_info
+from search.study.axes import CONFIG_KEYS, EXTRA_AXES
 from search.study.results import (
-    CONFIG_KEYS,
     COST_COLUMNS,
-    EXTRA_AXES,
     STATUSES,
     UNSCORED,
     best_by,
