@@ -10,7 +10,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before any TensorFlow impo
 
 from search.cli import cluster, data, experiments, model
 
-GROUPS = (experiments, cluster, model, data)  # in the order --help lists them
+GROUPS = (experiments, cluster, model, data)  # whose handlers main dispatches to
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,8 +18,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sweep", description="Hyperparameter sweeps for blood-smear classification and segmentation on Ray Tune."
     )
     sub = parser.add_subparsers(dest="cmd", required=True)
-    for group in GROUPS:
-        group.add(sub)
+    for add in (experiments.add, cluster.add, experiments.add_reading, model.add, data.add):  # --help's order
+        add(sub)
     return parser
 
 

@@ -46,6 +46,10 @@ def add(sub) -> None:
     )
     cache.add_argument("--clear", metavar="KIND", help="remove every entry of KIND (decoded, features, ...) or all")
     cache.add_argument("--max-size", metavar="SIZE", help="remove least recently used entries until under SIZE (5GB)")
+
+
+def add_reading(sub) -> None:
+    """The commands that read a finished experiment (listed after the cluster's, as they always were)."""
     report = sub.add_parser("report", help="the study's comparison tables, figures, cost and trust checks")
     report.add_argument("experiment")
     report.add_argument("--out", type=Path, help="folder to write into (default EXPERIMENT/report)")
