@@ -9,7 +9,9 @@ read: ``models.evaluation.report_from_probs``, ``search.outputs.export.predict_a
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,8 @@ class TaskInfo:
     study_table: str  # the study's published table of this task (search/outputs/report/reference/)
     study_headline: str  # the column of that table the study picked its best by
     study_columns: tuple[tuple[str, str, float], ...]  # ours, the study's, its scale to a fraction
+    no_skill: Callable[[Mapping[str, Any]], dict[str, float]]  # the test split's summary -> a no-skill model's metrics
+    no_skill_name: str  # that model, in words
 
     def num_outputs(self, classes: int) -> int:
         """Output channels of a model of this task for a dataset of ``classes`` classes."""
@@ -43,6 +47,18 @@ class TaskInfo:
     def metric_name(self) -> str:
         """The selection metric without its split prefix: ``accuracy`` for ``val_accuracy``."""
         return self.metric.split("_", 1)[1]
+
+
+def _most_frequent_class(test: Mapping[str, Any]) -> dict[str, float]:
+    """A model that learned nothing answers the most frequent class: its accuracy; macro F1 = F1 of that class over
+    the number of classes."""
+    majority = max(test["per_class"]) / sum(test["per_class"])
+    return {"accuracy": majority, "f1": 2 * majority / (1 + majority) / len(test["per_class"])}
+
+
+def _all_background(test: Mapping[str, Any]) -> dict[str, float]:
+    """A model that learned nothing answers an empty mask: Dice and IoU 0, pixel accuracy the background's share."""
+    return {"dice": 0.0, "iou": 0.0, "accuracy": 1.0 - test["foreground_fraction"]}
 
 
 _COMMON_TRAIN_AXES = ("optimizer", "weight_decay", "lr_schedule", "batch_size")
@@ -88,6 +104,8 @@ TASK_TABLE: dict[str, TaskInfo] = {
             ("test_f1", "f1", 1.0),
             ("val_accuracy", "val_acc", 0.01),
         ),
+        no_skill=_most_frequent_class,
+        no_skill_name="always the most frequent class",
     ),
     "segmentation": TaskInfo(
         name="segmentation",
@@ -137,6 +155,8 @@ TASK_TABLE: dict[str, TaskInfo] = {
             ("test_iou", "iou", 0.01),
             ("test_dice", "dice", 0.01),
         ),
+        no_skill=_all_background,
+        no_skill_name="an all-background mask",
     ),
 }
 TASKS = tuple(TASK_TABLE)

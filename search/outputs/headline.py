@@ -55,22 +55,17 @@ def _front(frame: pd.DataFrame, study: Study) -> dict[str, Any] | None:
 
 
 def _against_no_skill(row: pd.Series, study: Study, data: dict[str, Any]) -> dict[str, Any]:
-    """The winner's test metrics next to those of a model that learned nothing."""
-    if study.facts.class_scores:
-        option = str(int(row["option"])) if "option" in row and pd.notna(row["option"]) else next(iter(data))
-        per_class = data[option]["splits"]["test"]["per_class"]
-        # A model that learned nothing predicts the most frequent class: its accuracy; macro F1 = F1 of that class.
-        majority = max(per_class) / sum(per_class)
-        return {
-            "test": {k: float(row.get(f"test_{k}", float("nan"))) for k in ("accuracy", "f1")},
-            "baseline": {"accuracy": majority, "f1": 2 * majority / (1 + majority) / len(per_class)},
-            "baseline_name": "always the most frequent class",
-        }
-    background = 1.0 - float(row.get("test_foreground_fraction", float("nan")))
+    """The winner's test metrics next to those of a model that learned nothing (the task table's ``no_skill``)."""
+    option = str(int(row["option"])) if "option" in row and pd.notna(row["option"]) else next(iter(data))
+    test = {
+        "per_class": data[option]["splits"]["test"].get("per_class"),
+        "foreground_fraction": float(row.get("test_foreground_fraction", float("nan"))),
+    }
+    baseline = study.facts.no_skill(test)
     return {
-        "test": {k: float(row.get(f"test_{k}", float("nan"))) for k in ("dice", "iou", "accuracy")},
-        "baseline": {"dice": 0.0, "iou": 0.0, "accuracy": background},
-        "baseline_name": "an all-background mask",
+        "test": {k: float(row.get(f"test_{k}", float("nan"))) for k in baseline},
+        "baseline": baseline,
+        "baseline_name": study.facts.no_skill_name,
     }
 
 
