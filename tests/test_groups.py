@@ -238,7 +238,7 @@ def test_the_sweep_record_says_no_group_crosses(data, folds):
 def test_the_study_types_its_group_and_column_settings():
     from search.study.spec import SpecError, load_study
 
-    with pytest.raises(SpecError, match=r"data\.group_by: 5 must be null or a non-empty text") as err:
+    with pytest.raises(SpecError, match=r"data\.group_by: 5 must be a text or null") as err:
         load_study("classification", "smoke", {"data": {"group_by": 5, "image_column": " "}})
     assert "data.image_column: ' ' must be null" in str(err.value)
     study = load_study("classification", "smoke", {"data": {"group_by": "patient", "label_column": "finding"}})

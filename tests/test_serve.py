@@ -720,6 +720,7 @@ def test_bad_model_folders_and_options_stop_before_binding(classification_experi
 
     model = (good / "model.keras").read_bytes()
     manifest = json.loads((good / "export.json").read_text())
+    study = json.loads((good / "study.json").read_text())
     cases = [
         (tmp_path / "nowhere", "is not a folder"),
         (broken("no_model", lambda f: (f / "model.keras").unlink()), "is missing model.keras"),
@@ -730,8 +731,12 @@ def test_bad_model_folders_and_options_stop_before_binding(classification_experi
             "export.json is malformed (task, model, classes or input size)",
         ),
         (broken("bad_study", replace("study.json", b'{"train": ')), "study.json is malformed (JSONDecodeError"),
-        (broken("list_study", replace("study.json", b"[1, 2]")), "study.json is malformed (TypeError"),
-        (broken("no_train", replace("study.json", b'{"data": {}}')), "study.json is malformed (KeyError"),
+        (broken("list_study", replace("study.json", b"[1, 2]")), "study.json: not a recorded study"),
+        (broken("no_train", replace("study.json", b'{"data": {}}')), "study.json: not a recorded study"),
+        (  # read by the study schema, as a study file is
+            broken("typed_study", replace("study.json", json.dumps({**study, "train": {"epochs": "ten"}}).encode())),
+            "problem(s): train.epochs: 'ten' must be an integer >= 1; export it again with `sweep export`",
+        ),
         (broken("cut_model", replace("model.keras", model[: len(model) // 2])), "is not a Keras model archive"),
         (broken("text_model", replace("model.keras", b"not a zip")), "is not a Keras model archive"),
     ]

@@ -32,6 +32,14 @@ def test_smoke_preset_merges_over_the_study():
     assert smoke.train.batch_size == 16 and smoke.data.protocol == "leak_free"  # untouched keys survive
 
 
+def test_setting_one_axis_keeps_the_others():
+    """`--set space.dropout=[0.2]` narrows one axis of the 36-trial grid to 12 trials; a preset's space (smoke) still
+    replaces the study's whole."""
+    study = load_study("segmentation", overrides={"space": {"dropout": [0.2]}})
+    assert study.space == {**load_study("segmentation").space, "dropout": [0.2]} and len(study.space["model"]) == 3
+    assert load_study("segmentation", "smoke", {"space": {"dropout": [0.2]}}).space["lr"] == [0.01, 0.001]
+
+
 def test_features_are_standardized_by_default_only_on_a_frozen_random_backbone(tmp_path):
     """auto: on with weights: null and a backbone frozen for the whole trial, off with a weights file (the study's
     head) or a backbone that trains or fine-tunes; an explicit value is kept; anything else is refused."""
@@ -46,7 +54,7 @@ def test_features_are_standardized_by_default_only_on_a_frozen_random_backbone(t
     assert standardized(fine_tune_layers=2, fine_tune_after=1) is False  # the features drift once it fine-tunes
     assert standardized(weights=str(weights), standardize_features=True) is True
     assert standardized(standardize_features=False) is False
-    with pytest.raises(SpecError, match=r"train\.standardize_features: 'yes' is not true, false or auto"):
+    with pytest.raises(SpecError, match=r"train\.standardize_features: 'yes' must be true, false or auto"):
         standardized(standardize_features="yes")
 
 
@@ -60,9 +68,15 @@ def test_every_problem_named_with_its_field(tmp_path):
     spec = {
         "task": "segmentation",
         "space": {"model": ["unet", "resnet"], "lr": [0.0], "dropout": [1.5], "color": [1]},
-        "train": {"epochs": 0, "batch_size": "big", "loss": "categorical_crossentropy", "typo": 1},
+        "train": {
+            "epochs": 0,
+            "batch_size": "big",
+            "loss": "categorical_crossentropy",
+            "typo": 1,
+            "freeze_backbone": 1,
+        },
         "data": {"image_size": 50, "data_dir": str(tmp_path / "missing")},
-        "scheduler": {"grace_period": 3},
+        "scheduler": {"grace_period": 3, "reduction_factor": 1},
         "extra": 1,
     }
     with pytest.raises(SpecError) as err:
@@ -73,17 +87,19 @@ def test_every_problem_named_with_its_field(tmp_path):
         "space.color: unknown axis",
         "space.model: 'resnet' is not a registered segmentation model; one of deeplabv3_plus, fcn8, unet, unet_fpn, "
         "unet_fpn_gelu, unet_xception",
-        "space.lr: learning rate 0.0 must be in (0, 10]",
-        "space.dropout: dropout 1.5 must be in [0, 1)",
-        "train.epochs: must be >= 1",
-        "train.batch_size: expected int, got 'big'",
+        "space.lr: 0.0 must be a number in (0, 10]",
+        "space.dropout: 1.5 must be a number in [0, 1)",
+        "train.epochs: 0 must be an integer >= 1",
+        "train.batch_size: 'big' must be an integer >= 1",
+        "train.freeze_backbone: 1 must be true or false",  # strict: a number never passes for true
         "train.typo: unknown key",
         "train.loss: 'categorical_crossentropy' is not one of binary_crossentropy, bce, dice, focal, bce_dice",
         "data.data_dir:",
         "needs input_size divisible by 16",
-        "scheduler.grace_period: 3 exceeds train.epochs 0",
+        "scheduler.reduction_factor: 1 must be a number > 1",
     ):
         assert expected in text, expected
+    assert "scheduler.grace_period" not in text  # 3 epochs is within the 60 of train.epochs's default, 0 refused
 
 
 def test_distributions_for_random_and_optuna(tmp_path):
@@ -114,7 +130,7 @@ def test_repeats_run_each_configuration_with_more_seeds(tmp_path):
     study = load_study("segmentation", "smoke", {"search": {"repeats": 3}})
     space = param_space(study)
     assert space["repeat"] == {"grid_search": [0, 1, 2]}
-    with pytest.raises(SpecError, match=r"search.repeats: must be >= 1"):
+    with pytest.raises(SpecError, match=r"search.repeats: 0 must be an integer >= 1"):
         load_study("segmentation", "smoke", {"search": {"repeats": 0}})
     with pytest.raises(SpecError, match=r"search.repeats: repeats need grid or random search"):
         load_study("segmentation", "smoke", {"search": {"repeats": 2, "algorithm": "optuna", "num_samples": 4}})
@@ -132,7 +148,7 @@ def test_fine_tuning_stage_is_validated_and_starts_once():
     assert "train.fine_tune_after: must be in [1, train.epochs - 1] = [1, 2]" in str(err.value)
     with pytest.raises(SpecError, match="classification only"):
         load_study("segmentation", "smoke", {"train": {"fine_tune_layers": 5, "fine_tune_after": 1}})
-    with pytest.raises(SpecError, match=r"fine_tune_lr_factor: must be in \(0, 1\]"):
+    with pytest.raises(SpecError, match=r"fine_tune_lr_factor: 2.0 must be a number in \(0, 1\]"):
         load_study(
             "classification",
             "smoke",

@@ -337,7 +337,11 @@ def test_spec_takes_the_new_settings_and_rejects_impossible_ones(tmp_path):
                 "resources": {"max_concurrent_trials": -1},
             },
         )
-    for expected in ("train.mixed_precision: 'fp8'", "train.feature_cache: expected bool", "max_concurrent_trials"):
+    for expected in (
+        "train.mixed_precision: 'fp8'",
+        "train.feature_cache: 'yes' must be true or false",
+        "max_concurrent_trials",
+    ):
         assert expected in str(err.value)
 
 

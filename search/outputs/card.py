@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from models.tasks import task_info
+from search.study.spec import read_recorded
 
 CARD_FILE = "MODEL_CARD.md"
 CARD_JSON = "model_card.json"
@@ -454,7 +455,7 @@ def card_of(model_dir: str | Path) -> dict:
     """The card of an export folder, from its files."""
     folder = Path(model_dir).expanduser()
     manifest = json.loads((folder / EXPORT_FILE).read_text())
-    study = json.loads((folder / STUDY_FILE).read_text())
+    _, study = read_recorded(folder / STUDY_FILE, "export it again with `sweep export`")
     return model_card(manifest, study, external_records(folder))
 
 

@@ -37,7 +37,7 @@ from search.study import checkpoints
 from search.study.axes import CONFIG_KEYS
 from search.study.experiment import load_details, load_predictions, load_results, load_study, load_sweep
 from search.study.results import COST_COLUMNS, best_row, measured, with_checkpoint, within_budget
-from search.study.spec import Study, study_from_record
+from search.study.spec import Study, read_recorded
 
 MODEL_FILE = "model.keras"
 EXPORT_FILES = (MODEL_FILE, EXPORT_FILE, STUDY_FILE, "README.md", CARD_FILE, CARD_JSON)
@@ -331,13 +331,7 @@ def check_export(model_dir: str | Path) -> dict:
     for listed in [onnx.get("file"), (onnx.get("int8") or {}).get("file")]:
         if listed and not (model_dir / listed).is_file():
             raise SweepError(f"{model_dir} is missing {listed} that its {EXPORT_FILE} lists; {again}")
-    try:  # what serving and evaluating read from the recorded study before anything starts
-        study = json.loads((model_dir / STUDY_FILE).read_text())
-        backend, data = study["train"]["backend"], study.get("data", {})
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise SweepError(f"{model_dir / STUDY_FILE} is malformed ({type(exc).__name__}: {exc}); {again}") from None
-    if not (isinstance(backend, str) and isinstance(data, dict)):
-        raise SweepError(f"{model_dir / STUDY_FILE} is malformed (train.backend or data); {again}")
+    read_recorded(model_dir / STUDY_FILE, again)  # what serving and evaluating read, checked before anything starts
     try:
         with zipfile.ZipFile(model_dir / MODEL_FILE) as archive:
             damaged = archive.testzip()
@@ -499,8 +493,13 @@ def _prediction_folder(out: str | Path, paths: list[Path], model_dir: str | Path
     """``out``'s real path, refused when it is inside a folder holding an input image (a ``<stem>_mask.png`` there
     is what the class-folders layout reads as ground truth) or the exported study's data folder."""
     protected = {p.resolve().parent: "a folder holding input images," for p in paths}
-    study = json.loads((Path(model_dir).expanduser() / STUDY_FILE).read_text())
-    return refuse_inside(out, {**protected, **data_folders(study.get("data", {}).get("data_dir"))}, "--out")
+    study = recorded_study(model_dir)
+    return refuse_inside(out, {**protected, **data_folders(study.data.data_dir)}, "--out")
+
+
+def recorded_study(model_dir: str | Path) -> Study:
+    """The study an export recorded (its ``study.json``), read by the study schema."""
+    return read_recorded(Path(model_dir).expanduser() / STUDY_FILE, "export it again with `sweep export`")[0]
 
 
 def _refuse_existing(targets: list[Path]) -> None:
@@ -562,8 +561,7 @@ def evaluate_export(model_dir: str | Path, data_dir: str | None = None, tta: boo
     from models.evaluation import predict, report_from_probs
 
     model, manifest = load_export(model_dir)
-    path = Path(model_dir).expanduser() / STUDY_FILE
-    study = study_from_record(json.loads(path.read_text()), where=str(path))
+    study = recorded_study(model_dir)
     data = study_data(study, _option(manifest, study), data_dir)
     if list(data.classes) != list(manifest["classes"]):
         raise SweepError(

@@ -90,12 +90,10 @@ def external_set(model_dir: str | Path, data_dir: str | Path) -> ExternalSet | N
     None when it is the model's own data."""
     from data_pipeline import scan
     from data_pipeline.io import load_fingerprint
-    from search.outputs.export import STUDY_FILE, check_export
-    from search.study.spec import study_from_record
+    from search.outputs.export import check_export, recorded_study
 
     manifest = check_export(model_dir)
-    path = Path(model_dir).expanduser() / STUDY_FILE
-    cfg = study_from_record(json.loads(path.read_text()), where=str(path)).data
+    cfg = recorded_study(model_dir).data
     index = scan(data_dir, manifest["task"], "auto")
     fingerprint = load_fingerprint(index, cfg.image_size, cfg.mask_rule, cfg.preprocess)
     if fingerprint == manifest.get("data", {}).get("fingerprint"):

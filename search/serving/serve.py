@@ -51,8 +51,9 @@ from ray.serve.config import BackpressureConfig
 from models.tasks import task_info
 from search.errors import SweepError
 from search.outputs.card import CARD_JSON, DISCLAIMER, render_card, trained_on
-from search.outputs.export import MODEL_FILE, STUDY_FILE, Predictions, check_export
+from search.outputs.export import MODEL_FILE, STUDY_FILE, Predictions, check_export, recorded_study
 from search.outputs.export import overlay as outlined
+from search.study.spec import read_recorded
 
 DEFAULT_MAX_MB = 20.0
 MAX_BATCH = 16  # images per model call, gathered across concurrent requests by @serve.batch
@@ -421,7 +422,7 @@ class ModelServer:
         self.runtime = runtime
         self.max_bytes = max_bytes
         self.version = model_version(model_dir)
-        study = json.loads((Path(model_dir) / STUDY_FILE).read_text())
+        _, study = read_recorded(Path(model_dir) / STUDY_FILE, "export it again with `sweep export`")
         card = Path(model_dir) / CARD_JSON
         # the card as HTML, rendered once; shown like the page itself (the same facts, no token needed)
         self.card = render_card(json.loads(card.read_text()), "html") if card.is_file() else None
@@ -565,7 +566,7 @@ def serve_model(
         raise SweepError(problem)
     if address is None:
         _check_port_free(host, port)
-    backend = os.environ.get("KERAS_BACKEND") or json.loads((model_dir / STUDY_FILE).read_text())["train"]["backend"]
+    backend = os.environ.get("KERAS_BACKEND") or recorded_study(model_dir).train.backend
     init_ray(address, backend)
     signal.signal(signal.SIGTERM, _interrupt)  # after Ray's own handler: `kill` stops the server as Ctrl-C does
     name, started = app_name(manifest, model_version(model_dir)), False

@@ -21,17 +21,23 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
+from annotated_types import Ge, Gt, Le, Lt
 
 from data_pipeline.config import DataConfig
+from data_pipeline.splits import OPTIONS
+from models.optimizers import LR_SCHEDULES, OPTIMIZERS
+from models.registry import CUSTOM_CNN_MAX_BLOCKS, MIXED_PRECISION
 from models.tasks import TASKS, TaskInfo, task_info, tasks_with
-from search.study.axes import DISCRETE_AXES, EXTRA_AXES, MODEL_HYPERPARAMETERS
+from search.study import schema
+from search.study.axes import DISCRETE_AXES, MODEL_HYPERPARAMETERS
 
 ALGORITHMS = ("grid", "random", "optuna")
 # What a second search objective can be: a deployment cost measured as each architecture is built, minimized
@@ -42,6 +48,7 @@ COST_OBJECTIVES = {
 }
 DISTRIBUTIONS = ("loguniform", "uniform", "choice")
 BACKENDS = ("tensorflow", "jax", "torch")
+PRECISIONS = ("auto", *MIXED_PRECISION)
 TOP_KEYS = ("task", "search", "space", "train", "data", "scheduler", "resources", "presets")
 
 
@@ -51,29 +58,35 @@ class SpecError(ValueError):
     exit_code = 2
 
 
+# The sections' fields are the schema (search.study.schema): their types, bounds and choices are what loading a study
+# checks, and what its messages say is allowed. Semantics across fields (a fine-tuning stage inside the epochs, a loss
+# of the task's) are checked after, in the ``_*_problems`` functions below.
+PositiveInt = Annotated[int, Ge(1)]
+
+
 @dataclass(frozen=True)
 class Train:
-    batch_size: int = 32
-    epochs: int = 60
+    __pydantic_config__ = schema.STRICT
+
+    batch_size: PositiveInt = 32
+    epochs: PositiveInt = 60
     loss: str = ""  # empty: the task's default
     weights: str | None = None
     freeze_backbone: bool = True
     # Taken by some models only (MODEL_HYPERPARAMETERS); null: each model's own default (its registry entry).
-    base_filters: int | None = None  # U-Nets, custom_cnn, ...: filters of the first stage (doubling at each stage)
-    blocks: int | None = None  # custom_cnn: conv-BN-ReLU-pool blocks
-    dense_units: int | None = None  # classifiers: the head's dense layer
+    base_filters: PositiveInt | None = None  # U-Nets, custom_cnn, ...: filters of the first stage (doubling at each)
+    blocks: Annotated[int, Ge(1), Le(CUSTOM_CNN_MAX_BLOCKS)] | None = None  # custom_cnn: conv-BN-ReLU-pool blocks
+    dense_units: PositiveInt | None = None  # classifiers: the head's dense layer
     # Classifiers: standardize the pooled backbone features (a fixed Normalization layer fitted on the training
     # split) before the head's dense layer. auto: on where the backbone is random (weights: null) and frozen for the
     # whole trial (no fine-tuning stage), whose features vary too little between images for the head to learn from
     # them as they are; off with pretrained weights (the study's head).
-    standardize_features: bool | str = "auto"
-    optimizer: str = "adam"  # adam | rmsprop | sgd (momentum 0.9) | adamw
-    weight_decay: float = 0.0  # decoupled weight decay, any optimizer
-    lr_schedule: str = "constant"  # constant | cosine | exponential (× 0.9 per epoch)
-    mixed_precision: str | None = (
-        None  # null (float32), mixed_bfloat16, mixed_float16, or auto (bf16 where the GPU has it)
-    )
-    backend: str = "tensorflow"
+    standardize_features: bool | Literal["auto"] = "auto"
+    optimizer: Literal[OPTIMIZERS] = "adam"  # sgd: momentum 0.9
+    weight_decay: Annotated[float, Ge(0), Lt(1)] = 0.0  # decoupled weight decay, any optimizer
+    lr_schedule: Literal[LR_SCHEDULES] = "constant"  # exponential: × 0.9 per epoch
+    mixed_precision: Literal[PRECISIONS] | None = None  # null: float32; auto: bf16 where the GPU has it
+    backend: Literal[BACKENDS] = "tensorflow"
     online_augmentation: bool = False
     # Speed levers, exact (results do not change beyond run-to-run noise); see search.sweep.features and
     # search.sweep.compile_cache.
@@ -83,10 +96,10 @@ class Train:
     # OpenMP's (PyTorch's); off: each trial's pools span the whole machine and side-by-side trials contend.
     trial_threads: bool = True
     # Optional fine-tuning stage (classification, off by default): after `fine_tune_after` epochs on the head, the
-    # top `fine_tune_layers` backbone layers train too, at the trial's lr × `fine_tune_lr_factor`.
-    fine_tune_layers: int = 0
+    # top `fine_tune_layers` backbone layers train too (0: no fine-tuning), at the trial's lr × `fine_tune_lr_factor`.
+    fine_tune_layers: Annotated[int, Ge(0)] = 0
     fine_tune_after: int = 0
-    fine_tune_lr_factor: float = 0.1
+    fine_tune_lr_factor: Annotated[float, Gt(0), Le(1)] = 0.1
     # Temperature scaling (classification): one scalar fitted on the validation split after training; applied by
     # `sweep predict`, ECE before and after in the report (see models.stats).
     calibrate: bool = False
@@ -94,13 +107,16 @@ class Train:
 
 @dataclass(frozen=True)
 class Search:
-    algorithm: str = "grid"
-    num_samples: int = 1
+    __pydantic_config__ = schema.STRICT
+
+    algorithm: Literal[ALGORITHMS] = "grid"
+    num_samples: PositiveInt = 1
     seed: int = 0
-    repeats: int = 1  # run every configuration with this many seeds (seed, seed+1, ...): tables show mean ± std
-    # k-fold cross-validation: the non-test images in k folds; a trial trains its k fold models in lockstep and
-    # reports their mean validation metric; its test metrics are those of the k models' ensemble.
-    folds: int = 1
+    repeats: PositiveInt = 1  # run every configuration with this many seeds (seed, seed+1, ...): mean ± std
+    # k-fold cross-validation (1: one train/validation split): the non-test images in k folds; a trial trains its k
+    # fold models in lockstep and reports their mean validation metric; its test metrics are those of the k models'
+    # ensemble.
+    folds: PositiveInt = 1
     tta: bool = False  # also score every trial's checkpoint with test-time augmentation (flips, 90° turns)
     # time each architecture's best trial for deployment when the sweep ends (search.outputs.deploy.measure_costs;
     # minutes for large models): `sweep costs EXPERIMENT` does the same later, on the machine it runs on
@@ -113,15 +129,19 @@ class Search:
 
 @dataclass(frozen=True)
 class Scheduler:
-    grace_period: int = 5
-    reduction_factor: float = 3
+    __pydantic_config__ = schema.STRICT
+
+    grace_period: PositiveInt = 5
+    reduction_factor: Annotated[float, Gt(1)] = 3
 
 
 @dataclass(frozen=True)
 class Resources:
-    cpus_per_trial: float = 1
-    gpus_per_trial: float | str = "auto"
-    max_concurrent_trials: int = 0  # 0: as many as the resources allow; 1: one after another (the study's way)
+    __pydantic_config__ = schema.STRICT
+
+    cpus_per_trial: Annotated[float, Gt(0)] = 1
+    gpus_per_trial: Annotated[float, Ge(0)] | Literal["auto"] = "auto"
+    max_concurrent_trials: Annotated[int, Ge(0)] = 0  # 0: as many as the resources allow; 1: one after another
 
 
 @dataclass(frozen=True)
@@ -198,12 +218,13 @@ class Study:
 @dataclass(frozen=True)
 class TrialConfig:
     """One trial's configuration: its model, learning rate, dropout and loading option, its seed, and its train
-    settings (the train section, with the values of any train setting the study searches over)."""
+    settings (the train section, with the values of any train setting the study searches over). The bounds of lr,
+    dropout and option are what a study's ``space`` may hold for them."""
 
     model: str
-    lr: float
-    dropout: float
-    option: int
+    lr: Annotated[float, Gt(0), Le(10)]
+    dropout: Annotated[float, Ge(0), Lt(1)]
+    option: Literal[OPTIONS]
     seed: int
     train: Train
 
@@ -212,6 +233,10 @@ class TrialConfig:
         this trial's where it sets one, the model's own default where it leaves one null."""
         own = {k: getattr(self.train, k) for k in taken if k != "dropout"}
         return {k: taken[k] if v is None else v for k, v in own.items()} | {"dropout": self.dropout}
+
+
+# A study file's sections besides its task and space, each read by the schema of its class.
+SECTIONS = {"search": Search, "train": Train, "data": DataConfig, "scheduler": Scheduler, "resources": Resources}
 
 
 def builtin_studies() -> list[str]:
@@ -253,57 +278,6 @@ def merge(base: dict, over: dict) -> dict:
     return out
 
 
-def _section(cls, raw: Any, where: str, problems: list[str]):
-    """Build dataclass ``cls`` from a mapping, recording unknown keys and wrong types as problems."""
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        problems.append(f"{where}: must be a mapping, got {type(raw).__name__}")
-        return cls()
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    for key in raw:
-        if key not in fields:
-            problems.append(f"{where}.{key}: unknown key; allowed: {', '.join(fields)}")
-    kwargs = {}
-    for key, value in raw.items():
-        if key not in fields:
-            continue
-        default = fields[key].default
-        if isinstance(value, list) and isinstance(default, tuple):
-            value = tuple(value)
-        ok_types = {type(default)} | ({int, float} if isinstance(default, float) else set())
-        mistyped = default is not None and value is not None and not isinstance(value, tuple(ok_types))
-        if mistyped and key not in ("gpus_per_trial", "standardize_features"):  # a value or "auto", checked later
-            problems.append(f"{where}.{key}: expected {type(default).__name__}, got {value!r}")
-            continue
-        kwargs[key] = value
-    return cls(**kwargs)
-
-
-def _hp_problem(key: str, v: Any) -> str | None:
-    """What is wrong with value ``v`` of a train setting that can also be an axis, or None."""
-    from models.optimizers import LR_SCHEDULES, OPTIMIZERS
-    from models.registry import CUSTOM_CNN_MAX_BLOCKS
-
-    def positive_int(x):
-        return isinstance(x, int) and not isinstance(x, bool) and x >= 1
-
-    checks = {
-        "optimizer": (lambda x: x in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}"),
-        "lr_schedule": (lambda x: x in LR_SCHEDULES, f"one of {', '.join(LR_SCHEDULES)}"),
-        "weight_decay": (lambda x: isinstance(x, (int, float)) and 0 <= x < 1, "a number in [0, 1)"),
-        "batch_size": (positive_int, "an integer >= 1"),
-        "dense_units": (positive_int, "an integer >= 1"),
-        "base_filters": (positive_int, "an integer >= 1"),
-        "blocks": (
-            lambda x: positive_int(x) and x <= CUSTOM_CNN_MAX_BLOCKS,
-            f"an integer in [1, {CUSTOM_CNN_MAX_BLOCKS}]",
-        ),
-    }
-    ok, allowed = checks[key]
-    return None if ok(v) else f"{v!r} must be {allowed}"
-
-
 def _check_axis(task: str, axis: str, values: Any, problems: list[str], here: bool = True) -> None:
     import models
 
@@ -336,16 +310,16 @@ def _check_axis(task: str, axis: str, values: Any, problems: list[str], here: bo
         if axis == "model" and here and v not in models.list_models(task):
             valid = ", ".join(models.list_models(task))
             problems.append(f"{where}: {v!r} is not a registered {task} model; one of {valid}")
-        elif axis == "lr" and not (isinstance(v, (int, float)) and 0 < v <= 10):
-            problems.append(f"{where}: learning rate {v!r} must be in (0, 10]")
-        elif axis == "dropout" and not (isinstance(v, (int, float)) and 0 <= v < 1):
-            problems.append(f"{where}: dropout {v!r} must be in [0, 1)")
-        elif axis == "option" and v not in (1, 2):
-            problems.append(f"{where}: loading option {v!r} must be 1 or 2")
         elif axis == "loss" and v not in task_info(task).losses:
             problems.append(f"{where}: {v!r} is not one of {', '.join(task_info(task).losses)} for {task}")
-        elif axis in task_info(task).train_axes and axis != "loss" and (p := _hp_problem(axis, v)):
+        elif axis not in ("model", "loss") and (p := axis_value_problem(axis, v)):
             problems.append(f"{where}: {p}")
+
+
+def axis_value_problem(axis: str, value: Any) -> str | None:
+    """What is wrong with one value of a searched axis, by the declaration of what it sets: lr, dropout and option
+    are a trial's own (``TrialConfig``), the others train settings (``Train``)."""
+    return schema.value_problem(TrialConfig if axis in schema.hints(TrialConfig) else Train, axis, value)
 
 
 def _validate(study: Study, problems: list[str], here: bool = True) -> None:
@@ -371,18 +345,10 @@ def _backend_problems(study: Study) -> list[str]:
 
 def _search_problems(study: Study) -> list[str]:
     problems, s = [], study.search
-    if s.algorithm not in ALGORITHMS:
-        problems.append(f"search.algorithm: {s.algorithm!r} is not one of {', '.join(ALGORITHMS)}")
-    if s.num_samples < 1:
-        problems.append(f"search.num_samples: must be >= 1, got {s.num_samples}")
-    if s.repeats < 1:
-        problems.append(f"search.repeats: must be >= 1, got {s.repeats}")
-    elif s.repeats > 1 and s.algorithm == "optuna":
+    if s.repeats > 1 and s.algorithm == "optuna":
         problems.append("search.repeats: repeats need grid or random search (Optuna proposes each trial itself)")
     problems += _objective_problems(study)
-    if s.folds < 1:
-        problems.append(f"search.folds: must be >= 1 (1 = one train/validation split), got {s.folds}")
-    elif s.folds > 1:
+    if s.folds > 1:
         if s.repeats > 1:
             problems.append("search.folds: choose folds or repeats (folds already give each configuration k scores)")
         if study.data.protocol != "leak_free":
@@ -407,20 +373,8 @@ def _objective_problems(study: Study) -> list[str]:
 
 
 def _train_problems(study: Study) -> list[str]:
-    import models
-
     problems, t = [], study.train
-    for key in (k for k in EXTRA_AXES if k != "loss"):  # the loss: against the task table's, below
-        value = getattr(t, key)
-        if value is None and key in MODEL_HYPERPARAMETERS:
-            continue  # each model's own default
-        if p := _hp_problem(key, value):
-            problems.append(f"train.{key}: {p}")
-    if t.epochs < 1:
-        problems.append(f"train.epochs: must be >= 1, got {t.epochs}")
-    if t.fine_tune_layers < 0:
-        problems.append(f"train.fine_tune_layers: must be >= 0 (0 = no fine-tuning), got {t.fine_tune_layers}")
-    elif t.fine_tune_layers > 0:
+    if t.fine_tune_layers > 0:
         if not task_info(study.task).fine_tunes:
             only = tasks_with("fine_tunes")
             problems.append(f"train.fine_tune_layers: fine-tuning unfreezes a pretrained backbone: {only} only")
@@ -429,18 +383,9 @@ def _train_problems(study: Study) -> list[str]:
                 f"train.fine_tune_after: must be in [1, train.epochs - 1] = [1, {t.epochs - 1}] so the head trains "
                 f"first and the fine-tuning stage gets epochs, got {t.fine_tune_after}"
             )
-        if not 0 < t.fine_tune_lr_factor <= 1:
-            problems.append(f"train.fine_tune_lr_factor: must be in (0, 1], got {t.fine_tune_lr_factor}")
     if t.calibrate and not task_info(study.task).class_scores:
         only = tasks_with("class_scores")
         problems.append(f"train.calibrate: temperature scaling calibrates class probabilities: {only} only")
-    if t.backend not in BACKENDS:
-        problems.append(f"train.backend: {t.backend!r} is not one of {', '.join(BACKENDS)}")
-    if t.standardize_features not in (True, False, "auto"):
-        problems.append(f"train.standardize_features: {t.standardize_features!r} is not true, false or auto")
-    if t.mixed_precision not in (None, "auto", *models.MIXED_PRECISION):
-        allowed = ", ".join(("auto", *models.MIXED_PRECISION))
-        problems.append(f"train.mixed_precision: {t.mixed_precision!r} is not null or one of {allowed}")
     allowed = task_info(study.task).losses
     if study.loss not in allowed:
         problems.append(f"train.loss: {study.loss!r} is not one of {', '.join(allowed)} for {study.task}")
@@ -448,21 +393,10 @@ def _train_problems(study: Study) -> list[str]:
 
 
 def _run_problems(study: Study) -> list[str]:
-    """The scheduler's and the resources' problems."""
-    problems, r = [], study.resources
-    if study.scheduler.grace_period < 1 or study.scheduler.reduction_factor <= 1:
-        problems.append("scheduler: grace_period must be >= 1 and reduction_factor > 1")
+    """The scheduler's problem: its first rung after the last epoch."""
     if study.scheduler.grace_period > study.train.epochs:
-        problems.append(
-            f"scheduler.grace_period: {study.scheduler.grace_period} exceeds train.epochs {study.train.epochs}"
-        )
-    if not (r.gpus_per_trial == "auto" or (isinstance(r.gpus_per_trial, (int, float)) and r.gpus_per_trial >= 0)):
-        problems.append(f"resources.gpus_per_trial: must be 'auto' or a number >= 0, got {r.gpus_per_trial!r}")
-    if r.cpus_per_trial <= 0:
-        problems.append(f"resources.cpus_per_trial: must be > 0, got {r.cpus_per_trial}")
-    if r.max_concurrent_trials < 0:
-        problems.append(f"resources.max_concurrent_trials: must be >= 0 (0 = no limit), got {r.max_concurrent_trials}")
-    return problems
+        return [f"scheduler.grace_period: {study.scheduler.grace_period} exceeds train.epochs {study.train.epochs}"]
+    return []
 
 
 def _model_problems(study: Study) -> list[str]:
@@ -499,7 +433,9 @@ def _model_problems(study: Study) -> list[str]:
 
 
 def load_study(name_or_path: str, preset: str | None = None, overrides: dict[str, Any] | None = None) -> Study:
-    """Load, merge the preset and overrides (section -> {key: value}), validate; SpecError lists every problem."""
+    """Load, merge the preset and overrides (section -> {key: value}), validate; SpecError lists every problem.
+    A preset's space replaces the study's whole (a smoke grid); an override's space sets the axes it names (`--set
+    space.dropout=[0.2]`) and keeps the others."""
     name, raw = _read(name_or_path)
     presets = raw.pop("presets", {}) or {}
     if preset is not None:
@@ -507,7 +443,10 @@ def load_study(name_or_path: str, preset: str | None = None, overrides: dict[str
             raise SpecError(f"{name} has no preset {preset!r}; presets: {', '.join(presets) or 'none'}")
         raw = merge(raw, presets[preset])
         name = f"{name}-{preset}"
-    return _study(name, merge(raw, overrides or {}))
+    overrides = dict(overrides or {})
+    if isinstance(overrides.get("space"), dict) and isinstance(raw.get("space"), dict):
+        overrides["space"] = {**raw["space"], **overrides["space"]}
+    return _study(name, merge(raw, overrides))
 
 
 def study_from_record(record: dict[str, Any], where: str = "the recorded study", here: bool = False) -> Study:
@@ -528,6 +467,21 @@ def study_from_record(record: dict[str, Any], where: str = "the recorded study",
         return _study(record["name"], {**raw, "data": data}, here=here)
     except SpecError as exc:
         raise SpecError(f"{where}: {exc}") from None
+
+
+def read_recorded(path: Path, remedy: str) -> tuple[Study, dict[str, Any]]:
+    """A recorded study file (an export's ``study.json``) read by the same schema: the ``Study``, and the record as
+    written, for what reports what a sweep recorded (a setting an older sweep did not record is "not checked" on the
+    model card, not today's default). A file that is not JSON or not a valid study raises SpecError naming the file
+    and ``remedy``."""
+    try:
+        record = json.loads(path.read_text())
+    except ValueError as exc:
+        raise SpecError(f"{path} is malformed ({type(exc).__name__}: {exc}); {remedy}") from None
+    try:
+        return study_from_record(record, where=str(path)), record
+    except SpecError as exc:  # one line: every problem, then what to do
+        raise SpecError(f"{' '.join(line.strip() for line in str(exc).splitlines())}; {remedy}") from None
 
 
 def _study(name: str, raw: dict[str, Any], here: bool = True) -> Study:
@@ -555,19 +509,13 @@ def _study(name: str, raw: dict[str, Any], here: bool = True) -> Study:
     for key in ("seed",) + (("option",) if "option" in space else ()):
         if key in data_raw:
             problems.append(f"data.{key}: set by {'search.seed' if key == 'seed' else 'space.option'}, not here")
-    search = _section(Search, raw.get("search"), "search", problems)
-    data = _section(DataConfig, {**data_raw, "task": task}, "data", problems)
-    data = dataclasses.replace(data, seed=search.seed)
-    study = Study(
-        name=name,
-        task=task,
-        space=space,
-        search=search,
-        train=_section(Train, raw.get("train"), "train", problems),
-        data=data,
-        scheduler=_section(Scheduler, raw.get("scheduler"), "scheduler", problems),
-        resources=_section(Resources, raw.get("resources"), "resources", problems),
-    )
+    sections = {}
+    for key, cls in SECTIONS.items():
+        section_raw = {**data_raw, "task": task} if key == "data" else raw.get(key)
+        sections[key], found = schema.read(cls, section_raw, key)
+        problems += found
+    sections["data"] = dataclasses.replace(sections["data"], seed=sections["search"].seed)
+    study = Study(name=name, task=task, space=space, **sections)
     _validate(study, problems, here)
     if problems:
         raise SpecError(f"study {name} has {len(problems)} problem(s):\n  " + "\n  ".join(problems))
