@@ -63,6 +63,15 @@ class ModelInfo:
     onnx_problem: str | None = None  # why its whole model cannot be converted to ONNX (a known failure), or None
     backbone: FrozenBackbone | None = None  # a pretrained backbone that can be frozen; None: the model trains whole
 
+    def settings(self, given: Mapping[str, Any]) -> dict[str, Any]:
+        """The hyperparameters this model is built with: ``given``'s values, and its own default (``hyperparameters``)
+        for each one not given or given as None. One it does not take raises ModelError."""
+        unknown = sorted(set(given) - set(self.hyperparameters))
+        if unknown:
+            takes = ", ".join(self.hyperparameters)
+            raise ModelError(f"{self.name} does not take {', '.join(unknown)}; it takes: {takes}")
+        return {k: default if given.get(k) is None else given[k] for k, default in self.hyperparameters.items()}
+
     def input_size_problems(self, size: int, weights: str | None = None) -> list[str]:
         out = []
         if size < self.min_input_size:
@@ -185,10 +194,7 @@ def build(
     input size the model cannot take; WeightsUnavailableError when 'imagenet' weights are not on this machine.
     """
     info = get(name)
-    unknown = sorted(set(hyperparameters) - set(info.hyperparameters))
-    if unknown:
-        raise ModelError(f"{name} does not take {', '.join(unknown)}; it takes: {', '.join(info.hyperparameters)}")
-    hyperparameters = {**info.hyperparameters, **hyperparameters}
+    hyperparameters = info.settings(hyperparameters)
     dropout = hyperparameters.get("dropout", 0.0)
     if not 0.0 <= dropout < 1.0:
         raise ModelError(f"dropout must be in [0, 1), got {dropout}")
@@ -224,7 +230,7 @@ def build_head(
     info = get(name)
     if info.backbone is None:
         raise ModelError(f"{name} has no frozen backbone: it has no head to train alone")
-    hyperparameters = {**info.hyperparameters, **hyperparameters}
+    hyperparameters = info.settings(hyperparameters)
     with _dtype_policy(mixed_precision):
         return info.backbone.head(tuple(feature_shape), num_classes=num_classes, head_seed=seed, **hyperparameters)
 

@@ -219,7 +219,7 @@ def test_a_model_takes_its_own_hyperparameter_defaults_where_the_study_sets_none
 
     study = load_study("brain_mri_segmentation", "smoke", {"train": {"base_filters": None}})
     widths = {
-        name: study.trial({"model": name, "lr": 0.01}).hyperparameters(models.get(name).hyperparameters)
+        name: study.trial({"model": name, "lr": 0.01}).hyperparameters(models.get(name))
         for name in ("deeplabv3_plus", "fcn8", "unet_xception", "unet")
     }
     assert {n: hp["base_filters"] for n, hp in widths.items()} == {
@@ -231,9 +231,9 @@ def test_a_model_takes_its_own_hyperparameter_defaults_where_the_study_sets_none
     assert widths["fcn8"] == {"base_filters": 512, "dropout": 0.0}
     set_by_study = load_study("brain_mri_segmentation", "smoke", {"train": {"base_filters": 8}})
     trial = set_by_study.trial({"model": "fcn8", "lr": 0.01, "dropout": 0.2, "base_filters": 4})
-    assert trial.hyperparameters(models.get("fcn8").hyperparameters) == {"base_filters": 4, "dropout": 0.2}  # the axis
+    assert trial.hyperparameters(models.get("fcn8")) == {"base_filters": 4, "dropout": 0.2}  # the axis
     trial = set_by_study.trial({"model": "fcn8", "lr": 0.01})
-    assert trial.hyperparameters(models.get("fcn8").hyperparameters)["base_filters"] == 8
+    assert trial.hyperparameters(models.get("fcn8"))["base_filters"] == 8
     # models.build fills in the same defaults: a U-Net built without base_filters has 32 filters in its first block
     unet = models.build("unet", num_classes=1, input_shape=(32, 32, 3))
     assert unet.get_layer("enc0_conv1").filters == 32

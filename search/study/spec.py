@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -34,7 +33,7 @@ from annotated_types import Ge, Gt, Le, Lt
 from data_pipeline.config import DataConfig
 from data_pipeline.splits import OPTIONS
 from models.optimizers import LR_SCHEDULES, OPTIMIZERS
-from models.registry import CUSTOM_CNN_MAX_BLOCKS, MIXED_PRECISION
+from models.registry import CUSTOM_CNN_MAX_BLOCKS, MIXED_PRECISION, ModelInfo
 from models.tasks import TASKS, TaskInfo, task_info, tasks_with
 from search.study import schema
 from search.study.axes import DISCRETE_AXES, MODEL_HYPERPARAMETERS
@@ -228,11 +227,11 @@ class TrialConfig:
     seed: int
     train: Train
 
-    def hyperparameters(self, taken: Mapping[str, Any]) -> dict[str, Any]:
-        """The values of the hyperparameters a model takes (``taken``: its registry entry's, with their defaults):
-        this trial's where it sets one, the model's own default where it leaves one null."""
-        own = {k: getattr(self.train, k) for k in taken if k != "dropout"}
-        return {k: taken[k] if v is None else v for k, v in own.items()} | {"dropout": self.dropout}
+    def hyperparameters(self, info: ModelInfo) -> dict[str, Any]:
+        """The hyperparameters model ``info`` (its registry entry) is built with in this trial: the train settings it
+        takes and this trial's dropout, each left null being the model's own default (``ModelInfo.settings``)."""
+        given = {k: self.dropout if k == "dropout" else getattr(self.train, k) for k in info.hyperparameters}
+        return info.settings(given)
 
 
 # A study file's sections besides its task and space, each read by the schema of its class.

@@ -175,7 +175,7 @@ def train_trial(config: dict[str, Any], datasets: dict, context: TrialContext) -
     policy = resolve_mixed_precision(train.mixed_precision, gpu)
     build = {
         "num_classes": study.facts.num_outputs(len(folds[0].classes)),
-        **trial.hyperparameters(info.hyperparameters),
+        **trial.hyperparameters(info),
     }
     on_features = feature_cache_off_because(info, train) is None
     record, extra = None, {"mixed_precision": policy or "float32", "backend": keras.backend.backend()}
