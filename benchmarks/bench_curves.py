@@ -39,15 +39,12 @@ def run_seed(study, concurrent: int) -> dict:
     from ray.tune.schedulers import TrialScheduler
     from ray.tune.search.variant_generator import generate_variants
 
-    import models
     import models.batchnorm as bn
     from search.study.results import trial_name
     from search.study.spec import param_space
     from search.sweep.runner import prepare_all
-    from search.sweep.trial import TrialContext, _fold_epochs
 
     data = prepare_all(study)
-    context = TrialContext(study, gpus_per_trial=0, experiment_dir="unused")
     configs = [config for _, config in generate_variants(param_space(study))]  # in Ray's order
     moving = {}  # the validation metric before the recomputation, read inside the loop (the trial's own data)
     recompute = bn.recompute_batchnorm_statistics
@@ -71,11 +68,7 @@ def run_seed(study, concurrent: int) -> dict:
                 config_of[label] = option
                 s = data[option].split("val")
                 val[option] = (s.images, s.labels)
-                train = study.trial_train(config)
-                info = models.get(config["model"])
-                learners[label] = _fold_epochs(
-                    config, info, train, data[option], context, study.search.seed, None, 0, None, None
-                )
+                learners[label] = _epochs(study, config, data[option])
                 next(learners[label])  # the model
                 for scoring in SCORINGS:
                     running[scoring][label] = Trial("__bench", config=config, stub=True)
@@ -99,6 +92,29 @@ def run_seed(study, concurrent: int) -> dict:
         bn.recompute_batchnorm_statistics = recompute
     epochs = study.train.epochs
     return {s: ({k for k, c in curves[s].items() if len(c) == epochs}, curves[s]) for s in SCORINGS}
+
+
+def _epochs(study, config, data):
+    """One trial as the trial loop trains it on one split (``search.sweep.trial._Fold``, the whole model): its model,
+    then its metrics after each epoch."""
+    import keras
+
+    import models
+    from search.sweep.trial import _Fold
+
+    trial = study.trial(config)
+    info = models.get(trial.model)
+    build = {"num_classes": study.facts.num_outputs(len(data.classes)), **trial.hyperparameters(info)}
+    fit = _Fold.of(data, study, None, 0)
+    keras.utils.set_random_seed(trial.seed)
+    shape = (data.config.image_size,) * 2 + (3,)
+    fit.model = models.build(info.name, input_shape=shape, weights=trial.train.weights, seed=trial.seed, **build)
+    if build.get("standardize_features"):  # on the training split's features, as the trial does
+        info.backbone.standardize(fit.model, info.backbone.extractor(fit.model).predict(fit.x_train, verbose=0))
+    fit.compile(trial.train, study, trial.lr)
+    yield fit.model
+    for epoch in range(trial.train.epochs):
+        yield fit.epoch(epoch, trial.train, trial.seed)
 
 
 def _evaluate(net, xy, metric: str, batch_size: int) -> float:
