@@ -247,3 +247,29 @@ def test_a_sweep_has_ended_when_every_trial_is_terminated_or_errored():
 
     assert unended(["TERMINATED", "ERROR", "TERMINATED"]) == 0
     assert unended(["TERMINATED", "RUNNING", "PENDING", "PAUSED", "ERROR"]) == 3
+
+
+def test_resume_retries_a_trial_that_errored_and_keeps_the_one_that_finished(tmp_path):
+    """A trial that fails on every attempt Ray allows (max_failures 1: two attempts, test-only faults) ends ERRORED;
+    the sweep still finishes and scores the other trial. `sweep resume` retries the errored trial (its third attempt,
+    which the fault lets through) and trains nothing else again: the results then hold both, completed."""
+    from conftest import run_sweep
+
+    log = tmp_path / "log"
+    log.mkdir()
+    faults = {"log": str(log), "raise": {"0.003": 2}}
+    study = _seg_spec(tmp_path, [0.01, 0.003], 1)
+    first = run_sweep("run", study, "--storage", tmp_path / "runs", "--name", "e", faults=faults)
+    assert first.returncode == 0, first.stderr[-3000:]
+    exp = tmp_path / "runs" / "e"
+    before = pd.read_csv(exp / "results.csv").set_index("lr")
+    assert before.loc[0.003, "status"] == "failed" and before.loc[0.01, "status"] == "completed", before
+    assert [a["lr"] for a in _attempts(log)].count(0.003) == 2
+
+    resumed = run_sweep("resume", exp, faults=faults)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    after = pd.read_csv(exp / "results.csv").set_index("lr")
+    assert (after["status"] == "completed").all() and (after["epochs"] == 1).all(), after
+    attempts = [a["lr"] for a in _attempts(log)]
+    assert attempts.count(0.003) == 3 and attempts.count(0.01) == 1  # the finished trial did not train again
+    assert after.loc[0.01, "val_dice"] == before.loc[0.01, "val_dice"]
