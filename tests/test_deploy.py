@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 from conftest import cli, run_sweep
 
+from models.tasks import task_info
 from search.outputs.deploy import BUNDLE_FILES, BUNDLE_REQUIREMENTS, ONNX_TOLERANCE, parity_problem
 from search.outputs.export import predict_images
 
@@ -68,6 +69,7 @@ def test_onnx_bundle_predicts_as_sweep_predict_without_a_framework(
     assert "model.onnx" in out and "predict.py" in out
     assert all((model_dir / f).is_file() for f in (*BUNDLE_FILES, "model.keras", "export.json", "MODEL_CARD.md"))
     manifest = json.loads((model_dir / "export.json").read_text())
+    assert manifest["masks"] is task_info(task).masks  # what predict.py, without the task table, decides by
     onnx = manifest["onnx"]
     assert onnx["images"] == manifest["data"]["splits"]["test"]["n"] > 0  # checked on the whole test split
     assert 0 <= onnx["max_abs_difference"] <= ONNX_TOLERANCE
@@ -111,6 +113,10 @@ def test_onnx_bundle_predicts_as_sweep_predict_without_a_framework(
             mask = cv2.imread(str(tmp_path / "masks" / f"{path.stem}_mask.png"), cv2.IMREAD_GRAYSCALE)
             assert mask.shape == want.shape == cv2.imread(str(path)).shape[:2]
             assert (mask == want).mean() >= 0.995  # a pixel at 0.5 ± 1e-4 may fall either side
+        old = Path(shutil.copytree(model_dir, tmp_path / "before-masks"))  # an export made before `masks` existed
+        (old / "export.json").write_text(json.dumps({k: v for k, v in manifest.items() if k != "masks"}))
+        again = _bundle(bare_python, old, images)
+        assert again.returncode == 0 and again.stdout == done.stdout, again.stderr[-3000:]  # told by its threshold
 
 
 def _int8_is_recorded_as_measured(model_dir: Path, manifest: dict, out: str) -> None:

@@ -131,7 +131,7 @@ def export_manifest(
     import models
     from data_pipeline import preprocess as preprocess_steps
 
-    task = study.task
+    task, facts = study.task, study.facts
     info = models.get(row["model"])
     option = str(int(row["option"])) if "option" in row and pd.notna(row.get("option")) else str(study.data.option)
     data = sweep["data"][option]
@@ -153,10 +153,11 @@ def export_manifest(
             "input_size": size,
             "steps": [dict(step) for step in preprocess_steps.resolve(study.data.preprocess)],  # data.preprocess
             "normalisation": info.preprocess,
-            "mask_rule": data.get("mask_rule") if task_info(task).masks else None,  # how training masks were read
-            "prediction_threshold": task_info(task).threshold,
+            "mask_rule": data.get("mask_rule") if facts.masks else None,  # how training masks were read
+            "prediction_threshold": facts.threshold,
         },
-        "output": task_info(task).output,
+        "output": facts.output,
+        "masks": facts.masks,  # the output is a mask (the task table's): what a reader without the table decides by
         "epochs": int(row["epochs"]),
         "best_epoch": None if pd.isna(row.get("best_epoch")) else int(row["best_epoch"]),
         "validation": _clean({k[4:]: row[k] for k in row.index if k.startswith("val_")}),

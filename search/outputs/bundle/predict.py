@@ -56,8 +56,9 @@ def model_input(manifest: dict, image: np.ndarray) -> np.ndarray:
 
 
 def masks_out(manifest: dict) -> bool:
-    """Whether the model outputs a mask (thresholded at the export's threshold) rather than class probabilities."""
-    return manifest["preprocessing"].get("prediction_threshold") is not None
+    """Whether the model outputs a mask (thresholded at the export's threshold) rather than class probabilities: the
+    manifest says so (``masks``); an export made before it did has a threshold for masks only."""
+    return manifest.get("masks", manifest["preprocessing"].get("prediction_threshold") is not None)
 
 
 def calibrated(probs: np.ndarray, temperature: float | None) -> np.ndarray:
