@@ -207,15 +207,27 @@ def test_served_predictions_equal_sweep_predict(server, images, tmp_path):
         "model": {"name": manifest["model"], "version": model_version(model_dir), "task": server["task"]},
         "runtime": "keras",
         "frameworks": health["frameworks"],
+        "replica": health["replica"],
+        "served": health["served"],
     }
     assert "keras" in health["frameworks"]
+    assert ("served" in requests.get(f"{url}/healthz", timeout=30).json()) is (server["token"] is None)  # no token
+
+    def served() -> dict:  # what the one replica has answered so far
+        return http.get(f"{url}/healthz", timeout=30).json()["served"]
 
     paths = sorted(images.iterdir())
+    start = served()
     one_by_one = [_post_file(server, p, overlay="true").json() for p in paths]  # multipart, one image per request
+    middle = served()
     batch = http.post(  # one JSON batch of base64 images
         f"{url}/predict", json={"images": [base64.b64encode(p.read_bytes()).decode() for p in paths]}, timeout=120
     ).json()
+    end = served()
     assert all(a["model"] == health["model"] for a in [*one_by_one, batch])
+    n = len(paths)
+    assert {k: middle[k] - start[k] for k in start} == {"requests": n, "images": n, "model_calls": n}
+    assert {k: end[k] - middle[k] for k in start} == {"requests": 1, "images": n, "model_calls": 1}  # @serve.batch
     served = [a["predictions"][0] for a in one_by_one]
 
     from search.outputs.export import predict_images  # what `sweep predict IMAGES --out DIR` runs
@@ -735,7 +747,7 @@ def test_bad_model_folders_and_options_stop_before_binding(classification_experi
         (broken("no_train", replace("study.json", b'{"data": {}}')), "study.json: not a recorded study"),
         (  # read by the study schema, as a study file is
             broken("typed_study", replace("study.json", json.dumps({**study, "train": {"epochs": "ten"}}).encode())),
-            "problem(s): train.epochs: 'ten' must be an integer >= 1; export it again with `sweep export`",
+            "problem(s): train.epochs: 'ten' must be an integer >= 1; export it again with `sweep export EXPERIMENT",
         ),
         (broken("cut_model", replace("model.keras", model[: len(model) // 2])), "is not a Keras model archive"),
         (broken("text_model", replace("model.keras", b"not a zip")), "is not a Keras model archive"),
@@ -789,6 +801,12 @@ def test_replicas_and_host_take_effect_and_more_replicas_than_cpus_are_refused(o
 
         with ThreadPoolExecutor(4) as pool:
             assert list(pool.map(predict, range(8))) == [200] * 8
+        seen = {}  # replica -> what it has served, from /healthz, which Ray Serve routes to either replica
+        for _ in range(40):
+            health = requests.get(f"{_base(page)}/healthz", timeout=30).json()
+            seen[health["replica"]] = health["served"]
+        assert len(seen) == 2, seen
+        assert sum(s["requests"] for s in seen.values()) == 8 and all(s["requests"] > 0 for s in seen.values()), seen
     finally:
         _stop_server(proc, log)
 

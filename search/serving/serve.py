@@ -429,6 +429,9 @@ class ModelServer:
         context = page_context(self.manifest, study, self.version, max_bytes, token is not None, self.card is not None)
         self.page = render_page(context)
         self.slots = asyncio.Semaphore(DECODE_SLOTS)
+        # What this replica has answered: prediction requests, the images in them, and the model calls they took
+        # (fewer calls than images: @serve.batch gathered images of one request or of concurrent ones)
+        self.served = {"requests": 0, "images": 0, "model_calls": 0}
 
     def _identity(self) -> dict:
         return {"name": self.manifest["model"], "version": self.version, "task": self.manifest["task"]}
@@ -444,10 +447,16 @@ class ModelServer:
         return HTMLResponse(self.card)
 
     @api.get("/healthz")
-    def healthz(self) -> dict:
-        """Up, which model, and what runs it: the runtime and the deep-learning frameworks this replica imported."""
+    def healthz(self, request: Request) -> dict:
+        """Up, which model, and what runs it: the runtime and the deep-learning frameworks this replica imported;
+        which replica answers (Ray Serve's tag). What it has served only with the server's token, if it has one:
+        how much a model is used is not for anyone who can reach the port."""
         imported = sorted(f for f in FRAMEWORKS if f in sys.modules)
-        return {"status": "ok", "model": self._identity(), "runtime": self.runtime, "frameworks": imported}
+        health = {"status": "ok", "model": self._identity(), "runtime": self.runtime, "frameworks": imported}
+        health["replica"] = serve.get_replica_context().replica_tag
+        if authorization_problem(request.headers.get("authorization"), self.token) is None:
+            health["served"] = dict(self.served)
+        return health
 
     @api.get("/model")
     def model(self, request: Request) -> dict:
@@ -467,6 +476,7 @@ class ModelServer:
                 results = await asyncio.gather(*(self._predict_batch((o, overlay)) for o in originals))
         except DataError as exc:  # not an image, truncated, empty, refused by OpenCV
             return JSONResponse({"error": str(exc)}, status_code=400)
+        self.served["requests"] += 1
         return JSONResponse({"model": self._identity(), "predictions": list(results)})
 
     @serve.batch(max_batch_size=MAX_BATCH, batch_wait_timeout_s=0.01)
@@ -474,6 +484,8 @@ class ModelServer:
         from search.outputs.export import predict_arrays
 
         originals = [o for o, _ in items]
+        self.served["model_calls"] += 1
+        self.served["images"] += len(items)
         pred = await asyncio.to_thread(predict_arrays, self.model, self.manifest, originals)
         return answers(pred, originals, self.manifest, [with_overlay for _, with_overlay in items])
 
