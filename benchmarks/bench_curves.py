@@ -95,17 +95,17 @@ def run_seed(study, concurrent: int) -> dict:
 
 
 def _epochs(study, config, data):
-    """One trial as the trial loop trains it on one split (``search.sweep.trial._Fold``, the whole model): its model,
+    """One trial as the trial loop trains it on one split (``search.sweep.trial.Fold``, the whole model): its model,
     then its metrics after each epoch."""
     import keras
 
     import models
-    from search.sweep.trial import _Fold
+    from search.sweep.trial import Fold
 
     trial = study.trial(config)
     info = models.get(trial.model)
     build = {"num_classes": study.facts.num_outputs(len(data.classes)), **trial.hyperparameters(info)}
-    fit = _Fold.of(data, study, None, 0)
+    fit = Fold.of(data, study, None, 0)
     keras.utils.set_random_seed(trial.seed)
     shape = (data.config.image_size,) * 2 + (3,)
     fit.model = models.build(info.name, input_shape=shape, weights=trial.train.weights, seed=trial.seed, **build)

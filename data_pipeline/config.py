@@ -6,7 +6,11 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Literal
 
+from annotated_types import Ge
+
+from data_pipeline import schema
 from data_pipeline.errors import ON_BAD_IMAGE, DataError
 from data_pipeline.layout import LAYOUTS, TASKS, has_masks, manifest_path
 from data_pipeline.masks import rule_problem
@@ -18,6 +22,8 @@ DUPLICATES = ("group", "drop", "ignore")
 
 # The embedded sets (blood smears, brain-MRI slices), by name -> module; imported only when one is used.
 SYNTHETIC = {"leukemia": "data_pipeline.synth", "brain_mri": "data_pipeline.synth_mri"}
+SYNTHETIC_SETS = tuple(SYNTHETIC)
+LAYOUT_CHOICES = ("auto", *LAYOUTS)
 
 
 def synthetic_set(name: str):
@@ -62,24 +68,27 @@ class DataConfig:
     ``duplicates``: what a sweep does with exact and near copies (data_pipeline.duplicates): ``group`` keeps each
     cluster in one split, ``drop`` keeps its first image only, ``ignore`` splits them as any images (DUPLICATES)."""
 
-    task: str = "classification"
+    # Read by pydantic from these types, strictly (data_pipeline.schema); ``problems`` checks what they cannot say.
+    __pydantic_config__ = schema.STRICT
+
+    task: Literal[TASKS] = "classification"
     data_dir: str | None = None  # a dataset folder, or a CSV manifest
-    layout: str = "auto"
-    image_size: int = 224
-    option: int = 2
-    protocol: str = "leak_free"
-    balance_to: int | None = 1000
-    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    layout: Literal[LAYOUT_CHOICES] = "auto"
+    image_size: Annotated[int, Ge(32)] = 224
+    option: Literal[OPTIONS] = 2
+    protocol: Literal[PROTOCOLS] = "leak_free"
+    balance_to: Annotated[int, Ge(2)] | None = 1000
+    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)  # positive, summing to 1
     mask_rule: str = "auto"
-    on_bad_image: str = "skip"
+    on_bad_image: Literal[ON_BAD_IMAGE] = "skip"
     seed: int = 0
-    synthetic: str = "leukemia"
-    synthetic_counts: tuple[int, ...] = ()
+    synthetic: Literal[SYNTHETIC_SETS] = "leukemia"
+    synthetic_counts: tuple[Annotated[int, Ge(1)], ...] = ()
     synthetic_size: int = 224
-    preprocess: tuple = ()
+    preprocess: tuple[str | dict, ...] = ()  # each step a name or {name: {param: value}}
     positive_class: str | None = None
     group_by: str | None = None
-    duplicates: str = "group"
+    duplicates: Literal[DUPLICATES] = "group"
     image_column: str | None = None
     label_column: str | None = None
     mask_column: str | None = None
@@ -99,24 +108,16 @@ class DataConfig:
             if isinstance(getattr(self, name), list):
                 object.__setattr__(self, name, tuple(getattr(self, name)))
 
-    def problems(self) -> list[str]:
-        """Every invalid field, as 'field: what is wrong (allowed values)'."""
+    def problems(self, here: bool = True) -> list[str]:
+        """Every invalid field, as 'field: what is wrong (allowed values)': what its declared types refuse, then what
+        they cannot say. ``here``: also whether ``data_dir`` exists on this machine (reading a finished sweep's
+        results does not need it)."""
+        checked, out = schema.check(self)  # the checks below read the values their types let through
+        return out + checked._meaning_problems(here)
+
+    def _meaning_problems(self, here: bool) -> list[str]:
         out = []
-        if self.task not in TASKS:
-            out.append(f"task: {self.task!r} is not one of {', '.join(TASKS)}")
-        if self.option not in OPTIONS:
-            out.append(f"option: {self.option!r} is not one of {', '.join(map(str, OPTIONS))}")
-        if self.protocol not in PROTOCOLS:
-            out.append(f"protocol: {self.protocol!r} is not one of {', '.join(PROTOCOLS)}")
-        if self.duplicates not in DUPLICATES:
-            out.append(f"duplicates: {self.duplicates!r} is not one of {', '.join(DUPLICATES)}")
-        if self.on_bad_image not in ON_BAD_IMAGE:
-            out.append(f"on_bad_image: {self.on_bad_image!r} is not one of {', '.join(ON_BAD_IMAGE)}")
-        if not (isinstance(self.image_size, int) and self.image_size >= 32):
-            out.append(f"image_size: {self.image_size!r} must be an integer >= 32")
-        if self.balance_to is not None and not (isinstance(self.balance_to, int) and self.balance_to >= 2):
-            out.append(f"balance_to: {self.balance_to!r} must be null or an integer >= 2")
-        if len(self.fractions) != 3 or min(self.fractions) <= 0 or abs(sum(self.fractions) - 1) > 1e-6:
+        if min(self.fractions) <= 0 or abs(sum(self.fractions) - 1) > 1e-6:
             out.append(f"fractions: {self.fractions!r} must be three positive numbers summing to 1")
         if rule_problem(self.mask_rule):
             out.append(f"mask_rule: {rule_problem(self.mask_rule)}")
@@ -124,29 +125,23 @@ class DataConfig:
             from data_pipeline import preprocess as preprocess_steps
 
             out += preprocess_steps.problems(self.preprocess)
-        if self.synthetic not in SYNTHETIC:
-            out.append(f"synthetic: {self.synthetic!r} is not one of {', '.join(SYNTHETIC)}")
-        elif self.data_dir is None and (
+        if self.data_dir is None and (
             p := positive_problem(synthetic_set(self.synthetic).CLASSES, self.positive_class)
         ):
             out.append(p)
-        if self.synthetic in SYNTHETIC and self.synthetic_counts:
-            classes = synthetic_set(self.synthetic).CLASSES
-            counts = self.synthetic_counts
-            if len(counts) != len(classes) or not all(isinstance(n, int) and n >= 1 for n in counts):
-                out.append(
-                    f"synthetic_counts: {list(counts)} must be {len(classes)} positive integers (images of "
-                    f"{', '.join(classes)} in the {self.synthetic} set), or empty for its default"
-                )
+        classes = synthetic_set(self.synthetic).CLASSES
+        if self.synthetic_counts and len(self.synthetic_counts) != len(classes):
+            out.append(
+                f"synthetic_counts: {list(self.synthetic_counts)} must be {len(classes)} positive integers (images of "
+                f"{', '.join(classes)} in the {self.synthetic} set), or empty for its default"
+            )
         for name in ("group_by", "image_column", "label_column", "mask_column"):
             value = getattr(self, name)
-            if value is not None and not (isinstance(value, str) and value.strip()):
+            if value is not None and not value.strip():
                 out.append(
                     f"{name}: {value!r} must be null or a non-empty text (a manifest column, or for group_by a pattern)"
                 )
-        if self.layout != "auto" and self.layout not in LAYOUTS:
-            out.append(f"layout: {self.layout!r} is not auto or one of {', '.join(LAYOUTS)}")
-        if self.data_dir is not None:
+        if here and self.data_dir is not None:
             where = Path(self.data_dir).expanduser()
             if not (where.is_dir() or manifest_path(where)):
                 out.append(f"data_dir: {self.data_dir} does not exist (a dataset folder or a .csv manifest)")

@@ -62,7 +62,7 @@ def test_the_trial_validates_with_the_epochs_statistics():
 
     from search.study.spec import load_study
     from search.sweep.runner import prepare_all
-    from search.sweep.trial import _Fold
+    from search.sweep.trial import Fold
 
     batch_size = 64
     overrides = {
@@ -75,7 +75,7 @@ def test_the_trial_validates_with_the_epochs_statistics():
     data = prepare_all(study)[study.data.option]
     assert len(data.train) <= batch_size
     train = study.trial_train({"model": "custom_cnn", "lr": 0.01, "dropout": 0.0})
-    fit = _Fold.of(data, study, None, 0)  # what the trial trains: one model on one split, one epoch per call
+    fit = Fold.of(data, study, None, 0)  # what the trial trains: one model on one split, one epoch per call
     keras.utils.set_random_seed(0)
     hp = {"base_filters": 4, "blocks": 2, "dense_units": 8, "dropout": 0.0}
     fit.model = models.build("custom_cnn", num_classes=len(data.classes), input_shape=(32, 32, 3), **hp)

@@ -105,7 +105,7 @@ def test_grayscale_repeats_the_luminance():
 @pytest.mark.parametrize(
     "steps, message",
     [
-        ("crop", "preprocess: must be a list of steps"),
+        ("crop", r"preprocess: 'crop' must be a list of texts or mappings"),
         (["blur"], r"preprocess\[0\]: 'blur' is not one of crop, clean_background, musica, grayscale"),
         ([{"crop": {"mode": "medium"}}], r"preprocess\[0\].crop.mode: 'medium' must be one of hard, soft"),
         (["crop", {"musica": {"alpha": 2}}], r"preprocess\[1\].musica.alpha: unknown parameter; allowed: levels"),
@@ -204,7 +204,7 @@ def test_prepare_reads_the_embedded_brain_mri_set(task, cache_dir):
 
 
 def test_synthetic_settings_are_validated():
-    assert DataConfig(synthetic="brain").problems() == ["synthetic: 'brain' is not one of leukemia, brain_mri"]
+    assert DataConfig(synthetic="brain").problems() == ["synthetic: 'brain' must be one of leukemia, brain_mri"]
     (problem,) = DataConfig(synthetic="brain_mri", synthetic_counts=(1, 2, 3)).problems()
     assert problem.startswith("synthetic_counts: [1, 2, 3] must be 2 positive integers (images of no, yes")
     assert DataConfig(synthetic_counts=(3, 4, 4, 3)).problems() == []

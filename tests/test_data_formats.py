@@ -613,7 +613,7 @@ def test_study_rejects_an_unknown_layout_or_mask_rule_at_load():
 
     with pytest.raises(SpecError) as err:
         load_study("segmentation", "smoke", {"data": {"layout": "tiles", "mask_rule": "threshold:999"}})
-    assert "data.layout: 'tiles' is not auto or one of csv" in str(err.value)
+    assert "data.layout: 'tiles' must be one of auto, csv" in str(err.value)
     assert "data.mask_rule: 'threshold:999'" in str(err.value)
     study = load_study("segmentation", "smoke", {"data": {"mask_rule": "threshold:100", "layout": "images_masks"}})
     assert (study.data.mask_rule, study.data.layout) == ("threshold:100", "images_masks")

@@ -4,7 +4,7 @@ import dataclasses
 
 import pytest
 
-from search.study import schema
+from data_pipeline import schema
 from search.study.spec import SECTIONS, SpecError, TrialConfig, axis_value_problem, load_study
 
 
@@ -20,10 +20,24 @@ def test_every_field_of_every_section_is_checked_by_its_declared_type_and_all_ar
             f"{key}.{name}: {{'not': 'a value'}} must be {schema.rule(schema.hints(cls)[name])}" for name in fields
         ]
         assert problems == expected
+        allowed = ", ".join(f.name for f in dataclasses.fields(cls))
+        _, problems = schema.read(cls, {"typo": 1, 1: "a key YAML reads as a number", False: "or as `off:`"}, key)
+        assert problems == [f"{key}.{k}: unknown key; allowed: {allowed}" for k in (1, False, "typo")]
 
 
 def test_strict_values_as_yaml_and_json_write_them():
+    import yaml
+
     from search.study.spec import Resources, Train
+
+    written = yaml.safe_load("epochs: 5\nweight_decay: 0.0001\nlr_schedule: cosine\nloss: null\nfreeze_backbone: yes")
+    assert schema.read(Train, written, "train")[1] == []  # YAML's own numbers, null and yes
+    _, problems = schema.read(Train, yaml.safe_load("weight_decay: 1e-4"), "train")
+    assert problems == [  # YAML 1.1 reads 1e-4 as text: the message says so
+        "train.weight_decay: '1e-4' must be a number in [0, 1) (YAML reads 1e-4 as text: write 1.0e-4)"
+    ]
+    dated, problems = schema.read(Train, yaml.safe_load("weights: 2024-01-01"), "train")
+    assert problems == [] and dated.weights == "2024-01-01"  # what JSON cannot hold (a YAML date) is its text
 
     train, problems = schema.read(Train, {"epochs": 3, "weight_decay": 0, "batch_size": 8}, "train")
     assert problems == [] and train.weight_decay == 0.0 and isinstance(train.weight_decay, float)  # int fills float

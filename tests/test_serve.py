@@ -228,23 +228,23 @@ def test_served_predictions_equal_sweep_predict(server, images, tmp_path):
     n = len(paths)
     assert {k: middle[k] - start[k] for k in start} == {"requests": n, "images": n, "model_calls": n}
     assert {k: end[k] - middle[k] for k in start} == {"requests": 1, "images": n, "model_calls": 1}  # @serve.batch
-    served = [a["predictions"][0] for a in one_by_one]
+    answered = [a["predictions"][0] for a in one_by_one]
 
     from search.outputs.export import predict_images  # what `sweep predict IMAGES --out DIR` runs
 
     predicted = predict_images(model_dir, [images], tmp_path / "pred")
-    _assert_the_model_file_gives(served, model_dir, manifest, paths)  # and by none of the service's own code
+    _assert_the_model_file_gives(answered, model_dir, manifest, paths)  # and by none of the service's own code
     if server["task"] == "classification":
         table = pd.read_csv(tmp_path / "pred" / "predictions.csv")
         assert [Path(p).name for p in table["image"]] == [p.name for p in paths]
         expected = table[[f"p_{c}" for c in manifest["classes"]]].to_numpy()
-        for answers in (served, batch["predictions"]):
+        for answers in (answered, batch["predictions"]):
             got = np.array([[a["probabilities"][c] for c in manifest["classes"]] for a in answers])
             np.testing.assert_allclose(got, expected, atol=1e-5)
             assert [a["class"] for a in answers] == list(table["label"])
     else:
         assert [Path(p).name for p in predicted["image"]] == [p.name for p in paths]
-        for path, one, from_batch, fraction in zip(paths, served, batch["predictions"], predicted["foreground"]):
+        for path, one, from_batch, fraction in zip(paths, answered, batch["predictions"], predicted["foreground"]):
             mask = cv2.imread(str(tmp_path / "pred" / f"{path.stem}_mask.png"), cv2.IMREAD_GRAYSCALE)
             assert (one["height"], one["width"]) == mask.shape == cv2.imread(str(path)).shape[:2]
             np.testing.assert_array_equal(_png(one["mask_png"]), mask)
@@ -253,7 +253,7 @@ def test_served_predictions_equal_sweep_predict(server, images, tmp_path):
             overlay = cv2.imread(str(tmp_path / "pred" / f"{path.stem}_overlay.png"))
             np.testing.assert_array_equal(_png(one["overlay_png"]), overlay)
             assert one["foreground"] == from_batch["foreground"] == pytest.approx(fraction, abs=1e-7)
-        assert any(a["foreground"] > 0 for a in served), "the tiny segmenter found no foreground: nothing compared"
+        assert any(a["foreground"] > 0 for a in answered), "the tiny segmenter found no foreground: nothing compared"
 
 
 def _assert_the_model_file_gives(served: list[dict], model_dir: Path, manifest: dict, paths: list[Path]) -> None:

@@ -139,7 +139,7 @@ def test_several_steps_per_call_and_pipelines_train_exactly_as_one_step_per_call
     ends = []
     for per_call, pipelined in ((1, False), (4, True)):
         monkeypatch.setattr(trial, "STEPS_PER_EXECUTION", per_call)
-        fold = trial._Fold(None, x, y, xv, yv, seg=False, pipelined=pipelined)
+        fold = trial.Fold(None, x, y, xv, yv, seg=False, pipelined=pipelined)
         fold.model = models.build_head("inception_resnet_v2", feature_shape=(16,), num_classes=4, dropout=0.4, seed=3)
         fold.compile(train, study, 0.01)
         assert fold.model.steps_per_execution == per_call
@@ -186,7 +186,7 @@ def test_an_epoch_seeds_the_global_generators_as_keras_does_and_trains_the_same_
     ends = []
     for seeding in (trial.seed_globals, keras.utils.set_random_seed):
         monkeypatch.setattr(trial, "seed_globals", seeding)
-        fold = trial._Fold(None, x, y, xv, yv, seg=False)
+        fold = trial.Fold(None, x, y, xv, yv, seg=False)
         fold.model = models.build_head("inception_resnet_v2", feature_shape=(16,), num_classes=4, dropout=0.5, seed=3)
         fold.compile(train, study, 0.01)
         metrics = [fold.epoch(epoch, train, seed=5) for epoch in range(3)]

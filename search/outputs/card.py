@@ -27,6 +27,7 @@ CARD_FILE = "MODEL_CARD.md"
 CARD_JSON = "model_card.json"
 EXPORT_FILE = "export.json"  # the export's manifest and its study record: what the card is made from
 STUDY_FILE = "study.json"
+REEXPORT = "export it again with `sweep export EXPERIMENT --to NEW_DIR`"  # what to do about a damaged export
 EXTERNAL_PREFIX = "external-"  # external validations written next to the model: external-<name>.json/.md/.html
 DISCLAIMER = (
     "This is a research model. It is not a diagnostic device: it must not be used to diagnose, treat or rule out "
@@ -455,7 +456,7 @@ def card_of(model_dir: str | Path) -> dict:
     """The card of an export folder, from its files."""
     folder = Path(model_dir).expanduser()
     manifest = json.loads((folder / EXPORT_FILE).read_text())
-    _, study = read_recorded(folder / STUDY_FILE, "export it again with `sweep export`")
+    _, study = read_recorded(folder / STUDY_FILE, REEXPORT)
     return model_card(manifest, study, external_records(folder))
 
 

@@ -32,7 +32,16 @@ from models.tasks import TASKS, task_info
 from search import storage as store
 from search.errors import SweepError
 from search.outputs import deploy
-from search.outputs.card import CARD_FILE, CARD_JSON, EXPORT_FILE, HANDLING_KEYS, STUDY_FILE, summarize, write_card
+from search.outputs.card import (
+    CARD_FILE,
+    CARD_JSON,
+    EXPORT_FILE,
+    HANDLING_KEYS,
+    REEXPORT,
+    STUDY_FILE,
+    summarize,
+    write_card,
+)
 from search.study import checkpoints
 from search.study.axes import CONFIG_KEYS
 from search.study.experiment import load_details, load_predictions, load_results, load_study, load_sweep
@@ -319,7 +328,7 @@ def check_export(model_dir: str | Path) -> dict:
             f"{model_dir} is missing {', '.join(missing)}: it is not a complete exported model; export it again "
             "with `sweep export EXPERIMENT --to NEW_DIR`"
         )
-    again = "export it again with `sweep export EXPERIMENT --to NEW_DIR`"
+    again = REEXPORT
     try:
         manifest = json.loads((model_dir / EXPORT_FILE).read_text())
         task, name, classes = manifest["task"], manifest["model"], manifest["classes"]
@@ -500,7 +509,7 @@ def _prediction_folder(out: str | Path, paths: list[Path], model_dir: str | Path
 
 def recorded_study(model_dir: str | Path) -> Study:
     """The study an export recorded (its ``study.json``), read by the study schema."""
-    return read_recorded(Path(model_dir).expanduser() / STUDY_FILE, "export it again with `sweep export`")[0]
+    return read_recorded(Path(model_dir).expanduser() / STUDY_FILE, REEXPORT)[0]
 
 
 def _refuse_existing(targets: list[Path]) -> None:

@@ -50,7 +50,7 @@ from ray.serve.config import BackpressureConfig
 
 from models.tasks import task_info
 from search.errors import SweepError
-from search.outputs.card import CARD_JSON, DISCLAIMER, render_card, trained_on
+from search.outputs.card import CARD_JSON, DISCLAIMER, REEXPORT, render_card, trained_on
 from search.outputs.export import MODEL_FILE, STUDY_FILE, Predictions, check_export, recorded_study
 from search.outputs.export import overlay as outlined
 from search.study.spec import read_recorded
@@ -422,7 +422,7 @@ class ModelServer:
         self.runtime = runtime
         self.max_bytes = max_bytes
         self.version = model_version(model_dir)
-        _, study = read_recorded(Path(model_dir) / STUDY_FILE, "export it again with `sweep export`")
+        _, study = read_recorded(Path(model_dir) / STUDY_FILE, REEXPORT)
         card = Path(model_dir) / CARD_JSON
         # the card as HTML, rendered once; shown like the page itself (the same facts, no token needed)
         self.card = render_card(json.loads(card.read_text()), "html") if card.is_file() else None

@@ -1,20 +1,11 @@
 """A study is data: a YAML file loaded into a frozen, validated ``Study``; ``param_space`` turns it into Ray Tune's.
 
-Schema (every key optional unless marked):
-  task        classification | segmentation                                       (required)
-  search      {algorithm: grid | random | optuna, num_samples: int, seed: int, repeats: int, folds: int, tta: bool,
-              costs: bool, objectives: [the validation metric, latency_ms | size_mb] (optuna only)}
-  space       axis -> list (a grid; random/optuna sample it) | {loguniform: [lo, hi]} | {uniform: [lo, hi]}
-              | {choice: [...]}. Axes: model (required), lr (required), dropout, option (classification), and
-              the task table's train_axes (optimizer, weight_decay, batch_size, lr_schedule, ...; loss for
-              segmentation, one of the task table's losses)
-  train       batch_size, epochs, loss, weights, freeze_backbone, base_filters, blocks, dense_units,
-              standardize_features, optimizer, weight_decay, lr_schedule, mixed_precision, backend,
-              online_augmentation, fine_tune_*, feature_cache, compile_cache, trial_threads, calibrate
-  data        the fields of data_pipeline.DataConfig (option and seed come from space/search)
-  scheduler   ASHA: {grace_period: int, reduction_factor: number}
-  resources   {cpus_per_trial: number, gpus_per_trial: number | auto, max_concurrent_trials: int}
-  presets     name -> a partial study merged over this one (e.g. smoke)
+A study file's keys: ``task`` (classification | segmentation, required); ``space`` (axis -> a list, a grid that
+random and Optuna search sample, or {loguniform | uniform: [low, high]} or {choice: [...]}; model and lr required;
+which axes a task may search: the task table's ``axes``); then one mapping per section of ``SECTIONS``, each declared
+once below (``Search``, ``Train``, ``Scheduler``, ``Resources``) or in ``data_pipeline.config`` (``DataConfig``):
+their field types are the schema (``data_pipeline.schema``); and ``presets``, name -> a partial study merged over
+this one (e.g. smoke).
 """
 
 from __future__ import annotations
@@ -25,18 +16,21 @@ import json
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 from annotated_types import Ge, Gt, Le, Lt
 
+from data_pipeline import schema
 from data_pipeline.config import DataConfig
 from data_pipeline.splits import OPTIONS
 from models.optimizers import LR_SCHEDULES, OPTIMIZERS
-from models.registry import CUSTOM_CNN_MAX_BLOCKS, MIXED_PRECISION, ModelInfo
+from models.registry import CUSTOM_CNN_MAX_BLOCKS, MIXED_PRECISION
 from models.tasks import TASKS, TaskInfo, task_info, tasks_with
-from search.study import schema
 from search.study.axes import DISCRETE_AXES, MODEL_HYPERPARAMETERS
+
+if TYPE_CHECKING:
+    from models.registry import ModelInfo
 
 ALGORITHMS = ("grid", "random", "optuna")
 # What a second search objective can be: a deployment cost measured as each architecture is built, minimized
@@ -69,7 +63,7 @@ class Train:
 
     batch_size: PositiveInt = 32
     epochs: PositiveInt = 60
-    loss: str = ""  # empty: the task's default
+    loss: str | None = None  # null (or empty): the task's default
     weights: str | None = None
     freeze_backbone: bool = True
     # Taken by some models only (MODEL_HYPERPARAMETERS); null: each model's own default (its registry entry).
@@ -270,7 +264,8 @@ def _read(name_or_path: str) -> tuple[str, dict]:
 
 
 def merge(base: dict, over: dict) -> dict:
-    """Deep-merge study overrides (section -> {key: value}); a space is replaced whole, never merged."""
+    """Deep-merge a partial study (section -> {key: value}) over ``base``; a space is replaced whole, never merged
+    (a preset's grid; `load_study` merges an override's axes itself)."""
     out = dict(base)
     for k, v in over.items():
         out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "space" else v
@@ -326,9 +321,7 @@ def _validate(study: Study, problems: list[str], here: bool = True) -> None:
     weights files, and models registered here that take its input size and axes (the model registry loads Keras, so
     reading a finished sweep's results skips these)."""
     problems += _search_problems(study) + _train_problems(study) + _run_problems(study)
-    problems += [
-        f"data.{p}" for p in (study.data if here else dataclasses.replace(study.data, data_dir=None)).problems()
-    ]
+    problems += [f"data.{p}" for p in study.data.problems(here)]
     problems += (_model_problems(study) + _backend_problems(study)) if here else []
 
 

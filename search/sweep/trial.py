@@ -190,7 +190,7 @@ def train_trial(config: dict[str, Any], datasets: dict, context: TrialContext) -
             publish_backbone(features, context.experiment_dir)
         record = {"spec": dataclasses.asdict(backbone), "digest": features.digest, "build": build}
         extra |= {"features_computed": features.computed, "feature_cache_hits": features.read}
-    fits = [_Fold.of(f, study, features.by_split if on_features else None, i) for i, f in enumerate(folds)]
+    fits = [Fold.of(f, study, features.by_split if on_features else None, i) for i, f in enumerate(folds)]
 
     # ---- models: the heads (or whole models) built, or resumed from this trial's last checkpoint ------------------
     start_epoch, best = 0, -math.inf
@@ -261,7 +261,7 @@ def train_trial(config: dict[str, Any], datasets: dict, context: TrialContext) -
             tune.report(metrics | seconds, checkpoint=tune.Checkpoint.from_directory(d))
 
 
-def _architecture_cost(info, build: dict[str, Any], fit: _Fold, on_features: bool, policy, cache_dir) -> dict:
+def _architecture_cost(info, build: dict[str, Any], fit: Fold, on_features: bool, policy, cache_dir) -> dict:
     """What this trial's whole model costs to run as exported (``search.outputs.deploy.model_cost``), measured once per
     architecture and machine (``search.outputs.deploy.build_cost``). A head on cached features has no whole model: one
     is built with random weights (the cost does not depend on their values)."""
@@ -303,7 +303,7 @@ def _timed(seconds: dict[str, float], phase: str):
 
 
 @dataclass
-class _Fold:
+class Fold:
     """One model on one train/validation split: the arrays it trains on (images, or a frozen backbone's features of
     them), and the model once built."""
 
@@ -321,7 +321,7 @@ class _Fold:
     validation: Any = None  # from ``_validation``
 
     @classmethod
-    def of(cls, data, study: Study, features: dict | None, i: int) -> _Fold:
+    def of(cls, data, study: Study, features: dict | None, i: int) -> Fold:
         """Fold ``i``'s arrays: the object store's as they are (uint8 images; the model casts on the device)."""
         seg = study.facts.masks
 

@@ -1,4 +1,5 @@
-"""Settings declared once. A study's sections are frozen dataclasses whose field types say what each setting may be:
+"""Settings declared once. A study's sections (``DataConfig`` here, the others in ``search.study.spec``) are frozen
+dataclasses whose field types say what each setting may be:
 ``Annotated`` bounds (annotated_types' ``Ge``, ``Gt``, ``Le``, ``Lt``), ``Literal`` choices, ``X | None`` for null.
 pydantic v2 checks a mapping against that declaration in strict mode (no "5" for 5, no 1 for true), and ``rule``
 words what a field allows from the same declaration, so a message cannot drift from the type it reports on.
@@ -20,6 +21,7 @@ from annotated_types import Ge, Gt, Le, Lt
 from pydantic import TypeAdapter, ValidationError
 
 STRICT = {"strict": True, "extra": "forbid"}  # every section's pydantic config (``__pydantic_config__``)
+YAML_TEXT = "YAML reads 1e-4 as text: write 1.0e-4"  # PyYAML follows YAML 1.1: an exponent needs a dot
 
 
 def read(cls: type, raw: Any, where: str) -> tuple[Any, list[str]]:
@@ -30,12 +32,24 @@ def read(cls: type, raw: Any, where: str) -> tuple[Any, list[str]]:
         raw = {}
     if not isinstance(raw, dict):
         return cls(), [f"{where}: must be a mapping, got {type(raw).__name__}"]
+    fields = [f.name for f in dataclasses.fields(cls)]
+    # A key YAML reads as a number, a truth value or a date (`1:`, `on:`) is no field's name.
+    odd = [f"{where}.{k}: unknown key; allowed: {', '.join(fields)}" for k in raw if not isinstance(k, str)]
+    raw = {k: v for k, v in raw.items() if isinstance(k, str)}
     try:
-        return _adapter(cls).validate_json(_json(raw), strict=True), []
+        return _adapter(cls).validate_json(_json(raw), strict=True), odd
     except ValidationError as exc:
         bad = {str(e["loc"][0]) for e in exc.errors() if e["loc"]}
         passed = _adapter(cls).validate_json(_json({k: v for k, v in raw.items() if k not in bad}), strict=True)
-        return passed, _problems(cls, raw, where, exc)
+        return passed, odd + _problems(cls, raw, where, exc)
+
+
+def check(instance: Any) -> tuple[Any, list[str]]:
+    """``instance`` (one made in code: nothing read it) checked against its class's declaration: the instance with
+    each refused value set to its default, and the problems, each as ``field: VALUE must be RULE``."""
+    values = {f.name: getattr(instance, f.name) for f in dataclasses.fields(instance)}
+    passed, problems = read(type(instance), values, "")
+    return passed, [p.removeprefix(".") for p in problems]
 
 
 def value_problem(cls: type, key: str, value: Any) -> str | None:
@@ -45,7 +59,7 @@ def value_problem(cls: type, key: str, value: Any) -> str | None:
     try:
         _adapter(hint).validate_json(_json(value), strict=True)
     except ValidationError:
-        return f"{value!r} must be {rule(hint)}"
+        return _must(value, hint)
     return None
 
 
@@ -97,7 +111,9 @@ def _bounded(base: Any, bounds: tuple) -> str:
 
 
 def _plural(hint: Any) -> str:
-    return {int: "integers", float: "numbers", str: "texts"}.get(hint, "values")
+    if get_origin(hint) in (Union, types.UnionType):
+        return " or ".join(_plural(a) for a in get_args(hint))
+    return {int: "integers", float: "numbers", str: "texts", dict: "mappings"}.get(hint, "values")
 
 
 def _not_null(hint: Any) -> Any:
@@ -125,5 +141,20 @@ def _problems(cls: type, raw: dict, where: str, exc: ValidationError) -> list[st
         if key not in fields:
             out.append(f"{where}.{key}: unknown key; allowed: {', '.join(fields)}")
         else:
-            out.append(f"{where}.{key}: {raw.get(key)!r} must be {rule(hints(cls)[key])}")
+            out.append(f"{where}.{key}: {_must(raw.get(key), hints(cls)[key])}")
     return out
+
+
+def _must(value: Any, hint: Any) -> str:
+    text = f"{value!r} must be {rule(hint)}"
+    if isinstance(value, str) and "number" in text and _is_number(value):
+        text += f" ({YAML_TEXT})"
+    return text
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
