@@ -63,3 +63,15 @@ def test_a_searched_value_is_checked_by_the_declaration_of_what_it_sets():
     assert schema.rule(schema.hints(TrialConfig)["dropout"]) == "a number in [0, 1)"
     with pytest.raises(SpecError, match=r"space\.dropout: 1 must be a number in \[0, 1\)"):
         load_study("segmentation", "smoke", {"space": {"model": ["unet"], "lr": [0.01], "dropout": [1]}})
+
+
+def test_a_recorded_study_of_a_users_two_class_folder_reads_where_the_folder_is_not():
+    """Reading a finished sweep (report, export, serve) needs neither its data folder nor its classes: a positive
+    class of the user's two classes is not checked against the built-in set's four (it was, and was refused)."""
+    from search.study.spec import study_from_record
+
+    record = load_study("classification", "smoke").to_dict()
+    record["data"] |= {"data_dir": "/gone/smears", "positive_class": "yes"}
+    assert study_from_record(record).data.positive_class == "yes"
+    with pytest.raises(SpecError, match=r"data\.data_dir: /gone/smears does not exist"):
+        study_from_record(record, here=True)  # resuming it trains here: then the folder must be
