@@ -31,9 +31,10 @@ TINY_COUNTS = (6, 9, 8, 7)  # the real imbalance's shape, tiny
 SESSION_SWEEPS = {"classification_experiment", "segmentation_experiment", "onnx_export"}
 SHARED_GROUP = "session-sweeps"
 
-# Each group's share of the suite, in seconds of one worker on CI's 2 cores (measured 2026-12-04, rounded): the
-# scheduler hands out the longest group left first, so that no long file starts last while the other worker idles.
-# A file not listed counts 1 s a test; the numbers need only keep the long groups in about this order.
+# Rough seconds of each long group on CI's 2 cores (from the suite's runs of 2026-12-04; a group's time depends on
+# what runs beside it): the scheduler hands out the longest group left first, so that no long file starts last while
+# the other worker idles. A file not listed counts 1 s a test; the numbers need only keep the long groups in about
+# this order (with these, the two workers' sums differed by 5 s in a run of 1,448 s).
 GROUP_SECONDS = {
     SHARED_GROUP: 800,
     "test_sweep_e2e.py": 520,
