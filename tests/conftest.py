@@ -26,15 +26,75 @@ TINY_COUNTS = (6, 9, 8, 7)  # the real imbalance's shape, tiny
 
 
 # The session's sweeps, made once per test process: under `make test`'s two pytest-xdist workers, every file that
-# uses one runs in the same worker (one xdist group); every other file is a group of its own, so that its module
-# fixtures (a sweep each, often) are made once too.
+# uses one runs in the same worker (one group); every other file is a group of its own, so that its module fixtures
+# (a sweep each, often) are made once too.
 SESSION_SWEEPS = {"classification_experiment", "segmentation_experiment", "onnx_export"}
+SHARED_GROUP = "session-sweeps"
+
+# Rough seconds of each long group on CI's 2 cores (from the suite's runs of 2026-12-04; a group's time depends on
+# what runs beside it): the scheduler hands out the longest group left first, so that no long file starts last while
+# the other worker idles. A file not listed counts 1 s a test; the numbers need only keep the long groups in about
+# this order (with these, the two workers' sums differed by 5 s in a run of 1,448 s).
+GROUP_SECONDS = {
+    SHARED_GROUP: 800,
+    "test_sweep_e2e.py": 520,
+    "test_speed.py": 280,
+    "test_faults.py": 240,
+    "test_brain_studies.py": 160,
+    "test_models.py": 150,
+    "test_axes_and_quickstart.py": 140,
+    "test_data_formats.py": 90,
+    "test_trust_sweep.py": 80,
+    "test_cluster.py": 65,
+    "test_brain_parts.py": 30,
+    "test_search_and_sockets.py": 25,
+    "test_checkpoints.py": 20,
+    "test_report.py": 15,
+}
+
+
+def _group_of_file(path: str) -> str:
+    """A test file's group, from its text: the shared group when it names one of the session's sweeps."""
+    import re
+
+    text = (Path(__file__).parent.parent / path).read_text()
+    return SHARED_GROUP if re.search(rf"\b({'|'.join(SESSION_SWEEPS)})\b", text) else Path(path).name
 
 
 def pytest_collection_modifyitems(config, items):
     shared = {item.path for item in items if SESSION_SWEEPS & set(item.fixturenames)}
     for item in items:
-        item.add_marker(pytest.mark.xdist_group("session-sweeps" if item.path in shared else item.path.name))
+        item.add_marker(pytest.mark.xdist_group(SHARED_GROUP if item.path in shared else item.path.name))
+
+
+@pytest.hookimpl(tryfirst=True, optionalhook=True)  # before xdist's own; optional: xdist may be absent
+def pytest_xdist_make_scheduler(config, log):
+    """`--dist loadgroup` by this file's groups, longest first. xdist 3.8 reads a test's group from a suffix it adds
+    to the test's id, which pytest 9 no longer lets it add: every test was its own group, so the session's sweeps,
+    the servers and every module's sweep were made on both workers. Here the controller finds each test's group from
+    its file (the same groups the marks above give)."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from functools import cache
+
+    from xdist.scheduler import LoadGroupScheduling
+
+    group_of_file = cache(_group_of_file)
+
+    class FileGroups(LoadGroupScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            if nodeid.rfind("@") > nodeid.rfind("]"):  # an xdist that could add the mark's group to the id
+                return nodeid.split("@")[-1]
+            return group_of_file(nodeid.split("::", 1)[0])
+
+        def _assign_work_unit(self, node) -> None:
+            def seconds(scope: str) -> float:
+                return GROUP_SECONDS.get(scope, len(self.workqueue[scope]))
+
+            self.workqueue.move_to_end(max(self.workqueue, key=seconds), last=False)
+            super()._assign_work_unit(node)
+
+    return FileGroups(config, log)
 
 
 @pytest.fixture(autouse=True)
