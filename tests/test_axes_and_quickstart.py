@@ -248,6 +248,44 @@ def test_the_classification_quickstart_ends_as_the_readme_says(tmp_path):
     assert len(table) == 6 and (table["note"] == "◀ chosen on validation").sum() == 1
 
 
+def test_the_segmentation_quickstart_ends_as_the_readme_says(tmp_path):
+    """`sweep run segmentation --preset quickstart` at a fraction of its time: the preset's six U-Nets (lr ×
+    base_filters {4, 8} at 64 px, cosine, ASHA keeping a third) with 2 epochs instead of 8 (ASHA's rung after 1) on
+    36 built-in smears. It ends as the README shows: the winner chosen on validation, its test Dice next to an
+    all-background mask's (Dice 0, and the background's share of the test split's pixels, here counted from its
+    masks, as pixel accuracy), what ASHA stopped, and the report's path."""
+    from data_pipeline import prepare
+    from search.study.experiment import load_study as recorded
+
+    storage = tmp_path / "runs"
+    short = ("train.epochs=2", "scheduler.grace_period=1", "data.synthetic_counts=[8,10,10,8]")
+    args = [a for s in short for a in ("--set", s)]
+    proc = run_sweep("run", "segmentation", "--preset", "quickstart", *args, "--storage", storage, "--name", "demo")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    exp = storage / "demo"
+    frame = pd.read_csv(exp / "results.csv")
+    status = frame["status"].value_counts()
+    assert len(frame) == 6 and set(status.index) <= {"completed", "stopped"}, status
+    assert frame.loc[frame["status"] == "completed", "epochs"].eq(2).all()
+    assert frame.loc[frame["status"] == "stopped", "epochs"].eq(1).all()  # at ASHA's rung
+
+    out = proc.stdout.splitlines()
+    winner = frame.loc[frame["val_dice"].idxmax()]
+    assert re.fullmatch(r"unet-lr0\.0\d+-do0-f[48]", winner["trial"]), winner["trial"]
+    at = next(i for i, line in enumerate(out) if line.startswith("winner "))
+    assert out[at] == f"winner (chosen on val_dice = {winner['val_dice']:.4f}): {winner['trial']}"
+    masks = prepare(recorded(exp).data).test.masks
+    background = 1 - float(np.mean(masks > 0))
+    assert out[at + 1] == (
+        f"  test: dice {winner['test_dice']:.4f}, iou {winner['test_iou']:.4f}, accuracy "
+        f"{winner['test_accuracy']:.4f}   (an all-background mask: dice 0.0000, iou 0.0000, accuracy {background:.4f})"
+    )
+    stopped = int(status.get("stopped", 0))
+    asha = next(line for line in out if line.startswith("ASHA stopped "))
+    assert re.fullmatch(rf"ASHA stopped {stopped} of 6 trials early, saving \d+ s of \d+ s of training \(\d+%\)", asha)
+    assert out[-1] == f"report: {exp}/report/report.html"
+
+
 def test_custom_cnn_depth_must_fit_the_image(tmp_path):
     spec = {
         "task": "classification",
