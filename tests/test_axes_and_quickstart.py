@@ -5,6 +5,7 @@ presets, and a real sweep whose axis values reach the trial."""
 import json
 import math
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -207,44 +208,56 @@ def test_sweep_over_optimizer_and_batch_size_reaches_the_trial(tmp_path):
     assert "ASHA stopped " in out and "report: " in out.splitlines()[-1]
 
 
-def test_the_classification_quickstart_ends_as_the_readme_says(tmp_path):
-    """`sweep run classification --preset quickstart` (what `make demo` runs) at a fraction of its time: the preset's
-    six trials as they are (custom_cnn of 16 filters and 4 blocks at 48 px, lr × optimizer, cosine, ASHA keeping a
-    third), with 2 epochs instead of 12 (ASHA's rung after 1 instead of 4) on 48 built-in smears instead of 812. It
-    ends as the README shows: the trials by status, the winner chosen on validation, its test accuracy and macro F1
-    next to always answering the most frequent class, what ASHA stopped and saved, and the report's path."""
+def _quickstart(study: str, counts: str, tmp_path) -> tuple[Path, pd.DataFrame, list[str], pd.Series]:
+    """`sweep run STUDY --preset quickstart` with 2 epochs (ASHA's rung after 1) on fewer built-in smears: its
+    experiment, results, printed lines and winner, after checking what both quickstarts end with the same way (six
+    trials completed or stopped at the rung, the winner chosen on validation, what ASHA stopped, the report)."""
     storage = tmp_path / "runs"
-    short = ("train.epochs=2", "scheduler.grace_period=1", "data.synthetic_counts=[10,14,13,11]")
+    short = ("train.epochs=2", "scheduler.grace_period=1", f"data.synthetic_counts={counts}")
     args = [a for s in short for a in ("--set", s)]
-    proc = run_sweep("run", "classification", "--preset", "quickstart", *args, "--storage", storage, "--name", "demo")
+    proc = run_sweep("run", study, "--preset", "quickstart", *args, "--storage", storage, "--name", "demo")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    exp = storage / "demo"
+    exp, metric = storage / "demo", load_study(study, "quickstart").metric
     frame = pd.read_csv(exp / "results.csv")
     status = frame["status"].value_counts()
     assert len(frame) == 6 and set(status.index) <= {"completed", "stopped"}, status
     assert frame.loc[frame["status"] == "completed", "epochs"].eq(2).all()
     assert frame.loc[frame["status"] == "stopped", "epochs"].eq(1).all()  # at ASHA's rung
     out = proc.stdout.splitlines()
-    counts = next(line for line in out if line.startswith("6 trials: "))
-    assert sorted(counts[len("6 trials: ") :].split(", ")) == sorted(f"{n} {s}" for s, n in status.items())
-
-    winner = frame.loc[frame["val_accuracy"].idxmax()]
-    assert re.fullmatch(r"custom_cnn-opt2-lr0\.0\d+-do0\.2-(adam|sgd)", winner["trial"]), winner["trial"]
-    at = next(i for i, line in enumerate(out) if line.startswith("winner "))
-    assert out[at] == f"winner (chosen on val_accuracy = {winner['val_accuracy']:.4f}): {winner['trial']}"
-    test = json.loads((exp / "sweep.json").read_text())["data"]["2"]["splits"]["test"]["per_class"]
-    majority = max(test) / sum(test)
-    assert out[at + 1] == (
-        f"  test: accuracy {winner['test_accuracy']:.4f}, f1 {winner['test_f1']:.4f}   (always the most frequent "
-        f"class: accuracy {majority:.4f}, f1 {2 * majority / (1 + majority) / 4:.4f})"
+    counted = next(line for line in out if line.startswith("6 trials: "))
+    assert sorted(counted[len("6 trials: ") :].split(", ")) == sorted(f"{n} {s}" for s, n in status.items())
+    winner = frame.loc[frame[metric].idxmax()]
+    assert next(line for line in out if line.startswith("winner ")) == (
+        f"winner (chosen on {metric} = {winner[metric]:.4f}): {winner['trial']}"
     )
     stopped = int(status.get("stopped", 0))
     asha = next(line for line in out if line.startswith("ASHA stopped "))
     assert re.fullmatch(rf"ASHA stopped {stopped} of 6 trials early, saving \d+ s of \d+ s of training \(\d+%\)", asha)
     assert out[-1] == f"report: {exp}/report/report.html"
-    report = exp / "report"
-    assert (report / "report.html").stat().st_size > 10_000 and (report / "report.md").is_file()
-    table = pd.read_csv(report / "table_custom_cnn_option_2.csv")
+    assert (exp / "report" / "report.html").stat().st_size > 10_000 and (exp / "report" / "report.md").is_file()
+    return exp, frame, out, winner
+
+
+def _test_line(out: list[str]) -> str:
+    """The line after the winner's: its test metrics next to a model that learned nothing."""
+    return out[next(i for i, line in enumerate(out) if line.startswith("winner ")) + 1]
+
+
+def test_the_classification_quickstart_ends_as_the_readme_says(tmp_path):
+    """`sweep run classification --preset quickstart` (what `make demo` runs) at a fraction of its time: the preset's
+    six trials as they are (custom_cnn of 16 filters and 4 blocks at 48 px, lr × optimizer, cosine, ASHA keeping a
+    third), with 2 epochs instead of 12 (ASHA's rung after 1 instead of 4) on 48 built-in smears instead of 812. It
+    ends as the README shows: the trials by status, the winner chosen on validation, its test accuracy and macro F1
+    next to always answering the most frequent class, what ASHA stopped and saved, and the report's path."""
+    exp, _, out, winner = _quickstart("classification", "[10,14,13,11]", tmp_path)
+    assert re.fullmatch(r"custom_cnn-opt2-lr0\.0\d+-do0\.2-(adam|sgd)", winner["trial"]), winner["trial"]
+    test = json.loads((exp / "sweep.json").read_text())["data"]["2"]["splits"]["test"]["per_class"]
+    majority = max(test) / sum(test)
+    assert _test_line(out) == (
+        f"  test: accuracy {winner['test_accuracy']:.4f}, f1 {winner['test_f1']:.4f}   (always the most frequent "
+        f"class: accuracy {majority:.4f}, f1 {2 * majority / (1 + majority) / 4:.4f})"
+    )
+    table = pd.read_csv(exp / "report" / "table_custom_cnn_option_2.csv")
     assert len(table) == 6 and (table["note"] == "◀ chosen on validation").sum() == 1
 
 
@@ -257,33 +270,13 @@ def test_the_segmentation_quickstart_ends_as_the_readme_says(tmp_path):
     from data_pipeline import prepare
     from search.study.experiment import load_study as recorded
 
-    storage = tmp_path / "runs"
-    short = ("train.epochs=2", "scheduler.grace_period=1", "data.synthetic_counts=[8,10,10,8]")
-    args = [a for s in short for a in ("--set", s)]
-    proc = run_sweep("run", "segmentation", "--preset", "quickstart", *args, "--storage", storage, "--name", "demo")
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    exp = storage / "demo"
-    frame = pd.read_csv(exp / "results.csv")
-    status = frame["status"].value_counts()
-    assert len(frame) == 6 and set(status.index) <= {"completed", "stopped"}, status
-    assert frame.loc[frame["status"] == "completed", "epochs"].eq(2).all()
-    assert frame.loc[frame["status"] == "stopped", "epochs"].eq(1).all()  # at ASHA's rung
-
-    out = proc.stdout.splitlines()
-    winner = frame.loc[frame["val_dice"].idxmax()]
+    exp, _, out, winner = _quickstart("segmentation", "[8,10,10,8]", tmp_path)
     assert re.fullmatch(r"unet-lr0\.0\d+-do0-f[48]", winner["trial"]), winner["trial"]
-    at = next(i for i, line in enumerate(out) if line.startswith("winner "))
-    assert out[at] == f"winner (chosen on val_dice = {winner['val_dice']:.4f}): {winner['trial']}"
-    masks = prepare(recorded(exp).data).test.masks
-    background = 1 - float(np.mean(masks > 0))
-    assert out[at + 1] == (
+    background = 1 - float(np.mean(prepare(recorded(exp).data).test.masks > 0))
+    assert _test_line(out) == (
         f"  test: dice {winner['test_dice']:.4f}, iou {winner['test_iou']:.4f}, accuracy "
         f"{winner['test_accuracy']:.4f}   (an all-background mask: dice 0.0000, iou 0.0000, accuracy {background:.4f})"
     )
-    stopped = int(status.get("stopped", 0))
-    asha = next(line for line in out if line.startswith("ASHA stopped "))
-    assert re.fullmatch(rf"ASHA stopped {stopped} of 6 trials early, saving \d+ s of \d+ s of training \(\d+%\)", asha)
-    assert out[-1] == f"report: {exp}/report/report.html"
 
 
 def test_custom_cnn_depth_must_fit_the_image(tmp_path):
