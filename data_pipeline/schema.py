@@ -32,9 +32,8 @@ def read(cls: type, raw: Any, where: str) -> tuple[Any, list[str]]:
         raw = {}
     if not isinstance(raw, dict):
         return cls(), [f"{where}: must be a mapping, got {type(raw).__name__}"]
-    fields = [f.name for f in dataclasses.fields(cls)]
     # A key YAML reads as a number, a truth value or a date (`1:`, `on:`) is no field's name.
-    odd = [f"{where}.{k}: unknown key; allowed: {', '.join(fields)}" for k in raw if not isinstance(k, str)]
+    odd = [_unknown(cls, where, k) for k in raw if not isinstance(k, str)]
     raw = {k: v for k, v in raw.items() if isinstance(k, str)}
     try:
         return _adapter(cls).validate_json(_json(raw), strict=True), odd
@@ -135,14 +134,13 @@ def _json(value: Any) -> str:
 
 
 def _problems(cls: type, raw: dict, where: str, exc: ValidationError) -> list[str]:
-    fields = [f.name for f in dataclasses.fields(cls)]
-    out: list[str] = []
-    for key in dict.fromkeys(str(e["loc"][0]) for e in exc.errors() if e["loc"]):
-        if key not in fields:
-            out.append(f"{where}.{key}: unknown key; allowed: {', '.join(fields)}")
-        else:
-            out.append(f"{where}.{key}: {_must(raw.get(key), hints(cls)[key])}")
-    return out
+    keys = dict.fromkeys(str(e["loc"][0]) for e in exc.errors() if e["loc"])
+    known = hints(cls)
+    return [f"{where}.{k}: {_must(raw.get(k), known[k])}" if k in known else _unknown(cls, where, k) for k in keys]
+
+
+def _unknown(cls: type, where: str, key: Any) -> str:
+    return f"{where}.{key}: unknown key; allowed: {', '.join(f.name for f in dataclasses.fields(cls))}"
 
 
 def _must(value: Any, hint: Any) -> str:

@@ -51,7 +51,7 @@ class SpecError(ValueError):
     exit_code = 2
 
 
-# The sections' fields are the schema (search.study.schema): their types, bounds and choices are what loading a study
+# The sections' fields are the schema (data_pipeline.schema): their types, bounds and choices are what loading a study
 # checks, and what its messages say is allowed. Semantics across fields (a fine-tuning stage inside the epochs, a loss
 # of the task's) are checked after, in the ``_*_problems`` functions below.
 PositiveInt = Annotated[int, Ge(1)]
